@@ -1,0 +1,76 @@
+"""Class-directional inversion (Eq. 12, SPEC §6) and the foreground energy proportion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..core.inverter import AdjointInverter
+from ..core.simplex import simplex_measure
+from ..encoders.staged import StagedEncoder
+
+MODES = ("contribution", "weight", "weight*simplex")
+
+
+def class_directional_weights(encoder: StagedEncoder, a_last: torch.Tensor,
+                              target: torch.Tensor, mode: str = "contribution"
+                              ) -> dict[str, torch.Tensor]:
+    """Importance ``α_{k,c}`` for class ``target[b]`` of each image, and its split by
+    the sign of ``W_{k,c}`` into the two hemispheres.
+
+    [choice, SPEC §6] ``mode="contribution"``: ``α = W_{k,c} g_c``, the channel's
+    logit contribution (``Σ_c α = z_k − b_k``); ``"weight"``: ``α = W_{k,c}``;
+    ``"weight*simplex"``: ``α = W_{k,c} w_{L,c}``. ``W`` is the head's exact
+    per-image linear form (a ConvNeXt head LayerNorm is folded in).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    g = a_last.mean(dim=(-2, -1))
+    w_eff, _ = encoder.head.effective_weights(g)
+    wk = w_eff[torch.arange(g.shape[0], device=g.device), target]  # (B, C)
+    if mode == "contribution":
+        alpha = wk * g
+    elif mode == "weight":
+        alpha = wk.clone()
+    else:
+        alpha = wk * simplex_measure(a_last)
+    return {"class": alpha, "class+": alpha * (wk > 0), "class-": alpha * (wk < 0)}
+
+
+@dataclass
+class ClassDirectional:
+    """``x̂^(k)`` and its hemispheres ``x̂^(k)_±`` (B, 3, H, W), with ``α`` (B, C_L)."""
+
+    target: torch.Tensor
+    x_class: torch.Tensor
+    x_pos: torch.Tensor
+    x_neg: torch.Tensor
+    alpha: torch.Tensor
+
+
+def class_directional_inversion(inverter: AdjointInverter, x: torch.Tensor,
+                                target: int | torch.Tensor | None = None,
+                                mode: str = "contribution") -> ClassDirectional:
+    """Eq. 12 for class ``target`` (default: top-1 prediction of each image)."""
+    chosen: dict[str, torch.Tensor] = {}
+
+    def weights(acts: list[torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        if target is None:
+            k = logits.argmax(1)
+        else:
+            k = torch.as_tensor(target, device=logits.device).long().expand(logits.shape[0])
+        chosen["k"] = k
+        return class_directional_weights(inverter.encoder, acts[-1], k, mode)
+
+    res = inverter.invert(x, stages=[], extra_weights=weights)
+    return ClassDirectional(chosen["k"], res.extra["class"], res.extra["class+"],
+                            res.extra["class-"], res.extra_weights["class"])
+
+
+def foreground_energy(x_hat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``FG = Σ_{p∈M,rgb} x̂² / Σ_{p,rgb} x̂²`` on the raw reconstruction (Eq. 95).
+    ``x_hat`` (B, 3, H, W), ``mask`` (B, H, W) or (H, W) boolean → (B,)."""
+    e = x_hat.pow(2).sum(1)
+    m = mask.to(e.dtype).expand_as(e)
+    return (e * m).flatten(1).sum(1) / e.flatten(1).sum(1).clamp_min(1e-30)

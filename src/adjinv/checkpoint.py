@@ -1,0 +1,121 @@
+"""LAC checkpoints: safetensors for the tensors, JSON metadata inside the same file.
+
+Nothing is unpickled: a checkpoint is tensors plus a JSON string, so a file
+from an untrusted source cannot run code. The metadata records the encoder's
+name, stage layout, channel counts and a hash of its weights; loading refuses
+a checkpoint made for another encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .core.lac import LACBank
+from .encoders.staged import StagedEncoder
+from .errors import AdjinvError
+from .io import atomic_write_bytes
+
+FORMAT = "adjinv-lac/1"
+
+
+@dataclass
+class LACCheckpoint:
+    """What a checkpoint holds besides the LACs themselves."""
+
+    meta: dict
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def save_checkpoint(path: str | os.PathLike, lacs: LACBank, encoder: StagedEncoder, *,
+                    meta: dict | None = None,
+                    extras: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write LAC γ/β (+ ``extras``, e.g. optimiser state or the vanilla map) atomically."""
+    from safetensors.torch import save
+
+    tensors = {f"lac.{k}": v.detach().cpu().contiguous() for k, v in lacs.state_dict().items()}
+    for k, v in (extras or {}).items():
+        tensors[f"extra.{k}"] = v.detach().cpu().contiguous()
+    info = {
+        "format": FORMAT,
+        "encoder": encoder.layout(),
+        "encoder_hash": encoder.weights_hash(),
+        "lac_boundaries": {str(k): c for k, c in lacs.boundaries.items()},
+        "lac_eps": lacs.pix.eps,
+        "lac_eps_mode": lacs.pix.eps_mode,
+        **(meta or {}),
+    }
+    return atomic_write_bytes(path, save(tensors, metadata={"adjinv": json.dumps(info)}))
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Metadata and raw tensors of a checkpoint, with clear errors for bad files."""
+    from safetensors import safe_open
+
+    p = Path(path)
+    if not p.is_file():
+        raise AdjinvError(f"LAC checkpoint {str(p)!r} does not exist")
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:
+        raise AdjinvError(f"LAC checkpoint {str(p)!r} is truncated or corrupt "
+                          f"({type(e).__name__}); re-create it with `adjinv train`") from None
+    try:
+        meta = json.loads(raw["adjinv"])
+        ok = meta.get("format") == FORMAT
+    except (KeyError, ValueError):
+        ok = False
+    if not ok:
+        raise AdjinvError(f"{str(p)!r} is not an adjinv LAC checkpoint (no {FORMAT} metadata)")
+    return meta, tensors
+
+
+def _describe(layout: dict) -> str:
+    chans = "/".join(str(s["channels"]) for s in layout["stages"])
+    return f"{layout['name']} (stage channels {chans})"
+
+
+def load_checkpoint(path: str | os.PathLike, encoder: StagedEncoder, *,
+                    allow_other_weights: bool = False) -> tuple[LACBank, LACCheckpoint]:
+    """LACs for ``encoder`` from ``path``; refuses a checkpoint of another encoder.
+
+    A checkpoint of the same architecture but other weights (hash differs) is
+    refused too, unless ``allow_other_weights``: LACs are fitted to one set of
+    weights' gradient statistics.
+    """
+    meta, tensors = read_checkpoint(path)
+    mine = encoder.layout()
+    if meta["encoder"]["stages"] != mine["stages"] or meta["encoder"]["name"] != mine["name"]:
+        raise AdjinvError(f"LAC checkpoint {str(path)!r} was trained for "
+                          f"{_describe(meta['encoder'])}, not for {_describe(mine)}; pass the "
+                          "checkpoint trained for this encoder, or train one with `adjinv train`")
+    if meta["encoder_hash"] != encoder.weights_hash() and not allow_other_weights:
+        raise AdjinvError(f"LAC checkpoint {str(path)!r} was trained on other weights of "
+                          f"{mine['name']} (hash {meta['encoder_hash']} vs "
+                          f"{encoder.weights_hash()}); train LACs for these weights, or pass "
+                          "allow_other_weights=True (--allow-other-weights) to use it anyway")
+    bounds = {int(k): int(c) for k, c in meta["lac_boundaries"].items()}
+    lacs = LACBank(bounds, eps=float(meta["lac_eps"]), eps_mode=meta["lac_eps_mode"])
+    state = {k.removeprefix("lac."): v for k, v in tensors.items() if k.startswith("lac.")}
+    try:
+        lacs.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise AdjinvError(f"LAC checkpoint {str(path)!r} has inconsistent tensors: "
+                          f"{str(e).splitlines()[0]}") from None
+    p = next(iter(encoder.parameters()), None)
+    if p is not None:
+        lacs.to(p.device)
+    extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
+    return lacs, LACCheckpoint(meta=meta, extras=extras)
+
+
+def bundled_checkpoint(name: str) -> Path | None:
+    """The LAC checkpoint shipped inside the package for ``name``, if any."""
+    p = Path(__file__).parent / "weights" / f"{name}.lac.safetensors"
+    return p if p.is_file() else None

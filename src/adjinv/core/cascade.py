@@ -1,0 +1,103 @@
+"""The adjoint cascade Ψ_l (Eq. 3–7, SPEC §2–§3), batched over channels and images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.func import vjp, vmap
+
+from ..encoders.staged import StagedEncoder
+from .lac import LACBank
+from .memory import chunk_size_for
+
+
+@dataclass
+class Linearization:
+    """The encoder linearised at one batch ``x``: activations ``A_0..A_l`` and,
+    per stage, the VJP closure ``u ↦ J_{f_k}ᵀ u`` (one forward shared by all chunks)."""
+
+    x: torch.Tensor
+    acts: list[torch.Tensor]
+    vjps: list[Callable[[torch.Tensor], tuple[torch.Tensor]]]
+
+    @property
+    def upto(self) -> int:
+        """Deepest stage linearised."""
+        return len(self.acts) - 1
+
+
+class AdjointCascade:
+    """``Ψ_l(S) = LAC_pix(J_{f_0}ᵀ(… LAC_{l-1}(J_{f_l}ᵀ S) …))`` (Eq. 7).
+
+    A LAC follows the pull-back through every decimating stage ``k+1`` (acting on
+    the gradient w.r.t. stage ``k``'s output) and through the stem (``LAC_pix``).
+    Cotangents carry a leading channel dimension ``N`` before the image batch
+    ``B``: shape (N, B, C_l, h, w). Every item is independent, so a chunk of N
+    seeds costs one batched backward per stage (``vmap`` over the VJP).
+    """
+
+    def __init__(self, encoder: StagedEncoder, lacs: LACBank) -> None:
+        self.encoder = encoder
+        self.lacs = lacs
+
+    def linearize(self, x: torch.Tensor, upto: int | None = None) -> Linearization:
+        """Run the forward pass once, keeping each stage's VJP closure."""
+        last = self.encoder.num_stages - 1 if upto is None else upto
+        acts, vjps = [], []
+        a = x
+        for st in self.encoder.stages[: last + 1]:
+            a, fn = vjp(st, a)
+            acts.append(a)
+            vjps.append(fn)
+        return Linearization(x=x, acts=acts, vjps=vjps)
+
+    def pull_back(self, lin: Linearization, stage: int, cot: torch.Tensor) -> torch.Tensor:
+        """Ψ_stage applied to cotangents ``cot`` (N, B, C_stage, h, w) → (N, B, 3, H, W)."""
+        u = cot
+        for k in range(stage, -1, -1):
+            (u,) = vmap(lin.vjps[k])(u)
+            if k == 0:
+                u = self.lacs.pix(u)
+            elif self.encoder.infos[k].decimates:
+                lac = self.lacs.at(k - 1)
+                if lac is not None:
+                    u = lac(u)
+        return u
+
+    def raw_pull_back(self, lin: Linearization, stage: int, cot: torch.Tensor) -> torch.Tensor:
+        """``J_{A_stage}ᵀ cot`` without any LAC (the vanilla VJP of Eq. 3)."""
+        u = cot
+        for k in range(stage, -1, -1):
+            (u,) = vmap(lin.vjps[k])(u)
+        return u
+
+    def per_item_bytes(self, lin: Linearization, stage: int) -> int:
+        """Rough memory of one seed through the cascade: the vmapped backward of a
+        stage holds a few tensors as large as its widest internal map, which is up
+        to ~6x the stage input for inverted bottlenecks; count 8x the largest
+        boundary map plus the pixel map."""
+        sizes = [lin.x[0].numel()] + [a[0].numel() for a in lin.acts[: stage + 1]]
+        b = lin.x.shape[0]
+        return int(8 * max(sizes) * b * lin.x.element_size())
+
+
+def channel_seeds(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Channel-selective seeds ``S_{l,c} = E_c ⊙ A_l`` (Eq. 3) for channels ``idx``:
+    ``a`` (B, C, h, w) → (len(idx), B, C, h, w)."""
+    onehot = torch.zeros(idx.numel(), a.shape[1], dtype=a.dtype, device=a.device)
+    onehot[torch.arange(idx.numel(), device=a.device), idx] = 1
+    return onehot[:, None, :, None, None] * a.unsqueeze(0)
+
+
+def iter_chunks(idx: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+    """Consecutive slices of ``idx`` of at most ``size`` entries."""
+    for s in range(0, idx.numel(), size):
+        yield idx[s: s + size]
+
+
+def auto_chunk(cascade: AdjointCascade, lin: Linearization, stage: int,
+               budget: int | None = None) -> int:
+    """Channels per chunk that fit the device's memory budget."""
+    return chunk_size_for(cascade.per_item_bytes(lin, stage), lin.x.device, budget)

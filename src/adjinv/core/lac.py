@@ -1,0 +1,101 @@
+"""Local Adjoint Corrector (Eq. 6, Prop. B.3, SPEC §3)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+EPS_MODES = ("layer", "channel", "fixed")
+
+
+class LocalAdjointCorrector(nn.Module):
+    """Per-channel GroupNorm with affine parameters, applied to a gradient signal.
+
+    ``LAC(u)_c = γ_c (u_c − mean u_c) / sqrt(var u_c + ε) + β_c`` (Eq. 6).
+
+    [choice, SPEC §3] ε is scale-relative, because gradient signals have any
+    scale (1e-12 is common) and a fixed ε silently turns the normalisation off:
+
+    - ``eps_mode="layer"`` (default): ``ε = eps · mean_{c,h,w}(u²)`` over all
+      channels of the same signal. A channel far weaker than its layer (below
+      ``eps`` of the mean energy) is damped instead of blown up to unit
+      variance, and an all-zero channel (dead ReLU) has a bounded derivative.
+    - ``eps_mode="channel"``: ``ε_c = eps · mean_{h,w}(u_c²)`` (SPEC §3's example,
+      use ``eps=1e-12``): every non-zero channel is normalised, however weak.
+    - ``eps_mode="fixed"``: plain GroupNorm ``ε = eps`` (e.g. ``1e-5``).
+
+    Each mode maps an all-zero or constant map to the finite output ``β_c``.
+    Accepts ``u`` of shape (..., C, h, w): any leading batch dimensions.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, eps_mode: str = "layer") -> None:
+        super().__init__()
+        if eps_mode not in EPS_MODES:
+            raise ValueError(f"eps_mode must be one of {EPS_MODES}, got {eps_mode!r}")
+        self.num_channels = num_channels
+        self.eps = eps
+        self.eps_mode = eps_mode
+        self.gamma = nn.Parameter(torch.ones(num_channels))
+        self.beta = nn.Parameter(torch.zeros(num_channels))
+
+    def normalize(self, u: torch.Tensor) -> torch.Tensor:
+        """The LAC before its affine map: zero spatial mean, unit second moment (Prop. B.3)."""
+        if u.shape[-3] != self.num_channels:
+            raise ValueError(f"LAC for {self.num_channels} channels got {u.shape[-3]}")
+        dims = (-3, -2, -1) if self.eps_mode == "layer" else (-2, -1)
+        scale = u.detach().abs().amax(dim=dims, keepdim=True)
+        zero = scale == 0
+        if self.eps_mode != "fixed":
+            # Rescaling first keeps float32 statistics of 1e-12-sized gradients
+            # exact; the map is scale invariant, so detaching the scale is exact.
+            u = u / torch.where(zero, torch.ones_like(scale), scale)
+        mean = u.mean(dim=(-2, -1), keepdim=True)
+        centred = u - mean
+        var = centred.pow(2).mean(dim=(-2, -1), keepdim=True)
+        if self.eps_mode == "fixed":
+            eps = self.eps
+        else:
+            # the floor keeps d/dvar of 1/sqrt finite in this dtype
+            tiny = torch.finfo(u.dtype).tiny ** 0.5
+            eps = self.eps * u.pow(2).mean(dim=dims, keepdim=True) + tiny
+        # An exactly-zero signal (a ReLU6-saturated channel pulls back nothing)
+        # normalises to 0, with zero derivative: the map is discontinuous there and
+        # its one-sided derivative (1/sqrt(eps)) compounds over LACs to 1e36.
+        out = centred / torch.sqrt(var + eps)
+        return torch.where(zero, torch.zeros_like(out), out)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        g = self.gamma.to(u.dtype).view(-1, 1, 1)
+        b = self.beta.to(u.dtype).view(-1, 1, 1)
+        return self.normalize(u) * g + b
+
+    def extra_repr(self) -> str:  # noqa: D102
+        return f"{self.num_channels}, eps={self.eps}, eps_mode={self.eps_mode}"
+
+
+class LACBank(nn.Module):
+    """All LACs of one encoder: ``lacs["pix"]`` after the stem, ``lacs["s{k}"]`` on
+    the gradient w.r.t. the output of stage ``k`` when stage ``k+1`` decimates."""
+
+    def __init__(self, boundaries: dict[int, int], eps: float = 1e-6,
+                 eps_mode: str = "layer") -> None:
+        super().__init__()
+        self.boundaries = dict(sorted(boundaries.items()))
+        mods = {"pix": LocalAdjointCorrector(3, eps, eps_mode)}
+        for k, c in self.boundaries.items():
+            mods[f"s{k}"] = LocalAdjointCorrector(c, eps, eps_mode)
+        self.lacs = nn.ModuleDict(mods)
+
+    @classmethod
+    def for_encoder(cls, encoder: nn.Module, **kw: object) -> LACBank:
+        """Identity-initialised LACs (γ=1, β=0) at the boundaries SPEC §3 names."""
+        return cls({k: encoder.infos[k].channels for k in encoder.lac_boundaries}, **kw)
+
+    def at(self, k: int) -> LocalAdjointCorrector | None:
+        """The LAC acting on the gradient w.r.t. stage ``k``'s output, if any."""
+        return self.lacs[f"s{k}"] if k in self.boundaries else None
+
+    @property
+    def pix(self) -> LocalAdjointCorrector:
+        """``LAC_pix``, on the pixel-space gradient."""
+        return self.lacs["pix"]

@@ -1,0 +1,17 @@
+"""Encoders: frozen classifiers split into stages at their decimation boundaries."""
+
+from .auto import encoder_from_module
+from .registry import imagenet_categories, list_encoders, load_encoder
+from .staged import IMAGENET_MEAN, IMAGENET_STD, LinearHead, StageInfo, StagedEncoder
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LinearHead",
+    "StageInfo",
+    "StagedEncoder",
+    "encoder_from_module",
+    "imagenet_categories",
+    "list_encoders",
+    "load_encoder",
+]

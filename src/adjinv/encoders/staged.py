@@ -1,0 +1,251 @@
+"""StagedEncoder: a frozen CNN as a chain of stages plus a linear head (SPEC §0)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..errors import AdjinvError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """Static facts about one stage ``f_l`` (measured with a probe input)."""
+
+    name: str
+    channels: int
+    reduction: int
+    decimates: bool
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (used in checkpoint metadata)."""
+        return asdict(self)
+
+
+class Stage(nn.Module):
+    """One stage ``f_l``. The input is cloned so that an in-place activation at
+    the stage boundary can neither corrupt the stored ``A_{l-1}`` nor break the
+    per-stage VJP (SPEC §14)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.body(x.clone())
+
+
+class LinearHead(nn.Module):
+    """``z = W · norm(g) + b`` with ``g = GAP(A_L)``.
+
+    ``norm`` is optional and may only be a LayerNorm over channels (ConvNeXt);
+    for a fixed image it is affine in ``g``, so :meth:`effective_weights` gives
+    the exact per-image linear form ``z = W_eff g + b_eff`` used by Eq. 12.
+    """
+
+    def __init__(self, linear: nn.Linear, norm: nn.LayerNorm | None = None) -> None:
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise AdjinvError(f"the head must end in nn.Linear, got {type(linear).__name__}")
+        if norm is not None and not isinstance(norm, nn.LayerNorm):
+            raise AdjinvError(
+                f"only a LayerNorm may sit between GAP and the linear head, got "
+                f"{type(norm).__name__}; pass head=LinearHead(linear) for a plain head"
+            )
+        self.linear = linear
+        self.norm = norm
+
+    @property
+    def num_classes(self) -> int:
+        """Number of logits K."""
+        return self.linear.out_features
+
+    def from_gap(self, g: torch.Tensor) -> torch.Tensor:
+        """Logits from GAP features ``g`` of shape (B, C)."""
+        if self.norm is not None:
+            g = torch.nn.functional.layer_norm(
+                g, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps
+            )
+        return self.linear(g)
+
+    def forward(self, a_last: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.from_gap(a_last.mean(dim=(-2, -1)))
+
+    def effective_weights(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image ``(W_eff, b_eff)`` of shapes (B, K, C), (B, K) with
+        ``z = W_eff g + b_eff`` exactly at this ``g``."""
+        w, b = self.linear.weight, self.linear.bias
+        bsz = g.shape[0]
+        if b is None:
+            b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+        if self.norm is None:
+            return w.expand(bsz, *w.shape), b.expand(bsz, *b.shape)
+        # LN(g) = gamma*(g - m)/s + beta with the per-image m, s held fixed; the
+        # mean subtraction is itself linear in g, so fold it into the weights.
+        s = torch.sqrt(g.var(dim=1, unbiased=False) + self.norm.eps)  # (B,)
+        gamma = self.norm.weight if self.norm.weight is not None else torch.ones_like(g[0])
+        beta = self.norm.bias if self.norm.bias is not None else torch.zeros_like(g[0])
+        wg = w * gamma  # (K, C)
+        w_eff = (wg.unsqueeze(0) - wg.mean(dim=1, keepdim=True).unsqueeze(0)) / s[:, None, None]
+        b_eff = (b + w @ beta).expand(bsz, -1)
+        return w_eff, b_eff
+
+
+class StagedEncoder(nn.Module):
+    """A frozen classifier as stages ``f_0 … f_L`` and a head over ``GAP(A_L)``.
+
+    Parameters
+    ----------
+    stages: the stage modules in order; ``stage_names`` names them.
+    head: the linear head over GAP of the deepest stage.
+    mean, std: the input normalisation the weights expect (image in [0, 1]).
+    name: registry name (stored in LAC checkpoints).
+    categories: class names, if known.
+    probe_size: side of the zero image used to measure channels and strides.
+
+    The encoder never changes the modules' state permanently: every operation
+    of adjinv runs inside :meth:`frozen`, which restores train/eval modes and
+    ``requires_grad`` flags on exit, even after an error.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[nn.Module],
+        head: LinearHead,
+        *,
+        stage_names: Sequence[str] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        name: str = "custom",
+        categories: Sequence[str] | None = None,
+        probe_size: int = 128,
+    ) -> None:
+        super().__init__()
+        if len(stages) == 0:
+            raise AdjinvError("a staged encoder needs at least one stage")
+        self.stages = nn.ModuleList(Stage(s) for s in stages)
+        self.head = head
+        self.name = name
+        self.categories = list(categories) if categories is not None else None
+        names = list(stage_names) if stage_names is not None else [f"stage{i}" for i in range(len(stages))]
+        if len(names) != len(stages):
+            raise AdjinvError("stage_names must have one name per stage")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
+        self.infos = self._probe(names, probe_size)
+        self._hash: str | None = None
+
+    # ------------------------------------------------------------------ layout
+    def _probe(self, names: list[str], size: int) -> list[StageInfo]:
+        p = next(iter(self.parameters()), None)
+        dev = p.device if p is not None else torch.device("cpu")
+        dt = p.dtype if p is not None and p.is_floating_point() else torch.float32
+        x = torch.zeros(1, 3, size, size, device=dev, dtype=dt)
+        infos = []
+        with self.frozen(), torch.no_grad():
+            for i, st in enumerate(self.stages):
+                y = st(x)
+                if y.dim() != 4:
+                    raise AdjinvError(
+                        f"stage {names[i]!r} returned a {y.dim()}-D tensor; every stage must map "
+                        "(B,C,H,W) to (B,C',H',W'). Pass an explicit list of stage modules."
+                    )
+                dec = y.shape[-1] < x.shape[-1] or y.shape[-2] < x.shape[-2]
+                infos.append(StageInfo(names[i], int(y.shape[1]), max(1, size // int(y.shape[-1])), dec))
+                x = y
+        if infos[-1].channels != self.head.linear.in_features:
+            raise AdjinvError(
+                f"the deepest stage has {infos[-1].channels} channels but the head expects "
+                f"{self.head.linear.in_features}: the stages and head do not belong together"
+            )
+        return infos
+
+    @property
+    def num_stages(self) -> int:
+        """Number of stages L+1."""
+        return len(self.stages)
+
+    @property
+    def total_stride(self) -> int:
+        """Reduction of the deepest stage w.r.t. the input (smallest valid image side)."""
+        return self.infos[-1].reduction
+
+    @property
+    def lac_boundaries(self) -> list[int]:
+        """Stage indices ``k`` whose output gradient gets a LAC: stage ``k+1`` decimates (SPEC §3)."""
+        return [k for k in range(self.num_stages - 1) if self.infos[k + 1].decimates]
+
+    def layout(self) -> dict:
+        """JSON-ready description used to match LAC checkpoints to encoders."""
+        return {"name": self.name, "stages": [i.to_dict() for i in self.infos],
+                "num_classes": self.head.num_classes}
+
+    # ------------------------------------------------------------------ state
+    @contextmanager
+    def frozen(self) -> Iterator[StagedEncoder]:
+        """Eval mode and no parameter gradients inside; the previous state outside."""
+        modes = [(m, m.training) for m in self.modules()]
+        flags = [(p, p.requires_grad) for p in self.parameters()]
+        try:
+            self.eval()
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield self
+        finally:
+            for m, t in modes:
+                m.training = t
+            for p, r in flags:
+                p.requires_grad_(r)
+
+    def weights_hash(self) -> str:
+        """SHA-256 (first 16 hex digits) over every parameter and buffer of stages and head."""
+        if self._hash is None:
+            h = hashlib.sha256()
+            for k, v in sorted(self.state_dict().items()):
+                h.update(k.encode())
+                h.update(str(tuple(v.shape)).encode())
+                h.update(v.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+            self._hash = h.hexdigest()[:16]
+        return self._hash
+
+    # ------------------------------------------------------------------ data
+    def normalize(self, img: torch.Tensor) -> torch.Tensor:
+        """Image in [0, 1] → encoder input space."""
+        return (img - self.mean.view(3, 1, 1).to(img)) / self.std.view(3, 1, 1).to(img)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder input space → image space (not clipped)."""
+        return x * self.std.view(3, 1, 1).to(x) + self.mean.view(3, 1, 1).to(x)
+
+    def to_display(self, x: torch.Tensor) -> torch.Tensor:
+        """De-normalise and clip to [0, 1] (SPEC §4 display convention)."""
+        return self.denormalize(x).clamp(0.0, 1.0)
+
+    # ------------------------------------------------------------------ forward
+    def forward_stages(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """``[A_0, …, A_upto]`` for a normalised batch ``x`` (B,3,H,W)."""
+        last = self.num_stages - 1 if upto is None else upto
+        acts = []
+        a = x
+        for st in self.stages[: last + 1]:
+            a = st(a)
+            acts.append(a)
+        return acts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
+        return self.head(self.forward_stages(x)[-1])
+
+    def class_name(self, k: int) -> str:
+        """Human-readable name of class ``k`` (its index if names are unknown)."""
+        if self.categories is not None and 0 <= k < len(self.categories):
+            return self.categories[k]
+        return str(k)

@@ -1,0 +1,1 @@
+"""Runners: config in, PNG/JSON/HTML out."""

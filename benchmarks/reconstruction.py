@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from adjinv.checkpoint import bundled_checkpoint, load_checkpoint
 from adjinv.baselines.vanilla import VanillaMap
+from adjinv.checkpoint import bundled_checkpoint, load_checkpoint
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank
 from adjinv.data.images import resize_center_crop

@@ -43,53 +43,81 @@ def test_simplex_all_zero_raises():
 
 
 # ----------------------------------------------------------------------------- LAC (Prop. B.3)
+MODES = [("layer", 1e-6), ("channel", 1e-12)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [1e-12, 1e3])
-def test_lac_normalize_zero_mean_unit_second_moment(dtype, scale):
+@pytest.mark.parametrize(("mode", "eps"), MODES)
+def test_lac_normalize_zero_mean_unit_second_moment(dtype, scale, mode, eps):
+    """Prop. B.3: before the affine, zero spatial mean and unit second moment (up to ε)."""
     g = torch.Generator().manual_seed(1)
     # leading (N, B) dims as the cascade uses them; one channel with an offset
     u = (torch.randn(2, 3, 4, 9, 7, generator=g, dtype=torch.float64) * scale).to(dtype)
-    u[:, :, 2] += 5 * scale
-    lac = LocalAdjointCorrector(4)
+    u[:, :, 2] += 2 * scale
+    lac = LocalAdjointCorrector(4, eps=eps, eps_mode=mode)
     y = lac.normalize(u)
-    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert y.shape == u.shape and y.dtype == dtype and torch.isfinite(y).all()
     mean = y.mean(dim=(-2, -1))
     msq = y.pow(2).mean(dim=(-2, -1))
-    tol = 1e-5 if dtype == torch.float32 else 1e-10
-    assert mean.abs().max() < tol
-    assert (msq - 1).abs().max() < tol
+    fp = 1e-5 if dtype == torch.float32 else 1e-10
+    assert mean.abs().max() < fp
+    # ε is relative: 1e-6 of the layer's mean energy (layer) or 1e-12 of the channel's
+    assert (msq - 1).abs().max() < max(fp, 100 * eps)
+    assert (msq <= 1 + fp).all()
+    # affine on top: γ·y + β
+    with torch.no_grad():
+        lac.gamma.copy_(torch.arange(1.0, 5.0))
+        lac.beta.copy_(torch.arange(-2.0, 2.0))
+    torch.testing.assert_close(lac(u), y * torch.arange(1.0, 5.0).to(dtype).view(4, 1, 1)
+                               + torch.arange(-2.0, 2.0).to(dtype).view(4, 1, 1))
 
 
-def test_lac_channels_of_very_different_scale_are_all_normalised():
+def test_lac_channel_mode_normalises_every_channel_whatever_its_scale():
     g = torch.Generator().manual_seed(2)
     u = torch.randn(3, 6, 6, generator=g, dtype=torch.float64)
     u = u * torch.tensor([1e-12, 1.0, 1e3], dtype=torch.float64)[:, None, None]
-    y = LocalAdjointCorrector(3).normalize(u)
+    y = LocalAdjointCorrector(3, eps=1e-12, eps_mode="channel").normalize(u)
     torch.testing.assert_close(y.pow(2).mean(dim=(-2, -1)), torch.ones(3, dtype=torch.float64))
 
 
+def test_lac_layer_mode_damps_channels_far_below_the_layer():
+    """Documented ``layer`` behaviour: a channel below ε of the layer's energy is damped."""
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(3, 6, 6, generator=g, dtype=torch.float64)
+    u = u * torch.tensor([1e-12, 1.0, 2.0], dtype=torch.float64)[:, None, None]
+    msq = LocalAdjointCorrector(3).normalize(u).pow(2).mean(dim=(-2, -1))
+    assert msq[0] < 1e-6
+    torch.testing.assert_close(msq[1:], torch.ones(2, dtype=torch.float64), rtol=1e-4, atol=0)
+
+
 def test_lac_fixed_eps_mode_leaves_tiny_maps_unnormalised():
-    """The documented alternative (plain GroupNorm, ε = 1e-5) does *not* normalise 1e-12 maps."""
+    """The plain GroupNorm alternative (ε = 1e-5) does *not* normalise 1e-12 maps (SPEC §3)."""
     u = torch.randn(2, 8, 8, dtype=torch.float64) * 1e-12
     y = LocalAdjointCorrector(2, eps=1e-5, eps_mode="fixed").normalize(u)
     assert y.abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("kind", ["zero", "constant", "tiny_constant"])
-def test_lac_degenerate_maps_give_beta_and_finite_grads(dtype, kind):
+@pytest.mark.parametrize("kind", ["zero", "constant", "tiny_constant", "zero_layer"])
+@pytest.mark.parametrize(("mode", "eps"), [*MODES, ("fixed", 1e-5)])
+def test_lac_degenerate_maps_give_beta_and_finite_grads(dtype, kind, mode, eps):
     g = torch.Generator().manual_seed(3)
     u = torch.randn(2, 3, 5, 5, generator=g, dtype=dtype)
-    value = {"zero": 0.0, "constant": 2.5, "tiny_constant": -3e-13}[kind]
-    u[:, 1] = value  # channel 1 degenerate, channels 0/2 ordinary
+    if kind == "zero_layer":
+        u.zero_()
+    else:
+        u[:, 1] = {"zero": 0.0, "constant": 2.5, "tiny_constant": -3e-13}[kind]
     u.requires_grad_(True)
-    lac = LocalAdjointCorrector(3)
+    lac = LocalAdjointCorrector(3, eps=eps, eps_mode=mode)
     with torch.no_grad():
         lac.gamma.copy_(torch.tensor([0.7, -1.3, 2.0]))
         lac.beta.copy_(torch.tensor([0.1, 0.4, -0.2]))
     y = lac(u)
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y[:, 1], torch.full_like(y[:, 1], 0.4), rtol=0, atol=1e-6)
+    if kind == "zero_layer":
+        torch.testing.assert_close(y[:, 0], torch.full_like(y[:, 0], 0.1), rtol=0, atol=1e-6)
     assert not torch.isnan(lac.normalize(u.detach())).any()
     loss = (y * torch.randn(y.shape, generator=g, dtype=dtype)).sum()
     gu, gg, gb = torch.autograd.grad(loss, [u, lac.gamma, lac.beta])

@@ -1,1 +1,37 @@
-from .encoders import *
+"""adjinv: hallucination-free adjoint inversion of CNN classifiers (LAC cascade)."""
+
+from .analysis.class_directional import class_directional_inversion, foreground_energy
+from .core.cascade import AdjointCascade
+from .core.inverter import AdjointInverter, Inversion
+from .core.lac import LACBank, LocalAdjointCorrector
+from .core.simplex import simplex_measure
+from .encoders import (
+    LinearHead,
+    StagedEncoder,
+    encoder_from_module,
+    list_encoders,
+    load_encoder,
+)
+from .errors import AdjinvError
+from .pretrained import load_inverter, load_lacs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdjinvError",
+    "AdjointCascade",
+    "AdjointInverter",
+    "Inversion",
+    "LACBank",
+    "LinearHead",
+    "LocalAdjointCorrector",
+    "StagedEncoder",
+    "class_directional_inversion",
+    "encoder_from_module",
+    "foreground_energy",
+    "list_encoders",
+    "load_encoder",
+    "load_inverter",
+    "load_lacs",
+    "simplex_measure",
+]

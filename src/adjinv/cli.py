@@ -23,14 +23,14 @@ EPILOG_TRAIN = """example:
 """
 
 
-def _bar(desc: str, total: int):  # noqa: ANN202
+def _bar(desc: str, total: int):
     from tqdm import tqdm
 
     # disable=None: no bar when stderr is not a terminal (logs stay readable)
     return tqdm(total=total, desc=desc, unit="ch", leave=False, file=sys.stderr, disable=None)
 
 
-def _channel_progress():  # noqa: ANN202
+def _channel_progress():
     state: dict = {}
 
     def cb(name: str, done: int, total: int) -> None:
@@ -49,7 +49,7 @@ def _channel_progress():  # noqa: ANN202
     return cb, close
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202
+def _load(args: argparse.Namespace):
     from .encoders import load_encoder
     from .pretrained import load_lacs
 

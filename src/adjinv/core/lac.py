@@ -64,12 +64,12 @@ class LocalAdjointCorrector(nn.Module):
         out = centred / torch.sqrt(var + eps)
         return torch.where(zero, torch.zeros_like(out), out)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
         g = self.gamma.to(u.dtype).view(-1, 1, 1)
         b = self.beta.to(u.dtype).view(-1, 1, 1)
         return self.normalize(u) * g + b
 
-    def extra_repr(self) -> str:  # noqa: D102
+    def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, eps_mode={self.eps_mode}"
 
 

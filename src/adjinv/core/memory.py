@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import torch
 
-# On CPU the cascade is compute bound and chunks of 4–16 channels were fastest
-# (SPEC §14; 4 measured fastest for Lite0 at 224 px on 2 cores); on CUDA large launches pay off (chunks of 256 measured best).
+# On CPU the batched backward is memory-bandwidth bound: chunks whose working set
+# stays small win (Lite0 on 2 cores: 4 channels fastest at 224 px, ~16 at 96 px).
+# On CUDA large launches pay off (SPEC §14: chunks of 256 were 18-30x the loop).
 CPU_MAX_CHUNK = 32
-# On CPU the backward is memory-bandwidth bound: chunks whose working set stays
-# near the caches win (Lite0: 4 channels at 224 px, ~16 at 96 px on 2 cores).
 CPU_SPEED_BUDGET = 64 << 20
 CUDA_MAX_CHUNK = 512
 

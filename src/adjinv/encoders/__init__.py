@@ -2,7 +2,7 @@
 
 from .auto import encoder_from_module
 from .registry import imagenet_categories, list_encoders, load_encoder
-from .staged import IMAGENET_MEAN, IMAGENET_STD, LinearHead, StageInfo, StagedEncoder
+from .staged import IMAGENET_MEAN, IMAGENET_STD, LinearHead, StagedEncoder, StageInfo
 
 __all__ = [
     "IMAGENET_MEAN",

@@ -39,7 +39,7 @@ _BN_EPS = 1e-3
 class Conv2dSame(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding computed from the input size."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         ih, iw = x.shape[-2:]
         kh, kw = self.weight.shape[-2:]
         sh, sw = self.stride
@@ -83,7 +83,7 @@ class MBConvBlock(nn.Module):
         self._project_conv = Conv2dSame(mid, a.cout, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(a.cout, eps=_BN_EPS)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         if self.args.expand != 1:
             h = F.relu6(self._bn0(self._expand_conv(h)))
@@ -136,7 +136,7 @@ class EfficientNetLite(nn.Module):
         """1x1 head conv, BN, ReLU6 (the deepest feature map, 1280 channels)."""
         return F.relu6(self._bn1(self._conv_head(x)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for b in self._blocks:
             x = b(x)

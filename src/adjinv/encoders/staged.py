@@ -39,7 +39,7 @@ class Stage(nn.Module):
         super().__init__()
         self.body = body
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x.clone())
 
 
@@ -76,7 +76,7 @@ class LinearHead(nn.Module):
             )
         return self.linear(g)
 
-    def forward(self, a_last: torch.Tensor) -> torch.Tensor:  # noqa: D102
+    def forward(self, a_last: torch.Tensor) -> torch.Tensor:
         return self.from_gap(a_last.mean(dim=(-2, -1)))
 
     def effective_weights(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

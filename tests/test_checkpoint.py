@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import random_lacs, smooth_image, staged_from_sequential, tiny_relu_cnn
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
@@ -17,6 +16,7 @@ from adjinv.core.lac import LACBank
 from adjinv.errors import AdjinvError
 from adjinv.metrics.reconstruction import psnr, ssim
 from adjinv.training import TrainConfig, train_lacs
+from conftest import random_lacs, smooth_image, staged_from_sequential, tiny_relu_cnn
 
 
 def _assert_same_lacs(a: LACBank, b: LACBank) -> None:
@@ -156,7 +156,7 @@ def _train_images() -> list[torch.Tensor]:
 
 def test_training_resume_is_exact(tiny_enc, tmp_path):
     imgs = _train_images()
-    cfg = dict(size=32, checkpoint_every=1, lr=0.05, seed=3, batch_size=1)
+    cfg = {"size": 32, "checkpoint_every": 1, "lr": 0.05, "seed": 3, "batch_size": 1}
     one = tmp_path / "one.safetensors"
     lacs_a, van_a, loss_a = train_lacs(tiny_enc, imgs, TrainConfig(steps=4, **cfg),
                                        checkpoint=one, chunk_size=5)

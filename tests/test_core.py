@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_lacs, reference_psi, smooth_image
 
 from adjinv.core.cascade import AdjointCascade, channel_seeds
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank, LocalAdjointCorrector
 from adjinv.core.simplex import simplex_measure
 from adjinv.errors import AdjinvError
+from conftest import random_lacs, reference_psi, smooth_image
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

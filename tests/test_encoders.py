@@ -7,14 +7,6 @@ import warnings
 import pytest
 import torch
 import torchvision
-from conftest import (
-    inplace_bn_cnn,
-    module_state,
-    reference_psi,
-    smooth_image,
-    staged_from_sequential,
-    tiny_relu_cnn,
-)
 from torch import nn
 
 import adjinv
@@ -26,6 +18,14 @@ from adjinv.data.samples import sample_image
 from adjinv.encoders import registry
 from adjinv.encoders.efficientnet_lite import EfficientNetLite
 from adjinv.errors import AdjinvError
+from conftest import (
+    inplace_bn_cnn,
+    module_state,
+    reference_psi,
+    smooth_image,
+    staged_from_sequential,
+    tiny_relu_cnn,
+)
 
 BUILDERS = {
     "resnet50": torchvision.models.resnet50,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_image
 from PIL import Image
 
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.validate import check_input
 from adjinv.data.images import array_to_tensor, list_images, load_image
 from adjinv.errors import AdjinvError
+from conftest import smooth_image
 
 
 def test_adjinv_error_is_a_value_error():

@@ -36,10 +36,10 @@ def check_input(x: object, encoder: torch.nn.Module, *, allow_constant: bool = F
         raise AdjinvError(f"image of {h}x{w} px is smaller than the encoder's total stride "
                           f"{stride}; resize it to at least {stride}x{stride} (e.g. --size 224)")
     if not allow_constant:
-        flat = x.flatten(1)
-        const = ((flat.amax(1) - flat.amin(1)) == 0).nonzero().flatten().tolist()
+        flat = x.flatten(2)
+        const = ((flat.amax(2) - flat.amin(2)) == 0).all(1).nonzero().flatten().tolist()
         if const:
-            raise AdjinvError(f"image(s) {const} are constant (every pixel equal): there is no "
+            raise AdjinvError(f"image(s) {const} are constant (every pixel the same colour): there is no "
                               "spatial structure to invert; pass a natural image")
     p = next(iter(encoder.parameters()), None)
     if p is not None:

@@ -12,6 +12,11 @@ import torch.nn.functional as F
 
 from ..errors import AdjinvError
 
+_MODE_NAMES = {"L": "grayscale", "1": "black and white", "I": "grayscale, 32-bit",
+               "I;16": "grayscale, 16-bit", "F": "grayscale, float", "LA": "grayscale with alpha",
+               "RGBA": "RGB with alpha", "P": "palette", "PA": "palette with alpha",
+               "CMYK": "CMYK", "YCbCr": "YCbCr", "HSV": "HSV", "LAB": "Lab"}
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
 
@@ -47,9 +52,17 @@ def load_image(path: str | os.PathLike, mode: str = "strict") -> torch.Tensor:
     try:
         with Image.open(p) as im:
             im.load()
-            if mode == "convert" and im.mode != "RGB":
+            if im.mode != "RGB":
+                if mode != "convert":
+                    kind = _MODE_NAMES.get(im.mode, "not RGB")
+                    raise AdjinvError(
+                        f"image {str(p)!r} has colour mode {im.mode!r} ({kind}), "
+                        "but the encoder needs RGB: convert it (e.g. PIL .convert('RGB'), which drops "
+                        "an alpha channel) or use load_image(..., mode='convert')")
                 im = im.convert("RGB")
-            arr = np.asarray(im)
+            arr = np.array(im)
+    except AdjinvError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise AdjinvError(f"cannot read image {str(p)!r} ({type(e).__name__}): not an image "
                           "or a damaged file; re-export it as PNG or JPEG") from None

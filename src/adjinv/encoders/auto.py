@@ -123,7 +123,8 @@ def encoder_from_module(
         p = next(iter(model.parameters()), None)
         dev = p.device if p is not None else torch.device("cpu")
         probe = torch.randn(1, 3, probe_size, probe_size, generator=torch.Generator().manual_seed(0))
-        probe = probe.to(dev)
+        dt = p.dtype if p is not None and p.is_floating_point() else torch.float32
+        probe = probe.to(device=dev, dtype=dt)
         trunk, rest = _trunk_and_head(model, probe)
         if head is None:
             lin_head = _split_head(rest)

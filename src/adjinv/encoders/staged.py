@@ -141,7 +141,7 @@ class StagedEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self.infos = self._probe(names, probe_size)
-        self._hash: str | None = None
+        self._hash: tuple[tuple, str] | None = None
 
     # ------------------------------------------------------------------ layout
     def _probe(self, names: list[str], size: int) -> list[StageInfo]:
@@ -207,14 +207,19 @@ class StagedEncoder(nn.Module):
 
     def weights_hash(self) -> str:
         """SHA-256 (first 16 hex digits) over every parameter and buffer of stages and head."""
-        if self._hash is None:
+        state = sorted(self.state_dict().items())
+        # The modules are shared with the user's model, so the cache is keyed on
+        # every tensor's storage and version counter: any in-place update or
+        # load_state_dict invalidates it.
+        key = tuple((k, v.data_ptr(), v._version) for k, v in state)
+        if self._hash is None or self._hash[0] != key:
             h = hashlib.sha256()
-            for k, v in sorted(self.state_dict().items()):
+            for k, v in state:
                 h.update(k.encode())
                 h.update(str(tuple(v.shape)).encode())
                 h.update(v.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
-            self._hash = h.hexdigest()[:16]
-        return self._hash
+            self._hash = (key, h.hexdigest()[:16])
+        return self._hash[1]
 
     # ------------------------------------------------------------------ data
     def normalize(self, img: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,100 @@
+"""The command line on the real embedded default, at small sizes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adjinv.checkpoint import read_checkpoint
+from adjinv.cli import main
+from adjinv.errors import AdjinvError
+
+
+def _photo(path, seed=0, size=(72, 90)):
+    rng = np.random.default_rng(seed)
+    base = rng.random((size[0] // 8, size[1] // 8, 3))
+    arr = np.kron(base, np.ones((8, 8, 1)))[: size[0], : size[1]]
+    Image.fromarray((arr * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def test_encoders_lists_registry(capsys):
+    assert main(["encoders"]) == 0
+    out = capsys.readouterr().out
+    for name in ("efficientnet_lite0", "resnet18", "resnet50", "densenet121", "convnext_base"):
+        assert name in out
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path, capsys):
+    code = main(["invert", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("adjinv: error:") and "does not exist" in err[0]
+    assert "Traceback" not in "".join(err)
+
+
+def test_debug_shows_the_exception(tmp_path):
+    with pytest.raises(AdjinvError):
+        main(["--debug", "invert", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")])
+
+
+def test_unknown_encoder(tmp_path, capsys):
+    img = _photo(tmp_path / "a.png")
+    assert main(["invert", str(img), "--encoder", "vgg99", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown architecture" in capsys.readouterr().err
+
+
+def test_invert_writes_every_output(tmp_path):
+    img = _photo(tmp_path / "cat.png")
+    out = tmp_path / "out"
+    assert main(["invert", str(img), "--out", str(out), "--size", "64", "--channels", "3"]) == 0
+    d = out / "cat"
+    s = json.loads((d / "summary.json").read_text())
+    assert set(s["top1"]) == {"index", "name", "probability"}
+    assert 0 <= s["top1"]["index"] < 1000 and 0 < s["top1"]["probability"] <= 1
+    assert len(s["stages"]) == 6
+    for st in s["stages"]:
+        assert (d / st["file"]).is_file()
+    for w in s["simplex_weights"].values():
+        assert abs(sum(w) - 1) < 1e-4
+    for key in ("reconstruction", "seed_zero_control"):
+        assert -1 <= s[key]["ssim"] <= 1 and np.isfinite(s[key]["psnr"])
+    assert len(s["top_channels"]) == 3
+    for c in s["top_channels"]:
+        assert (d / c["file"]).is_file()
+    for f in ("input.png", "class.png", "class_pos.png", "class_neg.png", "control_seed_zero.png"):
+        assert (d / f).is_file()
+    van = s["vanilla_gradient"]
+    assert ("ssim" in van and (d / "vanilla.png").is_file()) or "unavailable" in van
+    assert (out / "index.html").is_file()
+    assert "cat/class.png" in (out / "index.html").read_text()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_train_checkpoints_and_resumes(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _photo(folder / "a.png", 1)
+    _photo(folder / "b.png", 2)
+    ck = tmp_path / "lac.safetensors"
+    args = ["train", "--images", str(folder), "--out", str(ck), "--size", "40",
+            "--checkpoint-every", "1", "--chunk-size", "64"]
+    assert main([*args, "--steps", "2"]) == 0
+    meta, tensors = read_checkpoint(ck)
+    assert meta["step"] == 2 and meta["complete"] and "extra.vanilla.gain" in tensors
+    # an existing checkpoint is never overwritten without --resume
+    assert main([*args, "--steps", "3"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--steps", "3", "--resume"]) == 0
+    meta, _ = read_checkpoint(ck)
+    assert meta["step"] == 3 and len(meta["losses"]) == 3
+
+
+def test_train_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--images", str(tmp_path / "empty"), "--out",
+                 str(tmp_path / "x.safetensors")]) == 2
+    assert "holds no images" in capsys.readouterr().err

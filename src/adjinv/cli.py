@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("encoders", help="list the registered encoders")
     p.set_defaults(func=cmd_encoders)
+
+    from .experiments.commands import register_commands
+
+    register_commands(sub)
     return ap
 
 

@@ -1,0 +1,41 @@
+"""Extension point of the command line: experiment runners register here.
+
+Each module in :data:`COMMAND_MODULES` defines ``register(sub, experiment_sub)``,
+where ``sub`` is the top-level subparser set (for commands such as
+``adjinv train-head``) and ``experiment_sub`` has ``add_parser(name, …)`` for
+``adjinv experiment NAME``. A handler is set with
+``parser.set_defaults(func=callable(args))`` and raises ``AdjinvError`` for
+user errors, like the built-in commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+# Modules (relative to this package) that add commands.
+COMMAND_MODULES: list[str] = []
+
+
+class _ExperimentGroup:
+    """Creates ``adjinv experiment`` on first use, so it exists only with runners."""
+
+    def __init__(self, sub: argparse._SubParsersAction) -> None:
+        self._sub = sub
+        self._group: argparse._SubParsersAction | None = None
+
+    def add_parser(self, name: str, **kw: object) -> argparse.ArgumentParser:
+        """Like ``subparsers.add_parser`` for ``adjinv experiment NAME``."""
+        if self._group is None:
+            exp = self._sub.add_parser(
+                "experiment", help="run one of the paper's experiments",
+                description="Experiment runners: config in; results.json and figures out.")
+            self._group = exp.add_subparsers(dest="experiment", required=True, metavar="NAME")
+        return self._group.add_parser(name, **kw)
+
+
+def register_commands(sub: argparse._SubParsersAction) -> None:
+    """Add ``adjinv experiment …`` and any other registered commands to ``sub``."""
+    exp_sub = _ExperimentGroup(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f".{name}", __package__).register(sub, exp_sub)

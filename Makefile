@@ -10,4 +10,5 @@ lint:
 # Re-creates the bundled LAC checkpoint (see README, "The bundled LACs").
 lac:
 	adjinv train --encoder efficientnet_lite0 --steps 40 --size 96 --lr 0.02 --seed 0 \
-	  --checkpoint-every 5 --out src/adjinv/weights/efficientnet_lite0.lac.safetensors
+	  --checkpoint-every 5 --out lac-train/efficientnet_lite0.lac.safetensors \
+	  --export src/adjinv/weights/efficientnet_lite0.lac.safetensors

@@ -88,9 +88,13 @@ def test_train_checkpoints_and_resumes(tmp_path, capsys):
     # an existing checkpoint is never overwritten without --resume
     assert main([*args, "--steps", "3"]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main([*args, "--steps", "3", "--resume"]) == 0
+    small = tmp_path / "small.safetensors"
+    assert main([*args, "--steps", "3", "--resume", "--export", str(small)]) == 0
     meta, _ = read_checkpoint(ck)
     assert meta["step"] == 3 and len(meta["losses"]) == 3
+    meta_s, t_small = read_checkpoint(small)
+    assert meta_s["step"] == 3 and not any(k.startswith("extra.adam.") for k in t_small)
+    assert "extra.vanilla.gain" in t_small and "lac.lacs.pix.gamma" in t_small
 
 
 def test_train_empty_folder(tmp_path, capsys):

@@ -115,6 +115,17 @@ def load_checkpoint(path: str | os.PathLike, encoder: StagedEncoder, *,
     return lacs, LACCheckpoint(meta=meta, extras=extras)
 
 
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy a training checkpoint without its optimiser state: only LAC γ/β, the
+    fitted vanilla map and the metadata (what the package bundles)."""
+    from safetensors.torch import save
+
+    meta, tensors = read_checkpoint(src)
+    keep = {k: v for k, v in tensors.items() if not k.startswith("extra.adam.")}
+    meta = {**meta, "exported_from_step": meta.get("step")}
+    return atomic_write_bytes(dst, save(keep, metadata={"adjinv": json.dumps(meta)}))
+
+
 def bundled_checkpoint(name: str) -> Path | None:
     """The LAC checkpoint shipped inside the package for ``name``, if any."""
     p = Path(__file__).parent / "weights" / f"{name}.lac.safetensors"

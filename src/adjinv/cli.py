@@ -157,6 +157,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     last = sum(losses[-5:]) / max(1, len(losses[-5:]))
     print(f"trained {enc.name} LACs for {cfg.steps} steps: l1 loss {first:.4f} (first 5) -> "
           f"{last:.4f} (last 5); wrote {out}")
+    if args.export:
+        from .checkpoint import export_checkpoint
+
+        print(f"exported γ/β and the vanilla map (no optimiser state) to "
+              f"{export_checkpoint(out, args.export)}")
 
 
 def cmd_encoders(args: argparse.Namespace) -> None:
@@ -222,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=10)
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
+    p.add_argument("--export", help="also write a small copy without optimiser state (for shipping)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("encoders", help="list the registered encoders")

@@ -325,7 +325,7 @@ def cmd_train_head(args: argparse.Namespace) -> None:
     first = sum(res.losses[:5]) / max(1, len(res.losses[:5]))
     last = sum(res.losses[-5:]) / max(1, len(res.losses[-5:]))
     print(f"trained a {cfg.model.blocks}-block attention head on {enc.name} for {cfg.steps} steps "
-          f"(cross-entropy {first:.4f} first 5 -> {last:.4f} last 5): accuracy train "
+          f"(cross-entropy {first:.3g} first 5 -> {last:.3g} last 5): accuracy train "
           f"{_fmt_acc(res.train_accuracy)}, test {_fmt_acc(res.test_accuracy)}; "
           f"{time.perf_counter() - t0:.1f} s; wrote {out}")
 

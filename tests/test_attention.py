@@ -200,3 +200,24 @@ def test_cli_train_head_and_experiment(tmp_path, capsys):
     assert main(["experiment", "attention", "--head", str(ck), "--out", str(out),
                  "--token-blocks", "7"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_runner_on_a_tiny_encoder_with_split(enc32, tmp_path):
+    from adjinv.experiments.attention import AttentionConfig, run_attention
+
+    torch.manual_seed(0)
+    head = HybridAttentionClassifier(16, 3, HybridConfig(heads=2, dim=8))
+    imgs = {"a": smooth_image(40, 1, seed=1)[0], "b": smooth_image(48, 1, seed=2)[0]}
+    cfg = AttentionConfig(size=32, token_blocks=[1, -1], split=True)
+    r = run_attention(enc32, None, "identity", head, {"source": "test"}, imgs, tmp_path, cfg)
+    assert r["grid"] == [4, 4] and r["token_blocks"] == [1, 2]
+    assert r["summary"]["1"]["distance_tokens"]["n"] == 32
+    for img in r["images"]:
+        d = tmp_path / img["image"]
+        assert all((d / v["split_file"]).is_file() for v in img["layers"].values())
+        assert (d / img["files"]["logit_split"]).is_file()
+        toks = img["tokens"]["2"]["tokens"]
+        assert [t["grid"] for t in toks[:5]] == [[0, 0], [0, 1], [0, 2], [0, 3], [1, 0]]
+        assert all(t["shuffled_tokens"] >= 0 and 0 <= t["own_energy"] <= 1 for t in toks)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(r["summary"]))

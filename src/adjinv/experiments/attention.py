@@ -65,6 +65,7 @@ class AttentionConfig:
     window: int | None = None
     seed: int = 0
     chunk_size: int | None = None
+    split: bool = False
 
 
 # ----------------------------------------------------------------------------- runner
@@ -113,7 +114,7 @@ def _locality_summary(tps: list, pixel: list, t: int) -> dict:
     }
 
 
-def visualise_image(encoder: StagedEncoder, lacs: LACBank, head: HybridAttentionClassifier,
+def visualise_image(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAttentionClassifier,
                     name: str, image: torch.Tensor, out: Path, cfg: AttentionConfig,
                     progress: Progress | None = None) -> tuple[dict, dict]:
     """Layer-wise and per-token maps of one image (3, H, W) in [0, 1]; PNGs into ``out``.
@@ -127,11 +128,14 @@ def visualise_image(encoder: StagedEncoder, lacs: LACBank, head: HybridAttention
         a = encoder.forward_stages(check_input(x, encoder))[-1]
     h, w = int(a.shape[-2]), int(a.shape[-1])
     n_tok = h * w
-    readouts: dict = {f"block{b}": BlockEnergy(head, b) for b in range(nb)}
-    readouts["logit"] = LogitReadout(head)
-    for b in tok_blocks:
-        readouts.update({f"block{b}/token{t}": TokenEnergy(head, b, t) for t in range(n_tok)})
-    res = invert_readouts(encoder, lacs, x, readouts, chunk_size=cfg.chunk_size)
+    layer_ro: dict = {f"block{b}": BlockEnergy(head, b) for b in range(nb)}
+    layer_ro["logit"] = LogitReadout(head)
+    token_ro = {f"block{b}/token{t}": TokenEnergy(head, b, t) for b in tok_blocks for t in range(n_tok)}
+    if cfg.split:
+        res = invert_readouts(encoder, lacs, x, layer_ro, split=True, chunk_size=cfg.chunk_size)
+        res.update(invert_readouts(encoder, lacs, x, token_ro, chunk_size=cfg.chunk_size))
+    else:
+        res = invert_readouts(encoder, lacs, x, {**layer_ro, **token_ro}, chunk_size=cfg.chunk_size)
     if progress is not None:
         progress(1, 1)
     with torch.no_grad():
@@ -147,11 +151,18 @@ def visualise_image(encoder: StagedEncoder, lacs: LACBank, head: HybridAttention
         fn = f"layer_block{b}.png"
         save_png(out / fn, robust_minmax(r.psi[0]))
         layers[str(b)] = {"readout": "||T_b||^2", "value": float(r.value[0]), "file": fn}
+        if r.split is not None:
+            layers[str(b)]["split_file"] = f"layer_block{b}_split.png"
+            save_png(out / f"layer_block{b}_split.png", robust_minmax(r.split[0]))
         shown.append(robust_minmax(r.psi[0]))
         heat.append(smooth_energy(token_energy_maps(r.psi[0]), win))
         titles.append(f"Ψ_L(∂‖T_{b}‖²/∂A_L)")
     lg = res["logit"]
     save_png(out / "logit.png", robust_minmax(lg.psi[0]))
+    files = {"input": "input.png", "figure": "figure6_layers.png", "logit": "logit.png"}
+    if lg.split is not None:
+        save_png(out / "logit_split.png", robust_minmax(lg.split[0]))
+        files["logit_split"] = "logit_split.png"
     shown.append(robust_minmax(lg.psi[0]))
     heat.append(smooth_energy(token_energy_maps(lg.psi[0]), win))
     titles.append(f"Ψ_L(∂z_k/∂A_L), k={head.classes[k]}")
@@ -170,13 +181,13 @@ def visualise_image(encoder: StagedEncoder, lacs: LACBank, head: HybridAttention
                           "tokens": _peaks_json(tp, 0, (h, w))}
     rec = {"image": name, "grid": [h, w],
            "prediction": {"index": k, "name": head.classes[k], "probability": float(probs[k])},
-           "files": {"input": "input.png", "figure": "figure6_layers.png", "logit": "logit.png"},
+           "files": files,
            "layers": layers, "logit": {"class": head.classes[k], "value": float(lg.value[0])},
            "tokens": tokens, "seconds": time.perf_counter() - t0}
     return rec, peaks
 
 
-def run_attention(encoder: StagedEncoder, lacs: LACBank, lac_source: str,
+def run_attention(encoder: StagedEncoder, lacs: LACBank | None, lac_source: str,
                   head: HybridAttentionClassifier, head_info: dict, images: dict[str, torch.Tensor],
                   out: Path, cfg: AttentionConfig, progress: Progress | None = None) -> dict:
     """Visualise every image, write ``results.json`` and ``index.html`` into ``out``."""
@@ -244,6 +255,10 @@ def _write_index(out: Path, results: dict) -> Path:
         p = r["image"] + "/"
         figs = [figure(p + "figure6_layers.png", "input, Ψ of each block energy, Ψ of the top logit")]
         figs += [figure(p + t["file"], f"tokens, block {b}") for b, t in r["tokens"].items()]
+        figs += [figure(p + v["split_file"], f"block {b}: Σ_c w_c Ψ_L(E_c ⊙ G)")
+                 for b, v in r["layers"].items() if "split_file" in v]
+        if "logit_split" in r["files"]:
+            figs.append(figure(p + r["files"]["logit_split"], "top logit: Σ_c w_c Ψ_L(E_c ⊙ G)"))
         sections.append(f"<section><h2>{r['image']}</h2><p>prediction {r['prediction']['name']} "
                         f"(p = {r['prediction']['probability']:.3f})</p>{''.join(figs)}</section>")
     style = "<style>figure img{width:auto !important;height:auto !important;max-width:900px}</style>"
@@ -380,7 +395,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
         names = SAMPLE_NAMES[: args.num_images] if args.num_images else SAMPLE_NAMES
         images = sample_images(names)
     cfg = AttentionConfig(size=size, token_blocks=args.token_blocks, window=args.window,
-                          seed=args.seed, chunk_size=args.chunk_size)
+                          seed=args.seed, chunk_size=args.chunk_size, split=args.split)
     print(f"encoder {enc.name}, LACs: {source}; visualising {len(images)} image(s) at {size} px",
           file=sys.stderr)
     bar = _bar("images", len(images), "img")
@@ -462,6 +477,9 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
                    help="blocks with per-token maps (default 0 -1: the first and the last)")
     p.add_argument("--window", type=int, default=None,
                    help="energy smoothing window for the peak, px (default: one token cell)")
+    p.add_argument("--split", action="store_true",
+                   help="also the per-channel split sum_c w_c Psi_L(E_c * G) of each layer-wise seed "
+                   "(one cascade pass per live channel: about a minute per map on 2 CPU cores)")
     p.add_argument("--lac", help="LAC checkpoint (default: the bundled one for the encoder)")
     p.add_argument("--allow-other-weights", action="store_true",
                    help="accept LACs/head trained on other weights of this architecture")

@@ -82,6 +82,17 @@ def test_train_head_learns_and_resume_is_bit_identical(enc32, tmp_path):
         assert torch.equal(v, a[k])
 
 
+def test_float64_head_round_trip(tiny_enc, tmp_path):
+    data = _data()
+    data.train_images, data.test_images = data.train_images.double(), data.test_images.double()
+    ck = tmp_path / "head.safetensors"
+    res = train_head(tiny_enc, data, _cfg(1), checkpoint=ck)
+    model, _, _ = load_head(ck, tiny_enc)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, res.model.state_dict()[k])
+
+
 def test_resume_refuses_other_settings_and_encoders(enc32, tmp_path):
     data = _data()
     ck = tmp_path / "head.safetensors"

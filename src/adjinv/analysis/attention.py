@@ -276,6 +276,8 @@ def load_head(path: str | os.PathLike, encoder: StagedEncoder, *, allow_other_we
     model = HybridAttentionClassifier(int(meta["channels"]), len(meta["classes"]),
                                       HybridConfig(**meta["architecture"]), meta["classes"])
     state = {k.removeprefix("head."): v for k, v in tensors.items() if k.startswith("head.")}
+    if state:
+        model.to(next(iter(state.values())).dtype)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -318,8 +320,8 @@ def train_head(encoder: StagedEncoder, data: LabelledSet, config: HeadTrainConfi
     ``config.checkpoint_every`` steps and at the end, with the accuracies; with
     ``resume`` a run continues from that file exactly where it stopped.
     """
-    if config.steps < 0 or config.batch_size < 1 or config.lr <= 0:
-        raise AdjinvError("steps must be >= 0, batch_size >= 1 and lr > 0")
+    if config.steps < 0 or config.batch_size < 1 or config.lr <= 0 or config.checkpoint_every < 1:
+        raise AdjinvError("steps must be >= 0, batch_size >= 1, lr > 0 and checkpoint_every >= 1")
     if data.train_images.shape[0] == 0:
         raise AdjinvError("the labelled set has no training images")
     if data.size < encoder.total_stride:

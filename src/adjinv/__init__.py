@@ -1,6 +1,8 @@
 """adjinv: hallucination-free adjoint inversion of CNN classifiers (LAC cascade)."""
 
+from .analysis.attention import HybridAttentionClassifier
 from .analysis.class_directional import class_directional_inversion, foreground_energy
+from .analysis.readout import ReadoutInversion, invert_readout, invert_readouts
 from .core.cascade import AdjointCascade
 from .core.inverter import AdjointInverter, Inversion
 from .core.lac import LACBank, LocalAdjointCorrector
@@ -21,14 +23,18 @@ __all__ = [
     "AdjinvError",
     "AdjointCascade",
     "AdjointInverter",
+    "HybridAttentionClassifier",
     "Inversion",
     "LACBank",
     "LinearHead",
     "LocalAdjointCorrector",
+    "ReadoutInversion",
     "StagedEncoder",
     "class_directional_inversion",
     "encoder_from_module",
     "foreground_energy",
+    "invert_readout",
+    "invert_readouts",
     "list_encoders",
     "load_encoder",
     "load_inverter",

@@ -54,25 +54,33 @@ def save_checkpoint(path: str | os.PathLike, lacs: LACBank, encoder: StagedEncod
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """Metadata and raw tensors of a checkpoint, with clear errors for bad files."""
+    return read_tagged(path, FORMAT, "LAC checkpoint", "adjinv train")
+
+
+def read_tagged(path: str | os.PathLike, fmt: str, what: str,
+                command: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Metadata and tensors of a safetensors file whose ``adjinv`` JSON metadata has
+    ``format == fmt``; ``what`` names the kind of file and ``command`` the one that
+    re-creates it, in the error messages."""
     from safetensors import safe_open
 
     p = Path(path)
     if not p.is_file():
-        raise AdjinvError(f"LAC checkpoint {str(p)!r} does not exist")
+        raise AdjinvError(f"{what} {str(p)!r} does not exist")
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             raw = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as e:
-        raise AdjinvError(f"LAC checkpoint {str(p)!r} is truncated or corrupt "
-                          f"({type(e).__name__}); re-create it with `adjinv train`") from None
+        raise AdjinvError(f"{what} {str(p)!r} is truncated or corrupt "
+                          f"({type(e).__name__}); re-create it with `{command}`") from None
     try:
         meta = json.loads(raw["adjinv"])
-        ok = meta.get("format") == FORMAT
-    except (KeyError, ValueError):
+        ok = meta.get("format") == fmt
+    except (KeyError, ValueError, AttributeError):
         ok = False
     if not ok:
-        raise AdjinvError(f"{str(p)!r} is not an adjinv LAC checkpoint (no {FORMAT} metadata)")
+        raise AdjinvError(f"{str(p)!r} is not an adjinv {what} (no {fmt} metadata)")
     return meta, tensors
 
 

@@ -72,11 +72,19 @@ class AdjointInverter:
 
     def synthesize(self, lin: Linearization, stage: int, weight_sets: dict[str, torch.Tensor], *,
                    keep: torch.Tensor | None = None,
-                   progress: Progress | None = None) -> tuple[dict[str, torch.Tensor],
-                                                              torch.Tensor | None]:
+                   progress: Progress | None = None,
+                   source: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor],
+                                                                torch.Tensor | None]:
         """``Σ_c W_{b,c} φ_{stage,c}`` for every weight set ``W`` (B, C) (Eq. 8/12), from one
-        cascade pass per live channel; optionally keep ``φ`` for the channels ``keep`` (B, K)."""
-        a = lin.acts[stage]
+        cascade pass per live channel; optionally keep ``φ`` for the channels ``keep`` (B, K).
+
+        ``source`` (B, C, h, w) replaces ``A_stage`` as the tensor whose channels seed the
+        cascade, ``φ_c = Ψ_stage(E_c ⊙ source)``: the per-channel split of any cotangent
+        (SPEC §12). Default: the activation-weighted seeds of Eq. 3."""
+        a = lin.acts[stage] if source is None else source.to(lin.acts[stage])
+        if a.shape != lin.acts[stage].shape:
+            raise ValueError(f"source of shape {tuple(a.shape)} does not match A_{stage} "
+                             f"{tuple(lin.acts[stage].shape)}")
         bsz, c = a.shape[:2]
         live = torch.zeros(c, dtype=torch.bool, device=a.device)
         for w in weight_sets.values():

@@ -1,6 +1,7 @@
 """adjinv: hallucination-free adjoint inversion of CNN classifiers (LAC cascade)."""
 
 from .analysis.class_directional import class_directional_inversion, foreground_energy
+from .analysis.covvol import covariance_volume_select
 from .core.cascade import AdjointCascade
 from .core.inverter import AdjointInverter, Inversion
 from .core.lac import LACBank, LocalAdjointCorrector
@@ -27,6 +28,7 @@ __all__ = [
     "LocalAdjointCorrector",
     "StagedEncoder",
     "class_directional_inversion",
+    "covariance_volume_select",
     "encoder_from_module",
     "foreground_energy",
     "list_encoders",

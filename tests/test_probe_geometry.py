@@ -136,3 +136,12 @@ def test_normalised_volume():
     assert normalised_volume(-3.0, -3.0, 10) == 1.0
     assert normalised_volume(-3.0 + 10 * math.log(0.5), -3.0, 10) == pytest.approx(0.5)
     assert math.isnan(normalised_volume(-math.inf, 1.0, 3))
+
+
+def test_mmd_subsampling_bounds_memory():
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(500, 4, generator=g), torch.randn(400, 4, generator=g) + 2
+    full, h = mmd2_unbiased(x, y, max_samples=None)
+    sub, _ = mmd2_unbiased(x, y, bandwidth=h, max_samples=100)
+    assert sub == pytest.approx(full, rel=0.3)
+    assert mmd2_unbiased(x, y, max_samples=100) == mmd2_unbiased(x, y, max_samples=100)

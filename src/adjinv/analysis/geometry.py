@@ -43,11 +43,25 @@ def effective_rank(cov: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
-def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> float:
+def subsample(x: torch.Tensor, max_samples: int | None, seed: int = 0) -> torch.Tensor:
+    """At most ``max_samples`` rows of ``x``, drawn without replacement from a private
+    generator (all rows, in order, if there are not more)."""
+    if max_samples is None or x.shape[0] <= max_samples:
+        return x
+    if max_samples < 2:
+        raise AdjinvError(f"max_samples must be at least 2, got {max_samples}")
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_samples]
+    return x[idx.sort().values.to(x.device)]
+
+
+def median_bandwidth(x: torch.Tensor, y: torch.Tensor, max_samples: int | None = 2000) -> float:
     """Median heuristic: the median Euclidean distance between distinct points of the
-    pooled sample ``x ∪ y`` (Gretton et al. 2012). A zero median falls back to the
-    mean distance, then to 1."""
-    z = torch.cat([_features(x, "x"), _features(y, "y")])
+    pooled sample ``x ∪ y`` (Gretton et al. 2012; for an even count, the lower of the
+    two middle values). A zero median falls back to the mean distance, then to 1.
+    Each sample is first cut to ``max_samples`` rows (:func:`subsample`), since the
+    distance matrix is quadratic in the number of images."""
+    z = torch.cat([_features(subsample(x, max_samples), "x"),
+                   _features(subsample(y, max_samples, 1), "y")])
     d = torch.cdist(z, z)
     iu = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)
     dist = d[iu[0], iu[1]]
@@ -57,8 +71,8 @@ def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> float:
     return h if h > 0 else 1.0
 
 
-def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None
-                  ) -> tuple[float, float]:
+def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None,
+                  max_samples: int | None = 2000) -> tuple[float, float]:
     """Unbiased ``MMD²_u`` (Gretton et al. 2012, Lemma 6) between samples ``x`` (m, C)
     and ``y`` (n, C), and the bandwidth used.
 
@@ -66,12 +80,15 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = No
     the median heuristic (:func:`median_bandwidth`: median pairwise distance of the
     pooled sample) unless ``bandwidth`` is given. The estimator drops the diagonal
     terms ``k(x_i, x_i)``, so it is unbiased and can be slightly **negative** when
-    the two distributions are equal; it is 0 in expectation then.
+    the two distributions are equal; it is 0 in expectation then. Samples larger
+    than ``max_samples`` rows are subsampled (seeded) to keep the kernel matrices
+    in memory; ``None`` uses every row.
     """
-    x, y = _features(x, "x"), _features(y, "y")
+    x = _features(subsample(x, max_samples), "x")
+    y = _features(subsample(y, max_samples, 1), "y")
     if x.shape[1] != y.shape[1]:
         raise AdjinvError(f"x and y have {x.shape[1]} and {y.shape[1]} channels")
-    h = median_bandwidth(x, y) if bandwidth is None else float(bandwidth)
+    h = median_bandwidth(x, y, None) if bandwidth is None else float(bandwidth)
     if h <= 0:
         raise AdjinvError(f"bandwidth must be positive, got {h}")
     gamma = 1.0 / (2 * h * h)
@@ -100,12 +117,13 @@ class GeometryIndicators:
 
 
 def geometry_indicators(reference: torch.Tensor, features: torch.Tensor, subset: torch.Tensor, *,
-                        ridge: float = 0.0, bandwidth: float | None = None) -> GeometryIndicators:
+                        ridge: float = 0.0, bandwidth: float | None = None,
+                        max_samples: int | None = 2000) -> GeometryIndicators:
     """Indicators of ``features`` (N, C): ``log det(Σ_S + λI)`` on the fixed channel subset
     ``S`` (chosen on clean data), effective rank and trace of the full ``Σ``, and
     ``MMD²_u`` between ``reference`` (clean features) and ``features`` (SPEC §9)."""
     cov = covariance(features)
-    mmd, h = mmd2_unbiased(reference, features, bandwidth)
+    mmd, h = mmd2_unbiased(reference, features, bandwidth, max_samples)
     ld = subset_logdet(cov, subset, ridge=ridge)
     return GeometryIndicators(logdet_subset=ld, effective_rank=effective_rank(cov),
                               trace=float(torch.trace(cov)), mmd2=mmd, bandwidth=h)

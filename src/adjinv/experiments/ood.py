@@ -195,7 +195,8 @@ def run_ood(cfg: OODConfig, out: str | Path, *, encoder: StagedEncoder | None = 
         "bandwidth": bandwidth,
         "mmd_convention": "unbiased MMD²_u, Gaussian kernel exp(-|a-b|²/(2h²)), h = median pairwise "
                           "distance of the pooled clean train+test features, fixed for all severities; "
-                          "clean train split vs (corrupted) test split",
+                          "clean train split vs (corrupted) test split; each side capped at 2000 "
+                          "rows by a seeded subsample",
         "spatial_scale": scale,
         "covvol_subset": subset.tolist(),
         "clean": clean,

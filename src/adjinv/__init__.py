@@ -2,6 +2,7 @@
 
 from .analysis.attention import HybridAttentionClassifier
 from .analysis.class_directional import class_directional_inversion, foreground_energy
+from .analysis.covvol import covariance_volume_select
 from .analysis.readout import ReadoutInversion, invert_readout, invert_readouts
 from .core.cascade import AdjointCascade
 from .core.inverter import AdjointInverter, Inversion
@@ -31,6 +32,7 @@ __all__ = [
     "ReadoutInversion",
     "StagedEncoder",
     "class_directional_inversion",
+    "covariance_volume_select",
     "encoder_from_module",
     "foreground_energy",
     "invert_readout",

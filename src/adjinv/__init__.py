@@ -1,7 +1,13 @@
 """adjinv: hallucination-free adjoint inversion of CNN classifiers (LAC cascade)."""
 
 from .analysis.attention import HybridAttentionClassifier
-from .analysis.class_directional import class_directional_inversion, foreground_energy
+from .analysis.class_directional import (
+    class_directional_inversion,
+    foreground_energy,
+    mask_area_ratio,
+)
+from .analysis.ecr import ecr_ablation, energy_concentration_ratio
+from .analysis.superposition import superposition_statistics
 from .analysis.covvol import covariance_volume_select
 from .analysis.readout import ReadoutInversion, invert_readout, invert_readouts
 from .core.cascade import AdjointCascade
@@ -33,6 +39,8 @@ __all__ = [
     "StagedEncoder",
     "class_directional_inversion",
     "covariance_volume_select",
+    "ecr_ablation",
+    "energy_concentration_ratio",
     "encoder_from_module",
     "foreground_energy",
     "invert_readout",
@@ -41,5 +49,7 @@ __all__ = [
     "load_encoder",
     "load_inverter",
     "load_lacs",
+    "mask_area_ratio",
     "simplex_measure",
+    "superposition_statistics",
 ]

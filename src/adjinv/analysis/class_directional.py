@@ -1,4 +1,5 @@
-"""Class-directional inversion (Eq. 12, SPEC §6) and the foreground energy proportion."""
+"""Class-directional inversion (Eq. 12, SPEC §6), the foreground energy proportion
+(Eq. 95) and the mask's area ratio it is compared with."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from ..core.inverter import AdjointInverter
 from ..core.simplex import simplex_measure
 from ..encoders.staged import StagedEncoder
+from ..errors import AdjinvError
 
 MODES = ("contribution", "weight", "weight*simplex")
 
@@ -68,9 +70,25 @@ def class_directional_inversion(inverter: AdjointInverter, x: torch.Tensor,
                             res.extra["class-"], res.extra_weights["class"])
 
 
+def _check_mask(x_hat: torch.Tensor, mask: torch.Tensor) -> None:
+    if x_hat.dim() != 4 or x_hat.shape[1] != 3:
+        raise AdjinvError(f"expected a reconstruction (B, 3, H, W), got {tuple(x_hat.shape)}")
+    if mask.shape[-2:] != x_hat.shape[-2:]:
+        raise AdjinvError(f"the mask is {tuple(mask.shape[-2:])} but the reconstruction is "
+                          f"{tuple(x_hat.shape[-2:])}: resize both with the same crop")
+
+
 def foreground_energy(x_hat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``FG = Σ_{p∈M,rgb} x̂² / Σ_{p,rgb} x̂²`` on the raw reconstruction (Eq. 95).
-    ``x_hat`` (B, 3, H, W), ``mask`` (B, H, W) or (H, W) boolean → (B,)."""
+    """``FG = Σ_{p∈M,rgb} x̂² / Σ_{p,rgb} x̂²`` on the raw reconstruction, no mean-centring
+    (Eq. 95). ``x_hat`` (B, 3, H, W), ``mask`` (B, H, W) or (H, W) boolean → (B,).
+    A reconstruction with no energy at all has FG 0 (check its energy when that matters)."""
+    _check_mask(x_hat, mask)
     e = x_hat.pow(2).sum(1)
     m = mask.to(e.dtype).expand_as(e)
     return (e * m).flatten(1).sum(1) / e.flatten(1).sum(1).clamp_min(1e-30)
+
+
+def mask_area_ratio(mask: torch.Tensor) -> torch.Tensor:
+    """The fraction of pixels inside the mask, (B, H, W) or (H, W) → (B,) or scalar: what
+    FG (Eq. 95) equals for a reconstruction of uniform energy, the baseline to compare with."""
+    return mask.to(torch.float64).flatten(-2).mean(-1)

@@ -14,7 +14,7 @@ import argparse
 import importlib
 
 # Modules (relative to this package) that add commands.
-COMMAND_MODULES: list[str] = ["attention", "compression", "ood"]
+COMMAND_MODULES: list[str] = ["attention", "compression", "ood", "fg_paradox", "superposition", "ecr"]
 
 
 class _ExperimentGroup:

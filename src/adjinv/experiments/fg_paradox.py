@@ -1,0 +1,351 @@
+"""Sec. 3.2.1 / C.2: the foreground-energy paradox, re-measured with controls.
+
+Per image: ``FG`` (Eq. 95) of ``x̂^(k)``, ``x̂^(k)_+``, ``x̂^(k)_-`` (Eq. 12, ``k`` the
+encoder's top-1 class unless fixed) and the mask's area ratio; over images, means
+with 95 % bootstrap intervals and the paper's observations as measured numbers:
+``O1 = |FG+ − FG−|``, ``O2 = FG_full − max(FG+, FG−)`` (per image, then averaged),
+``O3``: ``O2`` per encoder in the order given. Beside each, the three controls of
+:mod:`adjinv.analysis.controls`. The runner reports what it measures; whether O1 is
+small or O2 positive is for the numbers to say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..analysis.class_directional import (
+    MODES,
+    class_directional_inversion,
+    foreground_energy,
+    mask_area_ratio,
+)
+from ..analysis.controls import (
+    nan_to_none,
+    randomization_levels,
+    randomized_encoder,
+    seed_zero,
+    swapped_class_directional,
+)
+from ..core.inverter import AdjointInverter
+from ..core.lac import LACBank
+from ..data.masks import MaskedDataset, open_masked
+from ..encoders.staged import StagedEncoder
+from ..errors import AdjinvError
+from ..io import atomic_write_json, atomic_write_text
+from ..viz.display import robust_minmax
+from .common import Log, environment, load_config, pyplot, quiet_log, save_figure, stderr_log
+from .interference_common import (
+    CONTROLS_NOTE,
+    ImageCache,
+    bootstrap_ci,
+    fmt,
+    fmt_ci,
+    iter_with_bar,
+    lac_digest,
+    model_with_lacs,
+    parse_levels,
+    set_threads,
+    tensor_digest,
+)
+
+
+@dataclass
+class FGParadoxConfig:
+    """What ``adjinv experiment fg-paradox`` measures."""
+
+    encoders: list[str] = field(default_factory=lambda: ["efficientnet_lite0"])
+    weights: str | None = None
+    lac: str | None = None
+    random_init: bool = False
+    data: str = "composites"
+    split: str = "test"
+    size: int = 96
+    max_images: int | None = None
+    mode: str = "contribution"
+    target: int | None = None
+    randomize: list = field(default_factory=lambda: [1, 3])
+    seed: int = 0
+    n_boot: int = 2000
+    chunk_size: int | None = None
+
+
+def _fg(x: torch.Tensor, mask: torch.Tensor) -> float | None:
+    if float(x.pow(2).sum()) == 0:
+        return None
+    return float(foreground_energy(x, mask)[0])
+
+
+def _trio(full: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> dict:
+    d = {"full": _fg(full, mask), "pos": _fg(pos, mask), "neg": _fg(neg, mask)}
+    if None not in d.values():
+        d["O1"] = abs(d["pos"] - d["neg"])
+        d["O2"] = d["full"] - max(d["pos"], d["neg"])
+    else:
+        d["O1"] = d["O2"] = None
+    return d
+
+
+def measure_image(inv: AdjointInverter, randomized: dict[int, AdjointInverter], x: torch.Tensor,
+                  partner: torch.Tensor, mask: torch.Tensor, cfg: FGParadoxConfig,
+                  keep: bool = False) -> tuple[dict, dict]:
+    """One image's FG numbers and controls; ``keep``: also return the reconstructions."""
+    cd = class_directional_inversion(inv, x, target=cfg.target, mode=cfg.mode)
+    k = int(cd.target[0])
+    rec: dict = {"class": k, "class_name": inv.encoder.class_name(k),
+                 "area_ratio": float(mask_area_ratio(mask)),
+                 "measured": _trio(cd.x_class, cd.x_pos, cd.x_neg, mask)}
+    z = seed_zero(inv, x)
+    rec["seed_zero"] = {"fg": _fg(z, mask),
+                        "energy_ratio": nan_to_none(z.pow(2).sum() / cd.x_class.pow(2).sum()
+                                                    .clamp_min(1e-300) * cd.alpha.sum() ** 2)}
+    sw = swapped_class_directional(inv, x, partner, k, cfg.mode)
+    rec["swapped_seed"] = _trio(sw.x_class, sw.x_pos, sw.x_neg, mask)
+    rec["randomized"] = {}
+    shown = {"x̂": cd.x_class, "x̂+": cd.x_pos, "x̂−": cd.x_neg, "seed-zero": z, "swapped x̂": sw.x_class}
+    for n, inv_r in randomized.items():
+        try:
+            cr = class_directional_inversion(inv_r, x, target=k, mode=cfg.mode)
+            rec["randomized"][str(n)] = _trio(cr.x_class, cr.x_pos, cr.x_neg, mask)
+            shown[f"random top{n} x̂"] = cr.x_class
+        except AdjinvError as e:
+            rec["randomized"][str(n)] = {"full": None, "pos": None, "neg": None, "O1": None,
+                                         "O2": None, "error": str(e)}
+    return rec, (shown if keep else {})
+
+
+def _summary(recs: list[dict], levels: list[int], cfg: FGParadoxConfig) -> dict:
+    def ci(vals: list) -> dict:
+        return bootstrap_ci(vals, cfg.n_boot, cfg.seed)
+
+    def trio(get: object) -> dict:
+        return {q: ci([get(r).get(q) for r in recs]) for q in ("full", "pos", "neg", "O1", "O2")}  # type: ignore[operator]
+
+    return {"area_ratio": ci([r["area_ratio"] for r in recs]),
+            "measured": trio(lambda r: r["measured"]),
+            "seed_zero": {"fg": ci([r["seed_zero"]["fg"] for r in recs]),
+                          "undefined": sum(r["seed_zero"]["fg"] is None for r in recs)},
+            "swapped_seed": trio(lambda r: r["swapped_seed"]),
+            "randomized": {str(n): trio(lambda r, n=n: r["randomized"][str(n)]) for n in levels}}
+
+
+def run_encoder(enc: StagedEncoder, lacs: LACBank, lac_source: str, ds: MaskedDataset,
+                cfg: FGParadoxConfig, out: Path, log: Log) -> dict:
+    """Every image of ``ds`` through one encoder; per-image records cached under ``out/cache``."""
+    t0 = time.perf_counter()
+    levels = randomization_levels(cfg.randomize, enc.num_stages)
+    inv = AdjointInverter(enc, lacs, chunk_size=cfg.chunk_size)
+    randomized = {n: AdjointInverter(randomized_encoder(enc, n, cfg.seed), lacs,
+                                     chunk_size=cfg.chunk_size) for n in levels}
+    n = len(ds) if cfg.max_images is None else min(len(ds), cfg.max_images)
+    if n < 2:
+        raise AdjinvError("fg-paradox needs at least two images (the swapped-seed control "
+                          "takes its seeds from another image)")
+    items = [ds[i] for i in range(n)]
+    cache = ImageCache(out / "cache")
+    base = {"v": 1, "encoder": enc.name, "weights": enc.weights_hash(), "lacs": lac_digest(lacs),
+            "size": cfg.size, "mode": cfg.mode, "target": cfg.target, "levels": levels,
+            "seed": cfg.seed}
+    recs, computed, example = [], 0, {}
+    for i in iter_with_bar(list(range(n)), f"fg-paradox {enc.name}"):
+        it, partner = items[i], items[(i + 1) % n]
+        key = {**base, "image": tensor_digest(it.image, it.mask), "partner": tensor_digest(partner.image)}
+        rec = cache.get(key)
+        first = i == 0
+        if rec is None or first:
+            x = enc.normalize(it.image)[None]
+            xp = enc.normalize(partner.image)[None]
+            new, shown = measure_image(inv, randomized, x, xp, it.mask, cfg, keep=first)
+            if rec is None:
+                rec, computed = new, computed + 1
+                cache.put(key, {**rec, "name": it.name})
+            if first:
+                example = {"image": it.image, "mask": it.mask, "shown": shown, "name": it.name}
+        rec["name"] = it.name
+        recs.append(rec)
+    log(f"  {enc.name}: {n} images ({computed} computed, {n - computed} from cache)")
+    summ = _summary(recs, levels, cfg)
+    if example:
+        fn = f"example_{enc.name}.png"
+        plot_example(example, out / fn)
+        summ["example_figure"] = fn
+    return {"encoder": enc.name, "lacs": lac_source, "randomize_levels": levels,
+            "summary": summ, "images": recs, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def run_fg_paradox(cfg: FGParadoxConfig, out: str | Path, *, log: Log = quiet_log,
+                   encoders: list[StagedEncoder] | None = None,
+                   lacs: list[LACBank] | None = None) -> dict:
+    """The whole experiment: ``results.json``, ``table.md``, ``fg.png`` and one example figure
+    per encoder in ``out``. ``encoders``/``lacs``: objects instead of registry names."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    if cfg.mode not in MODES:
+        raise AdjinvError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    ds = open_masked(cfg.data, cfg.split, cfg.size)
+    per = []
+    if encoders is None:
+        if not cfg.encoders:
+            raise AdjinvError("give at least one encoder")
+        for name in cfg.encoders:
+            enc, bank, src = model_with_lacs(name, cfg.weights, cfg.random_init, cfg.lac, log)
+            per.append(run_encoder(enc, bank, src, ds, cfg, out, log))
+    else:
+        for j, enc in enumerate(encoders):
+            _, bank, src = model_with_lacs("", None, False, None, log, enc,
+                                           lacs[j] if lacs is not None else None)
+            per.append(run_encoder(enc, bank, src, ds, cfg, out, log))
+    o3 = [{"encoder": p["encoder"], "O2": p["summary"]["measured"]["O2"]} for p in per]
+    means = [o["O2"]["mean"] for o in o3]
+    mono = None
+    if len(means) > 1 and None not in means:
+        mono = all(b > a for a, b in zip(means, means[1:], strict=False))
+    results = {
+        "experiment": "fg-paradox (Sec. 3.2.1, C.2)",
+        "dataset": ds.describe(), "n_images": len(per[0]["images"]), "config": asdict(cfg),
+        "definitions": {
+            "FG": "sum_{p in M, rgb} x^2 / sum_{p, rgb} x^2 on the raw reconstruction (Eq. 95)",
+            "O1": "|FG(x+) - FG(x-)| per image, averaged", "O2": "FG(x) - max(FG(x+), FG(x-)) per "
+            "image, averaged", "O3": "O2 per encoder in the order given; 'increasing' says whether it "
+            "rises along that order (the paper orders by capacity)",
+            "intervals": f"95% percentile bootstrap over images, {cfg.n_boot} resamples, seed {cfg.seed}",
+        },
+        "controls": CONTROLS_NOTE,
+        "encoders": per,
+        "O3": {"per_encoder": o3, "increasing": mono},
+        "environment": environment(),
+    }
+    results["seconds"] = round(time.perf_counter() - t0, 2)
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "table.md", table(results))
+    plot_bars(results, out / "fg.png")
+    return results
+
+
+# ----------------------------------------------------------------------------- output
+def table(results: dict) -> str:
+    """The Markdown summary."""
+    lines = [f"# Foreground-energy paradox — {results['dataset']['dataset']}, "
+             f"{results['n_images']} images, {results['dataset']['size']} px", ""]
+    for p in results["encoders"]:
+        s = p["summary"]
+        lines += [f"## {p['encoder']} (LACs: {p['lacs']}; {p['seconds']:.0f} s)", "",
+                  f"Mask area ratio {fmt_ci(s['area_ratio'])}.", "",
+                  "| reconstruction | FG(x̂) | FG(x̂+) | FG(x̂−) | O1 | O2 |", "|---|---|---|---|---|---|"]
+        rows = [("measured", s["measured"]), ("swapped-seed", s["swapped_seed"])]
+        rows += [(f"random top {n}", v) for n, v in s["randomized"].items()]
+        for name, t in rows:
+            lines.append(f"| {name} | {fmt_ci(t['full'])} | {fmt_ci(t['pos'])} | {fmt_ci(t['neg'])} "
+                         f"| {fmt_ci(t['O1'])} | {fmt_ci(t['O2'])} |")
+        sz = s["seed_zero"]
+        lines += [f"| seed-zero (all three) | {fmt_ci(sz['fg'])} | | | | |", "",
+                  f"seed-zero undefined (Ψ_L(0) = 0) for {sz['undefined']} image(s).", ""]
+    o3 = results["O3"]
+    lines += ["O3 (O2 per encoder): " + ", ".join(f"{o['encoder']} {fmt(o['O2']['mean'])}"
+                                                   for o in o3["per_encoder"])
+              + (f"; increasing along the given order: {o3['increasing']}" if o3["increasing"]
+                 is not None else ""), "", "Controls:", ""]
+    lines += [f"- {c}" for c in results["controls"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_bars(results: dict, path: Path) -> Path:
+    """Mean FG with 95 % intervals per reconstruction and control, one panel per encoder."""
+    plt = pyplot()
+    n = len(results["encoders"])
+    fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 3.6), squeeze=False)
+    for ax, p in zip(axes[0], results["encoders"], strict=True):
+        s = p["summary"]
+        bars = [("area", s["area_ratio"])]
+        bars += [(f"meas. {q}", s["measured"][q]) for q in ("pos", "neg", "full")]
+        bars += [("seed-0", s["seed_zero"]["fg"])]
+        bars += [(f"swap {q}", s["swapped_seed"][q]) for q in ("pos", "neg", "full")]
+        for lv, t in s["randomized"].items():
+            bars += [(f"rnd{lv} {q}", t[q]) for q in ("pos", "neg", "full")]
+        xs = range(len(bars))
+        m = [b[1]["mean"] if b[1]["mean"] is not None else 0 for b in bars]
+        lo = [b[1]["lo"] if b[1]["lo"] is not None else mm for mm, b in zip(m, bars, strict=True)]
+        hi = [b[1]["hi"] if b[1]["hi"] is not None else mm for mm, b in zip(m, bars, strict=True)]
+        err = [[max(0, a - c) for a, c in zip(m, lo, strict=True)],
+               [max(0, c - a) for a, c in zip(m, hi, strict=True)]]
+        ax.bar(xs, m, yerr=err, capsize=2, color=["grey"] + ["C0"] * 3 + ["k"] + ["C1"] * 3
+               + ["C2"] * (len(bars) - 8))
+        ax.set_xticks(list(xs), [b[0] for b in bars], rotation=70, fontsize=7)
+        ax.set_ylabel("foreground energy FG")
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{p['encoder']} (LACs: {p['lacs']})", fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_example(example: dict, path: Path) -> Path:
+    """The first image: input with its mask outline, then every reconstruction (robust min-max)."""
+    plt = pyplot()
+    shown = example["shown"]
+    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(2.0 * (len(shown) + 1), 2.3))
+    axes[0].imshow(example["image"].permute(1, 2, 0).numpy())
+    axes[0].contour(example["mask"].numpy().astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
+    axes[0].set_title(example["name"], fontsize=7)
+    for ax, (t, img) in zip(axes[1:], shown.items(), strict=True):
+        ax.imshow(robust_minmax(img[0].detach().float().cpu()).permute(1, 2, 0).numpy())
+        ax.set_title(t, fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- CLI
+EPILOG = """examples:
+  adjinv experiment fg-paradox --out runs/fg                  # embedded composites, Lite0, 96 px
+  adjinv experiment fg-paradox --data cub:data/CUB_200_2011 --encoder resnet18 \\
+      --encoder resnet50 --size 224 --lac r18.lac.safetensors --out runs/fg-cub
+  adjinv experiment fg-paradox --data oxford_pet:data/pets --max-images 200 --out runs/fg-pet
+  adjinv experiment fg-paradox --data masks:my/images:my/masks --randomize 1 2 all --out runs/fg-mine
+A second run with the same --out reuses every finished image (out/cache).
+"""
+
+
+def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
+    """Add ``adjinv experiment fg-paradox``."""
+    p = experiment_sub.add_parser(  # type: ignore[attr-defined]
+        "fg-paradox", help="foreground energy of x̂, x̂+, x̂− with controls (Sec. 3.2.1)",
+        description="FG (Eq. 95) of the class-directional reconstruction and its sign hemispheres "
+                    "(Eq. 12) per image, with seed-zero, swapped-seed and model-randomisation "
+                    "controls; O1, O2, O3 as measured numbers.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", help="JSON file with FGParadoxConfig fields; flags override it")
+    p.add_argument("--encoder", action="append", dest="encoders",
+                   help="registry name, repeatable (default efficientnet_lite0)")
+    p.add_argument("--weights", help="local encoder state dict (single encoder)")
+    p.add_argument("--lac", help="LAC checkpoint (default: bundled, else identity with a warning)")
+    p.add_argument("--random-init", action="store_true", default=None,
+                   help="allow an untrained encoder (testing only)")
+    p.add_argument("--data", help="composites (embedded, default), cub:ROOT, oxford_pet:ROOT, "
+                                  "masks:IMAGES_DIR:MASKS_DIR")
+    p.add_argument("--split", choices=["train", "test"], help="dataset split (default test)")
+    p.add_argument("--size", type=int, help="image side in px (default 96)")
+    p.add_argument("--max-images", type=int, help="use the first N images")
+    p.add_argument("--mode", choices=MODES, help="class weighting α (default contribution = W·g)")
+    p.add_argument("--class", type=int, dest="target", help="fixed class k (default: top-1 per image)")
+    p.add_argument("--randomize", nargs="+", help="stage counts to re-initialise from the top "
+                                                  "(integers or 'all'; default 1 3)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--chunk-size", type=int)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+    def run(args: argparse.Namespace) -> None:
+        set_threads(args.threads)
+        over = {k: getattr(args, k, None) for k in (
+            "encoders", "weights", "lac", "random_init", "data", "split", "size", "max_images",
+            "mode", "target", "seed", "chunk_size")}
+        if args.randomize is not None:
+            over["randomize"] = parse_levels(args.randomize)
+        cfg = load_config(FGParadoxConfig, args.config, over)
+        res = run_fg_paradox(cfg, args.out, log=stderr_log)
+        print(f"wrote {args.out}/results.json, table.md and fg.png in {res['seconds']:.1f} s")
+
+    p.set_defaults(func=run)

@@ -1,0 +1,326 @@
+"""Sec. 3.2.2–3.2.3 / C.3–C.4: holographic superposition (H1), re-measured with controls.
+
+Per image: the H1 statistics of SPEC §7 (:func:`~adjinv.analysis.superposition.
+superposition_statistics`) of the deepest stage's channel inversions ``φ_{L,c}`` for
+the ``max_channels`` live channels of largest simplex weight [choice: a cap so the
+runner finishes in minutes on a CPU; ``max_channels = 0`` takes every live channel],
+averaged over images with bootstrap intervals; beside them the three controls.
+Figure-3-style panels for the first image(s): (a) per-channel inversions from the
+high-, mid- and low-weight thirds of the live channels; (b) the per-stage
+reconstructions ``x̂_l`` with ``x̂^(k)``, ``x̂^(k)_+``, ``x̂^(k)_-``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..analysis.class_directional import class_directional_weights
+from ..analysis.controls import (
+    nan_to_none,
+    randomization_levels,
+    randomized_encoder,
+    seed_zero,
+    swapped_channel_inversions,
+)
+from ..analysis.superposition import direction_cosine, leading_direction, superposition_statistics
+from ..core.inverter import AdjointInverter
+from ..core.lac import LACBank
+from ..core.simplex import simplex_measure
+from ..data.masks import open_masked
+from ..encoders.staged import StagedEncoder
+from ..errors import AdjinvError
+from ..io import atomic_write_json, atomic_write_text
+from ..viz.display import robust_minmax
+from .common import Log, environment, load_config, pyplot, quiet_log, save_figure, stderr_log
+from .interference_common import (
+    CONTROLS_NOTE,
+    ImageCache,
+    bootstrap_ci,
+    fmt_ci,
+    iter_with_bar,
+    lac_digest,
+    model_with_lacs,
+    parse_levels,
+    set_threads,
+    tensor_digest,
+)
+
+SCALARS = ("energy_fraction", "variance_before", "variance_after", "expansion")
+
+
+@dataclass
+class SuperpositionConfig:
+    """What ``adjinv experiment superposition`` measures."""
+
+    encoder: str = "efficientnet_lite0"
+    weights: str | None = None
+    lac: str | None = None
+    random_init: bool = False
+    data: str = "composites"
+    split: str = "test"
+    size: int = 96
+    max_images: int | None = None
+    max_channels: int = 128
+    randomize: list = field(default_factory=lambda: [1, 3])
+    figure_images: int = 1
+    panel_channels: int = 4
+    seed: int = 0
+    n_boot: int = 2000
+    chunk_size: int | None = None
+
+
+def top_channels(enc: StagedEncoder, x: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(channels, weights)``: live deepest-stage channels by descending simplex weight
+    (at most ``cap``; 0 = all live)."""
+    with torch.no_grad(), enc.frozen():
+        w = simplex_measure(enc.forward_stages(x)[-1])[0]
+    order = w.argsort(descending=True)
+    order = order[w[order] > 0]
+    return (order if cap <= 0 else order[:cap]), w
+
+
+def _stats(phi: torch.Tensor) -> dict:
+    s = superposition_statistics(phi).to_dict()
+    return {k: (nan_to_none(v) if isinstance(v, float) else
+                {q: nan_to_none(u) for q, u in v.items()} if isinstance(v, dict) else v)
+            for k, v in s.items()}
+
+
+def measure_image(inv: AdjointInverter, randomized: dict[int, AdjointInverter], x: torch.Tensor,
+                  partner: torch.Tensor, cfg: SuperpositionConfig) -> dict:
+    """One image's H1 statistics and controls."""
+    ch, _ = top_channels(inv.encoder, x, cfg.max_channels)
+    if ch.numel() < 2:
+        raise AdjinvError("fewer than two live channels at the deepest stage")
+    phi = inv.channel_inversions(x, -1, ch)[0]
+    u, _ = leading_direction(phi)
+    rec: dict = {"channels": int(ch.numel()), "measured": _stats(phi)}
+    z = seed_zero(inv, x)[0]
+    e_phi = float(phi.double().pow(2).flatten(1).sum(1).mean())
+    rec["seed_zero"] = {
+        "energy_vs_mean_channel": float(z.double().pow(2).sum()) / e_phi if e_phi > 0 else None,
+        "cos_u": nan_to_none(direction_cosine(u, z)),
+        "mean_cos_channels": nan_to_none(sum(direction_cosine(p, z) for p in phi) / len(phi))
+        if float(z.abs().sum()) > 0 else None}
+    phi_s = swapped_channel_inversions(inv, x, partner, ch)[0]
+    u_s, _ = leading_direction(phi_s)
+    rec["swapped_seed"] = {**_stats(phi_s), "cos_u": direction_cosine(u, u_s)}
+    rec["randomized"] = {}
+    for n, inv_r in randomized.items():
+        try:
+            ch_r, _ = top_channels(inv_r.encoder, x, cfg.max_channels)
+            phi_r = inv_r.channel_inversions(x, -1, ch_r)[0]
+            u_r, _ = leading_direction(phi_r)
+            rec["randomized"][str(n)] = {**_stats(phi_r), "cos_u": direction_cosine(u, u_r)}
+        except AdjinvError as e:
+            rec["randomized"][str(n)] = {"error": str(e)}
+    return rec
+
+
+def figure_panels(inv: AdjointInverter, x: torch.Tensor, img: torch.Tensor, name: str,
+                  cfg: SuperpositionConfig, out: Path) -> list[str]:
+    """Figure 3 (a) and (b) for one image; returns the file names."""
+    enc = inv.encoder
+    _, w = top_channels(enc, x, 0)
+    live = w.argsort(descending=True)
+    live = live[w[live] > 0]
+    thirds = torch.tensor_split(live, 3)
+    picks = []
+    for t, label in zip(thirds, ("high", "mid", "low"), strict=True):
+        sel = t[torch.linspace(0, len(t) - 1, min(cfg.panel_channels, len(t))).round().long()] \
+            if len(t) else t
+        picks += [(label, int(c)) for c in sel]
+    phi = inv.channel_inversions(x, -1, [c for _, c in picks])[0]
+    plt = pyplot()
+    ncol = max(1, cfg.panel_channels)
+    fig, axes = plt.subplots(3, ncol, figsize=(1.9 * ncol, 6.0), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    counts = {"high": 0, "mid": 0, "low": 0}
+    for (label, c), p in zip(picks, phi, strict=True):
+        r = ("high", "mid", "low").index(label)
+        ax = axes[r, counts[label]]
+        counts[label] += 1
+        ax.imshow(robust_minmax(p.float().cpu()).permute(1, 2, 0).numpy())
+        ax.set_title(f"{label} c={c} w={float(w[c]):.2g}", fontsize=7)
+    fig.suptitle(f"(a) φ_L,c of {name}: high / mid / low simplex-weight thirds", fontsize=9)
+    fa = f"figure3a_{name}.png"
+    save_figure(fig, out / fa)
+
+    def weights(acts: list[torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        return class_directional_weights(enc, acts[-1], logits.argmax(1), "contribution")
+
+    res = inv.invert(x, extra_weights=weights)
+    shown = [("input", img)] + [(f"x̂_{s} ({enc.infos[s].name})", robust_minmax(v[0].float().cpu()))
+                                for s, v in sorted(res.x_hat.items())]
+    shown += [(t, robust_minmax(res.extra[k][0].float().cpu()))
+              for t, k in (("x̂^(k)", "class"), ("x̂^(k)+", "class+"), ("x̂^(k)−", "class-"))]
+    fig, axes = plt.subplots(1, len(shown), figsize=(1.9 * len(shown), 2.3))
+    for ax, (t, im) in zip(axes, shown, strict=True):
+        ax.imshow(im.permute(1, 2, 0).numpy())
+        ax.set_title(t, fontsize=7)
+        ax.axis("off")
+    fig.suptitle(f"(b) per-stage reconstructions and class-directional hemispheres, {name}, "
+                 f"k = {enc.class_name(int(res.logits.argmax()))}", fontsize=9)
+    fb = f"figure3b_{name}.png"
+    save_figure(fig, out / fb)
+    return [fa, fb]
+
+
+def _agg(recs: list[dict], get: object, cfg: SuperpositionConfig) -> dict:
+    out = {}
+    for q in SCALARS:
+        out[q] = bootstrap_ci([get(r).get(q) for r in recs], cfg.n_boot, cfg.seed)  # type: ignore[operator]
+    for q in ("cos_before", "cos_after"):
+        out[q] = {p: bootstrap_ci([(get(r).get(q) or {}).get(p) for r in recs],  # type: ignore[operator]
+                                  cfg.n_boot, cfg.seed)["mean"] for p in ("min", "p5", "p95", "max")}
+    if any("cos_u" in get(r) for r in recs):  # type: ignore[operator]
+        out["cos_u"] = bootstrap_ci([get(r).get("cos_u") for r in recs], cfg.n_boot, cfg.seed)  # type: ignore[operator]
+    return out
+
+
+def run_superposition(cfg: SuperpositionConfig, out: str | Path, *, log: Log = quiet_log,
+                      encoder: StagedEncoder | None = None, lacs: LACBank | None = None) -> dict:
+    """``results.json``, ``table.md`` and the Figure-3 panels in ``out``."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    enc, bank, src = model_with_lacs(cfg.encoder, cfg.weights, cfg.random_init, cfg.lac, log,
+                                     encoder, lacs)
+    ds = open_masked(cfg.data, cfg.split, cfg.size)
+    n = len(ds) if cfg.max_images is None else min(len(ds), cfg.max_images)
+    if n < 2:
+        raise AdjinvError("superposition needs at least two images (swapped-seed control)")
+    levels = randomization_levels(cfg.randomize, enc.num_stages)
+    inv = AdjointInverter(enc, bank, chunk_size=cfg.chunk_size)
+    randomized = {lv: AdjointInverter(randomized_encoder(enc, lv, cfg.seed), bank,
+                                      chunk_size=cfg.chunk_size) for lv in levels}
+    items = [ds[i] for i in range(n)]
+    cache = ImageCache(out / "cache")
+    base = {"v": 1, "encoder": enc.name, "weights": enc.weights_hash(), "lacs": lac_digest(bank),
+            "size": cfg.size, "max_channels": cfg.max_channels, "levels": levels, "seed": cfg.seed}
+    recs, computed, figures = [], 0, []
+    for i in iter_with_bar(list(range(n)), "superposition"):
+        it, partner = items[i], items[(i + 1) % n]
+        key = {**base, "image": tensor_digest(it.image), "partner": tensor_digest(partner.image)}
+        x = enc.normalize(it.image)[None]
+        rec = cache.get(key)
+        if rec is None:
+            rec = measure_image(inv, randomized, x, enc.normalize(partner.image)[None], cfg)
+            cache.put(key, rec)
+            computed += 1
+        recs.append({**rec, "name": it.name})
+        if i < cfg.figure_images:
+            figures += figure_panels(inv, x, it.image, it.name, cfg, out)
+    log(f"  {n} images ({computed} computed, {n - computed} from cache)")
+    summary = {"measured": _agg(recs, lambda r: r["measured"], cfg),
+               "seed_zero": {q: bootstrap_ci([r["seed_zero"][q] for r in recs], cfg.n_boot, cfg.seed)
+                             for q in ("energy_vs_mean_channel", "cos_u", "mean_cos_channels")},
+               "swapped_seed": _agg(recs, lambda r: r["swapped_seed"], cfg),
+               "randomized": {str(lv): _agg(recs, lambda r, lv=lv: r["randomized"][str(lv)], cfg)
+                              for lv in levels}}
+    results = {
+        "experiment": "superposition H1 (Sec. 3.2.3, C.4)",
+        "encoder": enc.name, "lacs": src, "dataset": ds.describe(), "n_images": n,
+        "config": asdict(cfg),
+        "definitions": {
+            "energy_fraction": "lambda_1 / tr(G), G = Phi Phi^T of the channel inversions",
+            "variance": "V = mean_c ||phi_c - mean phi||^2 / mean_c ||phi_c||^2, before and after "
+                        "r_c = phi_c - <phi_c,u>u ([choice] each over its own rows' energy)",
+            "expansion": "V_after / V_before",
+            "cos": "min / 5th / 95th percentile / max of pairwise cosine similarities (means over images)",
+            "cos_u": "|cos| between this image's leading direction u and the control's",
+            "seed_zero": "energy of Psi_L(0) relative to the mean channel energy; |cos| of Psi_L(0) "
+                         "with u and (mean) with each phi_c: how much of the shared direction is "
+                         "seed-independent",
+            "channels": "live deepest-stage channels of largest simplex weight, at most max_channels",
+        },
+        "controls": CONTROLS_NOTE,
+        "summary": summary, "figures": figures, "images": recs, "environment": environment(),
+    }
+    results["seconds"] = round(time.perf_counter() - t0, 2)
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "table.md", table(results))
+    return results
+
+
+def table(results: dict) -> str:
+    """The Markdown summary."""
+    s = results["summary"]
+    lines = [f"# Superposition (H1) — {results['encoder']} (LACs: {results['lacs']}), "
+             f"{results['n_images']} images, {results['dataset']['size']} px, at most "
+             f"{results['config']['max_channels']} channels", "",
+             "| | λ₁/tr G | V before | V after | expansion | cos before (p5, p95) "
+             "| cos after (p5, p95) | |cos(u, u_ctrl)| |",
+             "|---|---|---|---|---|---|---|---|"]
+    rows = [("measured", s["measured"]), ("swapped-seed", s["swapped_seed"])]
+    rows += [(f"random top {lv}", v) for lv, v in s["randomized"].items()]
+    for name, t in rows:
+        cb, ca = t["cos_before"], t["cos_after"]
+
+        def pr(c: dict) -> str:
+            return "–" if c["p5"] is None else f"{c['p5']:.3f}, {c['p95']:.3f}"
+
+        lines.append(f"| {name} | {fmt_ci(t['energy_fraction'])} | {fmt_ci(t['variance_before'])} | "
+                     f"{fmt_ci(t['variance_after'])} | {fmt_ci(t['expansion'])} | {pr(cb)} | {pr(ca)} | "
+                     f"{fmt_ci(t['cos_u']) if 'cos_u' in t else ''} |")
+    z = s["seed_zero"]
+    lines += ["", f"seed-zero: ‖Ψ_L(0)‖² / mean ‖φ_c‖² = {fmt_ci(z['energy_vs_mean_channel'])}, "
+                  f"|cos(Ψ_L(0), u)| = {fmt_ci(z['cos_u'])}, mean |cos(Ψ_L(0), φ_c)| = "
+                  f"{fmt_ci(z['mean_cos_channels'])}.", "", "Controls:", ""]
+    lines += [f"- {c}" for c in results["controls"]]
+    lines += ["", f"Wall time {results['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+EPILOG = """examples:
+  adjinv experiment superposition --out runs/h1                 # embedded composites, Lite0, 96 px
+  adjinv experiment superposition --data oxford_pet:data/pets --encoder resnet50 --size 224 \\
+      --lac r50.lac.safetensors --max-channels 0 --max-images 50 --out runs/h1-pet
+A second run with the same --out reuses every finished image (out/cache).
+"""
+
+
+def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
+    """Add ``adjinv experiment superposition``."""
+    p = experiment_sub.add_parser(  # type: ignore[attr-defined]
+        "superposition", help="H1 statistics of channel inversions with controls (Sec. 3.2.3)",
+        description="Leading-eigenvalue energy fraction, rank-one subtraction, inter-channel "
+                    "variance and cosine ranges of the deepest channel inversions (SPEC §7), "
+                    "with seed-zero, swapped-seed and model-randomisation controls; Figure-3 panels.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--config", help="JSON file with SuperpositionConfig fields; flags override it")
+    p.add_argument("--encoder", help="registry name (default efficientnet_lite0)")
+    p.add_argument("--weights", help="local encoder state dict")
+    p.add_argument("--lac", help="LAC checkpoint (default: bundled, else identity with a warning)")
+    p.add_argument("--random-init", action="store_true", default=None, help="untrained encoder (tests)")
+    p.add_argument("--data", help="composites (default), cub:ROOT, oxford_pet:ROOT, masks:IMAGES:MASKS")
+    p.add_argument("--split", choices=["train", "test"])
+    p.add_argument("--size", type=int, help="image side in px (default 96)")
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--max-channels", type=int,
+                   help="top channels by simplex weight (default 128; 0 = all live)")
+    p.add_argument("--randomize", nargs="+", help="stage counts to re-initialise (default 1 3; 'all')")
+    p.add_argument("--figure-images", type=int, help="images with Figure-3 panels (default 1)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--chunk-size", type=int)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+    def run(args: argparse.Namespace) -> None:
+        set_threads(args.threads)
+        over = {k: getattr(args, k, None) for k in (
+            "encoder", "weights", "lac", "random_init", "data", "split", "size", "max_images",
+            "max_channels", "figure_images", "seed", "chunk_size")}
+        if args.randomize is not None:
+            over["randomize"] = parse_levels(args.randomize)
+        cfg = load_config(SuperpositionConfig, args.config, over)
+        res = run_superposition(cfg, args.out, log=stderr_log)
+        print(f"wrote {args.out}/results.json, table.md and figures in {res['seconds']:.1f} s")
+
+    p.set_defaults(func=run)
+

@@ -6,10 +6,10 @@ from .analysis.class_directional import (
     foreground_energy,
     mask_area_ratio,
 )
-from .analysis.ecr import ecr_ablation, energy_concentration_ratio
-from .analysis.superposition import superposition_statistics
 from .analysis.covvol import covariance_volume_select
+from .analysis.ecr import ecr_ablation, energy_concentration_ratio
 from .analysis.readout import ReadoutInversion, invert_readout, invert_readouts
+from .analysis.superposition import superposition_statistics
 from .core.cascade import AdjointCascade
 from .core.inverter import AdjointInverter, Inversion
 from .core.lac import LACBank, LocalAdjointCorrector

@@ -67,7 +67,7 @@ def test_upconv_decoder_overfits_one_tiny_batch(tiny32):
 
 def test_upconv_resume_is_bit_identical(tiny32, tmp_path):
     imgs = smooth_image(32, batch=3, seed=4)
-    cfg = dict(batch_size=2, width=16, min_width=8, checkpoint_every=3)
+    cfg = {"batch_size": 2, "width": 16, "min_width": 8, "checkpoint_every": 3}
     full, lf = train_upconv(tiny32, imgs, UpConvConfig(steps=6, **cfg), checkpoint=tmp_path / "a.st")
     train_upconv(tiny32, imgs, UpConvConfig(steps=3, **cfg), checkpoint=tmp_path / "b.st")
     resumed, lr = train_upconv(tiny32, imgs, UpConvConfig(steps=6, **cfg), checkpoint=tmp_path / "b.st")

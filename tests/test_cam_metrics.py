@@ -103,7 +103,8 @@ def test_localisation_metric_update_compute_reset():
     metric.update(s, m)
     r = metric.compute()
     assert r["n"] == 1 and r["skipped"] == 1 and r["miou"] == 1.0 and r["pointing"] == 1.0
-    metric.update(1 - m[:1].float(), m[:1])  # inverted map: no overlap; its first maximum (0, 0) is > 15 px away
+    # inverted map: no overlap; its first maximum (0, 0) is > 15 px away
+    metric.update(1 - m[:1].float(), m[:1])
     r = metric.compute()
     assert r["n"] == 2 and r["miou"] == pytest.approx(0.5) and r["pointing"] == 0.5
     metric.reset()

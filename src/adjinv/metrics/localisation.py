@@ -160,6 +160,6 @@ class LocalisationMetric:
     def compute(self) -> dict[str, float]:
         """Means over every image with a non-empty mask (NaN before any such image)."""
         if self._sum is None or float(self._n) == 0:
-            return {k: math.nan for k in self.names} | {"n": 0, "skipped": self.skipped}
+            return dict.fromkeys(self.names, math.nan) | {"n": 0, "skipped": self.skipped}
         mean = (self._sum / self._n).tolist()
         return dict(zip(self.names, mean, strict=True)) | {"n": int(self._n), "skipped": self.skipped}

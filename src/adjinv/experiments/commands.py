@@ -14,7 +14,7 @@ import argparse
 import importlib
 
 # Modules (relative to this package) that add commands.
-COMMAND_MODULES: list[str] = ["attention", "compression", "ood"]
+COMMAND_MODULES: list[str] = ["attention", "cam_compare", "compression", "fidelity", "ood"]
 
 
 class _ExperimentGroup:

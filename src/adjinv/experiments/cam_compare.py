@@ -98,7 +98,7 @@ def run_cam_compare(cfg: CamCompareConfig, out: str | Path, *, encoder: StagedEn
                      "postprocess": {m: s.postprocess for m, s in methods.items()},
                      "data": {}, "tables": {}}
     for spec in cfg.data:
-        es = open_eval_set(spec, cfg.size, max_images=cfg.max_images, train_images=1, seed=cfg.seed)
+        es = open_eval_set(spec, cfg.size, max_images=cfg.max_images, train_images=0, seed=cfg.seed)
         results["data"][spec] = es.description
         log(f"cam-compare: {enc.name} on {spec} ({len(es.test)} images, {cfg.size} px, "
             f"masks: {'yes' if es.masks is not None else 'no'})")

@@ -71,10 +71,14 @@ def open_eval_set(spec: str, size: int, *, max_images: int | None = None,
         photos = sample_images(SAMPLE_NAMES)
         names = list(photos)[:max_images]
         test = {n: resize_center_crop(photos[n], size) for n in names}
-        per = max(1, -(-train_images // len(SAMPLE_NAMES)))
-        train = embedded_labelled_set(size, train_per_class=per, test_per_class=0, seed=seed).train_images
-        desc = (f"bundled photos ({', '.join(names)}), {size} px centre crops; training images: "
-                f"{per} random crops of each photo (they share content with the test images)")
+        desc = f"bundled photos ({', '.join(names)}), {size} px centre crops"
+        train = None
+        if train_images > 0:
+            per = -(-train_images // len(SAMPLE_NAMES))
+            train = embedded_labelled_set(size, train_per_class=per, test_per_class=0,
+                                          seed=seed).train_images
+            desc += (f"; training images: {per} random crops of each photo (they share content "
+                     "with the test images)")
         stems = {n: n for n in names}
     elif base.startswith("images:"):
         files = list_images(base.partition(":")[2])[:max_images]
@@ -94,7 +98,7 @@ def open_eval_set(spec: str, size: int, *, max_images: int | None = None,
             test[name] = ds_test[i][0]
             stems[name] = name
         tr = first_per_class(ds_train, train_images) if train_images < len(ds_train) else ds_train
-        train = torch.stack([tr[i][0] for i in range(len(tr))])
+        train = torch.stack([tr[i][0] for i in range(len(tr))]) if train_images > 0 else None
         desc = (f"{base}: {len(test)} test images (classes interleaved), {len(tr)} training "
                 f"images, {size} px")
         if base.startswith("oxford_pet:") and not mask_dir:

@@ -14,7 +14,9 @@ import argparse
 import importlib
 
 # Modules (relative to this package) that add commands.
-COMMAND_MODULES: list[str] = ["attention", "compression", "ood", "fg_paradox", "superposition", "ecr"]
+COMMAND_MODULES: list[str] = [
+    "attention", "cam_compare", "compression", "ecr", "fg_paradox", "fidelity", "ood", "superposition",
+]
 
 
 class _ExperimentGroup:

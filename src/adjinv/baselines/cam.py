@@ -1,0 +1,132 @@
+"""Saliency methods behind one call shape (Sec. 3.3, Table 3; SPEC §11).
+
+Like Captum, every method is an object with ``attribute(x, target=None) -> (B, H, W)``:
+``x`` a normalised batch (B, 3, H, W), ``target`` a class index or (B,) tensor
+(default: each image's top-1 prediction), the result a saliency at input resolution on
+``x``'s device. The metrics in :mod:`adjinv.metrics.faithfulness` and
+:mod:`adjinv.metrics.localisation` take any of them.
+
+- :class:`AdjointSaliency`: ours, the per-pixel magnitude of the class-directional
+  inversion ``x̂^(k)`` (Eq. 12), ``Σ_rgb |x̂^(k)|`` — unnormalised (the metrics rank or
+  min-max it themselves).
+- :class:`CAMSaliency`: Grad-CAM, Grad-CAM++ and Score-CAM from ``pytorch-grad-cam``
+  (the official-style implementations the paper compared with; version pinned in
+  pyproject, recorded in :data:`CAM_LIBRARY`) on the **deepest stage's output** ``A_L``
+  of the same encoder. Their maps come back ReLU'd and min-max normalised to [0, 1] per
+  image and bilinearly upsampled (``cv2.resize``) to the input size — that is what the
+  library does, recorded in :attr:`CAMSaliency.postprocess`. Score-CAM's forward
+  batch size is set explicitly (``score_batch_size``, default 32) instead of the
+  library's hidden default of 16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Protocol
+
+import torch
+
+from ..analysis.class_directional import class_directional_inversion
+from ..core.inverter import AdjointInverter
+from ..encoders.staged import StagedEncoder
+from ..errors import AdjinvError
+
+CAM_METHODS = ("gradcam", "gradcam++", "scorecam")
+CAM_LIBRARY = "grad-cam==1.5.7 (pytorch-grad-cam)"
+
+
+class Attribution(Protocol):
+    """The one call shape of every saliency method."""
+
+    name: str
+
+    def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Saliency (B, H, W) at input resolution."""
+
+
+def _targets(logits: torch.Tensor, target: int | torch.Tensor | None) -> torch.Tensor:
+    if target is None:
+        return logits.argmax(1)
+    return torch.as_tensor(target, device=logits.device).long().expand(logits.shape[0])
+
+
+class AdjointSaliency:
+    """``Σ_rgb |x̂^(k)|`` of the class-directional inversion (Eq. 12, SPEC §6/§11).
+
+    ``mode`` is the [choice] of α of SPEC §6 (default the logit contribution ``W_{k,c} g_c``)."""
+
+    def __init__(self, inverter: AdjointInverter, mode: str = "contribution") -> None:
+        self.inverter = inverter
+        self.mode = mode
+        self.name = "ours"
+        self.postprocess = "sum over RGB of |x̂^(k)| (raw magnitude, no normalisation)"
+
+    def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Saliency (B, H, W) for class ``target`` (default top-1)."""
+        cd = class_directional_inversion(self.inverter, x, target, self.mode)
+        return cd.x_class.abs().sum(1)
+
+
+class CAMSaliency:
+    """Grad-CAM / Grad-CAM++ / Score-CAM through ``pytorch-grad-cam`` on ``encoder``.
+
+    ``target_layer`` defaults to the deepest stage (its output is ``A_L``, the layer the
+    head pools). Hooks are released and the encoder's train/eval modes and
+    ``requires_grad`` flags are restored after every call, even after an error.
+    """
+
+    postprocess = ("ReLU, then per-image min-max to [0, 1] (x - min) / (max + 1e-7), then "
+                   "bilinear cv2.resize to the input size — pytorch-grad-cam's own scaling")
+
+    def __init__(self, encoder: StagedEncoder, method: str = "gradcam", *,
+                 target_layer: torch.nn.Module | None = None, score_batch_size: int = 32) -> None:
+        if method not in CAM_METHODS:
+            raise AdjinvError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+        if score_batch_size < 1:
+            raise AdjinvError("score_batch_size must be at least 1")
+        self.encoder = encoder
+        self.method = method
+        self.name = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM"}[method]
+        self.target_layer = target_layer if target_layer is not None else encoder.stages[-1]
+        self.score_batch_size = score_batch_size
+
+    def _cam_class(self) -> type:
+        from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
+
+        return {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM}[self.method]
+
+    def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Saliency (B, H, W) in [0, 1] for class ``target`` (default top-1)."""
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        if x.dim() != 4:
+            raise AdjinvError(f"x must be a (B, 3, H, W) batch, got {tuple(x.shape)}")
+        with self.encoder.frozen():
+            with torch.no_grad():
+                k = _targets(self.encoder(x), target)
+            targets = [ClassifierOutputTarget(int(c)) for c in k.tolist()]
+            # the encoder's weights are frozen: the input carries the graph instead
+            inp = x.detach().clone().requires_grad_(True)
+            cam = self._cam_class()(model=self.encoder, target_layers=[self.target_layer])
+            if self.method == "scorecam":
+                cam.batch_size = self.score_batch_size
+            try:
+                # Score-CAM draws an unconditional tqdm bar per image; keep stderr for ours
+                quiet = (contextlib.redirect_stderr(io.StringIO()) if self.method == "scorecam"
+                         else contextlib.nullcontext())
+                with quiet, torch.enable_grad():
+                    maps = cam(input_tensor=inp, targets=targets)
+            finally:
+                cam.activations_and_grads.release()
+        return torch.from_numpy(maps).to(device=x.device, dtype=torch.float32)
+
+
+def make_saliency(name: str, encoder: StagedEncoder, inverter: AdjointInverter | None = None,
+                  **kw: object) -> Attribution:
+    """A method by name: ``ours``, ``gradcam``, ``gradcam++`` or ``scorecam``."""
+    if name == "ours":
+        if inverter is None:
+            raise AdjinvError("the 'ours' saliency needs an AdjointInverter (trained LACs)")
+        return AdjointSaliency(inverter, **kw)  # type: ignore[arg-type]
+    return CAMSaliency(encoder, name, **kw)  # type: ignore[arg-type]

@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .baselines.vanilla import VanillaMap, fit_vanilla_map
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
@@ -26,7 +25,7 @@ from .core.inverter import AdjointInverter
 from .core.lac import LACBank
 from .core.simplex import simplex_measure
 from .core.validate import check_input
-from .data.images import resize_center_crop
+from .data.images import random_crop, resize_center_crop
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
 
@@ -44,22 +43,6 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 10
     images: list[str] = field(default_factory=list)
-
-
-def augment(img: torch.Tensor, size: int, min_crop: float, gen: torch.Generator) -> torch.Tensor:
-    """Random square crop covering ``min_crop``–1 of the shorter side, random
-    horizontal flip, resized to ``size`` (image in [0, 1], (3, H, W))."""
-    _, h, w = img.shape
-    side = min(h, w)
-    frac = min_crop + (1 - min_crop) * float(torch.rand((), generator=gen))
-    s = max(1, int(side * frac))
-    top = int(torch.randint(0, h - s + 1, (), generator=gen))
-    left = int(torch.randint(0, w - s + 1, (), generator=gen))
-    crop = img[:, top:top + s, left:left + s]
-    if float(torch.rand((), generator=gen)) < 0.5:
-        crop = crop.flip(-1)
-    return F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False)[0].clamp(0, 1)
 
 
 def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: float = 1.0,
@@ -172,7 +155,7 @@ def train_lacs(
             order = torch.randperm(len(images), generator=torch.Generator().manual_seed(
                 config.seed * 7919 + step // max(1, math.ceil(len(images) / config.batch_size))))
             pick = [(step * config.batch_size + j) % len(images) for j in range(config.batch_size)]
-            batch = torch.stack([augment(images[int(order[i])], config.size, config.min_crop, gen)
+            batch = torch.stack([random_crop(images[int(order[i])], config.size, config.min_crop, gen)
                                  for i in pick])
             x = check_input(encoder.normalize(batch), encoder)
             opt.zero_grad(set_to_none=True)

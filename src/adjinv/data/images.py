@@ -94,3 +94,18 @@ def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
 def stack_images(imgs: Sequence[torch.Tensor], size: int) -> torch.Tensor:
     """Resize/crop every image to ``size`` and stack to (B, 3, size, size)."""
     return torch.stack([resize_center_crop(i, size) for i in imgs])
+
+
+def random_crop(img: torch.Tensor, size: int, min_crop: float, gen: torch.Generator) -> torch.Tensor:
+    """A random square crop covering ``min_crop``–1 of the shorter side, flipped
+    horizontally with probability 1/2, resized to ``size`` (antialiased)."""
+    _, h, w = img.shape
+    side = min(h, w)
+    s = max(1, int(side * (min_crop + (1 - min_crop) * float(torch.rand((), generator=gen)))))
+    top = int(torch.randint(0, h - s + 1, (), generator=gen))
+    left = int(torch.randint(0, w - s + 1, (), generator=gen))
+    crop = img[:, top:top + s, left:left + s]
+    if float(torch.rand((), generator=gen)) < 0.5:
+        crop = crop.flip(-1)
+    return F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)[0].clamp(0, 1)

@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import AdjinvError
-from .images import list_images, load_image, resize_center_crop
+from .images import list_images, load_image, random_crop, resize_center_crop
 from .samples import SAMPLE_NAMES, sample_images
 
 
@@ -75,21 +74,6 @@ def image_folder(folder: str | os.PathLike, size: int, *, test_fraction: float =
 
 def _stack(imgs: list[torch.Tensor], size: int) -> torch.Tensor:
     return torch.stack(imgs) if imgs else torch.zeros(0, 3, size, size)
-
-
-def random_crop(img: torch.Tensor, size: int, min_crop: float, gen: torch.Generator) -> torch.Tensor:
-    """A random square crop covering ``min_crop``–1 of the shorter side, flipped
-    horizontally with probability 1/2, resized to ``size`` (antialiased)."""
-    _, h, w = img.shape
-    side = min(h, w)
-    s = max(1, int(side * (min_crop + (1 - min_crop) * float(torch.rand((), generator=gen)))))
-    top = int(torch.randint(0, h - s + 1, (), generator=gen))
-    left = int(torch.randint(0, w - s + 1, (), generator=gen))
-    crop = img[:, top:top + s, left:left + s]
-    if float(torch.rand((), generator=gen)) < 0.5:
-        crop = crop.flip(-1)
-    return F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False)[0].clamp(0, 1)
 
 
 def embedded_labelled_set(size: int = 128, *, train_per_class: int = 24, test_per_class: int = 8,

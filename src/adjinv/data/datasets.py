@@ -30,6 +30,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,9 +75,10 @@ def stratified_split(labels: Sequence[int], test_fraction: float, seed: int) -> 
     return sorted(train), sorted(test)
 
 
-class ImageDataset:
-    """Base: subclasses fill ``self.classes`` and implement ``__len__``, ``_load(i)``
-    (an image tensor (3, H, W) in [0, 1], any size) and ``_label(i)``."""
+class ImageDataset(ABC):
+    """Base: subclasses fill ``self.classes`` and implement ``__len__``, ``_label(i)``
+    and ``__getitem__`` (``(image (3, size, size) in [0, 1], label)``); file- or
+    array-backed sets derive from ``_LoadedDataset`` and implement ``_load(i)``."""
 
     name = "dataset"
 
@@ -86,20 +88,17 @@ class ImageDataset:
         self.size = size
         self.classes: list[str] = []
 
+    @abstractmethod
     def __len__(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+        ...
 
-    def _load(self, i: int) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
+    @abstractmethod
     def _label(self, i: int) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+        ...
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} images")
-        i = i % len(self)
-        return resize_center_crop(self._load(i), self.size), self._label(i)
+    @abstractmethod
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:  # pragma: no cover - abstract
+        ...
 
     @property
     def labels(self) -> list[int]:
@@ -110,6 +109,20 @@ class ImageDataset:
         """What determines the images (the feature cache's key)."""
         return {"dataset": self.name, "size": self.size, "n": len(self),
                 "num_classes": len(self.classes), "transform": RESIZE}
+
+
+class _LoadedDataset(ImageDataset):
+    """An :class:`ImageDataset` that loads image ``i`` with ``_load`` and resizes it."""
+
+    @abstractmethod
+    def _load(self, i: int) -> torch.Tensor:  # pragma: no cover - abstract
+        ...
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        i = i % len(self)
+        return resize_center_crop(self._load(i), self.size), self._label(i)
 
 
 class Subset(ImageDataset):
@@ -236,7 +249,7 @@ def _key(d: dict, name: str) -> object:
     raise AdjinvError(f"CIFAR batch lacks the key {name!r}")
 
 
-class CIFAR100(ImageDataset):
+class CIFAR100(_LoadedDataset):
     """CIFAR-100 from the official python batches (``root`` is ``cifar-100-python/`` or
     its parent). 32 × 32 RGB, 100 fine labels; upsampled to ``size``."""
 
@@ -279,7 +292,7 @@ class CIFAR100(ImageDataset):
         return {**super().describe(), "root": str(self.root), "split": self.split}
 
 
-class CIFAR100C(ImageDataset):
+class CIFAR100C(_LoadedDataset):
     """CIFAR-100-C: ``root/<corruption>.npy`` holds severities 1–5 stacked (equal
     blocks), ``root/labels.npy`` the matching labels. Read with ``allow_pickle=False``
     and memory-mapped."""
@@ -325,7 +338,7 @@ class CIFAR100C(ImageDataset):
 
 
 # ----------------------------------------------------------------------------- files
-class _FileDataset(ImageDataset):
+class _FileDataset(_LoadedDataset):
     def __init__(self, files: list[Path], labels: list[int], classes: list[str], size: int,
                  root: Path, split: str) -> None:
         super().__init__(size)

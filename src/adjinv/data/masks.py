@@ -24,6 +24,7 @@ Nothing is downloaded.
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def load_mask(path: str | os.PathLike, threshold: float | None = None) -> torch.
     return t
 
 
-class MaskedDataset:
+class MaskedDataset(ABC):
     """Base: subclasses set ``self.items`` (name, image path, mask source, label) and
     ``self.classes`` and implement ``_mask(i) -> (H, W)`` (float or bool)."""
 
@@ -109,8 +110,9 @@ class MaskedDataset:
     def _image(self, i: int) -> torch.Tensor:
         return load_image(self.items[i][1], mode="convert")
 
+    @abstractmethod
     def _mask(self, i: int) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+        ...
 
     def __getitem__(self, i: int) -> MaskedImage:
         if not -len(self) <= i < len(self):

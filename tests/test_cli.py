@@ -102,3 +102,12 @@ def test_train_empty_folder(tmp_path, capsys):
     assert main(["train", "--images", str(tmp_path / "empty"), "--out",
                  str(tmp_path / "x.safetensors")]) == 2
     assert "holds no images" in capsys.readouterr().err
+
+
+def test_invert_announces_colour_conversion(tmp_path, capsys):
+    gray = tmp_path / "g.png"
+    Image.fromarray((np.random.default_rng(3).random((48, 56)) * 255).astype(np.uint8)).save(gray)
+    assert main(["invert", str(gray), "--out", str(tmp_path / "o"), "--size", "48",
+                 "--channels", "1"]) == 0
+    assert "converted colour mode 'L' to RGB" in capsys.readouterr().err
+    assert (tmp_path / "o" / "g" / "summary.json").is_file()

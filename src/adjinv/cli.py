@@ -106,7 +106,11 @@ def cmd_invert(args: argparse.Namespace) -> None:
     """``adjinv invert``."""
     from .data.images import load_image
 
-    images = {n: load_image(p, mode="convert") for n, p in _unique_names(args.images).items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images = {n: load_image(p, mode="convert") for n, p in _unique_names(args.images).items()}
+    for w in caught:
+        print(f"adjinv: warning: {w.message}", file=sys.stderr)
     _run_report(args, images, "adjinv inversion report")
 
 

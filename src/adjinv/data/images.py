@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,6 +60,8 @@ def load_image(path: str | os.PathLike, mode: str = "strict") -> torch.Tensor:
                         f"image {str(p)!r} has colour mode {im.mode!r} ({kind}), "
                         "but the encoder needs RGB: convert it (e.g. PIL .convert('RGB'), which drops "
                         "an alpha channel) or use load_image(..., mode='convert')")
+                warnings.warn(f"image {str(p)!r}: converted colour mode {im.mode!r} to RGB",
+                              stacklevel=2)
                 im = im.convert("RGB")
             arr = np.array(im)
     except AdjinvError:

@@ -22,6 +22,7 @@ from ..data.labelled import LabelledSet
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..io import atomic_write_bytes
+from ..state import eval_mode
 
 HEAD_FORMAT = "adjinv-head/1"
 
@@ -125,19 +126,9 @@ class HybridAttentionClassifier(nn.Module):
     def classify(self, encoder: StagedEncoder, x: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised image batch (the encoder frozen, this head in eval mode)."""
         x = check_input(x, encoder)
-        with encoder.frozen(), _eval(self):
+        with encoder.frozen(), eval_mode(self):
             return self(encoder.forward_stages(x)[-1])
 
-
-@contextmanager
-def _eval(module: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in module.modules()]
-    try:
-        module.eval()
-        yield
-    finally:
-        for m, t in modes:
-            m.training = t
 
 
 # ----------------------------------------------------------------------------- training
@@ -188,7 +179,7 @@ def accuracy(model: HybridAttentionClassifier, feats: torch.Tensor, labels: torc
     """Top-1 accuracy on cached deepest maps (``None`` for an empty set)."""
     if feats.shape[0] == 0:
         return None
-    with _eval(model):
+    with eval_mode(model):
         pred = torch.cat([model(feats[s:s + batch_size]).argmax(1)
                           for s in range(0, feats.shape[0], batch_size)])
     return float((pred.cpu() == labels.cpu()).float().mean())

@@ -17,8 +17,8 @@ dropout is off and no gradient reaches the head's parameters.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +30,7 @@ from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
+from ..state import frozen
 
 Readout = Callable[[torch.Tensor], torch.Tensor]
 
@@ -122,21 +123,7 @@ class TokenEnergy:
 
 
 # ----------------------------------------------------------------------------- plumbing
-@contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
-    """Eval mode and no parameter gradients inside; the previous state outside, even on error."""
-    modes = [(m, m.training) for m in module.modules()]
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    try:
-        module.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for m, t in modes:
-            m.training = t
-        for p, r in flags:
-            p.requires_grad_(r)
+
 
 
 def _readout_module(readout: Readout) -> nn.Module | None:
@@ -160,7 +147,7 @@ def readout_seed(readout: Readout, a_last: torch.Tensor, name: str = "readout"
     with ExitStack() as stack:
         mod = _readout_module(readout)
         if mod is not None:
-            stack.enter_context(_frozen(mod))
+            stack.enter_context(frozen(mod))
         with torch.enable_grad():
             s = readout(a)
         if not isinstance(s, torch.Tensor):
@@ -215,7 +202,7 @@ def invert_readouts(encoder: StagedEncoder, lacs: LACBank | None, images: torch.
     last = encoder.num_stages - 1
     out: dict[str, ReadoutInversion] = {}
     # no gradient can reach the trained LACs; their flags are restored on exit
-    with encoder.frozen(), _frozen(inverter.lacs):
+    with encoder.frozen(), frozen(inverter.lacs):
         lin = inverter.cascade.linearize(x, last)
         a = lin.acts[last]
         seeds = {}

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import AdjinvError
+from ..state import eval_mode
 from .staged import IMAGENET_MEAN, IMAGENET_STD, LinearHead, StagedEncoder
 
 _HEAD_PASSTHROUGH = (nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
@@ -117,9 +118,7 @@ def encoder_from_module(
     The modules are shared, not copied; the model's train/eval mode and
     ``requires_grad`` flags are restored after every adjinv call.
     """
-    was = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
+    with eval_mode(model):
         p = next(iter(model.parameters()), None)
         dev = p.device if p is not None else torch.device("cpu")
         probe = torch.randn(1, 3, probe_size, probe_size, generator=torch.Generator().manual_seed(0))
@@ -153,7 +152,4 @@ def encoder_from_module(
                     "(its forward does more than chain its children); pass stages=[module, …] "
                     "and head= explicitly"
                 )
-    finally:
-        for m, t in was:
-            m.training = t
     return enc

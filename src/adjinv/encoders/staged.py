@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from ..errors import AdjinvError
+from ..state import frozen
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -189,21 +190,9 @@ class StagedEncoder(nn.Module):
                 "num_classes": self.head.num_classes}
 
     # ------------------------------------------------------------------ state
-    @contextmanager
-    def frozen(self) -> Iterator[StagedEncoder]:
+    def frozen(self) -> AbstractContextManager[StagedEncoder]:
         """Eval mode and no parameter gradients inside; the previous state outside."""
-        modes = [(m, m.training) for m in self.modules()]
-        flags = [(p, p.requires_grad) for p in self.parameters()]
-        try:
-            self.eval()
-            for p, _ in flags:
-                p.requires_grad_(False)
-            yield self
-        finally:
-            for m, t in modes:
-                m.training = t
-            for p, r in flags:
-                p.requires_grad_(r)
+        return frozen(self)
 
     def weights_hash(self) -> str:
         """SHA-256 (first 16 hex digits) over every parameter and buffer of stages and head."""

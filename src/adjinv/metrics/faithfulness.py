@@ -21,8 +21,6 @@ the result does not depend on that size.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -30,18 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AdjinvError
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode inside, every submodule's previous mode restored outside."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        yield model
-    finally:
-        for m, t in modes:
-            m.training = t
+from ..state import eval_mode
 
 
 def gaussian_blur(x: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch.Tensor:

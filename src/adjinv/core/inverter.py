@@ -133,7 +133,10 @@ class AdjointInverter:
         with self.encoder.frozen():
             upto = last if extra_weights is not None or not want else want[-1]
             lin = self.cascade.linearize(x, upto)
-            logits = self.encoder.head(lin.acts[-1]) if upto == last else self.encoder(x)
+            a = lin.acts[-1]
+            for st in self.encoder.stages[upto + 1:]:  # finish the forward, don't redo it
+                a = st(a)
+            logits = self.encoder.head(a)
             res = Inversion(x=x, logits=logits)
             extra = extra_weights(lin.acts, logits) if extra_weights is not None else {}
             res.extra_weights = extra

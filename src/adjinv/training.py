@@ -66,7 +66,8 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
     for ch in iter_chunks(idx, inverter._chunk(lin, last)):
         phi = cascade.pull_back(lin, last, channel_seeds(a, ch))
         part = torch.einsum("bn,nbchw->bchw", w[:, ch].to(phi.dtype), phi)
-        (part * cot).sum().backward()
+        with cascade.precision_context():
+            (part * cot).sum().backward()
     return float(loss)
 
 

@@ -39,15 +39,19 @@ _BN_EPS = 1e-3
 class Conv2dSame(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding computed from the input size."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ih, iw = x.shape[-2:]
+    def same_padding(self, ih: int, iw: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) zero padding of an ``ih`` x ``iw`` input."""
         kh, kw = self.weight.shape[-2:]
         sh, sw = self.stride
         dh, dw = self.dilation
         ph = max((math.ceil(ih / sh) - 1) * sh + (kh - 1) * dh + 1 - ih, 0)
         pw = max((math.ceil(iw / sw) - 1) * sw + (kw - 1) * dw + 1 - iw, 0)
-        if ph or pw:
-            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.same_padding(*x.shape[-2:])
+        if any(pad):
+            x = F.pad(x, list(pad))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 

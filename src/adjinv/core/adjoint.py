@@ -1,0 +1,404 @@
+"""Explicit transposed Jacobians of stages: the fast path of the cascade (Eq. 3, 7).
+
+At a fixed image every stage of a ReLU CNN is, to first order, a chain of linear
+maps: convolutions (with eval-mode BatchNorm folded into them), the ReLU/ReLU6
+masks of the image, max-pool routing, sums and channel concatenations. A stage
+is traced once with :mod:`torch.fx`; :func:`build_stage_adjoint` runs its
+forward, records what each op's transpose needs, and returns a
+:class:`StageAdjoint` that applies ``J_fᵀ`` to a whole chunk of cotangents with
+plain tensor ops (``conv_transpose2d`` on ``N·B`` maps, channels-last when
+asked). Compared with ``vmap`` over ``torch.func.vjp`` this skips the autograd
+engine, the batching rules' copies and every BatchNorm backward, and lets
+convolutions run in the memory format the hardware prefers.
+
+Anything the tracer cannot follow, or an op outside the supported set (LayerNorm,
+GELU, attention, training-mode BatchNorm, …), makes :func:`build_stage_adjoint`
+return ``None``; the cascade then uses ``torch.func.vjp`` for that stage, so every
+encoder still works. Equality with the autograd VJP is tested in float64.
+"""
+
+from __future__ import annotations
+
+import operator
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+_LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d,
+           nn.Identity, nn.Dropout)
+_RELU_FNS = {F.relu: (0.0, None), torch.relu: (0.0, None), F.relu6: (0.0, 6.0)}
+_ADD_FNS = (operator.add, torch.add)
+_PASS_METHODS = ("clone", "contiguous")
+_RELU_METHODS = ("relu", "relu_")
+
+
+class _Tracer(fx.Tracer):
+    """Keeps the supported layers (and subclasses such as TF-"SAME" convolutions) opaque."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+
+
+_TRACES: weakref.WeakKeyDictionary[nn.Module, fx.Graph | None] = weakref.WeakKeyDictionary()
+
+
+def _trace(body: nn.Module) -> fx.Graph | None:
+    """The stage's graph (cached per module), or ``None`` if it cannot be traced."""
+    if body not in _TRACES:
+        try:
+            _TRACES[body] = _Tracer().trace(body)
+        except Exception:  # any tracing failure means "use autograd" for this stage
+            _TRACES[body] = None
+    return _TRACES[body]
+
+
+class Unsupported(Exception):
+    """An op without an explicit transpose; the caller falls back to autograd."""
+
+
+def _same_padding(m: nn.Conv2d, h: int, w: int) -> tuple[int, int, int, int] | None:
+    """(left, right, top, bottom) input padding of a TF-"SAME" convolution, if ``m`` is one."""
+    fn = getattr(m, "same_padding", None)
+    return fn(h, w) if callable(fn) else None
+
+
+def _conv_ok(m: nn.Conv2d) -> bool:
+    plain = type(m) is nn.Conv2d or callable(getattr(m, "same_padding", None))
+    return plain and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+
+
+@dataclass
+class _Op:
+    """One node's transpose: ``kind`` and what it needs."""
+
+    kind: str
+    args: tuple[fx.Node, ...]
+    data: dict
+
+
+class StageAdjoint:
+    """``u ↦ J_fᵀ u`` for one stage at one input, on cotangents (N, B, C, h, w)."""
+
+    def __init__(self, graph: fx.Graph, ops: dict[fx.Node, _Op], placeholder: fx.Node,
+                 output: fx.Node, in_shape: torch.Size, channels_last: bool,
+                 dtype: torch.dtype) -> None:
+        self._order = [n for n in reversed(graph.nodes) if n in ops]
+        self._ops = ops
+        self._placeholder = placeholder
+        self._output = output
+        self._in_shape = in_shape
+        self._fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.dtype = dtype
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        n, b = u.shape[:2]
+        out_dtype = u.dtype
+        g = u.reshape(n * b, *u.shape[2:]).to(self.dtype).contiguous(memory_format=self._fmt)
+        # Each pending gradient carries a flag: True if no other reference to its memory
+        # exists, so masks and sums may update it in place (fresh CPU allocations cost
+        # as much as the arithmetic of an elementwise op).
+        fresh = g.untyped_storage().data_ptr() != u.untyped_storage().data_ptr()
+        grads: dict[fx.Node, tuple[torch.Tensor, bool]] = {self._output: (g, fresh)}
+        for node in self._order:
+            entry = grads.pop(node, None)
+            if entry is None:
+                continue
+            op = self._ops[node]
+            outs = self._transpose(op, entry[0], entry[1], n)
+            for src, (gs, own) in zip(op.args, outs, strict=True):
+                if src not in grads:
+                    grads[src] = (gs, own)
+                    continue
+                acc, acc_own = grads[src]
+                if acc_own:
+                    grads[src] = (acc.add_(gs), True)
+                elif own:
+                    grads[src] = (gs.add_(acc), True)
+                else:
+                    grads[src] = (acc + gs, True)
+        gx = grads.get(self._placeholder)
+        if gx is None:  # the stage ignores its input: its Jacobian is zero
+            return u.new_zeros(n, b, *self._in_shape[1:])
+        return gx[0].reshape(n, b, *gx[0].shape[1:]).to(out_dtype)
+
+    @staticmethod
+    def _transpose(op: _Op, g: torch.Tensor, own: bool, n: int) -> list[tuple[torch.Tensor, bool]]:
+        """The transposed op on ``g`` → one (gradient, owned) pair per input of the node."""
+        d = op.data
+        if op.kind == "polyphase":
+            z = F.pixel_shuffle(F.conv2d(g, d["weight"], None, 1, d["pad"]), d["stride"])
+            (ty, tx), (h, w) = d["shift"], d["size"]
+            short_y, short_x = max(0, ty + h - z.shape[-2]), max(0, tx + w - z.shape[-1])
+            if short_y or short_x:
+                z = F.pad(z, (0, short_x, 0, short_y))
+            return [(z[..., ty: ty + h, tx: tx + w], True)]
+        if op.kind == "conv":
+            y = F.conv_transpose2d(g, d["weight"], None, d["stride"], d["padding"],
+                                   d["output_padding"], d["groups"], d["dilation"])
+            crop = d["crop"]
+            if crop is not None:
+                left, top, w, h = crop
+                y = y[..., top: top + h, left: left + w]
+            return [(y, True)]
+        if op.kind == "scale":
+            return [(g.mul_(d["scale"]) if own else g * d["scale"], True)]
+        if op.kind == "mask":
+            m = d["mask"]
+            if m.shape[0] != 1:
+                g5 = g.view(n, m.shape[0], *g.shape[1:])
+                return [((g5.mul_(m) if own else g5 * m).view(g.shape), True)]
+            return [(g.mul_(m) if own else g * m, True)]
+        if op.kind == "maxpool":
+            idx, (c, h, w) = d["indices"], d["shape"]
+            nb = g.shape[0]
+            flat_idx = idx.flatten(2).expand(n, *idx.shape[:2], -1).reshape(nb, c, -1)
+            gin = g.new_zeros(nb, c, h * w).scatter_add_(2, flat_idx, g.reshape(nb, c, -1))
+            return [(gin.view(nb, c, h, w), True)]
+        if op.kind == "fanout":
+            k = len(op.args)
+            return [(g, own and k == 1)] * k
+        if op.kind == "split":
+            return [(part, own) for part in torch.split(g, d["sizes"], dim=1)]
+        raise AssertionError(op.kind)
+
+
+def _relu_bounds(node: fx.Node, module: nn.Module | None) -> tuple[float, float | None]:
+    if module is not None:
+        if isinstance(module, nn.ReLU):
+            return 0.0, None
+        return float(module.min_val), float(module.max_val)  # Hardtanh, ReLU6
+    if node.target in _RELU_FNS:
+        return _RELU_FNS[node.target]
+    if node.target is F.hardtanh:
+        lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        return float(lo), float(hi)
+    return 0.0, None  # relu method
+
+
+def _mask(x: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
+    """The derivative of the clamp as autograd defines it (0 at the kinks)."""
+    m = x > lo
+    if hi is not None:
+        m &= x < hi
+    return m
+
+
+def build_stage_adjoint(body: nn.Module, x: torch.Tensor, *, channels_last: bool = False,
+                        dtype: torch.dtype | None = None) -> tuple[torch.Tensor, StageAdjoint] | None:
+    """Run stage ``body`` on ``x`` and return its output with the explicit transpose of
+    its Jacobian there, or ``None`` if the stage has an op without one.
+
+    ``dtype`` (default: ``x``'s) is the precision the transpose computes in;
+    ``channels_last`` stores its maps in that memory format."""
+    graph = _trace(body)
+    if graph is None:
+        return None
+    try:
+        with torch.no_grad():
+            return _build(body, graph, x, channels_last, dtype or x.dtype)
+    except Unsupported:
+        return None
+
+
+def _build(body: nn.Module, graph: fx.Graph, x: torch.Tensor, channels_last: bool,
+           dtype: torch.dtype) -> tuple[torch.Tensor, StageAdjoint]:
+    modules = dict(body.named_modules())
+    env: dict[fx.Node, object] = {}
+    ops: dict[fx.Node, _Op] = {}
+    placeholder = output = None
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    for node in graph.nodes:
+        args = fx.node.map_arg(node.args, env.__getitem__)
+        if node.op == "placeholder":
+            if placeholder is not None:
+                raise Unsupported("more than one input")
+            placeholder = node
+            env[node] = x.clone()
+            continue
+        if node.op == "output":
+            output = node.args[0]
+            if not isinstance(output, fx.Node):
+                raise Unsupported("stage output is not a single tensor")
+            break
+        if node.op == "call_module":
+            m = modules[node.target]
+            env[node] = _module_op(node, m, args, ops, fmt, dtype)
+        elif node.op == "call_function":
+            env[node] = _function_op(node, args, ops, dtype)
+        elif node.op == "call_method" and node.target in _PASS_METHODS:
+            env[node] = getattr(args[0], node.target)()
+            ops[node] = _Op("fanout", (node.args[0],), {})
+        elif node.op == "call_method" and node.target in _RELU_METHODS:
+            src = args[0]
+            ops[node] = _Op("mask", (node.args[0],), {"mask": _mask(src, 0.0, None).to(dtype)})
+            env[node] = torch.relu(src)
+        else:
+            raise Unsupported(f"{node.op} {node.target}")
+    if placeholder is None or output is None:
+        raise Unsupported("no input or output")
+    _finalize(ops, fmt)
+    y = env[output]
+    return y, StageAdjoint(graph, ops, placeholder, output, x.shape, channels_last, dtype)
+
+
+def _module_op(node: fx.Node, m: nn.Module, args: tuple, ops: dict[fx.Node, _Op],
+               fmt: torch.memory_format, dtype: torch.dtype) -> torch.Tensor:
+    src = node.args[0]
+    if len(node.args) != 1 or node.kwargs or not isinstance(src, fx.Node):
+        raise Unsupported("module called with extra arguments")
+    a = args[0]
+    if isinstance(m, nn.Conv2d):
+        if not _conv_ok(m):
+            raise Unsupported("convolution with non-zero padding mode or string padding")
+        h, w = a.shape[-2:]
+        pad = _same_padding(m, h, w)
+        y = m(a)
+        kh, kw = m.kernel_size
+        sh, sw = m.stride
+        dh, dw = m.dilation
+        if pad is not None and pad[0] == pad[1] and pad[2] == pad[3]:
+            hin, win = h, w  # symmetric "SAME" padding is ordinary zero padding
+            ph, pw = pad[2], pad[0]
+            crop = None
+        elif pad is not None:
+            hin, win = h + pad[2] + pad[3], w + pad[0] + pad[1]
+            ph = pw = 0
+            crop = (pad[0], pad[2], w, h)
+        else:
+            hin, win = h, w
+            ph, pw = m.padding
+            crop = None
+        oh, ow = y.shape[-2:]
+        op_h = hin - ((oh - 1) * sh - 2 * ph + dh * (kh - 1) + 1)
+        op_w = win - ((ow - 1) * sw - 2 * pw + dw * (kw - 1) + 1)
+        ops[node] = _Op("conv", (src,), {
+            "weight": m.weight.detach(), "stride": m.stride, "padding": (ph, pw),
+            "output_padding": (op_h, op_w), "groups": m.groups, "dilation": m.dilation,
+            "crop": crop, "dtype": dtype, "fmt": fmt, "in_size": (h, w)})
+        return y
+    if isinstance(m, nn.BatchNorm2d):
+        if m.training or m.running_var is None:
+            raise Unsupported("BatchNorm in training mode has no fixed linearisation here")
+        scale = torch.rsqrt(m.running_var + m.eps)
+        if m.weight is not None:
+            scale = scale * m.weight.detach()
+        ops[node] = _Op("scale", (src,), {"scale": scale.view(-1, 1, 1), "dtype": dtype})
+        return m(a)
+    if isinstance(m, (nn.ReLU, nn.Hardtanh)):  # ReLU6 is a Hardtanh
+        lo, hi = _relu_bounds(node, m)
+        ops[node] = _Op("mask", (src,), {"mask": _mask(a, lo, hi).to(dtype)})
+        # an in-place activation must not overwrite a map another node still reads
+        return m(a.clone()) if getattr(m, "inplace", False) else m(a)
+    if isinstance(m, nn.MaxPool2d):
+        if m.return_indices:
+            raise Unsupported("max-pool returning indices")
+        y, idx = F.max_pool2d(a, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                              return_indices=True)
+        ops[node] = _Op("maxpool", (src,), {"indices": idx, "shape": tuple(a.shape[1:])})
+        return y
+    if isinstance(m, (nn.Identity, nn.Dropout)):
+        if isinstance(m, nn.Dropout) and m.training:
+            raise Unsupported("dropout in training mode")
+        ops[node] = _Op("fanout", (src,), {})
+        return a
+    raise Unsupported(type(m).__name__)
+
+
+def _function_op(node: fx.Node, args: tuple, ops: dict[fx.Node, _Op],
+                 dtype: torch.dtype) -> torch.Tensor:
+    t = node.target
+    if t in _RELU_FNS or t is F.hardtanh:
+        lo, hi = _relu_bounds(node, None)
+        a = args[0]
+        ops[node] = _Op("mask", (node.args[0],), {"mask": _mask(a, lo, hi).to(dtype)})
+        return torch.clamp(a, lo, hi) if hi is not None else torch.relu(a)
+    if t in _ADD_FNS:
+        if node.kwargs or len(args) != 2:
+            raise Unsupported("add with alpha or extra arguments")
+        srcs = tuple(a for a in node.args if isinstance(a, fx.Node))
+        y = args[0] + args[1]
+        if any(not isinstance(v, torch.Tensor) or v.shape != y.shape
+               for v, a in zip(args, node.args, strict=True) if isinstance(a, fx.Node)):
+            raise Unsupported("broadcasting add")
+        ops[node] = _Op("fanout", srcs, {})
+        return y
+    if t is torch.cat:
+        seq = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        if dim not in (1, -3) or not all(isinstance(a, fx.Node) for a in seq):
+            raise Unsupported("concatenation other than along channels")
+        parts = list(args[0])
+        ops[node] = _Op("split", tuple(seq), {"sizes": [p.shape[1] for p in parts]})
+        return torch.cat(parts, 1)
+    raise Unsupported(str(t))
+
+
+# A strided transposed convolution onto few channels (a stem's 3 input colours) runs
+# 4-5x below the forward rate in oneDNN; as s² stride-1 sub-convolutions (one per
+# output phase, stacked as output channels) and a pixel shuffle it runs at about
+# the forward rate, for (ceil(k/s)·s/k)² more multiply-adds.
+POLYPHASE_MAX_CHANNELS = 16
+
+
+def _prefer_polyphase(d: dict) -> bool:
+    w = d["weight"]
+    return (d["groups"] == 1 and d["dilation"] == (1, 1) and d["stride"][0] == d["stride"][1] > 1
+            and w.shape[1] <= POLYPHASE_MAX_CHANNELS and w.shape[-1] == w.shape[-2])
+
+
+def _to_polyphase(op: _Op) -> None:
+    """Rewrite ``conv_transpose2d(g, W, stride=s)`` as ``pixel_shuffle(conv2d(g, K), s)``
+    cropped: phase ``r`` of the output is ``Σ_j g[q − j] · W[r + s·j]`` (a plain
+    convolution with the flipped sub-kernel), ``K`` stacks the ``s²`` sub-kernels."""
+    d = op.data
+    w, s = d["weight"], d["stride"][0]
+    cout, cin, k, _ = w.shape
+    j = -(-k // s)
+    kern = w.new_zeros(cin, s, s, cout, j, j)
+    for ry in range(s):
+        for rx in range(s):
+            sub = w[:, :, ry::s, rx::s]  # (cout, cin, jy, jx): taps r + s·j
+            jy, jx = sub.shape[-2:]
+            sub = sub.flip(-2, -1).permute(1, 0, 2, 3)
+            kern[:, ry, rx, :, j - jy:, j - jx:] = sub
+    ph, pw = d["padding"]
+    crop = d["crop"]
+    if crop is not None:  # TF-"SAME": the transpose lands on the padded input, then crops
+        shift, size = (crop[1], crop[0]), (crop[3], crop[2])
+    else:
+        hin, win = d.pop("in_size")
+        shift, size = (ph, pw), (hin, win)
+    op.kind = "polyphase"
+    op.data = {"weight": kern.reshape(cin * s * s, cout, j, j), "stride": s, "pad": j - 1,
+               "shift": shift, "size": size, "dtype": d["dtype"], "fmt": d["fmt"]}
+
+
+def _finalize(ops: dict[fx.Node, _Op], fmt: torch.memory_format) -> None:
+    """Fold each eval BatchNorm's scale into the convolution feeding only it (exact:
+    ``(s ⊙ conv_W)ᵀ g = conv_{W·s}ᵀ g``), pick each convolution's form, and store
+    weights and masks in the compute dtype and memory format."""
+    for op in ops.values():
+        if op.kind != "scale":
+            continue
+        src = op.args[0]
+        if src in ops and ops[src].kind == "conv" and len(src.users) == 1:
+            conv = ops[src].data
+            conv["weight"] = conv["weight"] * op.data["scale"].view(-1, 1, 1, 1).to(conv["weight"])
+            op.kind, op.data = "fanout", {}
+    for op in ops.values():
+        if op.kind == "conv":
+            d = op.data
+            if _prefer_polyphase(d):
+                _to_polyphase(op)
+            d = op.data
+            d["weight"] = d["weight"].to(d.pop("dtype")).contiguous(memory_format=d.pop("fmt"))
+        elif op.kind == "scale":
+            op.data["scale"] = op.data["scale"].to(op.data.pop("dtype"))
+        elif op.kind == "mask":
+            op.data["mask"] = op.data["mask"].contiguous(memory_format=fmt)
+

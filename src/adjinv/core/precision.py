@@ -1,0 +1,67 @@
+"""Arithmetic precision of the cascade's pull-back (issue 7's TF32/bf16 policy).
+
+- ``"float32"`` (default): the cotangents keep the input's dtype and TF32 is
+  switched **off** for convolutions and matrix products inside the cascade, even
+  though PyTorch lets cuDNN use TF32 by default: the result is IEEE float32 (or
+  float64 for a float64 input).
+- ``"tf32"``: convolutions and matrix products may use TF32 tensor cores (CUDA
+  on Ampere or newer; identical to ``"float32"`` elsewhere). Its error on ``x̂``
+  against the float32 reference is measured in ``benchmarks/speed.py``.
+- ``"bf16"``: the explicit stage transposes compute in bfloat16 (LACs and the
+  synthesis stay float32). Rounding is amplified by the LAC normalisation
+  (SPEC §14 saw 20–34 % relative error on ``x̂`` with autocast): an option with a
+  measured error, never a default.
+
+The forward linearisation always runs in the input's precision with TF32 off,
+so the ReLU masks are the float32 ones whatever the pull-back precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+PRECISIONS = ("float32", "tf32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if known, else a clear error naming the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def compute_dtype(precision: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the explicit stage transposes compute in, for inputs of ``dtype``."""
+    return torch.bfloat16 if precision == "bf16" else dtype
+
+
+def _has_new_api() -> bool:
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    return conv is not None and hasattr(conv, "fp32_precision")
+
+
+@contextmanager
+def fp32_mode(precision: str) -> Iterator[None]:
+    """Allow TF32 for cuDNN convolutions and CUDA matmuls only for ``"tf32"``;
+    restore the previous global settings on exit."""
+    tf32 = precision == "tf32"
+    if _has_new_api():
+        conv, mm = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+        saved = (conv.fp32_precision, mm.fp32_precision)
+        conv.fp32_precision = "tf32" if tf32 else "ieee"
+        mm.fp32_precision = "tf32" if tf32 else "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision, mm.fp32_precision = saved
+    else:  # pragma: no cover - older PyTorch
+        saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -1,0 +1,174 @@
+"""The explicit stage transposes (adjinv.core.adjoint) against autograd's VJP, in float64."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adjinv import load_encoder
+from adjinv.core.adjoint import _Op, _to_polyphase, build_stage_adjoint
+from adjinv.core.cascade import AdjointCascade
+from adjinv.core.inverter import AdjointInverter
+from adjinv.core.lac import LACBank
+from adjinv.core.precision import fp32_mode
+from adjinv.encoders.efficientnet_lite import Conv2dSame
+from adjinv.training import lac_step
+from conftest import inplace_bn_cnn, staged_from_sequential
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().norm() / b.detach().norm())
+
+
+def random_lacs(enc: torch.nn.Module, seed: int = 0) -> LACBank:
+    torch.manual_seed(seed)
+    lacs = LACBank.for_encoder(enc).double()
+    for p in lacs.parameters():
+        p.data.normal_()
+    return lacs
+
+
+def compare(enc, size: int, batch: int = 2, seed: int = 0) -> list[bool]:
+    """Every stage's pull-back and the full cascade agree with the autograd engine."""
+    enc = enc.double()
+    lacs = random_lacs(enc, seed)
+    x = torch.randn(batch, 3, size, size + 3, dtype=torch.float64)
+    with enc.frozen(), torch.no_grad():
+        ref, fast = AdjointCascade(enc, lacs, engine="autograd"), AdjointCascade(enc, lacs)
+        lr, lf = ref.linearize(x), fast.linearize(x)
+        for k in range(enc.num_stages):
+            assert torch.equal(lr.acts[k], lf.acts[k]) or rel(lf.acts[k], lr.acts[k]) < 1e-13
+            u = torch.randn(3, *lr.acts[k].shape, dtype=torch.float64)
+            keep = u.clone()
+            assert rel(lf.pullbacks[k](u), lr.pullbacks[k](u)) < 1e-12, k
+            assert torch.equal(u, keep), "the pull-back modified its input"
+        last = enc.num_stages - 1
+        u = torch.randn(2, *lr.acts[last].shape, dtype=torch.float64)
+        assert rel(fast.pull_back(lf, last, u), ref.pull_back(lr, last, u)) < 1e-12
+    return lf.explicit
+
+
+@pytest.mark.parametrize("name,size,expected", [
+    ("efficientnet_lite0", 45, [True] * 6),
+    ("resnet18", 37, [True] * 5),
+    ("resnet50", 37, [True] * 5),
+    ("densenet121", 40, [True, True, False, False, False]),  # AvgPool transitions: autograd
+])
+def test_real_architectures_match_autograd(name, size, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = load_encoder(name, random_init=name != "efficientnet_lite0")
+    assert compare(enc, size) == expected
+
+
+def test_unsupported_stages_fall_back_to_autograd():
+    torch.manual_seed(0)
+    stages = [nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.GELU()),
+              nn.Sequential(nn.Conv2d(8, 8, 3, 1, 1), nn.GroupNorm(2, 8)),
+              nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1, padding_mode="reflect"), nn.ReLU())]
+    from adjinv.encoders.staged import LinearHead, StagedEncoder
+    enc = StagedEncoder(stages, LinearHead(nn.Linear(8, 3)), probe_size=16)
+    assert compare(enc, 16) == [False, False, False]
+
+
+def test_inplace_bn_boundaries_and_small_cnn():
+    assert compare(staged_from_sequential(inplace_bn_cnn()), 33) == [True] * 4
+
+
+class Mixed(nn.Module):
+    """Functional ReLUs, hardtanh, residual add, channel concat, overlapping max-pool,
+    an unfused BatchNorm (its conv feeds two users) and TF-"SAME" convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = Conv2dSame(4, 6, 3, 2)
+        self.b = nn.Conv2d(6, 6, 3, 1, 1)
+        self.bn = nn.BatchNorm2d(6).eval()
+        self.bn.running_mean.normal_()
+        self.bn.running_var.uniform_(0.5, 2)
+        self.c = Conv2dSame(12, 5, 5, 1, groups=1)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.a(x))
+        y = self.b(h)
+        z = torch.cat([F.hardtanh(self.bn(y), -0.5, 0.7), y.relu()], dim=1)
+        z = torch.relu(self.c(z)) + torch.add(F.relu6(self.c(z)), 0.0)
+        return self.pool(z.clone())
+
+
+@pytest.mark.parametrize("size", [15, 16])
+def test_mixed_ops_match_vjp(size):
+    torch.manual_seed(1)
+    body = Mixed().double().eval()
+    x = torch.randn(2, 4, size, size + 1, dtype=torch.float64)
+    built = build_stage_adjoint(body, x)
+    assert built is not None
+    y, adj = built
+    y_ref, fn = torch.func.vjp(body, x)
+    assert torch.allclose(y, y_ref, rtol=0, atol=1e-12)
+    u = torch.randn(3, *y.shape, dtype=torch.float64)
+    ref = torch.stack([fn(u[i])[0] for i in range(3)])
+    assert rel(adj(u), ref) < 1e-12
+
+
+@pytest.mark.parametrize("k,s,p,size", [(7, 2, 3, 31), (7, 2, 3, 32), (3, 2, 1, 17), (4, 2, 1, 16),
+                                        (5, 3, 2, 20), (3, 2, 0, 15)])
+def test_polyphase_equals_transposed_convolution(k, s, p, size):
+    torch.manual_seed(0)
+    w = torch.randn(6, 3, k, k, dtype=torch.float64)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    y = F.conv2d(x, w, None, s, p)
+    g = torch.randn_like(y)
+    op_pad = size - ((y.shape[-1] - 1) * s - 2 * p + k)
+    ref = F.conv_transpose2d(g, w, None, s, p, op_pad)
+    op = _Op("conv", (), {"weight": w, "stride": (s, s), "padding": (p, p), "groups": 1,
+                          "output_padding": (op_pad, op_pad), "dilation": (1, 1), "crop": None,
+                          "dtype": torch.float64, "fmt": torch.contiguous_format, "in_size": (size, size)})
+    _to_polyphase(op)
+    d = op.data
+    z = F.pixel_shuffle(F.conv2d(g, d["weight"], None, 1, d["pad"]), d["stride"])
+    z = F.pad(z, (0, max(0, p + size - z.shape[-1]), 0, max(0, p + size - z.shape[-2])))
+    assert rel(z[..., p: p + size, p: p + size], ref) < 1e-12
+
+
+def test_lac_training_gradients_match_autograd_engine(tiny_enc):
+    enc = tiny_enc.double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    grads = []
+    for engine in ("autograd", "auto"):
+        inv = AdjointInverter(enc, random_lacs(enc, 3), engine=engine)
+        with enc.frozen():
+            loss = lac_step(inv, x)
+        grads.append((loss, [p.grad.clone() for p in inv.lacs.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-12)
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-14)
+
+
+def test_precisions_and_engines(tiny_enc):
+    x = torch.randn(1, 3, 32, 32)
+    last = tiny_enc.num_stages - 1
+    out = {p: AdjointInverter(tiny_enc, precision=p).invert(x, stages=[last]).x_hat[last]
+           for p in ("float32", "tf32", "bf16")}
+    assert torch.equal(out["float32"], out["tf32"])  # TF32 does not exist on CPU
+    err = rel(out["bf16"], out["float32"])
+    assert 0 < err < 1 and torch.isfinite(out["bf16"]).all()
+    with pytest.raises(ValueError, match="precision"):
+        AdjointInverter(tiny_enc, precision="fp8")
+    with pytest.raises(ValueError, match="engine"):
+        AdjointInverter(tiny_enc, engine="fast")
+
+
+def test_fp32_mode_restores_global_flags():
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    with fp32_mode("float32"):
+        assert conv.fp32_precision == "ieee"
+    with fp32_mode("tf32"):
+        assert conv.fp32_precision == "tf32"
+    assert conv.fp32_precision == before

@@ -172,3 +172,22 @@ def test_fp32_mode_restores_global_flags():
     with fp32_mode("tf32"):
         assert conv.fp32_precision == "tf32"
     assert conv.fp32_precision == before
+
+
+def test_out_of_memory_halves_the_chunk(tiny_enc, monkeypatch):
+    x = torch.randn(1, 3, 32, 32)
+    last = tiny_enc.num_stages - 1
+    ref = AdjointInverter(tiny_enc, chunk_size=1).invert(x, stages=[last]).x_hat[last]
+    inv = AdjointInverter(tiny_enc, chunk_size=16)
+    real, sizes = inv.cascade.pull_back, []
+
+    def tight(lin, stage, cot):
+        sizes.append(cot.shape[0])
+        if cot.shape[0] > 3:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real(lin, stage, cot)
+
+    monkeypatch.setattr(inv.cascade, "pull_back", tight)
+    out = inv.invert(x, stages=[last]).x_hat[last]
+    assert sizes[1:3] == [8, 4] and max(sizes[3:]) <= 2
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..encoders.staged import StagedEncoder
-from .cascade import AdjointCascade, Linearization, auto_chunk, channel_seeds, iter_chunks
+from .cascade import AdjointCascade, Linearization, auto_chunk, channel_seeds
 from .lac import LACBank
 from .simplex import simplex_measure
 from .validate import check_input
@@ -103,8 +103,16 @@ class AdjointInverter:
             kept = lin.x.new_zeros(bsz, keep.shape[1], *lin.x.shape[1:])
         chunk = self._chunk(lin, stage)
         done = 0
-        for ch in iter_chunks(idx, chunk):
-            phi = self.cascade.pull_back(lin, stage, channel_seeds(a, ch))  # (n, B, 3, H, W)
+        while done < idx.numel():
+            ch = idx[done: done + chunk]
+            try:
+                phi = self.cascade.pull_back(lin, stage, channel_seeds(a, ch))  # (n, B, 3, H, W)
+            except torch.cuda.OutOfMemoryError:
+                if chunk == 1:
+                    raise
+                chunk = max(1, chunk // 2)  # the estimate was too optimistic: halve, retry
+                torch.cuda.empty_cache()
+                continue
             for k, w in weight_sets.items():
                 out[k] = out[k] + torch.einsum("bn,nbchw->bchw", w[:, ch].to(phi.dtype), phi)
             if kept is not None:

@@ -57,10 +57,19 @@ from adjinv.io import atomic_write_json, atomic_write_text
 REPO = Path(__file__).resolve().parent.parent
 PRETRAINED = ("efficientnet_lite0",)
 
+
+
+def _flag_bool(s: str) -> bool:
+    if s.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+    return s.lower() in ("true", "1")
+
+
 # Keyword arguments of AdjointInverter that become command-line flags (--engine, --precision,
-# each taking several values); every combination of the given values is one "cascade" row.
-# To benchmark a new inverter option, add its name here.
-VARIANT_FLAGS = ("engine", "precision")
+# each taking several values), with the parser of one value; every combination of the given
+# values is one "cascade" row. To benchmark another inverter option, add it here
+# (e.g. "channels_last": _flag_bool).
+VARIANT_FLAGS: dict[str, Callable[[str], object]] = {"engine": str, "precision": str}
 
 FLOP_CONVENTION = (
     "FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (convolutions and matrix "
@@ -531,8 +540,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", nargs="+", default=["cascade", "naive", "scorecam"],
                     choices=["cascade", "naive", "scorecam"])
-    for k in VARIANT_FLAGS:
-        ap.add_argument(f"--{k}", nargs="+", default=None,
+    for k, parse in VARIANT_FLAGS.items():
+        ap.add_argument(f"--{k.replace('_', '-')}", nargs="+", default=None, type=parse,
                         help=f"AdjointInverter {k}= value(s), one cascade row each (default: not passed)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
@@ -561,6 +570,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     device = torch.device(args.device)
     if args.scorecam_batch is None:
         args.scorecam_batch = 128 if device.type == "cuda" else 32
+    missing = [k for k in VARIANT_FLAGS if getattr(args, k) and not inverter_accepts(k)]
+    if missing:
+        sys.exit(f"speed.py: this AdjointInverter has no {', '.join(missing)} argument; "
+                 "drop the flag or update adjinv")
     methods = []
     for kind in args.methods:
         methods += (cascade_variants({k: getattr(args, k) for k in VARIANT_FLAGS})

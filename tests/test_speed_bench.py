@@ -85,3 +85,18 @@ def test_smoke_run_writes_a_row_per_method(speed, tmp_path, monkeypatch, capsys)
         assert text.count(f"| {m} | 2 of ") == 2  # one row per batch size in the main table
     assert "speed_test.json" in text and rows[0]["device"] in text
     assert "| tiny | 32 | 2 | cascade (partial) |" in capsys.readouterr().out
+
+
+def test_inverter_options_give_one_cascade_row_each(speed, monkeypatch, capsys):
+    if not (speed.inverter_accepts("engine") and speed.inverter_accepts("precision")):
+        pytest.skip("this AdjointInverter has no engine/precision options")
+    monkeypatch.setattr(speed, "load_encoder",
+                        lambda name, random_init=False: staged_from_sequential(tiny_relu_cnn(seed=0)))
+    res = speed.main(["--encoders", "tiny", "--size", "32", "--channels-limit", "2", "--repeats", "1",
+                      "--warmup", "0", "--ref-channels", "4", "--methods", "cascade", "naive",
+                      "--engine", "auto", "autograd", "--precision", "float32"])
+    rows = res["rows"]
+    assert [r["method"] for r in rows] == ["cascade[auto,float32]", "cascade[autograd,float32]", "naive"]
+    assert rows[1]["options"] == {"engine": "autograd", "precision": "float32"}
+    assert all(r["rel_error"] < 1e-4 for r in rows)
+    capsys.readouterr()

@@ -69,7 +69,8 @@ def _flag_bool(s: str) -> bool:
 # each taking several values), with the parser of one value; every combination of the given
 # values is one "cascade" row. To benchmark another inverter option, add it here
 # (e.g. "channels_last": _flag_bool).
-VARIANT_FLAGS: dict[str, Callable[[str], object]] = {"engine": str, "precision": str}
+VARIANT_FLAGS: dict[str, Callable[[str], object]] = {"engine": str, "precision": str,
+                                                    "channels_last": _flag_bool}
 
 FLOP_CONVENTION = (
     "FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (convolutions and matrix "
@@ -406,8 +407,10 @@ def bench_config(enc: StagedEncoder, weights: str, size: int, batch: int, method
                 def fn(inv: AdjointInverter = inv) -> object:
                     return cascade_partial(inv, x, stage, timed)
             else:
-                def fn() -> object:
-                    return naive_synthesis(enc, base.lacs, base.prepare(x), stage, timed)
+                naive_timed = timed if args.naive_channels is None else timed[:args.naive_channels]
+
+                def fn(chans: torch.Tensor = naive_timed) -> object:
+                    return naive_synthesis(enc, base.lacs, base.prepare(x), stage, chans)
             flops = sum(per_image) * f_stages
             row.update(live_channels_per_image=[int(n) for n in live_mask.sum(1)],
                        live_channels=int(union.numel()), channels_timed=int(timed.numel()),
@@ -422,6 +425,13 @@ def bench_config(enc: StagedEncoder, weights: str, size: int, batch: int, method
             row.update(live_channels=c_last, channels_timed=n, score_batch_size=args.scorecam_batch)
         times, peak = time_runs(fn, device, args.warmup, args.repeats)
         med = statistics.median(times)
+        if m.kind == "naive" and args.naive_channels is not None and naive_timed.numel() < timed.numel():
+            # the loop's cost is linear in the channels it visits: scale to all of them
+            done = int(live_mask[:, naive_timed].sum())
+            scale = sum(per_image) / max(1, done)
+            row.update(extrapolated_from_channels=int(naive_timed.numel()), measured_times_s=times)
+            times = [t * scale for t in times]
+            med = med * scale
         row.update(times_s=times, seconds_per_image=med / batch, flops=flops,
                    tflops=flops / med / 1e12, peak_memory_bytes=peak)
         if m.kind == "cascade":
@@ -455,6 +465,8 @@ def markdown_rows(rows: list[dict]) -> list[str]:
     for r in rows:
         ch = f"{r['channels_timed']} of {r['live_channels']}" if r["partial"] else str(r["live_channels"])
         method = r["method"] + (" (partial)" if r["partial"] else "")
+        if r.get("extrapolated_from_channels"):
+            method += f" (timed on {r['extrapolated_from_channels']} channels, scaled)"
         cells = [r["device"], r["torch"], r["encoder"], r["weights"], str(r["size"]), str(r["batch"]),
                  method, ch, _fmt_time(r["seconds_per_image"]), f"{r['tflops']:.3g}",
                  f"{r['peak_memory_bytes'] / 2**20:.0f}", _fmt_err(r["rel_error"])]
@@ -551,6 +563,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="channels of the partial synthesis the error is measured on (0 = all)")
     ap.add_argument("--channels-limit", type=int, default=None,
                     help="time only the first K live channels (rows marked partial)")
+    ap.add_argument("--naive-channels", type=int, default=None,
+                    help="time the naive loop on the first K live channels only and scale its time "
+                         "linearly to all of them (rows marked extrapolated)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave)")
     ap.add_argument("--out", default=None, help="JSON result file, e.g. benchmarks/results/speed_cpu.json")
     ap.add_argument("--markdown", default=str(REPO / "BENCHMARKS.md"),
@@ -587,9 +602,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         enc, weights = load(name, device)
         for b in args.batch:
             rows += bench_config(enc, weights, args.size, b, methods, args, device, log)
-    result = {"environment": environment(device), "flop_convention": FLOP_CONVENTION,
-              "memory_convention": MEMORY_CONVENTION,
-              "settings": {k: v for k, v in vars(args).items() if k != "markdown"}, "rows": rows}
+            result = {"environment": environment(device), "flop_convention": FLOP_CONVENTION,
+                      "memory_convention": MEMORY_CONVENTION,
+                      "settings": {k: v for k, v in vars(args).items() if k != "markdown"},
+                      "rows": rows}
+            if args.out:  # after every configuration: a run cut short keeps what it measured
+                atomic_write_json(args.out, result)
+        del enc
     if args.out:
         out = atomic_write_json(args.out, result)
         files = sorted(set(out.parent.glob("speed_*.json")) | {out})

@@ -191,3 +191,22 @@ def test_out_of_memory_halves_the_chunk(tiny_enc, monkeypatch):
     out = inv.invert(x, stages=[last]).x_hat[last]
     assert sizes[1:3] == [8, 4] and max(sizes[3:]) <= 2
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_images_split_when_live_sets_differ_gives_the_same_result(tiny_enc, monkeypatch):
+    x = torch.randn(3, 3, 32, 32)
+    last = tiny_enc.num_stages - 1
+    inv = AdjointInverter(tiny_enc)
+    monkeypatch.setattr(AdjointInverter, "SPLIT_RATIO", float("inf"))
+    joint = inv.invert(x, top_k=2)
+    calls = []
+    real = inv.cascade.linearize
+    monkeypatch.setattr(inv.cascade, "linearize", lambda x, upto=None: calls.append(x.shape[0])
+                        or real(x, upto))
+    monkeypatch.setattr(AdjointInverter, "SPLIT_RATIO", 0.0)
+    split = inv.invert(x, top_k=2)
+    assert calls.count(1) >= 3  # one linearisation per image
+    for s in range(last + 1):
+        assert torch.allclose(split.x_hat[s], joint.x_hat[s], rtol=1e-5, atol=1e-6)
+        assert torch.equal(split.channels[s], joint.channels[s])
+        assert torch.allclose(split.phi[s], joint.phi[s], rtol=1e-5, atol=1e-6)

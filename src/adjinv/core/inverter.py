@@ -97,6 +97,8 @@ class AdjointInverter:
         if keep is not None:
             live[keep.flatten()] = True
         idx = live.nonzero().flatten()
+        if bsz > 1 and self._split_images(weight_sets, keep, idx.numel()):
+            return self._synthesize_each(lin, stage, weight_sets, keep, progress, source)
         out = {k: torch.zeros_like(lin.x) for k in weight_sets}
         kept = None
         if keep is not None:
@@ -125,6 +127,40 @@ class AdjointInverter:
             if progress is not None:
                 progress(done, idx.numel())
         return out, kept
+
+    # A batch shares one pull-back per channel, so every image pays for the union of the
+    # batch's live channels. When the images' live sets differ that much (ReLU6 heads: a
+    # third of the channels live, different ones per image), one image at a time is cheaper.
+    SPLIT_RATIO = 1.25
+
+    def _split_images(self, weight_sets: dict[str, torch.Tensor], keep: torch.Tensor | None,
+                      union: int) -> bool:
+        bsz = next(iter(weight_sets.values())).shape[0] if weight_sets else keep.shape[0]
+        live = torch.zeros(bsz, device=self.cascade.lacs.pix.gamma.device)
+        for w in weight_sets.values():
+            live = torch.maximum(live, (w != 0).sum(1).to(live))
+        if keep is not None:
+            live = torch.maximum(live, torch.full_like(live, keep.shape[1]))
+        return union * bsz > self.SPLIT_RATIO * float(live.sum())
+
+    def _synthesize_each(self, lin: Linearization, stage: int, weight_sets: dict[str, torch.Tensor],
+                         keep: torch.Tensor | None, progress: Progress | None,
+                         source: torch.Tensor | None) -> tuple[dict[str, torch.Tensor],
+                                                               torch.Tensor | None]:
+        """:meth:`synthesize` image by image (one extra forward each)."""
+        outs: dict[str, list[torch.Tensor]] = {k: [] for k in weight_sets}
+        kept = []
+        for b in range(lin.x.shape[0]):
+            one = self.cascade.linearize(lin.x[b: b + 1], stage)
+            sums, k_b = self.synthesize(
+                one, stage, {k: w[b: b + 1] for k, w in weight_sets.items()},
+                keep=None if keep is None else keep[b: b + 1], progress=progress,
+                source=None if source is None else source[b: b + 1])
+            for k, v in sums.items():
+                outs[k].append(v)
+            kept.append(k_b)
+        cat = {k: torch.cat(v) for k, v in outs.items()}
+        return cat, (torch.cat(kept) if keep is not None else None)
 
     # ------------------------------------------------------------------ public API
     def prepare(self, x: torch.Tensor) -> torch.Tensor:

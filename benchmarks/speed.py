@@ -70,7 +70,7 @@ def _flag_bool(s: str) -> bool:
 # values is one "cascade" row. To benchmark another inverter option, add it here
 # (e.g. "channels_last": _flag_bool).
 VARIANT_FLAGS: dict[str, Callable[[str], object]] = {"engine": str, "precision": str,
-                                                    "channels_last": _flag_bool}
+                                                    "channels_last": _flag_bool, "chunk_size": int}
 
 FLOP_CONVENTION = (
     "FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (convolutions and matrix "
@@ -101,7 +101,9 @@ class Method:
     def name(self) -> str:
         if not self.kwargs:
             return self.kind
-        return f"{self.kind}[{','.join(str(v) for v in self.kwargs.values())}]"
+        short = {"channels_last": lambda v: "NHWC" if v else "NCHW", "chunk_size": lambda v: f"chunk={v}"}
+        vals = [short.get(k, str)(v) for k, v in self.kwargs.items()]
+        return f"{self.kind}[{','.join(vals)}]"
 
 
 def cascade_variants(options: dict[str, Sequence[str] | None]) -> list[Method]:

@@ -121,13 +121,14 @@ class AdjointCascade:
         return u
 
     def per_item_bytes(self, lin: Linearization, stage: int) -> int:
-        """Rough memory of one seed through the cascade: the vmapped backward of a
-        stage holds a few tensors as large as its widest internal map, which is up
-        to ~6x the stage input for inverted bottlenecks; count 8x the largest
-        boundary map plus the pixel map."""
+        """Rough memory of one seed through the cascade: a few maps as large as the widest
+        stage boundary. The explicit transposes hold about 3 (the gradient, a residual
+        branch, the next output): count 4; ``vmap`` over autograd's VJP holds up to ~6x
+        the stage input for inverted bottlenecks: count 8."""
         sizes = [lin.x[0].numel()] + [a[0].numel() for a in lin.acts[: stage + 1]]
         b = lin.x.shape[0]
-        return int(8 * max(sizes) * b * lin.x.element_size())
+        factor = 4 if all(lin.explicit[: stage + 1]) else 8
+        return int(factor * max(sizes) * b * lin.x.element_size())
 
 
 def channel_seeds(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from adjinv.checkpoint import read_checkpoint
@@ -45,6 +46,15 @@ def test_unknown_encoder(tmp_path, capsys):
     img = _photo(tmp_path / "a.png")
     assert main(["invert", str(img), "--encoder", "vgg99", "--out", str(tmp_path / "o")]) == 2
     assert "unknown architecture" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device,message", [("cuda:7", "CUDA device"), ("quantum", "not a torch device")])
+def test_unusable_device_is_a_clear_error(tmp_path, capsys, device, message):
+    img = _photo(tmp_path / "a.png")
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that many GPUs")
+    assert main(["invert", str(img), "--out", str(tmp_path / "o"), "--device", device]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_invert_writes_every_output(tmp_path):

@@ -67,8 +67,10 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     from .experiments.report import ReportConfig, invert_one, write_index
 
     enc, lacs, vanilla, source = _load(args)
+    enc = enc.to(_device(args.device))
     out = Path(args.out)
-    cfg = ReportConfig(size=args.size, top_k=args.channels, chunk_size=args.chunk_size)
+    cfg = ReportConfig(size=args.size, top_k=args.channels, chunk_size=args.chunk_size,
+                       precision=args.precision)
     print(f"encoder {enc.name} ({enc.num_stages} stages), LACs: {source}", file=sys.stderr)
     cb, close = _channel_progress()
     summaries = []
@@ -89,6 +91,21 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     index = write_index(out, summaries, title, intro)
     print(f"wrote {len(summaries)} image report(s) to {out}/ — open {index}")
     return index
+
+
+def _device(name: str):
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise AdjinvError(f"--device {name!r} is not a torch device ({e}); use cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AdjinvError(f"--device {name}: PyTorch sees no CUDA device here "
+                          "(torch.cuda.is_available() is False); use --device cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise AdjinvError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
 
 
 def _unique_names(paths: list[str]) -> dict[str, Path]:
@@ -214,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--size", type=int, default=224, help="image side in px (default 224)")
         p.add_argument("--channels", type=int, default=8,
                        help="top-K per-channel inversions of the deepest stage (default 8)")
+        p.add_argument("--device", default="cpu",
+                       help="torch device to run on, e.g. cuda or cuda:1 (default cpu)")
+        p.add_argument("--precision", choices=("float32", "tf32", "bf16"), default="float32",
+                       help="pull-back arithmetic: float32 (default, exact), tf32 (CUDA tensor "
+                            "cores, ~1e-3 relative error on x̂), bf16 (~1e-2); see docs/speed.md")
         p.set_defaults(func=fn)
 
     p = sub.add_parser("train", help="train LACs (Eq. 9)", description="Train the LAC γ/β on a "

@@ -52,9 +52,8 @@ class AdjointCascade:
     seeds costs one batched pull-back per stage.
 
     ``engine="auto"`` transposes every stage it can trace explicitly (convolutions
-    with BatchNorm folded in, masks, routing; channels-last unless
-    ``channels_last=False``: measured faster on 2 CPU cores for Lite0 and ResNet-50,
-    equal for ResNet-18, and cuDNN's tensor-core layout) and uses ``vmap`` over ``torch.func.vjp`` for the
+    with BatchNorm folded in, masks, routing; by default channels-last except for IEEE
+    float32 on CUDA, as measured in docs/speed.md) and uses ``vmap`` over ``torch.func.vjp`` for the
     rest; ``engine="autograd"`` uses the latter everywhere. ``precision`` is one of
     :data:`adjinv.core.precision.PRECISIONS`.
     """
@@ -74,7 +73,11 @@ class AdjointCascade:
         return fp32_mode(self.precision)
 
     def _use_channels_last(self, x: torch.Tensor) -> bool:
-        return True if self.channels_last is None else self.channels_last
+        if self.channels_last is not None:
+            return self.channels_last
+        # measured (docs/speed.md): NHWC faster on 2 CPU cores and for TF32/bf16 on an H100;
+        # cuDNN's IEEE float32 NCHW kernels were faster there (0.836 vs 0.935 s, ResNet-50)
+        return x.device.type != "cuda" or self.precision != "float32"
 
     def linearize(self, x: torch.Tensor, upto: int | None = None) -> Linearization:
         """Run the forward pass once, keeping each stage's pull-back."""

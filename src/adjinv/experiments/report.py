@@ -31,6 +31,7 @@ class ReportConfig:
     top_k: int = 8
     mode: str = "contribution"
     chunk_size: int | None = None
+    precision: str = "float32"
 
 
 def _scores(encoder: StagedEncoder, rec: torch.Tensor, img: torch.Tensor) -> dict[str, float]:
@@ -43,9 +44,9 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
                progress: Progress | None = None) -> dict:
     """Invert one image (3, H, W) in [0, 1]; write PNGs and ``summary.json`` to ``out``."""
     t0 = time.perf_counter()
-    img = resize_center_crop(image, cfg.size)
+    img = resize_center_crop(image, cfg.size).to(encoder.mean.device)
     x = encoder.normalize(img)[None]
-    inv = AdjointInverter(encoder, lacs, chunk_size=cfg.chunk_size)
+    inv = AdjointInverter(encoder, lacs, chunk_size=cfg.chunk_size, precision=cfg.precision)
     chosen: dict[str, torch.Tensor] = {}
 
     def cd(acts: list[torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:

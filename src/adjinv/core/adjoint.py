@@ -84,7 +84,7 @@ class StageAdjoint:
 
     def __init__(self, graph: fx.Graph, ops: dict[fx.Node, _Op], placeholder: fx.Node,
                  output: fx.Node, in_shape: torch.Size, channels_last: bool,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, widest: int) -> None:
         self._order = [n for n in reversed(graph.nodes) if n in ops]
         self._ops = ops
         self._placeholder = placeholder
@@ -92,6 +92,7 @@ class StageAdjoint:
         self._in_shape = in_shape
         self._fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.dtype = dtype
+        self.widest = widest  # elements of the largest map of one image inside the stage
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         n, b = u.shape[:2]
@@ -243,7 +244,9 @@ def _build(body: nn.Module, graph: fx.Graph, x: torch.Tensor, channels_last: boo
         raise Unsupported("no input or output")
     _finalize(ops, fmt)
     y = env[output]
-    return y, StageAdjoint(graph, ops, placeholder, output, x.shape, channels_last, dtype)
+    widest = max((v[0].numel() for v in env.values() if isinstance(v, torch.Tensor) and v.dim() > 1),
+                 default=0)
+    return y, StageAdjoint(graph, ops, placeholder, output, x.shape, channels_last, dtype, widest)
 
 
 def _module_op(node: fx.Node, m: nn.Module, args: tuple, ops: dict[fx.Node, _Op],

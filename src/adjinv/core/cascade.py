@@ -30,6 +30,7 @@ class Linearization:
     acts: list[torch.Tensor]
     pullbacks: list[PullBack]
     explicit: list[bool]
+    widest: list[int]
 
     @property
     def upto(self) -> int:
@@ -84,7 +85,7 @@ class AdjointCascade:
         last = self.encoder.num_stages - 1 if upto is None else upto
         cl = self._use_channels_last(x)
         dtype = compute_dtype(self.precision, x.dtype)
-        acts, pbs, explicit = [], [], []
+        acts, pbs, explicit, widest = [], [], [], []
         a = x
         with fp32_mode("float32"):
             for st in self.encoder.stages[: last + 1]:
@@ -98,8 +99,9 @@ class AdjointCascade:
                     a, pb = built
                     pbs.append(pb)
                 explicit.append(built is not None)
+                widest.append(pb.widest if built is not None else 0)
                 acts.append(a)
-        return Linearization(x=x, acts=acts, pullbacks=pbs, explicit=explicit)
+        return Linearization(x=x, acts=acts, pullbacks=pbs, explicit=explicit, widest=widest)
 
     def pull_back(self, lin: Linearization, stage: int, cot: torch.Tensor) -> torch.Tensor:
         """Ψ_stage applied to cotangents ``cot`` (N, B, C_stage, h, w) → (N, B, 3, H, W)."""
@@ -124,14 +126,15 @@ class AdjointCascade:
         return u
 
     def per_item_bytes(self, lin: Linearization, stage: int) -> int:
-        """Rough memory of one seed through the cascade: a few maps as large as the widest
-        stage boundary. The explicit transposes hold about 3 (the gradient, a residual
-        branch, the next output): count 4; ``vmap`` over autograd's VJP holds up to ~6x
-        the stage input for inverted bottlenecks: count 8."""
+        """Rough memory of one seed through the cascade. Explicit transposes hold about 3
+        maps as large as the widest map inside a stage (the gradient, a residual branch,
+        the next output); ``vmap`` over autograd's VJP holds up to ~6x the stage input for
+        inverted bottlenecks: count 8 of the widest stage boundary."""
         sizes = [lin.x[0].numel()] + [a[0].numel() for a in lin.acts[: stage + 1]]
         b = lin.x.shape[0]
-        factor = 4 if all(lin.explicit[: stage + 1]) else 8
-        return int(factor * max(sizes) * b * lin.x.element_size())
+        if all(lin.explicit[: stage + 1]):
+            return int(3 * max(sizes + lin.widest[: stage + 1]) * b * lin.x.element_size())
+        return int(8 * max(sizes) * b * lin.x.element_size())
 
 
 def channel_seeds(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

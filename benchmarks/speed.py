@@ -605,11 +605,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(msg, flush=True)
 
     rows = []
+    env = environment(device)  # at the start: the commit that was measured
     for name in args.encoders:
         enc, weights = load(name, device)
         for b in args.batch:
             rows += bench_config(enc, weights, args.size, b, methods, args, device, log)
-            result = {"environment": environment(device), "flop_convention": FLOP_CONVENTION,
+            result = {"environment": env, "flop_convention": FLOP_CONVENTION,
                       "memory_convention": MEMORY_CONVENTION,
                       "settings": {k: v for k, v in vars(args).items() if k != "markdown"},
                       "rows": rows}

@@ -177,7 +177,7 @@ def _relu_bounds(node: fx.Node, module: nn.Module | None) -> tuple[float, float 
         lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
         hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
         return float(lo), float(hi)
-    return 0.0, None  # relu method
+    raise AssertionError(f"not a clamp: {node.target}")
 
 
 def _mask(x: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
@@ -395,10 +395,10 @@ def _finalize(ops: dict[fx.Node, _Op], fmt: torch.memory_format) -> None:
             op.kind, op.data = "fanout", {}
     for op in ops.values():
         if op.kind == "conv":
-            d = op.data
-            if _prefer_polyphase(d):
+            if _prefer_polyphase(op.data):
                 _to_polyphase(op)
             d = op.data
+            d.pop("in_size", None)
             d["weight"] = d["weight"].to(d.pop("dtype")).contiguous(memory_format=d.pop("fmt"))
         elif op.kind == "scale":
             op.data["scale"] = op.data["scale"].to(op.data.pop("dtype"))

@@ -10,7 +10,7 @@ import torch
 from torch.func import vjp, vmap
 
 from ..encoders.staged import StagedEncoder
-from .adjoint import build_stage_adjoint
+from .adjoint import StageAdjoint, build_stage_adjoint
 from .lac import LACBank
 from .memory import chunk_size_for
 from .precision import check_precision, compute_dtype, fp32_mode
@@ -23,14 +23,17 @@ ENGINES = ("auto", "autograd")
 class Linearization:
     """The encoder linearised at one batch ``x``: activations ``A_0..A_l`` and, per
     stage, the pull-back ``u ↦ J_{f_k}ᵀ u`` on cotangents (N, B, C, h, w) (one
-    forward shared by all chunks). ``explicit[k]`` says whether stage ``k`` uses the
-    explicit transpose (:mod:`adjinv.core.adjoint`) or ``vmap`` over autograd's VJP."""
+    forward shared by all chunks)."""
 
     x: torch.Tensor
     acts: list[torch.Tensor]
     pullbacks: list[PullBack]
-    explicit: list[bool]
-    widest: list[int]
+
+    @property
+    def explicit(self) -> list[bool]:
+        """Per stage: the explicit transpose (:mod:`adjinv.core.adjoint`), or ``vmap``
+        over autograd's VJP."""
+        return [isinstance(pb, StageAdjoint) for pb in self.pullbacks]
 
     @property
     def upto(self) -> int:
@@ -85,7 +88,7 @@ class AdjointCascade:
         last = self.encoder.num_stages - 1 if upto is None else upto
         cl = self._use_channels_last(x)
         dtype = compute_dtype(self.precision, x.dtype)
-        acts, pbs, explicit, widest = [], [], [], []
+        acts, pbs = [], []
         a = x
         with fp32_mode("float32"):
             for st in self.encoder.stages[: last + 1]:
@@ -98,10 +101,8 @@ class AdjointCascade:
                 else:
                     a, pb = built
                     pbs.append(pb)
-                explicit.append(built is not None)
-                widest.append(pb.widest if built is not None else 0)
                 acts.append(a)
-        return Linearization(x=x, acts=acts, pullbacks=pbs, explicit=explicit, widest=widest)
+        return Linearization(x=x, acts=acts, pullbacks=pbs)
 
     def pull_back(self, lin: Linearization, stage: int, cot: torch.Tensor) -> torch.Tensor:
         """Ψ_stage applied to cotangents ``cot`` (N, B, C_stage, h, w) → (N, B, 3, H, W)."""
@@ -132,8 +133,9 @@ class AdjointCascade:
         inverted bottlenecks: count 8 of the widest stage boundary."""
         sizes = [lin.x[0].numel()] + [a[0].numel() for a in lin.acts[: stage + 1]]
         b = lin.x.shape[0]
-        if all(lin.explicit[: stage + 1]):
-            return int(3 * max(sizes + lin.widest[: stage + 1]) * b * lin.x.element_size())
+        pbs = lin.pullbacks[: stage + 1]
+        if all(isinstance(pb, StageAdjoint) for pb in pbs):
+            return int(3 * max(sizes + [pb.widest for pb in pbs]) * b * lin.x.element_size())
         return int(8 * max(sizes) * b * lin.x.element_size())
 
 

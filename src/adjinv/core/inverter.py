@@ -91,13 +91,16 @@ class AdjointInverter:
             raise ValueError(f"source of shape {tuple(a.shape)} does not match A_{stage} "
                              f"{tuple(lin.acts[stage].shape)}")
         bsz, c = a.shape[:2]
-        live = torch.zeros(c, dtype=torch.bool, device=a.device)
+        own = torch.zeros(bsz, c, dtype=torch.bool, device=a.device)  # channels each image needs
         for w in weight_sets.values():
-            live |= (w != 0).any(0)
+            own |= w != 0
         if keep is not None:
-            live[keep.flatten()] = True
-        idx = live.nonzero().flatten()
-        if bsz > 1 and self._split_images(weight_sets, keep, idx.numel()):
+            own.scatter_(1, keep, True)
+        idx = own.any(0).nonzero().flatten()
+        # A batch shares one pull-back per channel, so every image pays for the union of
+        # the batch's live channels; when that is much more than each image's own (ReLU6
+        # heads: a third live, different ones per image), one image at a time is cheaper.
+        if bsz > 1 and idx.numel() * bsz > self.SPLIT_RATIO * int(own.sum()):
             return self._synthesize_each(lin, stage, weight_sets, keep, progress, source)
         out = {k: torch.zeros_like(lin.x) for k in weight_sets}
         kept = None
@@ -128,20 +131,7 @@ class AdjointInverter:
                 progress(done, idx.numel())
         return out, kept
 
-    # A batch shares one pull-back per channel, so every image pays for the union of the
-    # batch's live channels. When the images' live sets differ that much (ReLU6 heads: a
-    # third of the channels live, different ones per image), one image at a time is cheaper.
-    SPLIT_RATIO = 1.25
-
-    def _split_images(self, weight_sets: dict[str, torch.Tensor], keep: torch.Tensor | None,
-                      union: int) -> bool:
-        bsz = next(iter(weight_sets.values())).shape[0] if weight_sets else keep.shape[0]
-        live = torch.zeros(bsz, device=self.cascade.lacs.pix.gamma.device)
-        for w in weight_sets.values():
-            live = torch.maximum(live, (w != 0).sum(1).to(live))
-        if keep is not None:
-            live = torch.maximum(live, torch.full_like(live, keep.shape[1]))
-        return union * bsz > self.SPLIT_RATIO * float(live.sum())
+    SPLIT_RATIO = 1.25  # union of live channels / the images' own, above which images split
 
     def _synthesize_each(self, lin: Linearization, stage: int, weight_sets: dict[str, torch.Tensor],
                          keep: torch.Tensor | None, progress: Progress | None,

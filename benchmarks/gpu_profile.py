@@ -1,11 +1,11 @@
-"""Where the GPU time of one ResNet-50 cascade chunk goes (profiler), and cuDNN autotuning's effect.
+"""Where the GPU time of one ResNet-50 cascade chunk goes (PyTorch profiler, CUDA kernels).
 
-    python benchmarks/gpu_profile.py   # on a CUDA machine
+    python benchmarks/gpu_profile.py --precision fp16 tf32   # on a CUDA machine
 """
 
 from __future__ import annotations
 
-import time
+import argparse
 import warnings
 
 import torch
@@ -15,39 +15,37 @@ from adjinv.core.cascade import channel_seeds
 from adjinv.data import resize_center_crop, sample_image
 
 
-def timed(fn, n: int = 2) -> float:
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
-
-
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precision", nargs="+", default=["tf32"])
+    ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--rows", type=int, default=20)
+    args = ap.parse_args()
     warnings.simplefilter("ignore")
     enc = load_encoder("resnet50", random_init=True).cuda()
     x = enc.normalize(resize_center_crop(sample_image("chelsea"), 224))[None].cuda()
-    inv = AdjointInverter(enc, precision="tf32")
     last = enc.num_stages - 1
-    for bench in (False, True):
-        torch.backends.cudnn.benchmark = bench
-        t = timed(lambda: inv.invert(x, stages=[last]))
-        print(f"cudnn.benchmark={bench}: full tf32 inversion {t:.3f} s", flush=True)
-    torch.backends.cudnn.benchmark = False
-    with enc.frozen(), torch.no_grad():
-        lin = inv.cascade.linearize(x, last)
-        seeds = channel_seeds(lin.acts[last], torch.arange(512, device=x.device))
-        inv.cascade.pull_back(lin, last, seeds)
-        torch.cuda.synchronize()
-        acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-        with torch.profiler.profile(activities=acts) as prof:
+    for precision in args.precision:
+        inv = AdjointInverter(enc, precision=precision)
+        with enc.frozen(), torch.no_grad():
+            lin = inv.cascade.linearize(x, last)
+            seeds = channel_seeds(lin.acts[last], torch.arange(args.chunk, device=x.device))
             inv.cascade.pull_back(lin, last, seeds)
             torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
+            acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=acts) as prof:
+                inv.cascade.pull_back(lin, last, seeds)
+                torch.cuda.synchronize()
+        events = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        total = sum(e.self_device_time_total for e in events)
+        print(f"\n{precision}: one {args.chunk}-channel chunk, {total / 1e3:.1f} ms of CUDA kernels")
+        for e in sorted(events, key=lambda e: -e.self_device_time_total)[: args.rows]:
+            print(f"  {e.self_device_time_total / 1e3:8.2f} ms {e.count:5d}x  {e.key[:110]}")
+        ops = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CPU
+               and e.key.startswith("aten::")]
+        print("  operators (CUDA time of their kernels):")
+        for e in sorted(ops, key=lambda e: -e.device_time_total)[: args.rows // 2]:
+            print(f"  {e.device_time_total / 1e3:8.2f} ms {e.count:5d}x  {e.key}")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def _flag_bool(s: str) -> bool:
 # values is one "cascade" row. To benchmark another inverter option, add it here
 # (e.g. "channels_last": _flag_bool).
 VARIANT_FLAGS: dict[str, Callable[[str], object]] = {"engine": str, "precision": str,
-                                                    "channels_last": _flag_bool, "chunk_size": int}
+                                                    "channels_last": _flag_bool, "chunk_size": int,
+                                                    "matmul_1x1": _flag_bool}
 
 FLOP_CONVENTION = (
     "FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (convolutions and matrix "
@@ -101,7 +102,8 @@ class Method:
     def name(self) -> str:
         if not self.kwargs:
             return self.kind
-        short = {"channels_last": lambda v: "NHWC" if v else "NCHW", "chunk_size": lambda v: f"chunk={v}"}
+        short = {"channels_last": lambda v: "NHWC" if v else "NCHW", "chunk_size": lambda v: f"chunk={v}",
+                 "matmul_1x1": lambda v: "1x1=mm" if v else "1x1=conv"}
         vals = [short.get(k, str)(v) for k, v in self.kwargs.items()]
         return f"{self.kind}[{','.join(vals)}]"
 
@@ -400,6 +402,9 @@ def bench_config(enc: StagedEncoder, weights: str, size: int, batch: int, method
     rows = []
     for m in methods:
         row = {**common, "method": m.name, "options": m.kwargs}
+        if m.kind == "cascade" and args.fp16_weight_terms is not None:
+            row["method"] += f"[fp16 weight terms={args.fp16_weight_terms}]"
+            row["options"] = {**m.kwargs, "fp16_weight_terms": args.fp16_weight_terms}
         if m.kind in ("cascade", "naive"):
             inv = AdjointInverter(enc, **m.kwargs) if m.kind == "cascade" else base
             if m.kind == "cascade" and limit is None:
@@ -573,6 +578,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--naive-channels", type=int, default=None,
                     help="time the naive loop on the first K live channels only and scale its time "
                          "linearly to all of them (rows marked extrapolated)")
+    ap.add_argument("--fp16-weight-terms", type=int, choices=(1, 2), default=None,
+                    help="ablation: float16 weights as 1 or 2 (default) float16 terms "
+                         "(adjinv.core.adjoint.FP16_WEIGHT_TERMS)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave)")
     ap.add_argument("--out", default=None, help="JSON result file, e.g. benchmarks/results/speed_cpu.json")
     ap.add_argument("--markdown", default=str(REPO / "BENCHMARKS.md"),
@@ -590,6 +598,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.fp16_weight_terms is not None:
+        from adjinv.core import adjoint
+        adjoint.FP16_WEIGHT_TERMS = args.fp16_weight_terms
     if args.scorecam_batch is None:
         args.scorecam_batch = 128 if device.type == "cuda" else 32
     missing = [k for k in VARIANT_FLAGS if getattr(args, k) and not inverter_accepts(k)]

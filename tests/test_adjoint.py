@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from adjinv import load_encoder
-from adjinv.core.adjoint import _Op, _to_polyphase, build_stage_adjoint
+from adjinv.core.adjoint import _doubled, _Op, _store_weight, _to_polyphase, build_stage_adjoint
 from adjinv.core.cascade import AdjointCascade
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank
 from adjinv.core.precision import fp32_mode
 from adjinv.encoders.efficientnet_lite import Conv2dSame
+from adjinv.errors import AdjinvError
 from adjinv.training import lac_step
 from conftest import inplace_bn_cnn, staged_from_sequential
 
@@ -32,13 +33,13 @@ def random_lacs(enc: torch.nn.Module, seed: int = 0) -> LACBank:
     return lacs
 
 
-def compare(enc, size: int, batch: int = 2, seed: int = 0) -> list[bool]:
+def compare(enc, size: int, batch: int = 2, seed: int = 0, **kw) -> list[bool]:
     """Every stage's pull-back and the full cascade agree with the autograd engine."""
     enc = enc.double()
     lacs = random_lacs(enc, seed)
     x = torch.randn(batch, 3, size, size + 3, dtype=torch.float64)
     with enc.frozen(), torch.no_grad():
-        ref, fast = AdjointCascade(enc, lacs, engine="autograd"), AdjointCascade(enc, lacs)
+        ref, fast = AdjointCascade(enc, lacs, engine="autograd"), AdjointCascade(enc, lacs, **kw)
         lr, lf = ref.linearize(x), fast.linearize(x)
         for k in range(enc.num_stages):
             assert torch.equal(lr.acts[k], lf.acts[k]) or rel(lf.acts[k], lr.acts[k]) < 1e-13
@@ -154,18 +155,103 @@ def test_precisions_and_engines(tiny_enc):
     x = torch.randn(1, 3, 32, 32)
     last = tiny_enc.num_stages - 1
     out = {p: AdjointInverter(tiny_enc, precision=p).invert(x, stages=[last]).x_hat[last]
-           for p in ("float32", "tf32", "bf16")}
+           for p in ("float32", "tf32", "fp16", "bf16")}
     assert torch.equal(out["float32"], out["tf32"])  # TF32 does not exist on CPU
-    err = rel(out["bf16"], out["float32"])
-    assert 0 < err < 1 and torch.isfinite(out["bf16"]).all()
+    for p in ("fp16", "bf16"):
+        err = rel(out[p], out["float32"])
+        assert 0 < err < 1 and torch.isfinite(out[p]).all()
     with pytest.raises(ValueError, match="precision"):
         AdjointInverter(tiny_enc, precision="fp8")
     with pytest.raises(ValueError, match="engine"):
         AdjointInverter(tiny_enc, engine="fast")
 
 
+@pytest.mark.parametrize("name,size", [("resnet50", 37), ("densenet121", 40)])
+def test_matmul_1x1_matches_autograd(name, size):
+    """1×1 convolutions as matrix products adding into the residual gradient (the CUDA
+    default), also on DenseNet's concatenations (split views as inputs), NHWC and NCHW."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = load_encoder(name, random_init=True)
+    for cl in (True, False):
+        compare(enc, size, matmul_1x1=True, channels_last=cl)
+
+
+@pytest.mark.parametrize("groups,polyphase", [(1, False), (4, False), (1, True)])
+def test_split_float16_weights_interleave_with_doubled_input(groups, polyphase):
+    """W_hi + W_lo carry W to ~2^-21, and one convolution over the input doubled channel by
+    channel with the interleaved terms equals the convolution with W_hi + W_lo."""
+    torch.manual_seed(0)
+    w = torch.randn(8, 8 // groups, 3, 3, dtype=torch.float64) * 0.1
+    axis = 1 if polyphase else 0
+    w2, doubled = _store_weight(w, torch.float16, axis, torch.channels_last)
+    assert doubled and w2.dtype == torch.float16 and w2.shape[axis] == 2 * w.shape[axis]
+    pair = w2.double().unflatten(axis, (w.shape[axis], 2))
+    hi, lo = pair.select(axis + 1, 0), pair.select(axis + 1, 1)
+    assert rel(hi + lo, w) < 2 ** -20 < rel(hi, w)
+    g = torch.randn(3, 8, 9, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    gd = _doubled(g)
+    assert gd.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(gd[:, 0::2], g) and torch.equal(gd[:, 1::2], g)
+    if polyphase:
+        got, want = F.conv2d(gd, w2.double(), padding=1), F.conv2d(g, hi + lo, padding=1)
+    else:
+        got = F.conv_transpose2d(gd, w2.double(), padding=1, groups=groups)
+        want = F.conv_transpose2d(g, hi + lo, padding=1, groups=groups)
+    assert rel(got, want) < 1e-14
+
+
+@pytest.mark.parametrize("name,size", [("resnet18", 37), ("efficientnet_lite0", 45)])
+def test_float16_pull_back_is_close_scale_free_and_explicit(name, size):
+    """precision="fp16": every stage stays explicit, the result is within float16 rounding
+    of float32 at any scale of the seed (each stage rescales to float16's range)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = load_encoder(name, random_init=name != "efficientnet_lite0")
+    lacs = LACBank.for_encoder(enc)
+    x = torch.randn(1, 3, size, size)
+    last = enc.num_stages - 1
+    with enc.frozen(), torch.no_grad():
+        ref, half = AdjointCascade(enc, lacs), AdjointCascade(enc, lacs, precision="fp16")
+        lr, lh = ref.linearize(x), half.linearize(x)
+        assert all(lh.explicit)
+        u = torch.randn(2, *lr.acts[last].shape)
+        want = ref.raw_pull_back(lr, last, u)
+        for scale in (1e-20, 1.0, 1e20):
+            got = half.raw_pull_back(lh, last, u * scale)
+            assert got.dtype == torch.float32
+            assert rel(got / scale, want) < 1e-2
+        assert rel(half.pull_back(lh, last, u), ref.pull_back(lr, last, u)) < 2e-2
+
+
+def test_float16_weights_out_of_range_fall_back_and_overflow_raises():
+    torch.manual_seed(0)
+    big = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    with torch.no_grad():
+        big[0].weight.mul_(1e6)
+    x = torch.randn(1, 3, 8, 8)
+    assert build_stage_adjoint(big, x, dtype=torch.float16) is None  # → float32 autograd
+    grow = nn.Sequential(*[nn.Conv2d(3, 3, 1, bias=False) for _ in range(4)])
+    with torch.no_grad():
+        for m in grow:
+            m.weight.copy_(torch.eye(3).view(3, 3, 1, 1) * 1000.0)
+    y, pb = build_stage_adjoint(grow, torch.randn(1, 3, 5, 5), dtype=torch.float16)
+    assert not torch.isfinite(pb(torch.ones(1, *y.shape))).all()  # 1000⁴ > 65504
+    enc = staged_from_sequential(nn.Sequential(grow, nn.Linear(3, 2)), 1)
+    casc = AdjointCascade(enc, LACBank.for_encoder(enc), precision="fp16")
+    with enc.frozen(), torch.no_grad():
+        lin = casc.linearize(torch.randn(1, 3, 8, 8))
+        with pytest.raises(AdjinvError, match="overflowed"):
+            casc.raw_pull_back(lin, 0, torch.ones(1, *lin.acts[0].shape))
+
+
 def test_fp32_mode_restores_global_flags():
     conv = torch.backends.cudnn.conv
+    mm = torch.backends.cuda.matmul
+    red = mm.allow_fp16_reduced_precision_reduction
+    with fp32_mode("fp16"):
+        assert not mm.allow_fp16_reduced_precision_reduction
+    assert mm.allow_fp16_reduced_precision_reduction == red
     before = conv.fp32_precision
     with fp32_mode("float32"):
         assert conv.fp32_precision == "ieee"

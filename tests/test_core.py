@@ -125,6 +125,52 @@ def test_lac_degenerate_maps_give_beta_and_finite_grads(dtype, kind, mode, eps):
         assert torch.isfinite(t).all()
 
 
+def _lac_reference(u, gamma, beta, eps, mode):
+    """Eq. 6 op by op (rescale, centre, moments, ε), as written before the fused form."""
+    dims = (-3, -2, -1) if mode == "layer" else (-2, -1)
+    scale = u.abs().amax(dim=dims, keepdim=True)
+    zero = scale == 0
+    if mode != "fixed":
+        u = u / torch.where(zero, torch.ones_like(scale), scale)
+    centred = u - u.mean(dim=(-2, -1), keepdim=True)
+    var = centred.pow(2).mean(dim=(-2, -1), keepdim=True)
+    if mode != "fixed":
+        eps = eps * u.pow(2).mean(dim=dims, keepdim=True) + torch.finfo(u.dtype).tiny ** 0.5
+    out = torch.where(zero, torch.zeros_like(u), centred / torch.sqrt(var + eps))
+    return out * gamma.view(-1, 1, 1) + beta.view(-1, 1, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1e-30, 1e-13, 1.0, 1e25])
+@pytest.mark.parametrize(("mode", "eps"), [*MODES, ("fixed", 1e-5)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_lac_fused_form_matches_op_by_op_reference(dtype, scale, mode, eps, grad):
+    """The two-reduction form (with and without the rescaling pass) equals Eq. 6 op by op,
+    at scales where squares underflow or overflow float32, with zero and offset channels."""
+    if mode == "fixed" and scale != 1.0:
+        pytest.skip("a fixed ε is not scale invariant")
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(3, 2, 4, 6, 5, generator=g, dtype=torch.float64)
+    u[:, :, 1] += 3.0
+    u[0, 1, 2] = 0.0
+    u[1, 0] = 0.0  # an all-zero item
+    u = (u * scale).to(dtype).requires_grad_(grad)
+    lac = LocalAdjointCorrector(4, eps=eps, eps_mode=mode).to(dtype)
+    with torch.no_grad():
+        lac.gamma.copy_(torch.tensor([0.5, -1.5, 2.0, 1.0]))
+        lac.beta.copy_(torch.tensor([0.1, 0.0, -0.3, 0.2]))
+    ref = _lac_reference(u.detach().double(), lac.gamma.double(), lac.beta.double(), eps, mode)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(lac(u).double(), ref, rtol=tol, atol=tol)
+    if grad:
+        w = torch.randn(u.shape, generator=g, dtype=torch.float64)
+        gu = torch.autograd.grad((lac(u).double() * w).sum(), u)[0]
+        ud = u.detach().double().requires_grad_(True)
+        gr = torch.autograd.grad((_lac_reference(ud, lac.gamma.double(), lac.beta.double(), eps, mode)
+                                  * w).sum(), ud)[0]
+        torch.testing.assert_close(gu.double() * scale, gr * scale, rtol=tol * 10, atol=tol * 10)
+
+
 def test_lac_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match="channels"):
         LocalAdjointCorrector(3).normalize(torch.randn(4, 5, 5))

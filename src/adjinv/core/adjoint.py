@@ -97,7 +97,18 @@ class StageAdjoint:
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         n, b = u.shape[:2]
         out_dtype = u.dtype
-        g = u.reshape(n * b, *u.shape[2:]).to(self.dtype).contiguous(memory_format=self._fmt)
+        u = u.reshape(n * b, *u.shape[2:])
+        scale = None
+        if self.dtype == torch.float16:
+            # float16 has the range 6e-8 … 65504: put every cotangent's maximum at 1 (the
+            # transpose is linear, the scale goes back on exit); one fused pass with the cast
+            dims = (1, 2, 3)
+            scale = torch.maximum(u.amax(dim=dims, keepdim=True), -u.amin(dim=dims, keepdim=True))
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            g = torch.empty(u.shape, dtype=self.dtype, device=u.device, memory_format=self._fmt)
+            torch.mul(u, scale.reciprocal(), out=g)
+        else:
+            g = u.to(self.dtype).contiguous(memory_format=self._fmt)
         # Each pending gradient carries a flag: True if no other reference to its memory
         # exists, so masks and sums may update it in place (fresh CPU allocations cost
         # as much as the arithmetic of an elementwise op).
@@ -108,6 +119,10 @@ class StageAdjoint:
             if entry is None:
                 continue
             op = self._ops[node]
+            if op.kind == "matmul":  # adds into the pending gradient of its input itself
+                src = op.args[0]
+                grads[src] = (_matmul(entry[0], op.data, grads.pop(src, None)), True)
+                continue
             outs = self._transpose(op, entry[0], entry[1], n)
             for src, (gs, own) in zip(op.args, outs, strict=True):
                 if src not in grads:
@@ -123,21 +138,27 @@ class StageAdjoint:
         gx = grads.get(self._placeholder)
         if gx is None:  # the stage ignores its input: its Jacobian is zero
             return u.new_zeros(n, b, *self._in_shape[1:])
-        return gx[0].reshape(n, b, *gx[0].shape[1:]).to(out_dtype)
+        gx = gx[0]
+        if scale is not None:
+            out = torch.empty(gx.shape, dtype=out_dtype, device=gx.device, memory_format=self._fmt)
+            gx = torch.mul(gx, scale, out=out)
+        return gx.reshape(n, b, *gx.shape[1:]).to(out_dtype)
 
     @staticmethod
     def _transpose(op: _Op, g: torch.Tensor, own: bool, n: int) -> list[tuple[torch.Tensor, bool]]:
         """The transposed op on ``g`` → one (gradient, owned) pair per input of the node."""
         d = op.data
         if op.kind == "polyphase":
-            z = F.pixel_shuffle(F.conv2d(g, d["weight"], None, 1, d["pad"]), d["stride"])
+            z = F.pixel_shuffle(F.conv2d(_doubled(g) if d["doubled"] else g, d["weight"], None, 1,
+                                         d["pad"]), d["stride"])
             (ty, tx), (h, w) = d["shift"], d["size"]
             short_y, short_x = max(0, ty + h - z.shape[-2]), max(0, tx + w - z.shape[-1])
             if short_y or short_x:
                 z = F.pad(z, (0, short_x, 0, short_y))
             return [(z[..., ty: ty + h, tx: tx + w], True)]
         if op.kind == "conv":
-            y = F.conv_transpose2d(g, d["weight"], None, d["stride"], d["padding"],
+            y = F.conv_transpose2d(_doubled(g) if d["doubled"] else g, d["weight"], None,
+                                   d["stride"], d["padding"],
                                    d["output_padding"], d["groups"], d["dilation"])
             crop = d["crop"]
             if crop is not None:
@@ -189,24 +210,27 @@ def _mask(x: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
 
 
 def build_stage_adjoint(body: nn.Module, x: torch.Tensor, *, channels_last: bool = False,
-                        dtype: torch.dtype | None = None) -> tuple[torch.Tensor, StageAdjoint] | None:
+                        dtype: torch.dtype | None = None,
+                        gemm: bool = False) -> tuple[torch.Tensor, StageAdjoint] | None:
     """Run stage ``body`` on ``x`` and return its output with the explicit transpose of
     its Jacobian there, or ``None`` if the stage has an op without one.
 
-    ``dtype`` (default: ``x``'s) is the precision the transpose computes in;
-    ``channels_last`` stores its maps in that memory format."""
+    ``dtype`` (default: ``x``'s) is the precision the transpose computes in (float16:
+    see :mod:`adjinv.core.precision`); ``channels_last`` stores its maps in that memory
+    format; ``gemm`` runs 1×1 stride-1 convolutions of channels-last maps as matrix
+    products that add into the pending gradient of their input (the residual sum)."""
     graph = _trace(body)
     if graph is None:
         return None
     try:
         with torch.no_grad():
-            return _build(body, graph, x, channels_last, dtype or x.dtype)
+            return _build(body, graph, x, channels_last, dtype or x.dtype, gemm and channels_last)
     except Unsupported:
         return None
 
 
 def _build(body: nn.Module, graph: fx.Graph, x: torch.Tensor, channels_last: bool,
-           dtype: torch.dtype) -> tuple[torch.Tensor, StageAdjoint]:
+           dtype: torch.dtype, gemm: bool) -> tuple[torch.Tensor, StageAdjoint]:
     modules = dict(body.named_modules())
     env: dict[fx.Node, object] = {}
     ops: dict[fx.Node, _Op] = {}
@@ -242,7 +266,7 @@ def _build(body: nn.Module, graph: fx.Graph, x: torch.Tensor, channels_last: boo
             raise Unsupported(f"{node.op} {node.target}")
     if placeholder is None or output is None:
         raise Unsupported("no input or output")
-    _finalize(ops, fmt)
+    _finalize(ops, fmt, gemm)
     y = env[output]
     widest = max((v[0].numel() for v in env.values() if isinstance(v, torch.Tensor) and v.dim() > 1),
                  default=0)
@@ -381,10 +405,43 @@ def _to_polyphase(op: _Op) -> None:
                "shift": shift, "size": size, "dtype": d["dtype"], "fmt": d["fmt"]}
 
 
-def _finalize(ops: dict[fx.Node, _Op], fmt: torch.memory_format) -> None:
+# float16 weights carry 11 bits; as two terms W_hi + W_lo (one convolution over the
+# input duplicated channel by channel, float32 accumulation) they carry ~21 and only
+# the cotangents are rounded. 1 = a single float16 term (twice the speed of the
+# convolutions, about the error of TF32); for ablations.
+FP16_WEIGHT_TERMS = 2
+
+
+def _is_gemm(d: dict) -> bool:
+    w = d["weight"]
+    return (w.shape[-2:] == (1, 1) and d["stride"] == (1, 1) and d["padding"] == (0, 0)
+            and d["groups"] == 1 and d["crop"] is None and sum(d["output_padding"]) == 0)
+
+
+def _store_weight(w: torch.Tensor, dtype: torch.dtype, axis: int,
+                  fmt: torch.memory_format | None) -> tuple[torch.Tensor, bool]:
+    """``w`` in the compute dtype; for float16, split into ``hi``/``lo`` terms interleaved
+    along ``axis`` (the transpose's input channels). Returns (weight, doubled)."""
+    if dtype != torch.float16:
+        w = w.to(dtype)
+        return (w.contiguous(memory_format=fmt) if fmt is not None else w), False
+    if w.abs().max() > 6e4:  # float16 overflows: this stage computes in float32 instead
+        raise Unsupported("weights beyond the float16 range")
+    hi = w.to(torch.float16)
+    doubled = FP16_WEIGHT_TERMS == 2
+    if doubled:
+        lo = (w - hi.to(w.dtype)).to(torch.float16)
+        shape = list(w.shape)
+        shape[axis] *= 2
+        hi = torch.stack([hi, lo], dim=axis + 1).reshape(shape)
+    return (hi.contiguous(memory_format=fmt) if fmt is not None else hi.contiguous()), doubled
+
+
+def _finalize(ops: dict[fx.Node, _Op], fmt: torch.memory_format, gemm: bool) -> None:
     """Fold each eval BatchNorm's scale into the convolution feeding only it (exact:
-    ``(s ⊙ conv_W)ᵀ g = conv_{W·s}ᵀ g``), pick each convolution's form, and store
-    weights and masks in the compute dtype and memory format."""
+    ``(s ⊙ conv_W)ᵀ g = conv_{W·s}ᵀ g``), pick each convolution's form (polyphase,
+    matrix product or transposed convolution), and store weights and masks in the
+    compute dtype and memory format."""
     for op in ops.values():
         if op.kind != "scale":
             continue
@@ -395,13 +452,61 @@ def _finalize(ops: dict[fx.Node, _Op], fmt: torch.memory_format) -> None:
             op.kind, op.data = "fanout", {}
     for op in ops.values():
         if op.kind == "conv":
-            if _prefer_polyphase(op.data):
-                _to_polyphase(op)
             d = op.data
+            if gemm and _is_gemm(d):
+                w = d["weight"]
+                op.kind = "matmul"
+                weight, doubled = _store_weight(w.reshape(w.shape[0], w.shape[1]), d["dtype"], 0, None)
+                op.data = {"weight": weight, "doubled": doubled}
+                continue
+            if _prefer_polyphase(d):
+                _to_polyphase(op)
+                d = op.data
             d.pop("in_size", None)
-            d["weight"] = d["weight"].to(d.pop("dtype")).contiguous(memory_format=d.pop("fmt"))
+            axis = 1 if op.kind == "polyphase" else 0
+            d["weight"], d["doubled"] = _store_weight(d["weight"], d.pop("dtype"), axis, d.pop("fmt"))
         elif op.kind == "scale":
             op.data["scale"] = op.data["scale"].to(op.data.pop("dtype"))
         elif op.kind == "mask":
             op.data["mask"] = op.data["mask"].contiguous(memory_format=fmt)
 
+
+def _doubled(g: torch.Tensor) -> torch.Tensor:
+    """Every channel twice, adjacent (c, c, c+1, c+1, …), in ``g``'s memory format: the
+    input of a convolution with interleaved ``W_hi``/``W_lo`` weights."""
+    nb, c, h, w = g.shape
+    if g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous():
+        t = g.permute(0, 2, 3, 1).unsqueeze(-1).expand(nb, h, w, c, 2)
+        return t.reshape(nb, h, w, 2 * c).permute(0, 3, 1, 2)
+    return g.unsqueeze(2).expand(nb, c, 2, h, w).reshape(nb, 2 * c, h, w)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor | None:
+    """A channels-last map (NB, C, h, w) as the matrix (NB·h·w, C) sharing its memory."""
+    if not t.is_contiguous(memory_format=torch.channels_last):
+        return None
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _matmul(g: torch.Tensor, d: dict, acc: tuple[torch.Tensor, bool] | None) -> torch.Tensor:
+    """Transpose of a 1×1 stride-1 convolution as ``rows(g) @ W``, added into the pending
+    gradient ``acc`` of the same input in the same matrix product when there is one."""
+    nb, _, h, w = g.shape
+    weight = d["weight"]
+    rows = _rows(g)
+    if rows is None:
+        rows = _rows(g.contiguous(memory_format=torch.channels_last))
+    if d["doubled"]:
+        rows = rows.unsqueeze(-1).expand(*rows.shape, 2).reshape(rows.shape[0], -1)
+    out = torch.empty(nb, weight.shape[1], h, w, dtype=g.dtype, device=g.device,
+                      memory_format=torch.channels_last)
+    out_rows = _rows(out)
+    acc_rows = _rows(acc[0]) if acc is not None and acc[0].shape == out.shape else None
+    if acc is not None and acc_rows is not None and acc[1]:
+        acc_rows.addmm_(rows, weight)
+        return acc[0]
+    if acc_rows is not None:
+        torch.addmm(acc_rows, rows, weight, out=out_rows)
+        return out
+    torch.mm(rows, weight, out=out_rows)
+    return out if acc is None else out.add_(acc[0])

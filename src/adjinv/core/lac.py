@@ -40,34 +40,57 @@ class LocalAdjointCorrector(nn.Module):
 
     def normalize(self, u: torch.Tensor) -> torch.Tensor:
         """The LAC before its affine map: zero spatial mean, unit second moment (Prop. B.3)."""
+        centred, a, grad = self._centred(u)
+        return centred * a if grad else centred.mul_(a)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        centred, a, grad = self._centred(u)
+        g = self.gamma.to(u.dtype).view(-1, 1, 1)
+        b = self.beta.to(u.dtype).view(-1, 1, 1)
+        if grad or self.gamma.requires_grad and torch.is_grad_enabled():
+            return torch.addcmul(b, centred, a * g)
+        return torch.addcmul(b, centred, a * g, out=centred)
+
+    def _centred(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """``(u − mean, a, grad)`` with ``normalize(u) = (u − mean)·a`` per (item, channel)
+        (the centred map is a fresh tensor), and whether autograd records ``u``.
+
+        On large chunks the LAC is bound by memory traffic, so it makes few passes:
+        two max/min reductions for the scale, the mean, the centring, the squares, and
+        the product in place."""
         if u.shape[-3] != self.num_channels:
             raise ValueError(f"LAC for {self.num_channels} channels got {u.shape[-3]}")
         dims = (-3, -2, -1) if self.eps_mode == "layer" else (-2, -1)
-        scale = u.detach().abs().amax(dim=dims, keepdim=True)
+        fi = torch.finfo(u.dtype)
+        grad = torch.is_grad_enabled() and u.requires_grad
+        with torch.no_grad():
+            scale = torch.maximum(u.amax(dim=dims, keepdim=True), -u.amin(dim=dims, keepdim=True))
         zero = scale == 0
-        if self.eps_mode != "fixed":
-            # Rescaling first keeps float32 statistics of 1e-12-sized gradients
-            # exact; the map is scale invariant, so detaching the scale is exact.
-            u = u / torch.where(zero, torch.ones_like(scale), scale)
+        scale = torch.where(zero, torch.ones_like(scale), scale)
+        # Divide by the (detached; exact by scale invariance) scale first when autograd
+        # differentiates through the statistics — derivatives of 1/sqrt(var + ε) at
+        # 1e-12-sized gradients overflow float32 — or when the squares would leave the
+        # dtype's range; otherwise skip that pass.
+        lo, hi = fi.tiny ** 0.5 * 1e4, fi.max ** 0.5 * 1e-4
+        if self.eps_mode != "fixed" and (grad or bool(((scale < lo) | (scale > hi)).any())):
+            u = u / scale
+            scale = torch.ones_like(scale)
         mean = u.mean(dim=(-2, -1), keepdim=True)
         centred = u - mean
         var = centred.pow(2).mean(dim=(-2, -1), keepdim=True)
         if self.eps_mode == "fixed":
             eps = self.eps
         else:
-            # the floor keeps d/dvar of 1/sqrt finite in this dtype
-            tiny = torch.finfo(u.dtype).tiny ** 0.5
-            eps = self.eps * u.pow(2).mean(dim=dims, keepdim=True) + tiny
+            second = var + mean * mean  # mean of u² per channel
+            if self.eps_mode == "layer":
+                second = second.mean(dim=-3, keepdim=True)
+            # the floor (relative to the scale) keeps d/dvar of 1/sqrt finite in this dtype
+            eps = self.eps * second + fi.tiny ** 0.5 * scale * scale
         # An exactly-zero signal (a ReLU6-saturated channel pulls back nothing)
         # normalises to 0, with zero derivative: the map is discontinuous there and
         # its one-sided derivative (1/sqrt(eps)) compounds over LACs to 1e36.
-        out = centred / torch.sqrt(var + eps)
-        return torch.where(zero, torch.zeros_like(out), out)
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        g = self.gamma.to(u.dtype).view(-1, 1, 1)
-        b = self.beta.to(u.dtype).view(-1, 1, 1)
-        return self.normalize(u) * g + b
+        a = torch.where(zero, torch.zeros_like(var), torch.rsqrt(var + eps))
+        return centred, a, grad
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, eps={self.eps}, eps_mode={self.eps_mode}"

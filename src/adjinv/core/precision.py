@@ -7,6 +7,14 @@
 - ``"tf32"``: convolutions and matrix products may use TF32 tensor cores (CUDA
   on Ampere or newer; identical to ``"float32"`` elsewhere). Its error on ``x̂``
   against the float32 reference is measured in ``benchmarks/speed.py``.
+- ``"fp16"``: the explicit stage transposes keep cotangents in float16 (half the
+  memory traffic) and run convolutions on float16 tensor cores with float32
+  accumulation. Each stage rescales every cotangent to a maximum of 1 on entry
+  (exact: the pull-back is linear; the scale is put back on exit), so float16's
+  range holds; each weight is split into two float16 terms ``W_hi + W_lo``
+  (``W_hi = fp16(W)``) applied in one convolution over the duplicated input, so the
+  weights carry ~21 bits and only the cotangents are rounded (11 bits, as TF32
+  rounds them). Non-finite results raise an error naming the fix.
 - ``"bf16"``: the explicit stage transposes compute in bfloat16 (LACs and the
   synthesis stay float32). Rounding is amplified by the LAC normalisation
   (SPEC §14 saw 20–34 % relative error on ``x̂`` with autocast): an option with a
@@ -23,7 +31,7 @@ from contextlib import contextmanager
 
 import torch
 
-PRECISIONS = ("float32", "tf32", "bf16")
+PRECISIONS = ("float32", "tf32", "fp16", "bf16")
 
 
 def check_precision(precision: str) -> str:
@@ -35,7 +43,7 @@ def check_precision(precision: str) -> str:
 
 def compute_dtype(precision: str, dtype: torch.dtype) -> torch.dtype:
     """The dtype the explicit stage transposes compute in, for inputs of ``dtype``."""
-    return torch.bfloat16 if precision == "bf16" else dtype
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, dtype)
 
 
 def _has_new_api() -> bool:
@@ -45,9 +53,22 @@ def _has_new_api() -> bool:
 
 @contextmanager
 def fp32_mode(precision: str) -> Iterator[None]:
-    """Allow TF32 for cuDNN convolutions and CUDA matmuls only for ``"tf32"``;
-    restore the previous global settings on exit."""
+    """Allow TF32 for cuDNN convolutions and CUDA matmuls only for ``"tf32"``, and
+    reduced-precision (float16) reductions in matmuls never; restore the previous
+    global settings on exit."""
     tf32 = precision == "tf32"
+    mm_flags = torch.backends.cuda.matmul
+    saved_red = mm_flags.allow_fp16_reduced_precision_reduction
+    mm_flags.allow_fp16_reduced_precision_reduction = False
+    try:
+        with _tf32_mode(tf32):
+            yield
+    finally:
+        mm_flags.allow_fp16_reduced_precision_reduction = saved_red
+
+
+@contextmanager
+def _tf32_mode(tf32: bool) -> Iterator[None]:
     if _has_new_api():
         conv, mm = torch.backends.cudnn.conv, torch.backends.cuda.matmul
         saved = (conv.fp32_precision, mm.fp32_precision)

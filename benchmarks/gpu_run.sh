@@ -19,12 +19,14 @@ LOG="$OUT/run.log"
 S="python3 benchmarks/speed.py --device cuda --size 224 --ref-channels 0 --repeats 3 --warmup 1"
 MD=/tmp/adjinv-md; mkdir -p $MD
 run() { "$@" 2>&1 | grep -v Warning | tee -a "$LOG"; }
-# 1. the target: ResNet-50, one image, every precision, 1x1 convolutions as GEMMs or not
+# 1. the target: ResNet-50, one image, every precision, Score-CAM on the same layer
 run $S --encoders resnet50 --batch 1 --methods cascade scorecam --precision float32 tf32 fp16 bf16 \
-   --matmul-1x1 true false --out "$OUT/speed_cuda_r50.json" --markdown $MD/1.md
-# 2. float16 with one weight term (ablation of the split weights)
+   --out "$OUT/speed_cuda_r50.json" --markdown $MD/1.md
+# 2. ablations: float16 with one weight term; masks by multiplication instead of bitwise AND
 run $S --encoders resnet50 --batch 1 --methods cascade --precision fp16 --fp16-weight-terms 1 \
    --out "$OUT/speed_cuda_r50_w1.json" --markdown $MD/2.md
+run $S --encoders resnet50 --batch 1 --methods cascade --precision float32 tf32 fp16 --mask-product \
+   --out "$OUT/speed_cuda_r50_mul.json" --markdown $MD/3.md
 # 3. where the time goes
 python3 benchmarks/gpu_profile.py --precision fp16 tf32 2>&1 | grep -v Warning > "$OUT/profile.log"
 # 4. the other encoders and batches (defaults for everything but the precision)
@@ -32,6 +34,3 @@ run $S --encoders resnet18 efficientnet_lite0 --batch 1 8 --methods cascade scor
    --precision float32 tf32 fp16 bf16 --out "$OUT/speed_cuda_small.json" --markdown $MD/4.md
 run $S --encoders resnet50 --batch 8 --methods cascade scorecam --precision float32 tf32 fp16 \
    --out "$OUT/speed_cuda_r50_b8.json" --markdown $MD/5.md
-# 5. chunk size for float16 (ResNet-50, one image)
-run $S --encoders resnet50 --batch 1 --methods cascade --precision fp16 --chunk-size 256 512 1024 \
-   --out "$OUT/speed_cuda_chunks.json" --markdown $MD/6.md

@@ -70,8 +70,7 @@ def _flag_bool(s: str) -> bool:
 # values is one "cascade" row. To benchmark another inverter option, add it here
 # (e.g. "channels_last": _flag_bool).
 VARIANT_FLAGS: dict[str, Callable[[str], object]] = {"engine": str, "precision": str,
-                                                    "channels_last": _flag_bool, "chunk_size": int,
-                                                    "matmul_1x1": _flag_bool}
+                                                    "channels_last": _flag_bool, "chunk_size": int}
 
 FLOP_CONVENTION = (
     "FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (convolutions and matrix "
@@ -102,8 +101,7 @@ class Method:
     def name(self) -> str:
         if not self.kwargs:
             return self.kind
-        short = {"channels_last": lambda v: "NHWC" if v else "NCHW", "chunk_size": lambda v: f"chunk={v}",
-                 "matmul_1x1": lambda v: "1x1=mm" if v else "1x1=conv"}
+        short = {"channels_last": lambda v: "NHWC" if v else "NCHW", "chunk_size": lambda v: f"chunk={v}"}
         vals = [short.get(k, str)(v) for k, v in self.kwargs.items()]
         return f"{self.kind}[{','.join(vals)}]"
 
@@ -404,7 +402,10 @@ def bench_config(enc: StagedEncoder, weights: str, size: int, batch: int, method
         row = {**common, "method": m.name, "options": m.kwargs}
         if m.kind == "cascade" and args.fp16_weight_terms is not None:
             row["method"] += f"[fp16 weight terms={args.fp16_weight_terms}]"
-            row["options"] = {**m.kwargs, "fp16_weight_terms": args.fp16_weight_terms}
+            row["options"] = {**row["options"], "fp16_weight_terms": args.fp16_weight_terms}
+        if m.kind == "cascade" and args.mask_product:
+            row["method"] += "[masks by product]"
+            row["options"] = {**row["options"], "mask_product": True}
         if m.kind in ("cascade", "naive"):
             inv = AdjointInverter(enc, **m.kwargs) if m.kind == "cascade" else base
             if m.kind == "cascade" and limit is None:
@@ -581,6 +582,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--fp16-weight-terms", type=int, choices=(1, 2), default=None,
                     help="ablation: float16 weights as 1 or 2 (default) float16 terms "
                          "(adjinv.core.adjoint.FP16_WEIGHT_TERMS)")
+    ap.add_argument("--mask-product", action="store_true",
+                    help="ablation: apply ReLU masks by multiplication instead of a bitwise AND "
+                         "(adjinv.core.adjoint.MASK_AS_BITS = False)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave)")
     ap.add_argument("--out", default=None, help="JSON result file, e.g. benchmarks/results/speed_cpu.json")
     ap.add_argument("--markdown", default=str(REPO / "BENCHMARKS.md"),
@@ -598,9 +602,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    from adjinv.core import adjoint
     if args.fp16_weight_terms is not None:
-        from adjinv.core import adjoint
         adjoint.FP16_WEIGHT_TERMS = args.fp16_weight_terms
+    if args.mask_product:
+        adjoint.MASK_AS_BITS = False
     if args.scorecam_batch is None:
         args.scorecam_batch = 128 if device.type == "cuda" else 32
     missing = [k for k in VARIANT_FLAGS if getattr(args, k) and not inverter_accepts(k)]

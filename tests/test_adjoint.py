@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adjinv import load_encoder
-from adjinv.core.adjoint import _doubled, _Op, _store_weight, _to_polyphase, build_stage_adjoint
+from adjinv.core.adjoint import _and_bits, _mask_bits, _Op, _store_weight, _to_polyphase, build_stage_adjoint
 from adjinv.core.cascade import AdjointCascade
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank
@@ -166,39 +166,38 @@ def test_precisions_and_engines(tiny_enc):
         AdjointInverter(tiny_enc, engine="fast")
 
 
-@pytest.mark.parametrize("name,size", [("resnet50", 37), ("densenet121", 40)])
-def test_matmul_1x1_matches_autograd(name, size):
-    """1×1 convolutions as matrix products adding into the residual gradient (the CUDA
-    default), also on DenseNet's concatenations (split views as inputs), NHWC and NCHW."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        enc = load_encoder(name, random_init=True)
-    for cl in (True, False):
-        compare(enc, size, matmul_1x1=True, channels_last=cl)
-
-
-@pytest.mark.parametrize("groups,polyphase", [(1, False), (4, False), (1, True)])
-def test_split_float16_weights_interleave_with_doubled_input(groups, polyphase):
-    """W_hi + W_lo carry W to ~2^-21, and one convolution over the input doubled channel by
-    channel with the interleaved terms equals the convolution with W_hi + W_lo."""
+def test_split_float16_weights_carry_twice_the_bits():
+    """W_hi + W_lo carry W to ~2^-21 (W_hi alone to 2^-11), in the memory format asked for."""
     torch.manual_seed(0)
-    w = torch.randn(8, 8 // groups, 3, 3, dtype=torch.float64) * 0.1
-    axis = 1 if polyphase else 0
-    w2, doubled = _store_weight(w, torch.float16, axis, torch.channels_last)
-    assert doubled and w2.dtype == torch.float16 and w2.shape[axis] == 2 * w.shape[axis]
-    pair = w2.double().unflatten(axis, (w.shape[axis], 2))
-    hi, lo = pair.select(axis + 1, 0), pair.select(axis + 1, 1)
-    assert rel(hi + lo, w) < 2 ** -20 < rel(hi, w)
-    g = torch.randn(3, 8, 9, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    gd = _doubled(g)
-    assert gd.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(gd[:, 0::2], g) and torch.equal(gd[:, 1::2], g)
-    if polyphase:
-        got, want = F.conv2d(gd, w2.double(), padding=1), F.conv2d(g, hi + lo, padding=1)
-    else:
-        got = F.conv_transpose2d(gd, w2.double(), padding=1, groups=groups)
-        want = F.conv_transpose2d(g, hi + lo, padding=1, groups=groups)
-    assert rel(got, want) < 1e-14
+    w = torch.randn(8, 4, 3, 3, dtype=torch.float64) * 0.1
+    hi, lo = _store_weight(w, torch.float16, torch.channels_last)
+    assert hi.dtype == lo.dtype == torch.float16 and lo.is_contiguous(memory_format=torch.channels_last)
+    assert rel(hi.double() + lo.double(), w) < 2 ** -20 < rel(hi.double(), w)
+    assert _store_weight(w, torch.float32, torch.contiguous_format)[1] is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cl", [True, False])
+@pytest.mark.parametrize("shape", [(1, 6, 5, 4), (2, 3, 4, 5), (1, 2, 1, 1), (1, 1, 3, 2)])
+def test_masks_as_bitwise_and_equal_the_product(dtype, cl, shape):
+    """The ReLU mask applied as an AND of bit patterns equals the product, for owned and
+    shared cotangents, broadcast over the chunk or per image, odd and even sizes, and
+    falls back to the product on a layout the integer view cannot take."""
+    torch.manual_seed(0)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    n = 3
+    mask = (torch.randn(shape) > 0).to(dtype).contiguous(memory_format=fmt)
+    bits = _mask_bits(mask, cl)
+    g = torch.randn(n * shape[0], *shape[1:]).to(dtype).contiguous(memory_format=fmt)
+    want = (g.view(n, *shape) * mask).view(g.shape)
+    shared = _and_bits(g, bits, cl, False, n)
+    assert torch.equal(shared, want) and not torch.equal(g, want)
+    owned = g.clone(memory_format=fmt)
+    out = _and_bits(owned, bits, cl, True, n)
+    assert torch.equal(out, want) and out.data_ptr() == owned.data_ptr()
+    other = g.contiguous(memory_format=torch.contiguous_format if cl else torch.channels_last)
+    got = _and_bits(other, bits, cl, False, n)
+    assert got is None or torch.equal(got, want)
 
 
 @pytest.mark.parametrize("name,size", [("resnet18", 37), ("efficientnet_lite0", 45)])

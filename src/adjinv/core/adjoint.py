@@ -119,10 +119,6 @@ class StageAdjoint:
             if entry is None:
                 continue
             op = self._ops[node]
-            if op.kind == "matmul":  # adds into the pending gradient of its input itself
-                src = op.args[0]
-                grads[src] = (_matmul(entry[0], op.data, grads.pop(src, None)), True)
-                continue
             outs = self._transpose(op, entry[0], entry[1], n)
             for src, (gs, own) in zip(op.args, outs, strict=True):
                 if src not in grads:
@@ -149,17 +145,20 @@ class StageAdjoint:
         """The transposed op on ``g`` → one (gradient, owned) pair per input of the node."""
         d = op.data
         if op.kind == "polyphase":
-            z = F.pixel_shuffle(F.conv2d(_doubled(g) if d["doubled"] else g, d["weight"], None, 1,
-                                         d["pad"]), d["stride"])
+            z = F.conv2d(g, d["weight"], None, 1, d["pad"])
+            if d["weight_lo"] is not None:
+                z = z.add_(F.conv2d(g, d["weight_lo"], None, 1, d["pad"]))
+            z = F.pixel_shuffle(z, d["stride"])
             (ty, tx), (h, w) = d["shift"], d["size"]
             short_y, short_x = max(0, ty + h - z.shape[-2]), max(0, tx + w - z.shape[-1])
             if short_y or short_x:
                 z = F.pad(z, (0, short_x, 0, short_y))
             return [(z[..., ty: ty + h, tx: tx + w], True)]
         if op.kind == "conv":
-            y = F.conv_transpose2d(_doubled(g) if d["doubled"] else g, d["weight"], None,
-                                   d["stride"], d["padding"],
-                                   d["output_padding"], d["groups"], d["dilation"])
+            args = (None, d["stride"], d["padding"], d["output_padding"], d["groups"], d["dilation"])
+            y = F.conv_transpose2d(g, d["weight"], *args)
+            if d["weight_lo"] is not None:
+                y = y.add_(F.conv_transpose2d(g, d["weight_lo"], *args))
             crop = d["crop"]
             if crop is not None:
                 left, top, w, h = crop
@@ -168,6 +167,9 @@ class StageAdjoint:
         if op.kind == "scale":
             return [(g.mul_(d["scale"]) if own else g * d["scale"], True)]
         if op.kind == "mask":
+            out = _and_bits(g, d["bits"], d["channels_last"], own, n)
+            if out is not None:
+                return [(out, True)]
             m = d["mask"]
             if m.shape[0] != 1:
                 g5 = g.view(n, m.shape[0], *g.shape[1:])
@@ -210,27 +212,25 @@ def _mask(x: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
 
 
 def build_stage_adjoint(body: nn.Module, x: torch.Tensor, *, channels_last: bool = False,
-                        dtype: torch.dtype | None = None,
-                        gemm: bool = False) -> tuple[torch.Tensor, StageAdjoint] | None:
+                        dtype: torch.dtype | None = None) -> tuple[torch.Tensor, StageAdjoint] | None:
     """Run stage ``body`` on ``x`` and return its output with the explicit transpose of
     its Jacobian there, or ``None`` if the stage has an op without one.
 
     ``dtype`` (default: ``x``'s) is the precision the transpose computes in (float16:
     see :mod:`adjinv.core.precision`); ``channels_last`` stores its maps in that memory
-    format; ``gemm`` runs 1×1 stride-1 convolutions of channels-last maps as matrix
-    products that add into the pending gradient of their input (the residual sum)."""
+    format."""
     graph = _trace(body)
     if graph is None:
         return None
     try:
         with torch.no_grad():
-            return _build(body, graph, x, channels_last, dtype or x.dtype, gemm and channels_last)
+            return _build(body, graph, x, channels_last, dtype or x.dtype)
     except Unsupported:
         return None
 
 
 def _build(body: nn.Module, graph: fx.Graph, x: torch.Tensor, channels_last: bool,
-           dtype: torch.dtype, gemm: bool) -> tuple[torch.Tensor, StageAdjoint]:
+           dtype: torch.dtype) -> tuple[torch.Tensor, StageAdjoint]:
     modules = dict(body.named_modules())
     env: dict[fx.Node, object] = {}
     ops: dict[fx.Node, _Op] = {}
@@ -266,7 +266,7 @@ def _build(body: nn.Module, graph: fx.Graph, x: torch.Tensor, channels_last: boo
             raise Unsupported(f"{node.op} {node.target}")
     if placeholder is None or output is None:
         raise Unsupported("no input or output")
-    _finalize(ops, fmt, gemm)
+    _finalize(ops, fmt)
     y = env[output]
     widest = max((v[0].numel() for v in env.values() if isinstance(v, torch.Tensor) and v.dim() > 1),
                  default=0)
@@ -405,43 +405,30 @@ def _to_polyphase(op: _Op) -> None:
                "shift": shift, "size": size, "dtype": d["dtype"], "fmt": d["fmt"]}
 
 
-# float16 weights carry 11 bits; as two terms W_hi + W_lo (one convolution over the
-# input duplicated channel by channel, float32 accumulation) they carry ~21 and only
-# the cotangents are rounded. 1 = a single float16 term (twice the speed of the
-# convolutions, about the error of TF32); for ablations.
+# float16 weights carry 11 bits; as two terms W_hi + W_lo (two convolutions, the small
+# one added into the large one) they carry ~21 and the error is about that of rounding
+# the cotangents alone. 1 = a single float16 term (faster, about the error of TF32).
 FP16_WEIGHT_TERMS = 2
 
 
-def _is_gemm(d: dict) -> bool:
-    w = d["weight"]
-    return (w.shape[-2:] == (1, 1) and d["stride"] == (1, 1) and d["padding"] == (0, 0)
-            and d["groups"] == 1 and d["crop"] is None and sum(d["output_padding"]) == 0)
-
-
-def _store_weight(w: torch.Tensor, dtype: torch.dtype, axis: int,
-                  fmt: torch.memory_format | None) -> tuple[torch.Tensor, bool]:
-    """``w`` in the compute dtype; for float16, split into ``hi``/``lo`` terms interleaved
-    along ``axis`` (the transpose's input channels). Returns (weight, doubled)."""
+def _store_weight(w: torch.Tensor, dtype: torch.dtype,
+                  fmt: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``w`` in the compute dtype and memory format; for float16 also ``W_lo``, the
+    rounding error of ``W_hi = fp16(w)`` in float16 (``None`` otherwise)."""
     if dtype != torch.float16:
-        w = w.to(dtype)
-        return (w.contiguous(memory_format=fmt) if fmt is not None else w), False
+        return w.to(dtype).contiguous(memory_format=fmt), None
     if w.abs().max() > 6e4:  # float16 overflows: this stage computes in float32 instead
         raise Unsupported("weights beyond the float16 range")
     hi = w.to(torch.float16)
-    doubled = FP16_WEIGHT_TERMS == 2
-    if doubled:
-        lo = (w - hi.to(w.dtype)).to(torch.float16)
-        shape = list(w.shape)
-        shape[axis] *= 2
-        hi = torch.stack([hi, lo], dim=axis + 1).reshape(shape)
-    return (hi.contiguous(memory_format=fmt) if fmt is not None else hi.contiguous()), doubled
+    lo = (w - hi.to(w.dtype)).to(torch.float16) if FP16_WEIGHT_TERMS == 2 else None
+    return (hi.contiguous(memory_format=fmt),
+            lo.contiguous(memory_format=fmt) if lo is not None else None)
 
 
-def _finalize(ops: dict[fx.Node, _Op], fmt: torch.memory_format, gemm: bool) -> None:
+def _finalize(ops: dict[fx.Node, _Op], fmt: torch.memory_format) -> None:
     """Fold each eval BatchNorm's scale into the convolution feeding only it (exact:
-    ``(s ⊙ conv_W)ᵀ g = conv_{W·s}ᵀ g``), pick each convolution's form (polyphase,
-    matrix product or transposed convolution), and store weights and masks in the
-    compute dtype and memory format."""
+    ``(s ⊙ conv_W)ᵀ g = conv_{W·s}ᵀ g``), pick each convolution's form, and store
+    weights and masks in the compute dtype and memory format."""
     for op in ops.values():
         if op.kind != "scale":
             continue
@@ -452,61 +439,61 @@ def _finalize(ops: dict[fx.Node, _Op], fmt: torch.memory_format, gemm: bool) -> 
             op.kind, op.data = "fanout", {}
     for op in ops.values():
         if op.kind == "conv":
-            d = op.data
-            if gemm and _is_gemm(d):
-                w = d["weight"]
-                op.kind = "matmul"
-                weight, doubled = _store_weight(w.reshape(w.shape[0], w.shape[1]), d["dtype"], 0, None)
-                op.data = {"weight": weight, "doubled": doubled}
-                continue
-            if _prefer_polyphase(d):
+            if _prefer_polyphase(op.data):
                 _to_polyphase(op)
-                d = op.data
+            d = op.data
             d.pop("in_size", None)
-            axis = 1 if op.kind == "polyphase" else 0
-            d["weight"], d["doubled"] = _store_weight(d["weight"], d.pop("dtype"), axis, d.pop("fmt"))
+            d["weight"], d["weight_lo"] = _store_weight(d["weight"], d.pop("dtype"), d.pop("fmt"))
         elif op.kind == "scale":
             op.data["scale"] = op.data["scale"].to(op.data.pop("dtype"))
         elif op.kind == "mask":
-            op.data["mask"] = op.data["mask"].contiguous(memory_format=fmt)
+            m = op.data["mask"].contiguous(memory_format=fmt)
+            cl = fmt == torch.channels_last
+            op.data.update(mask=m, bits=_mask_bits(m, cl), channels_last=cl)
 
 
-def _doubled(g: torch.Tensor) -> torch.Tensor:
-    """Every channel twice, adjacent (c, c, c+1, c+1, …), in ``g``'s memory format: the
-    input of a convolution with interleaved ``W_hi``/``W_lo`` weights."""
-    nb, c, h, w = g.shape
-    if g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous():
-        t = g.permute(0, 2, 3, 1).unsqueeze(-1).expand(nb, h, w, c, 2)
-        return t.reshape(nb, h, w, 2 * c).permute(0, 3, 1, 2)
-    return g.unsqueeze(2).expand(nb, c, 2, h, w).reshape(nb, 2 * c, h, w)
+# A ReLU mask multiplies every cotangent of a chunk by the same 0/1 map: a broadcast,
+# which PyTorch's CUDA kernels run unvectorised, one element per load. As a bitwise AND
+# with all-ones/zero patterns, two float32 (or float16) elements per 64 (32)-bit integer,
+# the same kernel moves twice the bytes per load. Exact: x AND ones = x, x AND 0 = +0.
+_INTS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+MASK_AS_BITS = True  # False: multiply (for ablations)
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor | None:
-    """A channels-last map (NB, C, h, w) as the matrix (NB·h·w, C) sharing its memory."""
-    if not t.is_contiguous(memory_format=torch.channels_last):
+def _memory_order(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``t`` (…, C, h, w) permuted so that its last dimension is the one contiguous in memory."""
+    return t.permute(*range(t.dim() - 3), -2, -1, -3) if channels_last else t
+
+
+def _mask_bits(mask: torch.Tensor, channels_last: bool) -> torch.Tensor | None:
+    """The mask as integer bit patterns in memory order, two elements per integer when
+    the contiguous dimension is even (``None`` for dtypes without a same-size integer)."""
+    size = mask.element_size()
+    if size not in _INTS or not MASK_AS_BITS:
         return None
-    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    v = _memory_order(mask, channels_last)
+    bits = torch.empty(v.shape, dtype=_INTS[size], device=v.device)  # plain strides, for .view
+    bits.copy_(torch.where(v != 0, -1, 0))
+    if size <= 4 and v.shape[-1] % 2 == 0:
+        bits = bits.view(_INTS[2 * size])
+    return bits
 
 
-def _matmul(g: torch.Tensor, d: dict, acc: tuple[torch.Tensor, bool] | None) -> torch.Tensor:
-    """Transpose of a 1×1 stride-1 convolution as ``rows(g) @ W``, added into the pending
-    gradient ``acc`` of the same input in the same matrix product when there is one."""
-    nb, _, h, w = g.shape
-    weight = d["weight"]
-    rows = _rows(g)
-    if rows is None:
-        rows = _rows(g.contiguous(memory_format=torch.channels_last))
-    if d["doubled"]:
-        rows = rows.unsqueeze(-1).expand(*rows.shape, 2).reshape(rows.shape[0], -1)
-    out = torch.empty(nb, weight.shape[1], h, w, dtype=g.dtype, device=g.device,
-                      memory_format=torch.channels_last)
-    out_rows = _rows(out)
-    acc_rows = _rows(acc[0]) if acc is not None and acc[0].shape == out.shape else None
-    if acc is not None and acc_rows is not None and acc[1]:
-        acc_rows.addmm_(rows, weight)
-        return acc[0]
-    if acc_rows is not None:
-        torch.addmm(acc_rows, rows, weight, out=out_rows)
-        return out
-    torch.mm(rows, weight, out=out_rows)
-    return out if acc is None else out.add_(acc[0])
+def _and_bits(g: torch.Tensor, bits: torch.Tensor | None, channels_last: bool, own: bool,
+              n: int) -> torch.Tensor | None:
+    """``g ⊙ mask`` as a bitwise AND (in place when ``g`` is owned), or ``None`` when
+    ``g``'s memory layout does not allow the integer view (then multiply)."""
+    if bits is None or (g.requires_grad and torch.is_grad_enabled()):  # integers carry no grad
+        return None
+    v = _memory_order(g, channels_last)
+    try:
+        gi = v.view(bits.dtype)
+    except RuntimeError:
+        return None
+    if gi.shape[1:] != bits.shape[1:]:
+        return None
+    if bits.shape[0] != 1:
+        gi = gi.view(n, *bits.shape)
+    out = gi.bitwise_and_(bits) if own else gi & bits
+    out = out.view(-1, *bits.shape[1:]).view(g.dtype)
+    return out.permute(0, 3, 1, 2) if channels_last else out

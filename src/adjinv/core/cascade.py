@@ -60,14 +60,11 @@ class AdjointCascade:
     with BatchNorm folded in, masks, routing; by default channels-last except for IEEE
     float32 on CUDA, as measured in docs/speed.md) and uses ``vmap`` over ``torch.func.vjp`` for the
     rest; ``engine="autograd"`` uses the latter everywhere. ``precision`` is one of
-    :data:`adjinv.core.precision.PRECISIONS`. ``matmul_1x1`` runs 1×1 convolutions of
-    channels-last maps as matrix products with the residual sum fused in (default: on
-    CUDA only; oneDNN's convolutions were as fast on CPU).
+    :data:`adjinv.core.precision.PRECISIONS`.
     """
 
     def __init__(self, encoder: StagedEncoder, lacs: LACBank, *, engine: str = "auto",
-                 precision: str = "float32", channels_last: bool | None = None,
-                 matmul_1x1: bool | None = None) -> None:
+                 precision: str = "float32", channels_last: bool | None = None) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.encoder = encoder
@@ -75,7 +72,6 @@ class AdjointCascade:
         self.engine = engine
         self.precision = check_precision(precision)
         self.channels_last = channels_last
-        self.matmul_1x1 = matmul_1x1
 
     def precision_context(self) -> AbstractContextManager[None]:
         """The TF32 setting of this cascade's pull-backs (restored on exit)."""
@@ -93,14 +89,13 @@ class AdjointCascade:
         last = self.encoder.num_stages - 1 if upto is None else upto
         cl = self._use_channels_last(x)
         dtype = compute_dtype(self.precision, x.dtype)
-        gemm = x.device.type == "cuda" if self.matmul_1x1 is None else self.matmul_1x1
         acts, pbs = [], []
         a = x
         with fp32_mode("float32"):
             for st in self.encoder.stages[: last + 1]:
                 built = None
                 if self.engine == "auto":
-                    built = build_stage_adjoint(st.body, a, channels_last=cl, dtype=dtype, gemm=gemm)
+                    built = build_stage_adjoint(st.body, a, channels_last=cl, dtype=dtype)
                 if built is None:
                     a, fn = vjp(st, a)
                     pbs.append(_vmapped(fn))

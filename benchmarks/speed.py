@@ -349,6 +349,8 @@ def environment(device: torch.device) -> dict:
                                 capture_output=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
+    # a copy of the tree without its own history (the GPU machine's) names it explicitly
+    commit = os.environ.get("ADJINV_COMMIT") or commit
     return {"device": device_string(device), "torch": torch.__version__,
             "cuda": torch.version.cuda if device.type == "cuda" else None,
             "python": platform.python_version(), "threads": torch.get_num_threads(),

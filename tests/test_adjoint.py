@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -149,6 +150,22 @@ def test_lac_training_gradients_match_autograd_engine(tiny_enc):
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-12)
     for a, b in zip(grads[0][1], grads[1][1], strict=True):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-14)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_lac_training_runs_in_low_precision(tiny_enc, precision):
+    """A LAC training step through float16/bfloat16 transposes differentiates (no out= or
+    integer views on the autograd path) and its gradients are close to float32's."""
+    enc = copy.deepcopy(tiny_enc).float()
+    x = torch.randn(1, 3, 32, 32)
+    grads = {}
+    for p in ("float32", precision):
+        inv = AdjointInverter(enc, random_lacs(enc, 3).float(), precision=p)
+        with enc.frozen():
+            lac_step(inv, x)
+        grads[p] = torch.cat([q.grad.flatten() for q in inv.lacs.parameters()])
+    assert torch.isfinite(grads[precision]).all()
+    assert rel(grads[precision], grads["float32"]) < 0.1
 
 
 def test_precisions_and_engines(tiny_enc):

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from adjinv.checkpoint import read_checkpoint
-from adjinv.cli import main
+from adjinv.cli import PRECISION_CHOICES, main
+from adjinv.core.precision import PRECISIONS
 from adjinv.errors import AdjinvError
 
 
@@ -20,6 +21,10 @@ def _photo(path, seed=0, size=(72, 90)):
     arr = np.kron(base, np.ones((8, 8, 1)))[: size[0], : size[1]]
     Image.fromarray((arr * 255).astype(np.uint8)).save(path)
     return path
+
+
+def test_cli_offers_every_precision():
+    assert PRECISION_CHOICES == PRECISIONS
 
 
 def test_encoders_lists_registry(capsys):

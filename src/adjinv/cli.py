@@ -10,6 +10,9 @@ from pathlib import Path
 
 from .errors import AdjinvError
 
+# adjinv.core.precision.PRECISIONS, spelled out so that parsing does not import torch
+PRECISION_CHOICES = ("float32", "tf32", "fp16", "bf16")
+
 EPILOG_INVERT = """example:
   adjinv invert photo.jpg other.png --out runs/inv --channels 8
   adjinv invert cat.jpg --encoder resnet50 --weights resnet50.pth --lac r50.lac.safetensors --out r50
@@ -233,9 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="top-K per-channel inversions of the deepest stage (default 8)")
         p.add_argument("--device", default="cpu",
                        help="torch device to run on, e.g. cuda or cuda:1 (default cpu)")
-        p.add_argument("--precision", choices=("float32", "tf32", "bf16"), default="float32",
+        p.add_argument("--precision", choices=PRECISION_CHOICES, default="float32",
                        help="pull-back arithmetic: float32 (default, exact), tf32 (CUDA tensor "
-                            "cores, ~1e-3 relative error on x̂), bf16 (~1e-2); see docs/speed.md")
+                            "cores, ~1e-3 relative error on x̂), fp16 (CUDA, ~6e-4), bf16 (~1e-2); "
+                            "see docs/speed.md")
         p.set_defaults(func=fn)
 
     p = sub.add_parser("train", help="train LACs (Eq. 9)", description="Train the LAC γ/β on a "

@@ -105,8 +105,11 @@ class StageAdjoint:
             dims = (1, 2, 3)
             scale = torch.maximum(u.amax(dim=dims, keepdim=True), -u.amin(dim=dims, keepdim=True))
             scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-            g = torch.empty(u.shape, dtype=self.dtype, device=u.device, memory_format=self._fmt)
-            torch.mul(u, scale.reciprocal(), out=g)
+            if torch.is_grad_enabled() and u.requires_grad:  # out= does not differentiate
+                g = (u / scale).to(self.dtype).contiguous(memory_format=self._fmt)
+            else:
+                g = torch.empty(u.shape, dtype=self.dtype, device=u.device, memory_format=self._fmt)
+                torch.mul(u, scale.reciprocal(), out=g)
         else:
             g = u.to(self.dtype).contiguous(memory_format=self._fmt)
         # Each pending gradient carries a flag: True if no other reference to its memory
@@ -135,7 +138,9 @@ class StageAdjoint:
         if gx is None:  # the stage ignores its input: its Jacobian is zero
             return u.new_zeros(n, b, *self._in_shape[1:])
         gx = gx[0]
-        if scale is not None:
+        if scale is not None and torch.is_grad_enabled() and gx.requires_grad:
+            gx = gx.to(out_dtype) * scale
+        elif scale is not None:
             out = torch.empty(gx.shape, dtype=out_dtype, device=gx.device, memory_format=self._fmt)
             gx = torch.mul(gx, scale, out=out)
         return gx.reshape(n, b, *gx.shape[1:]).to(out_dtype)

@@ -12,9 +12,10 @@
   accumulation. Each stage rescales every cotangent to a maximum of 1 on entry
   (exact: the pull-back is linear; the scale is put back on exit), so float16's
   range holds; each weight is split into two float16 terms ``W_hi + W_lo``
-  (``W_hi = fp16(W)``) applied in one convolution over the duplicated input, so the
-  weights carry ~21 bits and only the cotangents are rounded (11 bits, as TF32
-  rounds them). Non-finite results raise an error naming the fix.
+  (``W_hi = fp16(W)``; two convolutions, the small one added into the large one), so
+  the weights carry ~21 bits and mainly the cotangents are rounded (11 bits, as TF32
+  rounds them). Non-finite results raise an error naming the fix. Meant for CUDA: on
+  the CPU float16 convolutions are slow.
 - ``"bf16"``: the explicit stage transposes compute in bfloat16 (LACs and the
   synthesis stay float32). Rounding is amplified by the LAC normalisation
   (SPEC §14 saw 20–34 % relative error on ``x̂`` with autocast): an option with a

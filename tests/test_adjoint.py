@@ -309,8 +309,15 @@ def test_images_split_when_live_sets_differ_gives_the_same_result(tiny_enc, monk
     monkeypatch.setattr(inv.cascade, "linearize", lambda x, upto=None: calls.append(x.shape[0])
                         or real(x, upto))
     monkeypatch.setattr(AdjointInverter, "SPLIT_RATIO", 0.0)
-    split = inv.invert(x, top_k=2)
+    ticks = []
+    inv.chunk_size = 4
+    split = inv.invert(x, top_k=2, stages=[last], progress=lambda d, t: ticks.append((d, t)))
+    inv.chunk_size = None
     assert calls.count(1) >= 3  # one linearisation per image
+    # progress counts on over the whole batch instead of restarting per image
+    assert [d for d, _ in ticks] == sorted(d for d, _ in ticks) and len({t for _, t in ticks}) == 1
+    assert ticks[-1][0] == ticks[-1][1]
+    split = inv.invert(x, top_k=2)
     for s in range(last + 1):
         assert torch.allclose(split.x_hat[s], joint.x_hat[s], rtol=1e-5, atol=1e-6)
         assert torch.equal(split.channels[s], joint.channels[s])

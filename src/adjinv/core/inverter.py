@@ -101,7 +101,8 @@ class AdjointInverter:
         # the batch's live channels; when that is much more than each image's own (ReLU6
         # heads: a third live, different ones per image), one image at a time is cheaper.
         if bsz > 1 and idx.numel() * bsz > self.SPLIT_RATIO * int(own.sum()):
-            return self._synthesize_each(lin, stage, weight_sets, keep, progress, source)
+            return self._synthesize_each(lin, stage, weight_sets, keep, progress, source,
+                                         own.sum(1).tolist())
         out = {k: torch.zeros_like(lin.x) for k in weight_sets}
         kept = None
         if keep is not None:
@@ -135,16 +136,21 @@ class AdjointInverter:
 
     def _synthesize_each(self, lin: Linearization, stage: int, weight_sets: dict[str, torch.Tensor],
                          keep: torch.Tensor | None, progress: Progress | None,
-                         source: torch.Tensor | None) -> tuple[dict[str, torch.Tensor],
-                                                               torch.Tensor | None]:
-        """:meth:`synthesize` image by image (one extra forward each)."""
+                         source: torch.Tensor | None,
+                         counts: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """:meth:`synthesize` image by image (one extra forward each); ``counts``: each
+        image's own channels, so that ``progress`` counts on over the whole batch."""
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in weight_sets}
         kept = []
         for b in range(lin.x.shape[0]):
+            image_progress = None
+            if progress is not None:
+                def image_progress(done: int, _total: int, offset: int = sum(counts[:b])) -> None:
+                    progress(offset + done, sum(counts))
             one = self.cascade.linearize(lin.x[b: b + 1], stage)
             sums, k_b = self.synthesize(
                 one, stage, {k: w[b: b + 1] for k, w in weight_sets.items()},
-                keep=None if keep is None else keep[b: b + 1], progress=progress,
+                keep=None if keep is None else keep[b: b + 1], progress=image_progress,
                 source=None if source is None else source[b: b + 1])
             for k, v in sums.items():
                 outs[k].append(v)

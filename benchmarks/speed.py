@@ -45,6 +45,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from adjinv.baselines.cam import CAMSaliency
+from adjinv.core import adjoint
 from adjinv.core.cascade import channel_seeds
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank
@@ -604,7 +605,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    from adjinv.core import adjoint
     if args.fp16_weight_terms is not None:
         adjoint.FP16_WEIGHT_TERMS = args.fp16_weight_terms
     if args.mask_product:

@@ -600,15 +600,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+@contextmanager
+def ablations(args: argparse.Namespace) -> Iterator[None]:
+    """Set the switches of :mod:`adjinv.core.adjoint` that ablation flags name; restore them."""
+    saved = adjoint.FP16_WEIGHT_TERMS, adjoint.MASK_AS_BITS
     if args.fp16_weight_terms is not None:
         adjoint.FP16_WEIGHT_TERMS = args.fp16_weight_terms
     if args.mask_product:
         adjoint.MASK_AS_BITS = False
+    try:
+        yield
+    finally:
+        adjoint.FP16_WEIGHT_TERMS, adjoint.MASK_AS_BITS = saved
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    with ablations(args):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Every configuration of ``args``; JSON and BENCHMARKS.md as asked."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     if args.scorecam_batch is None:
         args.scorecam_batch = 128 if device.type == "cuda" else 32
     missing = [k for k in VARIANT_FLAGS if getattr(args, k) and not inverter_accepts(k)]

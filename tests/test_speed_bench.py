@@ -100,3 +100,27 @@ def test_inverter_options_give_one_cascade_row_each(speed, monkeypatch, capsys):
     assert rows[1]["options"] == {"engine": "autograd", "precision": "float32"}
     assert all(r["rel_error"] < 1e-4 for r in rows)
     capsys.readouterr()
+
+
+def test_ablation_flags_name_their_rows_and_are_restored(speed, monkeypatch, capsys):
+    from adjinv.core import adjoint
+
+    monkeypatch.setattr(speed, "load_encoder",
+                        lambda name, random_init=False: staged_from_sequential(tiny_relu_cnn(seed=0)))
+    before = adjoint.FP16_WEIGHT_TERMS, adjoint.MASK_AS_BITS
+    seen = []
+    real = speed.bench_config
+
+    def spy(*a, **kw):
+        seen.append((adjoint.FP16_WEIGHT_TERMS, adjoint.MASK_AS_BITS))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(speed, "bench_config", spy)
+    res = speed.main(["--encoders", "tiny", "--size", "32", "--channels-limit", "2", "--repeats", "1",
+                      "--warmup", "0", "--ref-channels", "4", "--methods", "cascade",
+                      "--fp16-weight-terms", "1", "--mask-product"])
+    assert seen == [(1, False)]
+    assert res["rows"][0]["method"] == "cascade[fp16 weight terms=1][masks by product]"
+    assert res["rows"][0]["options"] == {"fp16_weight_terms": 1, "mask_product": True}
+    assert before == (adjoint.FP16_WEIGHT_TERMS, adjoint.MASK_AS_BITS)
+    capsys.readouterr()

@@ -35,7 +35,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -49,6 +49,7 @@ from adjinv.core import adjoint
 from adjinv.core.cascade import channel_seeds
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank
+from adjinv.core.precision import fp32_mode
 from adjinv.core.simplex import simplex_measure
 from adjinv.data import SAMPLE_NAMES, resize_center_crop, sample_image
 from adjinv.encoders import load_encoder
@@ -276,17 +277,6 @@ def forward_flops(enc: StagedEncoder, x1: torch.Tensor, upto: int | None) -> int
     return int(fc.get_total_flops())
 
 
-@contextmanager
-def no_tf32() -> Iterator[None]:
-    """TF32 off for cuDNN and matmuls inside (the CUDA reference); previous flags restored."""
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
 def inverter_accepts(name: str) -> bool:
     return name in inspect.signature(AdjointInverter.__init__).parameters
 
@@ -308,7 +298,7 @@ class Reference:
         self.describe = ("float64 copy, " if self.device.type == "cpu" else "float32, TF32 off, ") + (
             "engine=autograd" if kw else "default engine")
         inv = AdjointInverter(r_enc, r_lacs, **kw)
-        with no_tf32() if self.device.type == "cuda" else nullcontext():
+        with fp32_mode("float32"):  # the CUDA reference: TF32 off
             with r_enc.frozen(), torch.no_grad():
                 w = simplex_measure(r_enc.forward_stages(inv.prepare(r_x), stage)[-1])
             live = (w != 0).any(0).nonzero().flatten()

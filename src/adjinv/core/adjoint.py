@@ -98,20 +98,7 @@ class StageAdjoint:
         n, b = u.shape[:2]
         out_dtype = u.dtype
         u = u.reshape(n * b, *u.shape[2:])
-        scale = None
-        if self.dtype == torch.float16:
-            # float16 has the range 6e-8 … 65504: put every cotangent's maximum at 1 (the
-            # transpose is linear, the scale goes back on exit); one fused pass with the cast
-            dims = (1, 2, 3)
-            scale = torch.maximum(u.amax(dim=dims, keepdim=True), -u.amin(dim=dims, keepdim=True))
-            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-            if torch.is_grad_enabled() and u.requires_grad:  # out= does not differentiate
-                g = (u / scale).to(self.dtype).contiguous(memory_format=self._fmt)
-            else:
-                g = torch.empty(u.shape, dtype=self.dtype, device=u.device, memory_format=self._fmt)
-                torch.mul(u, scale.reciprocal(), out=g)
-        else:
-            g = u.to(self.dtype).contiguous(memory_format=self._fmt)
+        g, scale = _into_compute(u, self.dtype, self._fmt)
         # Each pending gradient carries a flag: True if no other reference to its memory
         # exists, so masks and sums may update it in place (fresh CPU allocations cost
         # as much as the arithmetic of an elementwise op).
@@ -137,13 +124,8 @@ class StageAdjoint:
         gx = grads.get(self._placeholder)
         if gx is None:  # the stage ignores its input: its Jacobian is zero
             return u.new_zeros(n, b, *self._in_shape[1:])
-        gx = gx[0]
-        if scale is not None and torch.is_grad_enabled() and gx.requires_grad:
-            gx = gx.to(out_dtype) * scale
-        elif scale is not None:
-            out = torch.empty(gx.shape, dtype=out_dtype, device=gx.device, memory_format=self._fmt)
-            gx = torch.mul(gx, scale, out=out)
-        return gx.reshape(n, b, *gx.shape[1:]).to(out_dtype)
+        gx = _out_of_compute(gx[0], scale, out_dtype, self._fmt)
+        return gx.reshape(n, b, *gx.shape[1:])
 
     @staticmethod
     def _transpose(op: _Op, g: torch.Tensor, own: bool, n: int) -> list[tuple[torch.Tensor, bool]]:
@@ -192,6 +174,37 @@ class StageAdjoint:
         if op.kind == "split":
             return [(part, own) for part in torch.split(g, d["sizes"], dim=1)]
         raise AssertionError(op.kind)
+
+
+def _records(t: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and t.requires_grad
+
+
+def _into_compute(u: torch.Tensor, dtype: torch.dtype,
+                  fmt: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Cotangents (NB, C, h, w) in the compute dtype and memory format, and, for float16
+    (range 6e-8 … 65504), the per-item scale that put every maximum at 1 (the transpose
+    is linear: :func:`_out_of_compute` puts it back)."""
+    if dtype != torch.float16:
+        return u.to(dtype).contiguous(memory_format=fmt), None
+    dims = (1, 2, 3)
+    scale = torch.maximum(u.amax(dim=dims, keepdim=True), -u.amin(dim=dims, keepdim=True))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if _records(u):  # out= does not differentiate
+        return (u / scale).to(dtype).contiguous(memory_format=fmt), scale
+    g = torch.empty(u.shape, dtype=dtype, device=u.device, memory_format=fmt)
+    return torch.mul(u, scale.reciprocal(), out=g), scale  # scale and cast in one pass
+
+
+def _out_of_compute(gx: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype,
+                    fmt: torch.memory_format) -> torch.Tensor:
+    """The pulled-back cotangents in the caller's ``dtype``, rescaled by ``scale``."""
+    if scale is None:
+        return gx.to(dtype)
+    if _records(gx):
+        return gx.to(dtype) * scale
+    out = torch.empty(gx.shape, dtype=dtype, device=gx.device, memory_format=fmt)
+    return torch.mul(gx, scale, out=out)
 
 
 def _relu_bounds(node: fx.Node, module: nn.Module | None) -> tuple[float, float | None]:
@@ -488,7 +501,7 @@ def _and_bits(g: torch.Tensor, bits: torch.Tensor | None, channels_last: bool, o
               n: int) -> torch.Tensor | None:
     """``g ⊙ mask`` as a bitwise AND (in place when ``g`` is owned), or ``None`` when
     ``g``'s memory layout does not allow the integer view (then multiply)."""
-    if bits is None or (g.requires_grad and torch.is_grad_enabled()):  # integers carry no grad
+    if bits is None or _records(g):  # integers carry no grad
         return None
     v = _memory_order(g, channels_last)
     try:

@@ -47,43 +47,17 @@ def compute_dtype(precision: str, dtype: torch.dtype) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, dtype)
 
 
-def _has_new_api() -> bool:
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    return conv is not None and hasattr(conv, "fp32_precision")
-
-
 @contextmanager
 def fp32_mode(precision: str) -> Iterator[None]:
     """Allow TF32 for cuDNN convolutions and CUDA matmuls only for ``"tf32"``, and
     reduced-precision (float16) reductions in matmuls never; restore the previous
     global settings on exit."""
-    tf32 = precision == "tf32"
-    mm_flags = torch.backends.cuda.matmul
-    saved_red = mm_flags.allow_fp16_reduced_precision_reduction
-    mm_flags.allow_fp16_reduced_precision_reduction = False
+    mode = "tf32" if precision == "tf32" else "ieee"
+    conv, mm = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    saved = (conv.fp32_precision, mm.fp32_precision, mm.allow_fp16_reduced_precision_reduction)
+    conv.fp32_precision = mm.fp32_precision = mode
+    mm.allow_fp16_reduced_precision_reduction = False
     try:
-        with _tf32_mode(tf32):
-            yield
+        yield
     finally:
-        mm_flags.allow_fp16_reduced_precision_reduction = saved_red
-
-
-@contextmanager
-def _tf32_mode(tf32: bool) -> Iterator[None]:
-    if _has_new_api():
-        conv, mm = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-        saved = (conv.fp32_precision, mm.fp32_precision)
-        conv.fp32_precision = "tf32" if tf32 else "ieee"
-        mm.fp32_precision = "tf32" if tf32 else "ieee"
-        try:
-            yield
-        finally:
-            conv.fp32_precision, mm.fp32_precision = saved
-    else:  # pragma: no cover - older PyTorch
-        saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-        torch.backends.cudnn.allow_tf32 = tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        conv.fp32_precision, mm.fp32_precision, mm.allow_fp16_reduced_precision_reduction = saved

@@ -1,0 +1,171 @@
+"""LAC training: objectives, the unbiased channel sampler, validation, early stopping,
+kept checkpoints, logs and resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from adjinv.checkpoint import load_checkpoint, read_checkpoint
+from adjinv.core.inverter import AdjointInverter
+from adjinv.core.lac import LACBank
+from adjinv.errors import AdjinvError
+from adjinv.training import (
+    TrainConfig,
+    freeze_for_objective,
+    kept_checkpoints,
+    lac_step,
+    sample_weights,
+    train_lacs,
+)
+from conftest import random_lacs, smooth_image
+
+
+def _imgs(n=3):
+    return [smooth_image(40, seed=s)[0] for s in range(n)]
+
+
+def _grads(lacs):
+    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
+                      for p in lacs.parameters()])
+
+
+def test_sample_weights_is_unbiased():
+    w = torch.softmax(torch.randn(2, 30, dtype=torch.float64), 1)
+    w[0, :10] = 0
+    w = w / w.sum(1, keepdim=True)
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_weights(w, 0.2, gen) for _ in range(4000)])
+    assert torch.allclose(draws.sum(-1), torch.ones(4000, 2, dtype=w.dtype))
+    assert (draws[:, 0, :10] == 0).all()  # never a dead channel
+    assert (draws.mean(0) - w).abs().max() < 0.01
+    assert sample_weights(w, 1.0, gen) is w
+
+
+def test_sampled_gradient_is_unbiased(tiny_enc):
+    x = tiny_enc.normalize(smooth_image(32, batch=2, dtype=torch.float64))
+    lacs = random_lacs(tiny_enc, 2)
+    inv = AdjointInverter(tiny_enc, lacs)
+    with tiny_enc.frozen():
+        lac_step(inv, x)
+        exact = _grads(lacs)
+        gen = torch.Generator().manual_seed(1)
+        est = []
+        for _ in range(60):
+            lacs.zero_grad(set_to_none=True)
+            lac_step(inv, x, channel_fraction=0.2, gen=gen)
+            est.append(_grads(lacs))
+    est = torch.stack(est)
+    single = float(((est - exact) ** 2).sum(1).mean())
+    mean_err = float(((est.mean(0) - exact) ** 2).sum())
+    # the average of 60 draws is ~60x closer (in squared error) than one draw
+    assert mean_err < single / 15, (mean_err, single)
+
+
+def test_pixbias_objective_freezes_inner_beta_and_seed_zero_is_flat(tiny_enc):
+    cfg = TrainConfig(steps=3, size=32, lr=0.1, objective="pixbias")
+    lacs, _, _ = train_lacs(tiny_enc, _imgs(), cfg)
+    for name, lac in lacs.lacs.items():
+        if name != "pix":
+            assert torch.equal(lac.beta, torch.zeros_like(lac.beta))
+            assert not torch.equal(lac.gamma, torch.ones_like(lac.gamma))
+    assert not torch.equal(lacs.pix.beta, torch.zeros(3, dtype=lacs.pix.beta.dtype))
+    x = tiny_enc.normalize(smooth_image(32, dtype=torch.float64))
+    z = AdjointInverter(tiny_enc, lacs).seed_zero_control(x)
+    # Ψ(0) is the constant image β_pix: the photo's Jacobians contribute nothing
+    torch.testing.assert_close(z, lacs.pix.beta.detach().to(z).view(1, 3, 1, 1).expand_as(z))
+    paper = LACBank.for_encoder(tiny_enc)
+    freeze_for_objective(paper, "paper")
+    assert all(p.requires_grad for p in paper.parameters())
+
+
+def test_contrastive_step_pushes_swapped_reconstruction_away(tiny_enc):
+    x = tiny_enc.normalize(smooth_image(32, batch=2, dtype=torch.float64))
+    lacs = LACBank.for_encoder(tiny_enc)
+    freeze_for_objective(lacs, "contrastive")
+    inv = AdjointInverter(tiny_enc, lacs)
+    with tiny_enc.frozen():
+        st = lac_step(inv, x, objective="contrastive", contrast_margin=10.0)
+        g_con = _grads(lacs)
+        lacs.zero_grad(set_to_none=True)
+        base = lac_step(inv, x, objective="pixbias")
+        g_base = _grads(lacs)
+    assert st.swap_l1 is not None and st.l1 == pytest.approx(base.l1)
+    # with the hinge active: objective = l1 + (l1 - swap + m)
+    assert st.objective == pytest.approx(2 * st.l1 - st.swap_l1 + 10.0)
+    assert not torch.allclose(g_con, g_base)
+    with pytest.raises(AdjinvError, match="batch_size"):
+        TrainConfig(objective="contrastive", batch_size=1).check()
+
+
+@pytest.mark.parametrize("kw, msg", [({"steps": 0}, "steps"), ({"lr": float("nan")}, "lr"),
+                                     ({"batch_size": 0}, "batch_size"),
+                                     ({"checkpoint_every": 0}, "checkpoint_every"),
+                                     ({"objective": "x"}, "objective"),
+                                     ({"schedule": "x"}, "schedule"),
+                                     ({"patience": 2}, "validation")])
+def test_config_errors(kw, msg):
+    with pytest.raises(AdjinvError, match=msg):
+        TrainConfig(**kw).check()
+
+
+def test_cosine_schedule():
+    cfg = TrainConfig(steps=11, lr=1.0, schedule="cosine", min_lr_ratio=0.1)
+    assert cfg.lr_at(0) == pytest.approx(1.0) and cfg.lr_at(10) == pytest.approx(0.1)
+    assert cfg.lr_at(5) == pytest.approx(0.55)
+    assert all(cfg.lr_at(i) >= cfg.lr_at(i + 1) for i in range(10))
+
+
+def test_validation_early_stopping_best_and_kept_copies(tiny_enc, tmp_path):
+    imgs, val = _imgs(), _imgs(5)[3:]
+    # lr so large that training soon stops improving the validation loss
+    cfg = TrainConfig(steps=30, size=32, lr=0.5, validate_every=2, patience=2, keep_every=2,
+                      checkpoint_every=2)
+    ck = tmp_path / "run.lac.safetensors"
+    lacs, _, losses = train_lacs(tiny_enc, imgs, cfg, checkpoint=ck, validation=val)
+    meta, _ = read_checkpoint(ck)
+    hist = meta["history"]
+    assert len(losses) == len(hist) < 30 and hist[-1]["stopped"]
+    vals = [r for r in hist if "val_l1" in r]
+    best = min(vals, key=lambda r: r["val_objective"])
+    assert meta["early_stopping"]["best_step"] == best["step"]
+    # the shipped LACs are those of the best validation step, reproducible from its copy
+    kept = {int(p.name[5:10]): p for p in kept_checkpoints(ck)}
+    assert 0 in kept and best["step"] in kept
+    at_best, _ = load_checkpoint(kept[best["step"]], tiny_enc)
+    shipped, _ = load_checkpoint(ck, tiny_enc)
+    for k, v in at_best.state_dict().items():
+        assert torch.equal(shipped.state_dict()[k], v)
+        assert torch.equal(lacs.state_dict()[k], v)
+    ident, _ = load_checkpoint(kept[0], tiny_enc)
+    assert torch.equal(ident.pix.gamma, torch.ones(3, dtype=ident.pix.gamma.dtype))
+    # logs beside the checkpoint
+    log = json.loads((tmp_path / "run.log.json").read_text())
+    assert [r["step"] for r in log] == [r["step"] for r in hist]
+    assert (tmp_path / "run.log.csv").read_text().startswith("step,loss")
+    assert (tmp_path / "run.loss.png").stat().st_size > 1000
+
+
+def test_resume_with_validation_is_exact(tiny_enc, tmp_path):
+    imgs, val = _imgs(), _imgs(5)[3:]
+    cfg = TrainConfig(steps=6, size=32, lr=0.05, validate_every=2, checkpoint_every=1,
+                      schedule="cosine", batch_size=2, objective="contrastive")
+    ref, _, ref_loss = train_lacs(tiny_enc, imgs, cfg, validation=val)
+
+    def stop(step, total, loss):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    p = tmp_path / "r.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        train_lacs(tiny_enc, imgs, cfg, checkpoint=p, progress=stop, validation=val)
+    got, _, loss = train_lacs(tiny_enc, imgs, cfg, checkpoint=p, resume=True, validation=val)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(got.state_dict()[k], v, rtol=1e-9, atol=1e-12)
+    with pytest.raises(AdjinvError, match="images"):
+        train_lacs(tiny_enc, imgs, TrainConfig(**{**cfg.__dict__, "images": ["other"]}),
+                   checkpoint=p, resume=True, validation=val)

@@ -46,6 +46,7 @@ from .core.lac import LACBank
 from .core.simplex import simplex_measure
 from .core.validate import check_input
 from .data.images import random_crop, resize_center_crop
+from .distributed import all_reduce_sum, rank_world
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
 from .io import atomic_write_bytes, atomic_write_json
@@ -170,17 +171,19 @@ class StepStats:
     l1: float
     swap_l1: float | None = None
     objective: float = 0.0
+    n: int = 1
 
 
 def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: float = 1.0,
              gen: torch.Generator | None = None, objective: str = "paper",
              contrast_weight: float = 1.0, contrast_margin: float = 0.02,
-             backward: bool = True) -> StepStats:
+             backward: bool = True, total: int | None = None) -> StepStats:
     """One step of the chosen objective on the batch ``x``: accumulate the gradient of the
     objective into the LAC γ/β (``backward=True``) and return what it measured.
 
     ``x̂_L`` (and ``x̂_swap``) are exact; with ``channel_fraction < 1`` the gradient
-    is importance-sampled (:func:`sample_weights`) and unbiased."""
+    is importance-sampled (:func:`sample_weights`) and unbiased. ``total``: the number of
+    images the loss averages over (the global batch when ranks split one; default ``B``)."""
     enc = inverter.encoder
     last = enc.num_stages - 1
     lin = inverter.cascade.linearize(x, last)
@@ -188,13 +191,13 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
     w = simplex_measure(a).detach()
     contrast = objective == "contrastive"
     b = x.shape[0]
-    per = x[0].numel()
+    norm = (total or b) * x[0].numel()
     with torch.no_grad():
         sets = {"x_hat": w}
         x_hat = inverter.synthesize(lin, last, sets)[0]["x_hat"]
         l1 = (x_hat - x).abs().flatten(1).mean(1)
-        cot = torch.sign(x_hat - x) / (b * per)
-        stats = StepStats(l1=float(l1.mean()))
+        cot = torch.sign(x_hat - x) / norm
+        stats = StepStats(l1=float(l1.mean()), n=b)
         terms = [(a, w, cot)]
         if contrast:
             if b < 2:
@@ -205,7 +208,7 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
             hinge = (l1 - l1_swap + contrast_margin).clamp_min(0)
             on = (hinge > 0).to(x)[:, None, None, None]
             cot = cot * (1 + contrast_weight * on)
-            cot_swap = -contrast_weight * on * torch.sign(x_swap - x) / (b * per)
+            cot_swap = -contrast_weight * on * torch.sign(x_swap - x) / norm
             terms = [(a, w, cot), (src, w_swap, cot_swap)]
             stats.swap_l1 = float(l1_swap.mean())
             stats.objective = float((l1 + contrast_weight * hinge).mean())
@@ -215,6 +218,17 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
         terms = [(s, sample_weights(wt, channel_fraction, gen), c) for s, wt, c in terms]
         _backward(inverter, lin, last, terms)
     return stats
+
+
+def _global_stats(st: StepStats) -> StepStats:
+    """The batch means over all ranks of what each rank's step measured."""
+    swap = st.swap_l1 if st.swap_l1 is not None else 0.0
+    t = torch.tensor([st.l1 * st.n, st.objective * st.n, swap * st.n, float(st.n)],
+                     dtype=torch.float64)
+    all_reduce_sum([t])
+    n = float(t[3])
+    return StepStats(l1=float(t[0]) / n, objective=float(t[1]) / n,
+                     swap_l1=None if st.swap_l1 is None else float(t[2]) / n, n=int(n))
 
 
 def _adam_extras(opt: torch.optim.Adam, names: list[str]) -> dict[str, torch.Tensor]:
@@ -349,6 +363,11 @@ def train_lacs(
                               f"encoder's total stride {encoder.total_stride}")
     if config.validate_every and not validation:
         raise AdjinvError("validate_every is set but no validation photos were given")
+    rank, world = rank_world()
+    if config.batch_size % world:
+        raise AdjinvError(f"batch_size {config.batch_size} does not split over {world} processes: "
+                          "use a multiple of the process count")
+    local = slice(rank * config.batch_size // world, (rank + 1) * config.batch_size // world)
     lacs = LACBank.for_encoder(encoder)
     freeze_for_objective(lacs, config.objective)
     inverter = AdjointInverter(encoder, lacs, chunk_size=chunk_size)
@@ -385,12 +404,12 @@ def train_lacs(
     stopped = bool(resume and history and history[-1].get("stopped"))
 
     def keep(step: int) -> None:
-        if checkpoint is not None and config.keep_every and step % config.keep_every == 0:
+        if rank == 0 and checkpoint is not None and config.keep_every and step % config.keep_every == 0:
             save_checkpoint(_step_dir(checkpoint) / f"step-{step:05d}.lac.safetensors", lacs, encoder,
                             meta={"training": asdict(config), "step": step, "complete": False})
 
     def save(step: int, vanilla: VanillaMap | None = None, final: LACBank | None = None) -> None:
-        if checkpoint is None:
+        if checkpoint is None or rank != 0:
             return
         extras = _adam_extras(opt, names)
         if best is not None:
@@ -421,14 +440,22 @@ def train_lacs(
             pick = [(step * config.batch_size + j) % len(images) for j in range(config.batch_size)]
             batch = torch.stack([random_crop(images[int(order[i])], config.size, config.min_crop, gen)
                                  for i in pick])
-            x = check_input(encoder.normalize(batch), encoder)
+            x = check_input(encoder.normalize(batch[local]), encoder)
+            if world > 1:  # each rank samples its own channels (still unbiased per image)
+                gen = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 1009 + rank)
             lr = config.lr_at(step)
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
             st = lac_step(inverter, x, channel_fraction=config.channel_fraction, gen=gen,
                           objective=config.objective, contrast_weight=config.contrast_weight,
-                          contrast_margin=config.contrast_margin)
+                          contrast_margin=config.contrast_margin, total=config.batch_size)
+            if world > 1:  # data parallel: the ranks' gradients sum to the global batch's
+                for q in opt.param_groups[0]["params"]:
+                    if q.grad is None:
+                        q.grad = torch.zeros_like(q)
+                all_reduce_sum(q.grad for q in opt.param_groups[0]["params"])
+                st = _global_stats(st)
             opt.step()
             step += 1
             row: dict = {"step": step, "loss": st.l1, "objective": st.objective, "lr": lr,
@@ -465,7 +492,7 @@ def train_lacs(
         vanilla = fit_vanilla(encoder, AdjointInverter(encoder, final, chunk_size=chunk_size),
                               images, config.size)
     save(step, vanilla, final if final is not lacs else None)
-    if checkpoint is not None and history:
+    if rank == 0 and checkpoint is not None and history:
         plot_history(checkpoint, history)
     return final, vanilla, [r["loss"] for r in history]
 

@@ -76,3 +76,67 @@ def test_resume_with_another_world_size(tmp_path):
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(ref_loss), rtol=1e-6, atol=0)
     for k, v in ref.state_dict().items():
         torch.testing.assert_close(lacs.state_dict()[k], v, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- invert-dataset
+def _dataset(folder):
+    from adjinv.io import save_png
+
+    for i in range(5):
+        save_png(folder / f"img{i}.png", smooth_image(40, seed=10 + i)[0].float())
+    (folder / "sub").mkdir()
+    save_png(folder / "sub" / "deep.png", smooth_image(40, seed=20)[0].float())
+
+
+def _dataset_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        _invert(data, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def _invert(data, out):
+    from pathlib import Path
+
+    from adjinv.core.inverter import AdjointInverter
+    from adjinv.experiments.invert_dataset import DatasetConfig, run
+    from conftest import random_lacs
+
+    enc = staged_from_sequential(tiny_relu_cnn(seed=0).double())
+    inv = AdjointInverter(enc, random_lacs(enc, 3))
+    return run(inv, Path(data), Path(out), DatasetConfig(size=32, stages=(-1, 1), shard_size=2,
+                                                        class_directional=True))
+
+
+def test_invert_dataset_one_process_equals_two_and_resumes(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _dataset(data)
+    one = _invert(data, tmp_path / "one")
+    r1 = json.loads(one.read_text())["images"]
+    assert sorted(r1) == ["img0.png", "img1.png", "img2.png", "img3.png", "img4.png", "sub/deep.png"]
+    assert set(r1["img0.png"]["stages"]) == {"1", "3"}
+    mp.spawn(_dataset_worker, args=(2, _free_port(), str(data), str(tmp_path / "two")), nprocs=2,
+             join=True)
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())["images"]
+    assert sorted(r2) == sorted(r1)  # no image lost or done twice
+    for f in r1:
+        r1[f].pop("seconds"), r2[f].pop("seconds")
+        assert r1[f] == r2[f]
+    a = load_file(str(tmp_path / "one" / "shards" / "shard-00001.safetensors"))
+    b = load_file(str(tmp_path / "two" / "shards" / "shard-00001.safetensors"))
+    assert set(a) >= {"x_hat.3", "x_hat.1", "class"} and all(torch.equal(a[k], b[k]) for k in a)
+    # resume: a finished shard is skipped, a missing one is redone
+    shards = tmp_path / "one" / "shards"
+    kept = (shards / "shard-00000.json").stat().st_mtime_ns
+    (shards / "shard-00002.json").unlink()
+    again = json.loads(_invert(data, tmp_path / "one").read_text())["images"]
+    assert (shards / "shard-00000.json").stat().st_mtime_ns == kept
+    assert sorted(again) == sorted(r1)

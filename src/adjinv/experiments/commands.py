@@ -15,7 +15,8 @@ import importlib
 
 # Modules (relative to this package) that add commands.
 COMMAND_MODULES: list[str] = [
-    "attention", "cam_compare", "compression", "ecr", "fg_paradox", "fidelity", "ood", "superposition",
+    "attention", "cam_compare", "compression", "ecr", "fg_paradox", "fidelity", "invert_dataset", "ood",
+    "superposition",
 ]
 
 

@@ -182,3 +182,16 @@ def test_guided_and_deconvnet_rules(tiny32):
     # the ordinary rule is back afterwards
     (gt,) = torch.autograd.grad(torch.relu(t), t, torch.tensor([1.0, -1.0, 2.0, 1.0]))
     assert gt.tolist() == [0.0, -1.0, 2.0, 1.0]
+
+
+def test_cli_registration_and_quick_settings():
+    from adjinv.cli import build_parser
+
+    args = build_parser().parse_args(["experiment", "reconstruction", "--out", "o", "--quick",
+                                      "--lac", "a.safetensors", "--curve", "ckpts"])
+    assert args.quick and args.lac == "a.safetensors" and args.curve == "ckpts"
+    cfg = rec.ReconstructionConfig(quick=True)
+    cfg.apply_quick()
+    assert (cfg.size, cfg.crops, cfg.max_photos) == (64, 1, 3) and cfg.mv_steps <= 10
+    with pytest.raises(AdjinvError, match="--heldout"):
+        rec.ReconstructionConfig(train="x").validate()

@@ -234,21 +234,25 @@ class _Cache:
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts[:-1], parts[-1] + ".safetensors")
 
-    def get(self, *parts: str) -> tuple[torch.Tensor, float] | None:
+    def get(self, *parts: str) -> tuple[torch.Tensor, float, float] | None:
+        """``(output, wall seconds, CPU seconds)`` of a cached entry, or None."""
         p = self.path(*parts)
         if not p.is_file():
             return None
         from safetensors import safe_open
 
         with safe_open(str(p), framework="pt") as f:
-            return f.get_tensor("out"), float((f.metadata() or {}).get("seconds", "nan"))
+            meta = f.metadata() or {}
+            return (f.get_tensor("out"), float(meta.get("seconds", "nan")),
+                    float(meta.get("cpu_seconds", "nan")))
 
-    def put(self, out: torch.Tensor, seconds: float, *parts: str) -> None:
+    def put(self, out: torch.Tensor, seconds: float, cpu: float, *parts: str) -> None:
         from safetensors.torch import save
 
         self.computed += 1
-        atomic_write_bytes(self.path(*parts), save({"out": out.detach().float().cpu().contiguous()},
-                                                   metadata={"seconds": repr(seconds)}))
+        atomic_write_bytes(self.path(*parts), save(
+            {"out": out.detach().float().cpu().contiguous()},
+            metadata={"seconds": repr(seconds), "cpu_seconds": repr(cpu)}))
 
 
 def _minmax(v: torch.Tensor) -> torch.Tensor:
@@ -283,6 +287,7 @@ class _Runner:
         self.methods = list(BASE_METHODS) + [f"feature_k{k}" for k in self.ks]
         self._acts: dict[tuple[str, int], torch.Tensor] = {}
         self._fitted: dict[str, Any] = {}
+        self.fit_wall = self.fit_cpu = 0.0
 
     # ---------------------------------------------------------------- helpers
     def norm(self, img: torch.Tensor) -> torch.Tensor:
@@ -302,11 +307,23 @@ class _Runner:
         sub.crops = per_photo
         return torch.cat([crops_of(n, im, sub) for n, im in self.train.items()])
 
+    def _fit_cost(self, key: str, wall: float, cpu: float) -> None:
+        """Record what fitting a baseline on the training photos cost (kept out of the
+        per-photo costs; stored in ``fit_seconds.json``)."""
+        self.fit_wall += wall
+        self.fit_cpu += cpu
+        path = self.out / "fit_seconds.json"
+        costs = json.loads(path.read_text()) if path.is_file() else {}
+        costs[key] = {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+        atomic_write_json(path, costs)
+
     def vanilla_map(self) -> VanillaMap:
         if "vanilla" not in self._fitted:
+            t0, c0 = time.perf_counter(), time.process_time()
             xs = self.norm(self.train_crops(1))
             v = torch.cat([self.inv.vanilla_gradient(xs[i: i + 1]) for i in range(xs.shape[0])])
             self._fitted["vanilla"] = fit_vanilla_map(v, xs)
+            self._fit_cost("vanilla_map_fit", time.perf_counter() - t0, time.process_time() - c0)
         return self._fitted["vanilla"]
 
     def flat(self) -> torch.Tensor:
@@ -320,13 +337,11 @@ class _Runner:
             ucfg = UpConvConfig(steps=cfg.upconv_steps, seed=cfg.seed,
                                 checkpoint_every=max(1, min(50, cfg.upconv_steps)),
                                 images=sorted(self.train))
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             dec, losses = train_upconv(self.enc, self.train_crops(cfg.upconv_crops), ucfg,
                                        checkpoint=self.out / "upconv.safetensors")
             self._fitted["upconv"] = dec
-            if len(losses) and not (self.out / "upconv_seconds.json").is_file():
-                atomic_write_json(self.out / "upconv_seconds.json",
-                                  {"seconds": time.perf_counter() - t0})
+            self._fit_cost("upconv_training", time.perf_counter() - t0, time.process_time() - c0)
             self.log(f"  UpConvNet: {len(losses)} steps, last loss {losses[-1] if losses else 0:.4f}")
         return self._fitted["upconv"]
 
@@ -388,22 +403,25 @@ class _Runner:
         raise AdjinvError(f"unknown method {method!r}")
 
     def output(self, inv: AdjointInverter, tag: str, method: str, name: str,
-               k: int) -> tuple[torch.Tensor, float]:
-        """Cached output of one method (``tag``: ``main`` or a curve checkpoint)."""
+               k: int) -> tuple[torch.Tensor, float, float]:
+        """Cached output of one method (``tag``: ``main`` or a curve checkpoint), with the
+        wall and CPU seconds it took when computed."""
         if method.startswith("feature_k"):
             kk = int(method[9:])
-            xh, t = self.output(inv, tag, "trained", name, k)
-            sw = [self.output(inv, tag, f"swap{j}" if j > 1 else "swapped", name, k)
+            xh = self.output(inv, tag, "trained", name, k)[0]
+            sw = [self.output(inv, tag, f"swap{j}" if j > 1 else "swapped", name, k)[0]
                   for j in range(1, kk + 1)]
-            return xh - torch.stack([s[0] for s in sw]).mean(0), 0.0
+            return xh - torch.stack(sw).mean(0), 0.0, 0.0
         hit = self.cache.get(tag, name, f"crop{k}", method)
         if hit is not None:
             return hit
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
+        f0, g0 = self.fit_wall, self.fit_cpu
         out = self.compute(inv, method, name, k).detach().float().cpu()
-        sec = time.perf_counter() - t0
-        self.cache.put(out, sec, tag, name, f"crop{k}", method)
-        return out, sec
+        sec = time.perf_counter() - t0 - (self.fit_wall - f0)
+        cpu = time.process_time() - c0 - (self.fit_cpu - g0)
+        self.cache.put(out, sec, cpu, tag, name, f"crop{k}", method)
+        return out, sec, cpu
 
     # ---------------------------------------------------------------- metrics
     def scores(self, outs: dict[str, torch.Tensor], img: torch.Tensor,
@@ -485,7 +503,7 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
     if cfg.quick:
         cfg.apply_quick()
     cfg.validate()
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     r = _Runner(cfg, out, log, encoder)
@@ -508,6 +526,7 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
 
     # 1. every method on every held-out crop (cached)
     cost: dict[str, float] = {}
+    cpu_cost: dict[str, float] = {}
     per_crop: dict[str, list[dict[str, torch.Tensor]]] = {}
     swaps = ["swapped"] + [f"swap{j}" for j in range(2, r.max_k + 1)]
     for name in r.names:
@@ -516,14 +535,16 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
             outs = {}
             for m in [*BASE_METHODS, *swaps[1:], *[f"feature_k{j}" for j in r.ks]]:
                 t0 = time.perf_counter()
-                o, sec = r.output(r.inv, "main", m, name, k)
+                o, sec, cpu = r.output(r.inv, "main", m, name, k)
                 outs[m] = o
                 cost[m] = cost.get(m, 0.0) + (sec if sec == sec else 0.0)
+                cpu_cost[m] = cpu_cost.get(m, 0.0) + (cpu if cpu == cpu else 0.0)
                 if time.perf_counter() - t0 > 1:
                     log(f"  {name} crop {k} {m}: {time.perf_counter() - t0:.1f} s")
             per_crop[name].append(outs)
-    if (out / "upconv_seconds.json").is_file():
-        cost["upconv_training"] = json.loads((out / "upconv_seconds.json").read_text())["seconds"]
+    if (out / "fit_seconds.json").is_file():
+        for key, v in json.loads((out / "fit_seconds.json").read_text()).items():
+            cost[key], cpu_cost[key] = v["seconds"], v["cpu_seconds"]
 
     # 2. metrics (cheap; recomputed from the cached images)
     reenc = reencoders if reencoders is not None else {
@@ -549,6 +570,8 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
                 for m in CURVE_METHODS:
                     if path == r.lac_path:
                         outs[m] = per_crop[name][k][m]
+                    elif path == "identity" and m == "trained":  # the same computation
+                        outs[m] = per_crop[name][k]["identity"]
                     else:
                         outs[m] = r.output(cinv, tag, m, name, k)[0]
                 sc = r.scores(outs, r.x[name][k: k + 1], {})
@@ -577,6 +600,8 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
         "per_photo": per_photo, "summary": summary, "feature_k": feature_k,
         "curve": curve_rows, "verdicts": verdicts,
         "cost_seconds": {m: round(v, 2) for m, v in cost.items()},
+        "cost_cpu_seconds": {m: round(v, 2) for m, v in cpu_cost.items()},
+        "cpu_seconds_this_run": round(time.process_time() - c_start, 1),
         "computed": r.cache.computed, "seconds": round(time.perf_counter() - t_start, 1),
         "environment": environment(),
         "display_mapping": "per image and RGB channel, least-squares gain and offset fitted to the "
@@ -655,7 +680,8 @@ def verdict_lines(results: dict) -> list[str]:
 
 # ------------------------------------------------------------------ outputs
 def _fmt(s: dict, c: str) -> str:
-    return f"{s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
+    d = 1 if c.startswith("psnr") else 3
+    return f"{s['mean']:.{d}f} [{s['lo']:.{d}f}, {s['hi']:.{d}f}]"
 
 
 def markdown_table(results: dict) -> str:
@@ -688,7 +714,8 @@ def markdown_table(results: dict) -> str:
     lines += ["", "## Feature-specific view vs K (partners averaged)", "",
               "| K | Pearson | affine SSIM |", "|---|---|---|"]
     for k, v in results["feature_k"].items():
-        lines.append(f"| {k} | {_fmt(v['pearson'], '')} | {_fmt(v['ssim_affine'], '')} |")
+        lines.append(f"| {k} | {_fmt(v['pearson'], 'pearson')} | "
+                     f"{_fmt(v['ssim_affine'], 'ssim_affine')} |")
     lines += ["", "## Verdicts", ""] + [f"- {s}" for s in verdict_lines(results)]
     lines += ["", "## Learning curve (held-out mean Pearson)", "",
               "| step | " + " | ".join(CURVE_METHODS) + " |", "|---|" + "---|" * len(CURVE_METHODS)]
@@ -697,9 +724,10 @@ def markdown_table(results: dict) -> str:
         if rows:
             lines.append(f"| {step} | " + " | ".join(
                 f"{sum(x[m]['pearson'] for x in rows) / len(rows):.3f}" for m in CURVE_METHODS) + " |")
-    lines += ["", "## Cost (seconds, summed over photos and crops)", "", "| method | s |", "|---|---|"]
+    lines += ["", "## Cost (seconds, summed over photos and crops; CPU: process time, nan if "
+              "not recorded)", "", "| method | wall s | CPU s |", "|---|---|---|"]
     for m, s in results["cost_seconds"].items():
-        lines.append(f"| {m} | {s:.1f} |")
+        lines.append(f"| {m} | {s:.1f} | {results['cost_cpu_seconds'].get(m, math.nan):.1f} |")
     lines += ["", f"Wall time {results['seconds']:.1f} s ({results['computed']} outputs computed "
               "this run, the rest from the cache)."]
     return "\n".join(lines) + "\n"

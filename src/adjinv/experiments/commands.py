@@ -16,7 +16,7 @@ import importlib
 # Modules (relative to this package) that add commands.
 COMMAND_MODULES: list[str] = [
     "attention", "cam_compare", "compression", "ecr", "fg_paradox", "fidelity", "invert_dataset", "ood",
-    "superposition",
+    "reconstruction", "superposition",
 ]
 
 

@@ -328,3 +328,52 @@ def test_images_split_when_live_sets_differ_gives_the_same_result(tiny_enc, monk
         assert torch.allclose(split.x_hat[s], joint.x_hat[s], rtol=1e-5, atol=1e-6)
         assert torch.equal(split.channels[s], joint.channels[s])
         assert torch.allclose(split.phi[s], joint.phi[s], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------ exact types: subclasses that change forward
+def _two_stage(mid: nn.Module, c: int = 8):
+    from adjinv.encoders.staged import LinearHead, StagedEncoder
+    torch.manual_seed(0)
+    stages = [nn.Sequential(nn.Conv2d(3, c, 3, 2, 1, bias=False), mid),
+              nn.Sequential(nn.Conv2d(c, c, 3, 2, 1), nn.ReLU())]
+    for m in stages[0].modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return StagedEncoder(stages, LinearHead(nn.Linear(c, 3)), probe_size=32)
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.SiLU])
+def test_batchnorm_with_fused_activation_is_not_a_plain_batchnorm(act):
+    """timm's BatchNormAct2d subclasses BatchNorm2d and applies its activation in forward:
+    transposing it as a BatchNorm scale dropped the activation's derivative."""
+    from timm.layers import BatchNormAct2d
+    enc = _two_stage(BatchNormAct2d(8, act_layer=act))
+    explicit = compare(enc, 20)
+    assert explicit[1]  # the plain stage stays explicit
+
+
+@pytest.mark.parametrize("size", [64, 65])
+def test_maxpool_with_same_padding_is_not_a_plain_maxpool(size):
+    """timm's MaxPool2dSame pads with -inf in forward: its padding must not be dropped."""
+    from timm.layers.pool2d_same import MaxPool2dSame
+    enc = _two_stage(nn.Sequential(nn.ReLU(), MaxPool2dSame(3, 2)))
+    compare(enc, size)
+
+
+def test_subclass_without_own_forward_stays_explicit():
+    class MyConv(nn.Conv2d):
+        pass
+
+    class MyBN(nn.BatchNorm2d):
+        pass
+
+    from adjinv.core.adjoint import known_type
+    assert known_type(MyConv(3, 3, 1)) is nn.Conv2d and known_type(nn.ReLU6()) is nn.ReLU6
+    from timm.layers import BatchNormAct2d
+    assert known_type(BatchNormAct2d(4)) is None
+    enc = _two_stage(nn.Sequential(MyBN(8), nn.ReLU()))
+    enc.stages[0].body[0].__class__ = MyConv
+    assert compare(enc, 20) == [True, True]

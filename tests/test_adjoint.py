@@ -377,3 +377,46 @@ def test_subclass_without_own_forward_stays_explicit():
     enc = _two_stage(nn.Sequential(MyBN(8), nn.ReLU()))
     enc.stages[0].body[0].__class__ = MyConv
     assert compare(enc, 20) == [True, True]
+
+
+# ------------------------------------------------ the per-stage self-check
+def _old_rule(m):
+    """The rule before exact types: any BatchNorm2d subclass counted as a plain BatchNorm."""
+    return nn.BatchNorm2d if isinstance(m, nn.BatchNorm2d) else _KNOWN_TYPE(m)
+
+
+from adjinv.core import adjoint as _adjoint_mod  # noqa: E402
+
+_KNOWN_TYPE = _adjoint_mod.known_type
+
+
+def test_self_check_falls_back_on_a_wrong_transpose(monkeypatch):
+    """With the wrong transpose of a fused BatchNorm+activation forced back in, the
+    self-check catches it: that stage uses autograd (with a warning naming the type), the
+    other stays explicit, and the result equals the autograd engine's."""
+    from timm.layers import BatchNormAct2d
+    monkeypatch.setattr(_adjoint_mod, "known_type", _old_rule)
+    enc = _two_stage(BatchNormAct2d(8, act_layer=nn.ReLU)).double()
+    x = torch.randn(2, 3, 20, 23, dtype=torch.float64)
+    lacs = random_lacs(enc)
+    with enc.frozen(), torch.no_grad():
+        unchecked = AdjointCascade(enc, lacs, verify=False).linearize(x)
+        assert unchecked.explicit == [True, True]  # the defect is real without the check
+        with pytest.warns(UserWarning, match="stage 0.*BatchNormAct2d"):
+            lin = AdjointCascade(enc, lacs).linearize(x)
+        ref = AdjointCascade(enc, lacs, engine="autograd").linearize(x)
+        assert lin.explicit == [False, True]
+        assert lin.check_errors[0] > 0.1 and lin.check_errors[1] < 1e-12
+        u = torch.randn(3, *lin.acts[1].shape, dtype=torch.float64)
+        cas = AdjointCascade(enc, lacs)
+        assert rel(cas.pull_back(lin, 1, u), cas.pull_back(ref, 1, u)) < 1e-12
+        assert rel(cas.pull_back(unchecked, 1, u), cas.pull_back(ref, 1, u)) > 0.1
+
+
+def test_self_check_passes_silently_on_correct_stages(tiny_enc):
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    with tiny_enc.frozen(), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lin = AdjointInverter(tiny_enc).cascade.linearize(x)
+    assert all(lin.explicit) and all(e is not None and e < 1e-12 for e in lin.check_errors)
+    assert AdjointInverter(tiny_enc, verify=False).cascade.verify is False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from ..errors import AdjinvError
 from ..state import eval_mode
@@ -142,6 +142,42 @@ def _check_output(model: nn.Module, enc: StagedEncoder, probe: torch.Tensor) -> 
         raise AdjinvError(f"the split of {type(model).__name__} does not reproduce its output")
 
 
+# A head with more operations than this is not a classifier on a convolutional trunk but
+# the model's body (a transformer after a patch-embedding convolution): refused.
+MAX_HEAD_OPS = 40
+
+
+def _head_ops(head: nn.Module) -> int:
+    if isinstance(head, LinearHead):
+        return 1
+    inner = head.module if isinstance(head, ModuleHead) else head
+    if isinstance(inner, fx.GraphModule):
+        return sum(n.op in ("call_module", "call_function", "call_method") for n in inner.graph.nodes)
+    return sum(1 for m in inner.modules() if _is_leaf(m))
+
+
+def _check_layout(model: nn.Module, enc: StagedEncoder, probe: torch.Tensor) -> None:
+    """Refuse splits whose maps are not (B, C, H, W) and heads that hold the model's body."""
+    n_ops = _head_ops(enc.head)
+    if n_ops > MAX_HEAD_OPS:
+        raise AdjinvError(
+            f"after the deepest convolutional map of {type(model).__name__} ({enc.infos[-1].name}) "
+            f"its head runs {n_ops} more operations (a transformer or other non-convolutional "
+            "body): adjinv would invert only the stages before it; pass stage_nodes=[…] (or "
+            "stages= and head=) to accept such a split explicitly"
+        )
+    bigger = torch.nn.functional.interpolate(probe, scale_factor=1.5, mode="bilinear")
+    with torch.no_grad():
+        for info, a, b in zip(enc.infos, enc.forward_stages(probe), enc.forward_stages(bigger), strict=True):
+            if a.shape[1] != b.shape[1]:
+                raise AdjinvError(
+                    f"stage {info.name} of {type(model).__name__} returns maps whose dimension 1 "
+                    f"changes with the image size ({a.shape[1]} vs {b.shape[1]}): they are not "
+                    "(B, C, H, W) (a channels-last token layout); pass stage_nodes=[…] ending at "
+                    "(B, C, H, W) maps"
+                )
+
+
 def _timm_feature_modules(model: nn.Module) -> list[str] | None:
     """Module names of a timm model's ``feature_info`` (stage outputs), if it has one."""
     info = getattr(model, "feature_info", None)
@@ -202,6 +238,8 @@ def encoder_from_module(
             enc = StagedEncoder(stage_mods, hd if head is None else head, stage_names=names, **kw)
             if check:
                 _check_output(model, enc, probe)
+            if stages is None and stage_nodes is None:
+                _check_layout(model, enc, probe)
             enc.split_method = how
             return enc
 

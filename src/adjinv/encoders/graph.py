@@ -154,8 +154,9 @@ def split_graph(model: nn.Module, probe: torch.Tensor, *, stage_nodes: Sequence[
         try:
             ShapeProp(gm).propagate(probe)
         except Exception as e:
+            first = (str(e.__cause__ or e).strip().splitlines() or [""])[-1][:160]
             raise AdjinvError(f"the traced graph of {type(model).__name__} does not run on a "
-                              f"{tuple(probe.shape)} probe ({e}); pass stages=[…] and head=") from e
+                              f"{tuple(probe.shape)} probe ({first}); pass stages=[…] and head=") from e
     nodes = list(graph.nodes)
     if sum(n.op == "placeholder" for n in nodes) != 1:
         raise AdjinvError(f"{type(model).__name__}.forward takes more than one input; pass stages=[…]")

@@ -147,24 +147,28 @@ def _check_output(model: nn.Module, enc: StagedEncoder, probe: torch.Tensor) -> 
 MAX_HEAD_OPS = 40
 
 
-def _head_ops(head: nn.Module) -> int:
+def _head_ops(head: nn.Module) -> tuple[int, bool]:
+    """Operations in the head, and whether it computes on tokens (3-D tensors)."""
     if isinstance(head, LinearHead):
-        return 1
+        return 1, False
     inner = head.module if isinstance(head, ModuleHead) else head
     if isinstance(inner, fx.GraphModule):
-        return sum(n.op in ("call_module", "call_function", "call_method") for n in inner.graph.nodes)
-    return sum(1 for m in inner.modules() if _is_leaf(m))
+        nodes = [n for n in inner.graph.nodes if n.op in ("call_module", "call_function", "call_method")]
+        tokens = any(len(getattr(n.meta.get("tensor_meta"), "shape", ())) == 3 for n in nodes)
+        return len(nodes), tokens
+    return sum(1 for m in inner.modules() if _is_leaf(m)), False
 
 
 def _check_layout(model: nn.Module, enc: StagedEncoder, probe: torch.Tensor) -> None:
     """Refuse splits whose maps are not (B, C, H, W) and heads that hold the model's body."""
-    n_ops = _head_ops(enc.head)
-    if n_ops > MAX_HEAD_OPS:
+    n_ops, tokens = _head_ops(enc.head)
+    if n_ops > MAX_HEAD_OPS or tokens:
+        what = "computes on tokens (3-D tensors)" if tokens else f"runs {n_ops} more operations"
         raise AdjinvError(
             f"after the deepest convolutional map of {type(model).__name__} ({enc.infos[-1].name}) "
-            f"its head runs {n_ops} more operations (a transformer or other non-convolutional "
-            "body): adjinv would invert only the stages before it; pass stage_nodes=[…] (or "
-            "stages= and head=) to accept such a split explicitly"
+            f"its head {what}: a transformer or other non-convolutional body, and adjinv would "
+            "invert only the stages before it; pass stage_nodes=[…] (or stages= and head=) to "
+            "accept such a split explicitly"
         )
     bigger = torch.nn.functional.interpolate(probe, scale_factor=1.5, mode="bilinear")
     with torch.no_grad():

@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="benchmarks/results/conformance.json")
     ap.add_argument("--doc", default="docs/compatibility.md")
     ap.add_argument("--render", nargs="+", default=None,
-                    help="only merge these results files (in this order) into --out and render --doc")
+                    help="only merge these results files into --out (a model in a later file "
+                         "replaces its record in an earlier one) and render --doc")
     ap.add_argument("--shard", default=None, help="i/n: every n-th model from the i-th, cheap ones first")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -287,8 +288,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.render:
         parts = [json.loads(Path(f).read_text()) for f in args.render]
+        latest = {r["model"]: r for p in parts for r in p["models"]}  # later files win
         results = {**parts[0], "results_file": args.out,
-                   "models": sorted((r for p in parts for r in p["models"]), key=lambda r: r["model"])}
+                   "models": sorted(latest.values(), key=lambda r: r["model"])}
         atomic_write_json(args.out, results)
         Path(args.doc).write_text(render(results))
         return

@@ -440,3 +440,23 @@ def test_inplace_model_prop_b2_in_eval_mode():
     xr = x.clone().requires_grad_(True)
     (ref,) = torch.autograd.grad(0.5 * enc.forward_stages(xr)[-1].pow(2).sum(), xr)
     torch.testing.assert_close(v, ref, rtol=1e-10, atol=1e-12 * float(ref.abs().max()))
+
+
+def test_stage_failing_on_the_probe_is_an_adjinv_error():
+    """Found by fuzzing: a kernel larger than the probe's map raised a raw RuntimeError."""
+    stages = [nn.Sequential(nn.Conv2d(3, 4, 3, 2, 0), nn.ReLU()),
+              nn.Sequential(nn.Conv2d(4, 4, 9), nn.ReLU())]
+    with pytest.raises(AdjinvError, match="fails on the 16x16 probe"):
+        adjinv.StagedEncoder(stages, nn.Linear(4, 2), probe_size=16)
+
+
+def test_explicit_stages_and_head_with_functional_pooling():
+    """MobileNetV2-style forward (pooling in forward): passing stages= and head= works."""
+    model = _FunctionalPool().eval()
+    f = model.features
+    enc = adjinv.encoder_from_module(model, stages=[f[:2], f[2:]], head=model.classifier[1],
+                                     probe_size=32)
+    assert enc.split_method == "given" and isinstance(enc.head, adjinv.LinearHead)
+    x = smooth_image(32)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), model(x))

@@ -21,6 +21,7 @@ from adjinv.core.cascade import AdjointCascade  # noqa: E402
 from adjinv.core.inverter import AdjointInverter  # noqa: E402
 from adjinv.core.simplex import simplex_measure  # noqa: E402
 from adjinv.encoders.staged import LinearHead, StagedEncoder  # noqa: E402
+from adjinv.errors import AdjinvError  # noqa: E402
 from conftest import random_lacs  # noqa: E402
 
 ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "relu_inplace": lambda: nn.ReLU(inplace=True)}
@@ -76,7 +77,8 @@ def build(s: dict) -> StagedEncoder:
         stages.append(nn.Sequential(*mods))
     try:
         return StagedEncoder(stages, LinearHead(nn.Linear(c, 3)), probe_size=64).double()
-    except RuntimeError:  # kernels larger than a map of the 64 px probe: not a valid model
+    except AdjinvError as e:  # kernels larger than a map of the 64 px probe: not a valid model
+        assert "probe" in str(e)
         return None
 
 

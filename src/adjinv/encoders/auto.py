@@ -263,7 +263,7 @@ def encoder_from_module(
                     for m in stage_mods:
                         a_last = m(a_last.clone())
                 hd = _split_head(rest, a_last, model)
-            return build(stage_mods, hd, None, "children")
+            return build(stage_mods, hd, None, "given" if stages is not None else "children")
 
         def by_graph(feature_modules: Sequence[str] | None = None) -> StagedEncoder:
             sp = split_graph(model, probe, stage_nodes=stage_nodes, feature_modules=feature_modules)

@@ -190,7 +190,14 @@ class StagedEncoder(nn.Module):
         infos = []
         with self.frozen(), torch.no_grad():
             for i, st in enumerate(self.stages):
-                y = st(x)
+                try:
+                    y = st(x)
+                except RuntimeError as e:
+                    raise AdjinvError(
+                        f"stage {names[i]!r} fails on the {size}x{size} probe image with input "
+                        f"{tuple(x.shape)} ({str(e).splitlines()[0][:120]}); check the stage order, "
+                        "or pass a larger probe_size"
+                    ) from e
                 if y.dim() != 4:
                     raise AdjinvError(
                         f"stage {names[i]!r} returned a {y.dim()}-D tensor; every stage must map "

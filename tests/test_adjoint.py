@@ -328,3 +328,95 @@ def test_images_split_when_live_sets_differ_gives_the_same_result(tiny_enc, monk
         assert torch.allclose(split.x_hat[s], joint.x_hat[s], rtol=1e-5, atol=1e-6)
         assert torch.equal(split.channels[s], joint.channels[s])
         assert torch.allclose(split.phi[s], joint.phi[s], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------ exact types: subclasses that change forward
+def _two_stage(mid: nn.Module, c: int = 8):
+    from adjinv.encoders.staged import LinearHead, StagedEncoder
+    torch.manual_seed(0)
+    stages = [nn.Sequential(nn.Conv2d(3, c, 3, 2, 1, bias=False), mid),
+              nn.Sequential(nn.Conv2d(c, c, 3, 2, 1), nn.ReLU())]
+    for m in stages[0].modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return StagedEncoder(stages, LinearHead(nn.Linear(c, 3)), probe_size=32)
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.SiLU])
+def test_batchnorm_with_fused_activation_is_not_a_plain_batchnorm(act):
+    """timm's BatchNormAct2d subclasses BatchNorm2d and applies its activation in forward:
+    transposing it as a BatchNorm scale dropped the activation's derivative."""
+    from timm.layers import BatchNormAct2d
+    enc = _two_stage(BatchNormAct2d(8, act_layer=act))
+    explicit = compare(enc, 20)
+    assert explicit[1]  # the plain stage stays explicit
+
+
+@pytest.mark.parametrize("size", [64, 65])
+def test_maxpool_with_same_padding_is_not_a_plain_maxpool(size):
+    """timm's MaxPool2dSame pads with -inf in forward: its padding must not be dropped."""
+    from timm.layers.pool2d_same import MaxPool2dSame
+    enc = _two_stage(nn.Sequential(nn.ReLU(), MaxPool2dSame(3, 2)))
+    compare(enc, size)
+
+
+def test_subclass_without_own_forward_stays_explicit():
+    class MyConv(nn.Conv2d):
+        pass
+
+    class MyBN(nn.BatchNorm2d):
+        pass
+
+    from adjinv.core.adjoint import known_type
+    assert known_type(MyConv(3, 3, 1)) is nn.Conv2d and known_type(nn.ReLU6()) is nn.ReLU6
+    from timm.layers import BatchNormAct2d
+    assert known_type(BatchNormAct2d(4)) is None
+    enc = _two_stage(nn.Sequential(MyBN(8), nn.ReLU()))
+    enc.stages[0].body[0].__class__ = MyConv
+    assert compare(enc, 20) == [True, True]
+
+
+# ------------------------------------------------ the per-stage self-check
+def _old_rule(m):
+    """The rule before exact types: any BatchNorm2d subclass counted as a plain BatchNorm."""
+    return nn.BatchNorm2d if isinstance(m, nn.BatchNorm2d) else _KNOWN_TYPE(m)
+
+
+from adjinv.core import adjoint as _adjoint_mod  # noqa: E402
+
+_KNOWN_TYPE = _adjoint_mod.known_type
+
+
+def test_self_check_falls_back_on_a_wrong_transpose(monkeypatch):
+    """With the wrong transpose of a fused BatchNorm+activation forced back in, the
+    self-check catches it: that stage uses autograd (with a warning naming the type), the
+    other stays explicit, and the result equals the autograd engine's."""
+    from timm.layers import BatchNormAct2d
+    monkeypatch.setattr(_adjoint_mod, "known_type", _old_rule)
+    enc = _two_stage(BatchNormAct2d(8, act_layer=nn.ReLU)).double()
+    x = torch.randn(2, 3, 20, 23, dtype=torch.float64)
+    lacs = random_lacs(enc)
+    with enc.frozen(), torch.no_grad():
+        unchecked = AdjointCascade(enc, lacs, verify=False).linearize(x)
+        assert unchecked.explicit == [True, True]  # the defect is real without the check
+        with pytest.warns(UserWarning, match="stage 0.*BatchNormAct2d"):
+            lin = AdjointCascade(enc, lacs).linearize(x)
+        ref = AdjointCascade(enc, lacs, engine="autograd").linearize(x)
+        assert lin.explicit == [False, True]
+        assert lin.check_errors[0] > 0.1 and lin.check_errors[1] < 1e-12
+        u = torch.randn(3, *lin.acts[1].shape, dtype=torch.float64)
+        cas = AdjointCascade(enc, lacs)
+        assert rel(cas.pull_back(lin, 1, u), cas.pull_back(ref, 1, u)) < 1e-12
+        assert rel(cas.pull_back(unchecked, 1, u), cas.pull_back(ref, 1, u)) > 0.1
+
+
+def test_self_check_passes_silently_on_correct_stages(tiny_enc):
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    with tiny_enc.frozen(), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lin = AdjointInverter(tiny_enc).cascade.linearize(x)
+    assert all(lin.explicit) and all(e is not None and e < 1e-12 for e in lin.check_errors)
+    assert AdjointInverter(tiny_enc, verify=False).cascade.verify is False

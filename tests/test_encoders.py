@@ -199,25 +199,154 @@ def test_encoder_from_module_float64_model():
     assert [i.channels for i in enc.infos] == [8, 8, 12, 16]
 
 
-def test_encoder_from_module_refuses_nonlinear_head():
+def test_encoder_from_module_accepts_an_mlp_head():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, 2, 1),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 8), nn.ReLU(),
                           nn.Linear(8, 3))
-    with pytest.raises(AdjinvError, match="not GAP"):
+    enc = adjinv.encoder_from_module(model, probe_size=32)
+    assert isinstance(enc.head, adjinv.ModuleHead) and enc.head.num_classes == 3
+    x = smooth_image(32, batch=2)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), model(x))
+
+
+def test_encoder_from_module_unfaithful_split_is_refused_with_the_fix():
+    """A forward that is neither a chain of children nor traceable (data-dependent
+    control flow): every split is tried, none reproduces the output, the error says
+    why and what to pass, and the model's mode comes back."""
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, 2, 1)
+            self.b = nn.Conv2d(8, 8, 3, 2, 1)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.a(x)
+            h = self.b(h * 2 if h.sum() > -1e9 else h)
+            return self.fc(h.mean((2, 3)))
+
+    model = Branchy().train()
+    before = module_state(model)
+    with pytest.raises(AdjinvError, match="does not reproduce") as ei:
         adjinv.encoder_from_module(model, probe_size=32)
+    assert "stage_nodes=" in str(ei.value) and "fx graph" in str(ei.value)
+    assert module_state(model) == before
 
 
-def test_encoder_from_module_detects_unfaithful_split(pairs):
-    """torchvision DenseNet applies a functional ReLU after ``features``: the automatic
-    split cannot see it, and the output check must say so (and restore the mode)."""
+def test_encoder_from_module_densenet_through_the_graph(pairs):
+    """torchvision DenseNet applies a functional ReLU after ``features``: the children
+    split cannot see it, so the FX graph split is used (and the mode restored)."""
     model, _ = pairs["densenet121"]
     model.train()
     before = module_state(model)
-    with pytest.raises(AdjinvError, match="does not reproduce"):
-        adjinv.encoder_from_module(model, probe_size=64)
+    enc = adjinv.encoder_from_module(model, probe_size=64)
     assert module_state(model) == before
     model.eval()
+    assert enc.split_method == "fx graph" and enc.infos[-1].name == "relu"
+    assert [i.reduction for i in enc.infos] == [2, 4, 8, 16, 32]
+    x = smooth_image(64)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), model(x))
+
+
+class _ConvClassifier(nn.Module):
+    """SqueezeNet-like: a convolutional classifier, flattened in forward; no biases, so
+    the logits are positively homogeneous in the deepest map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.ReLU(),
+                                      nn.MaxPool2d(2), nn.Conv2d(8, 12, 3, 2, 1, bias=False),
+                                      nn.ReLU())
+        self.classifier = nn.Sequential(nn.Dropout(), nn.Conv2d(12, 5, 1, bias=False), nn.ReLU(),
+                                        nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+class _FunctionalPool(nn.Module):
+    """MobileNetV2-like: pooling and flattening in forward, a Linear inside a Sequential."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU6(),
+                                      nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU6(), nn.Conv2d(8, 16, 3, 2, 1))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(16, 5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
+        return self.classifier(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("cls", [_ConvClassifier, _FunctionalPool])
+def test_heads_that_are_not_a_plain_linear_chain(cls):
+    model = cls().double().eval()
+    enc = adjinv.encoder_from_module(model, probe_size=32)
+    x = smooth_image(32, batch=2, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), model(x))
+    assert enc.head.num_classes == 5
+    res = adjinv.class_directional_inversion(AdjointInverter(enc, chunk_size=4), x, target=1)
+    assert torch.isfinite(res.x_class).all() and res.x_class.abs().max() > 0
+    if cls is _ConvClassifier:  # ReLU head without biases: Σ_c α = z_k (Euler)
+        with torch.no_grad():
+            z = model(x)[:, 1]
+        torch.testing.assert_close(res.alpha.sum(1), z, rtol=1e-10, atol=1e-12)
+
+
+def test_gradient_alpha_equals_the_linear_head_alpha():
+    """For a linear head on GAP, α from the logit gradient is W_{k,c}·g_c exactly."""
+    from adjinv.analysis.class_directional import class_directional_weights, gradient_class_weights
+
+    enc = staged_from_sequential(tiny_relu_cnn(seed=2).double())
+    torch.manual_seed(0)
+    a = torch.randn(3, 16, 5, 7, dtype=torch.float64).relu()
+    k = torch.tensor([0, 4, 2])
+    for mode in ("contribution", "weight", "weight*simplex"):
+        lin = class_directional_weights(enc, a, k, mode)
+        grad = gradient_class_weights(enc.head, a, k, mode)
+        for key in lin:
+            torch.testing.assert_close(grad[key], lin[key], rtol=1e-13, atol=1e-15)
+    # the same head as an opaque module takes the gradient path and agrees
+    opaque = adjinv.StagedEncoder([s.body for s in enc.stages],
+                                  nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), enc.head.linear),
+                                  probe_size=64)
+    assert isinstance(opaque.head, adjinv.ModuleHead)
+    torch.testing.assert_close(class_directional_weights(opaque, a, k)["class"],
+                               class_directional_weights(enc, a, k)["class"], rtol=1e-13, atol=1e-15)
+
+
+def test_no_classifier_and_broken_head_errors_name_the_fix():
+    torch.manual_seed(0)
+    trunk_only = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU()),
+                               nn.Sequential(nn.Conv2d(8, 8, 3, 2, 1), nn.ReLU()))
+    with pytest.raises(AdjinvError, match="found no classifier.*pass head="):
+        adjinv.encoder_from_module(trunk_only, probe_size=32)
+    with pytest.raises(AdjinvError, match="head Sequential fails on the deepest map"):
+        adjinv.StagedEncoder([trunk_only], nn.Sequential(nn.Linear(5, 3)),
+                             probe_size=32)
+
+
+def test_stage_nodes_name_fx_cuts():
+    from torchvision.models.feature_extraction import get_graph_node_names
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=7).eval()
+    names = get_graph_node_names(model)[1]
+    assert "layer2" not in names  # a module name resolves to its last node
+    enc = adjinv.encoder_from_module(model, probe_size=64, stage_nodes=["maxpool", "layer2", "layer4"])
+    assert enc.split_method == "fx nodes" and [i.reduction for i in enc.infos] == [4, 8, 32]
+    x = smooth_image(64)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), model(x))
+    with pytest.raises(AdjinvError, match="not a cut"):  # inside a residual block
+        adjinv.encoder_from_module(model, probe_size=64, stage_nodes=["layer1.0.conv1", "layer4"])
 
 
 def test_densenet_inplace_invert(pairs):
@@ -311,3 +440,23 @@ def test_inplace_model_prop_b2_in_eval_mode():
     xr = x.clone().requires_grad_(True)
     (ref,) = torch.autograd.grad(0.5 * enc.forward_stages(xr)[-1].pow(2).sum(), xr)
     torch.testing.assert_close(v, ref, rtol=1e-10, atol=1e-12 * float(ref.abs().max()))
+
+
+def test_stage_failing_on_the_probe_is_an_adjinv_error():
+    """Found by fuzzing: a kernel larger than the probe's map raised a raw RuntimeError."""
+    stages = [nn.Sequential(nn.Conv2d(3, 4, 3, 2, 0), nn.ReLU()),
+              nn.Sequential(nn.Conv2d(4, 4, 9), nn.ReLU())]
+    with pytest.raises(AdjinvError, match="fails on the 16x16 probe"):
+        adjinv.StagedEncoder(stages, nn.Linear(4, 2), probe_size=16)
+
+
+def test_explicit_stages_and_head_with_functional_pooling():
+    """MobileNetV2-style forward (pooling in forward): passing stages= and head= works."""
+    model = _FunctionalPool().eval()
+    f = model.features
+    enc = adjinv.encoder_from_module(model, stages=[f[:2], f[2:]], head=model.classifier[1],
+                                     probe_size=32)
+    assert enc.split_method == "given" and isinstance(enc.head, adjinv.LinearHead)
+    x = smooth_image(32)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), model(x))

@@ -16,6 +16,7 @@ from .core.lac import LACBank, LocalAdjointCorrector
 from .core.simplex import simplex_measure
 from .encoders import (
     LinearHead,
+    ModuleHead,
     StagedEncoder,
     encoder_from_module,
     list_encoders,
@@ -35,6 +36,7 @@ __all__ = [
     "LACBank",
     "LinearHead",
     "LocalAdjointCorrector",
+    "ModuleHead",
     "ReadoutInversion",
     "StagedEncoder",
     "class_directional_inversion",

@@ -9,10 +9,23 @@ import torch
 
 from ..core.inverter import AdjointInverter
 from ..core.simplex import simplex_measure
-from ..encoders.staged import StagedEncoder
+from ..encoders.staged import LinearHead, StagedEncoder
 from ..errors import AdjinvError
 
 MODES = ("contribution", "weight", "weight*simplex")
+
+
+def logit_gradient(head: torch.nn.Module, a_last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``G = ∂z_k/∂A_L`` (B, C, h, w) of each image's class-``target[b]`` logit through any
+    differentiable head (the seed of SPEC §12's readouts)."""
+    with torch.enable_grad():
+        a = a_last.detach().requires_grad_(True)
+        z = head(a)
+        if ((target < 0) | (target >= z.shape[1])).any():
+            raise AdjinvError(f"class index out of range for a head with {z.shape[1]} classes: "
+                              f"{target.tolist()}")
+        (g,) = torch.autograd.grad(z.gather(1, target[:, None]).sum(), a)
+    return g
 
 
 def class_directional_weights(encoder: StagedEncoder, a_last: torch.Tensor,
@@ -25,14 +38,37 @@ def class_directional_weights(encoder: StagedEncoder, a_last: torch.Tensor,
     logit contribution (``Σ_c α = z_k − b_k``); ``"weight"``: ``α = W_{k,c}``;
     ``"weight*simplex"``: ``α = W_{k,c} w_{L,c}``. ``W`` is the head's exact
     per-image linear form (a ConvNeXt head LayerNorm is folded in).
+
+    Any other head (:class:`~adjinv.encoders.staged.ModuleHead`: MLP, convolutional
+    classifier) uses the logit's gradient ``G = ∂z_k/∂A_L``: ``W_{k,c}`` becomes
+    ``Σ_{h,w} G_{c,h,w}`` and the contribution ``W_{k,c} g_c`` becomes
+    ``Σ_{h,w} G_{c,h,w} A_{c,h,w}``, the channel's first-order share of the logit at
+    this image. For a linear head on GAP, ``G = W_{k,c}/(h·w)`` everywhere, so both
+    coincide with the linear definitions (:func:`gradient_class_weights`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not isinstance(encoder.head, LinearHead):
+        return gradient_class_weights(encoder.head, a_last, target, mode)
     g = a_last.mean(dim=(-2, -1))
     w_eff, _ = encoder.head.effective_weights(g)
     wk = w_eff[torch.arange(g.shape[0], device=g.device), target]  # (B, C)
+    return _alphas(wk, wk * g, a_last, mode)
+
+
+def gradient_class_weights(head: torch.nn.Module, a_last: torch.Tensor, target: torch.Tensor,
+                           mode: str = "contribution") -> dict[str, torch.Tensor]:
+    """:func:`class_directional_weights` from the logit gradient, for any head."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    grad = logit_gradient(head, a_last, target)
+    return _alphas(grad.sum(dim=(-2, -1)), (grad * a_last).sum(dim=(-2, -1)), a_last, mode)
+
+
+def _alphas(wk: torch.Tensor, contribution: torch.Tensor, a_last: torch.Tensor,
+            mode: str) -> dict[str, torch.Tensor]:
     if mode == "contribution":
-        alpha = wk * g
+        alpha = contribution
     elif mode == "weight":
         alpha = wk.clone()
     else:

@@ -11,10 +11,15 @@ asked). Compared with ``vmap`` over ``torch.func.vjp`` this skips the autograd
 engine, the batching rules' copies and every BatchNorm backward, and lets
 convolutions run in the memory format the hardware prefers.
 
-Anything the tracer cannot follow, or an op outside the supported set (LayerNorm,
-GELU, attention, training-mode BatchNorm, …), makes :func:`build_stage_adjoint`
-return ``None``; the cascade then uses ``torch.func.vjp`` for that stage, so every
-encoder still works. Equality with the autograd VJP is tested in float64.
+A module is transposed explicitly only when its type is one this file knows
+exactly, or a subclass that does not override ``forward`` (a subclass that does, such
+as a BatchNorm with a fused activation or a max-pool with its own padding, computes
+something else, so it is traced into or left to autograd). Anything the tracer cannot
+follow, or an op outside the supported set (LayerNorm, GELU, attention,
+training-mode BatchNorm, …), makes :func:`build_stage_adjoint` return ``None``; the
+cascade then uses ``torch.func.vjp`` for that stage, so every encoder still works.
+Equality with the autograd VJP is tested in float64, and the cascade checks every
+explicit stage against it once per linearisation (:class:`~adjinv.core.cascade.AdjointCascade`).
 """
 
 from __future__ import annotations
@@ -27,19 +32,36 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-_LEAVES = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d,
-           nn.Identity, nn.Dropout)
+from ..encoders.efficientnet_lite import Conv2dSame
+
+# The module types with an explicit transpose. Conv2dSame (TF-"SAME" padding, the
+# embedded EfficientNet-Lite) is known by its exact type: its forward is read below.
+_KNOWN = (nn.Conv2d, Conv2dSame, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool2d,
+          nn.Identity, nn.Dropout)
 _RELU_FNS = {F.relu: (0.0, None), torch.relu: (0.0, None), F.relu6: (0.0, 6.0)}
 _ADD_FNS = (operator.add, torch.add)
 _PASS_METHODS = ("clone", "contiguous")
 _RELU_METHODS = ("relu", "relu_")
 
 
+def known_type(m: nn.Module) -> type | None:
+    """The known type whose transpose applies to ``m``: ``type(m)`` itself if known, or
+    the nearest known base class when no class in between defines ``forward``; else
+    ``None`` (the module computes something this file has no transpose for)."""
+    for cls in type(m).__mro__:
+        if cls in _KNOWN:
+            return cls
+        if "forward" in vars(cls):
+            return None
+    return None
+
+
 class _Tracer(fx.Tracer):
-    """Keeps the supported layers (and subclasses such as TF-"SAME" convolutions) opaque."""
+    """Keeps the known layers opaque; any other module from ``torch.nn`` stays opaque
+    too (and is then refused), modules from elsewhere are traced into."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
+        return known_type(m) is not None or super().is_leaf_module(m, qualname)
 
 
 _TRACES: weakref.WeakKeyDictionary[nn.Module, fx.Graph | None] = weakref.WeakKeyDictionary()
@@ -59,15 +81,13 @@ class Unsupported(Exception):
     """An op without an explicit transpose; the caller falls back to autograd."""
 
 
-def _same_padding(m: nn.Conv2d, h: int, w: int) -> tuple[int, int, int, int] | None:
+def _same_padding(m: nn.Conv2d, kind: type, h: int, w: int) -> tuple[int, int, int, int] | None:
     """(left, right, top, bottom) input padding of a TF-"SAME" convolution, if ``m`` is one."""
-    fn = getattr(m, "same_padding", None)
-    return fn(h, w) if callable(fn) else None
+    return m.same_padding(h, w) if kind is Conv2dSame else None
 
 
 def _conv_ok(m: nn.Conv2d) -> bool:
-    plain = type(m) is nn.Conv2d or callable(getattr(m, "same_padding", None))
-    return plain and m.padding_mode == "zeros" and not isinstance(m.padding, str)
+    return m.padding_mode == "zeros" and not isinstance(m.padding, str)
 
 
 @dataclass
@@ -297,11 +317,14 @@ def _module_op(node: fx.Node, m: nn.Module, args: tuple, ops: dict[fx.Node, _Op]
     if len(node.args) != 1 or node.kwargs or not isinstance(src, fx.Node):
         raise Unsupported("module called with extra arguments")
     a = args[0]
-    if isinstance(m, nn.Conv2d):
+    kind = known_type(m)
+    if kind is None:
+        raise Unsupported(type(m).__name__)
+    if kind in (nn.Conv2d, Conv2dSame):
         if not _conv_ok(m):
             raise Unsupported("convolution with non-zero padding mode or string padding")
         h, w = a.shape[-2:]
-        pad = _same_padding(m, h, w)
+        pad = _same_padding(m, kind, h, w)
         y = m(a)
         kh, kw = m.kernel_size
         sh, sw = m.stride
@@ -326,7 +349,7 @@ def _module_op(node: fx.Node, m: nn.Module, args: tuple, ops: dict[fx.Node, _Op]
             "output_padding": (op_h, op_w), "groups": m.groups, "dilation": m.dilation,
             "crop": crop, "dtype": dtype, "fmt": fmt, "in_size": (h, w)})
         return y
-    if isinstance(m, nn.BatchNorm2d):
+    if kind is nn.BatchNorm2d:
         if m.training or m.running_var is None:
             raise Unsupported("BatchNorm in training mode has no fixed linearisation here")
         scale = torch.rsqrt(m.running_var + m.eps)
@@ -334,20 +357,20 @@ def _module_op(node: fx.Node, m: nn.Module, args: tuple, ops: dict[fx.Node, _Op]
             scale = scale * m.weight.detach()
         ops[node] = _Op("scale", (src,), {"scale": scale.view(-1, 1, 1), "dtype": dtype})
         return m(a)
-    if isinstance(m, (nn.ReLU, nn.Hardtanh)):  # ReLU6 is a Hardtanh
+    if kind in (nn.ReLU, nn.ReLU6, nn.Hardtanh):
         lo, hi = _relu_bounds(node, m)
         ops[node] = _Op("mask", (src,), {"mask": _mask(a, lo, hi).to(dtype)})
         # an in-place activation must not overwrite a map another node still reads
         return m(a.clone()) if getattr(m, "inplace", False) else m(a)
-    if isinstance(m, nn.MaxPool2d):
+    if kind is nn.MaxPool2d:
         if m.return_indices:
             raise Unsupported("max-pool returning indices")
         y, idx = F.max_pool2d(a, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
                               return_indices=True)
         ops[node] = _Op("maxpool", (src,), {"indices": idx, "shape": tuple(a.shape[1:])})
         return y
-    if isinstance(m, (nn.Identity, nn.Dropout)):
-        if isinstance(m, nn.Dropout) and m.training:
+    if kind in (nn.Identity, nn.Dropout):
+        if kind is nn.Dropout and m.training:
             raise Unsupported("dropout in training mode")
         ops[node] = _Op("fanout", (src,), {})
         return a

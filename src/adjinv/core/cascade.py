@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from torch.func import vjp, vmap
 
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from .adjoint import StageAdjoint, build_stage_adjoint
+from .adjoint import StageAdjoint, build_stage_adjoint, known_type
 from .lac import LACBank
 from .memory import chunk_size_for
 from .precision import check_precision, compute_dtype, fp32_mode
 
 PullBack = Callable[[torch.Tensor], torch.Tensor]
 ENGINES = ("auto", "autograd")
+log = logging.getLogger(__name__)
+
+# Relative tolerance of the per-stage self-check, ‖J_expᵀu − J_vjpᵀu‖ / ‖J_vjpᵀu‖, by the
+# dtype the explicit transposes compute in. float32/float64 differ only by summation
+# order (measured ≤ 1e-6 / 1e-15 on the test encoders); float16/bfloat16 round the
+# cotangents (11 / 8 bits). A dropped derivative or a lost padding is O(1).
+VERIFY_RTOL = {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
 @dataclass
@@ -30,6 +39,9 @@ class Linearization:
     x: torch.Tensor
     acts: list[torch.Tensor]
     pullbacks: list[PullBack]
+    check_errors: list[float | None] = field(default_factory=list)
+    """Per stage: the self-check's relative error of the explicit transpose (``None``:
+    not checked); a stage that failed it uses autograd."""
 
     @property
     def explicit(self) -> list[bool]:
@@ -62,10 +74,16 @@ class AdjointCascade:
     float32 on CUDA, as measured in docs/speed.md) and uses ``vmap`` over ``torch.func.vjp`` for the
     rest; ``engine="autograd"`` uses the latter everywhere. ``precision`` is one of
     :data:`adjinv.core.precision.PRECISIONS`.
+
+    ``verify`` (default on): every explicitly transposed stage is checked, each time it is
+    linearised, against ``torch.func.vjp`` on one random cotangent (and its output against
+    the autograd forward); beyond :data:`VERIFY_RTOL` for the compute dtype the stage uses
+    autograd instead, with a warning naming its module types.
     """
 
     def __init__(self, encoder: StagedEncoder, lacs: LACBank, *, engine: str = "auto",
-                 precision: str = "float32", channels_last: bool | None = None) -> None:
+                 precision: str = "float32", channels_last: bool | None = None,
+                 verify: bool = True) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.encoder = encoder
@@ -73,6 +91,7 @@ class AdjointCascade:
         self.engine = engine
         self.precision = check_precision(precision)
         self.channels_last = channels_last
+        self.verify = verify
 
     def precision_context(self) -> AbstractContextManager[None]:
         """The TF32 setting of this cascade's pull-backs (restored on exit)."""
@@ -94,13 +113,16 @@ class AdjointCascade:
             warnings.warn("precision='fp16' is meant for CUDA: float16 convolutions on the CPU are "
                           "far slower than float32 (69 s vs 1.8 s for one Lite0 image at 96 px on "
                           "2 cores); use precision='float32' on the CPU", stacklevel=3)
-        acts, pbs = [], []
+        acts, pbs, errs = [], [], []
         a = x
         with fp32_mode("float32"):
-            for st in self.encoder.stages[: last + 1]:
+            for k, st in enumerate(self.encoder.stages[: last + 1]):
                 built = None
+                err = None
                 if self.engine == "auto":
                     built = build_stage_adjoint(st.body, a, channels_last=cl, dtype=dtype)
+                if built is not None and self.verify:
+                    built, err = self._verified(k, st, a, built, dtype)
                 if built is None:
                     a, fn = vjp(st, a)
                     pbs.append(_vmapped(fn))
@@ -108,7 +130,31 @@ class AdjointCascade:
                     a, pb = built
                     pbs.append(pb)
                 acts.append(a)
-        return Linearization(x=x, acts=acts, pullbacks=pbs)
+                errs.append(err)
+        return Linearization(x=x, acts=acts, pullbacks=pbs, check_errors=errs)
+
+    def _verified(self, k: int, st: nn.Module, a: torch.Tensor,
+                  built: tuple[torch.Tensor, StageAdjoint], dtype: torch.dtype
+                  ) -> tuple[tuple[torch.Tensor, PullBack], float]:
+        """The explicit stage ``built`` if it matches autograd on one random cotangent,
+        else stage ``k``'s autograd pull-back (with a warning); and the relative error."""
+        y, pb = built
+        y_ref, fn = vjp(st, a)
+        gen = torch.Generator(device=y_ref.device).manual_seed(k)
+        u = torch.randn(y_ref.shape, generator=gen, device=y_ref.device, dtype=y_ref.dtype)
+        got = pb(u.unsqueeze(0))[0]
+        want = fn(u)[0]
+        err = max(_rel_err(got, want), _rel_err(y, y_ref))
+        tol = VERIFY_RTOL.get(dtype, 1e-4)
+        if err <= tol:
+            return built, err
+        types = ", ".join(_module_types(st.body))
+        msg = (f"stage {k} ({self.encoder.infos[k].name}): its explicit transpose differs from "
+               f"autograd's VJP by {err:.2e} (relative; tolerance {tol:.0e} in {dtype}), so it "
+               f"uses autograd; module types in the stage: {types}")
+        log.warning(msg)
+        warnings.warn(msg, stacklevel=3)
+        return (y_ref, _vmapped(fn)), err
 
     def pull_back(self, lin: Linearization, stage: int, cot: torch.Tensor) -> torch.Tensor:
         """Ψ_stage applied to cotangents ``cot`` (N, B, C_stage, h, w) → (N, B, 3, H, W)."""
@@ -151,6 +197,24 @@ class AdjointCascade:
         if all(isinstance(pb, StageAdjoint) for pb in pbs):
             return int(3 * max(sizes + [pb.widest for pb in pbs]) * b * lin.x.element_size())
         return int(8 * max(sizes) * b * lin.x.element_size())
+
+
+def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    """``‖got − want‖ / ‖want‖`` in float64 (0 when both vanish, inf if only ``want`` does)."""
+    diff = float((got.double() - want.double()).norm())
+    ref = float(want.double().norm())
+    if ref == 0.0:
+        return 0.0 if diff == 0.0 else float("inf")
+    return diff / ref
+
+
+def _module_types(body: nn.Module) -> list[str]:
+    """Distinct module types of a stage (containers left out), those without an explicit
+    transpose first."""
+    mods = [m for m in body.modules() if not isinstance(m, nn.Sequential | nn.ModuleList | nn.ModuleDict)]
+    unknown = [type(m).__name__ for m in mods if known_type(m) is None]
+    known = [type(m).__name__ for m in mods if known_type(m) is not None]
+    return list(dict.fromkeys(unknown + known)) or [type(body).__name__]
 
 
 def channel_seeds(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

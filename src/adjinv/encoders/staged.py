@@ -1,4 +1,4 @@
-"""StagedEncoder: a frozen CNN as a chain of stages plus a linear head (SPEC §0)."""
+"""StagedEncoder: a frozen CNN as a chain of stages plus a head on the deepest map."""
 
 from __future__ import annotations
 
@@ -100,13 +100,45 @@ class LinearHead(nn.Module):
         return w_eff, b_eff
 
 
+class ModuleHead(nn.Module):
+    """Any differentiable head ``z = h(A_L)`` on the deepest map: an MLP after pooling
+    (VGG, MobileNetV3, AlexNet), a convolutional classifier (SqueezeNet), pooling done in
+    the model's forward. Class-directional weights then come from the logit's gradient
+    (:func:`adjinv.analysis.class_directional.class_directional_weights`)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        if isinstance(module, ModuleHead):
+            module = module.module
+        self.module = module
+        self._num_classes: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of logits K (measured when the encoder is built)."""
+        if self._num_classes is None:
+            raise AdjinvError("the head has not been run yet: build a StagedEncoder with it first")
+        return self._num_classes
+
+    def forward(self, a_last: torch.Tensor) -> torch.Tensor:
+        z = self.module(a_last)
+        if not isinstance(z, torch.Tensor) or z.dim() != 2:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise AdjinvError(f"the head {type(self.module).__name__} returned {shape}, not logits "
+                              "(B, K); pass head=<module mapping the deepest map to (B, K) logits>")
+        self._num_classes = int(z.shape[1])
+        return z
+
+
 class StagedEncoder(nn.Module):
-    """A frozen classifier as stages ``f_0 … f_L`` and a head over ``GAP(A_L)``.
+    """A frozen classifier as stages ``f_0 … f_L`` and a head on ``A_L``.
 
     Parameters
     ----------
     stages: the stage modules in order; ``stage_names`` names them.
-    head: the linear head over GAP of the deepest stage.
+    head: the linear head over GAP of the deepest stage (:class:`LinearHead`, or an
+        ``nn.Linear``), or any differentiable head on the deepest map (:class:`ModuleHead`,
+        or any other module).
     mean, std: the input normalisation the weights expect (image in [0, 1]).
     name: registry name (stored in LAC checkpoints).
     categories: class names, if known.
@@ -120,7 +152,7 @@ class StagedEncoder(nn.Module):
     def __init__(
         self,
         stages: Sequence[nn.Module],
-        head: LinearHead,
+        head: LinearHead | ModuleHead | nn.Module,
         *,
         stage_names: Sequence[str] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
@@ -133,6 +165,10 @@ class StagedEncoder(nn.Module):
         if len(stages) == 0:
             raise AdjinvError("a staged encoder needs at least one stage")
         self.stages = nn.ModuleList(Stage(s) for s in stages)
+        if isinstance(head, nn.Linear):
+            head = LinearHead(head)
+        elif not isinstance(head, LinearHead | ModuleHead):
+            head = ModuleHead(head)
         self.head = head
         self.name = name
         self.categories = list(categories) if categories is not None else None
@@ -142,6 +178,7 @@ class StagedEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self.infos = self._probe(names, probe_size)
+        self.split_method = "given"  # how encoder_from_module found the stages, if it did
         self._hash: tuple[tuple, str] | None = None
 
     # ------------------------------------------------------------------ layout
@@ -153,7 +190,14 @@ class StagedEncoder(nn.Module):
         infos = []
         with self.frozen(), torch.no_grad():
             for i, st in enumerate(self.stages):
-                y = st(x)
+                try:
+                    y = st(x)
+                except RuntimeError as e:
+                    raise AdjinvError(
+                        f"stage {names[i]!r} fails on the {size}x{size} probe image with input "
+                        f"{tuple(x.shape)} ({str(e).splitlines()[0][:120]}); check the stage order, "
+                        "or pass a larger probe_size"
+                    ) from e
                 if y.dim() != 4:
                     raise AdjinvError(
                         f"stage {names[i]!r} returned a {y.dim()}-D tensor; every stage must map "
@@ -162,7 +206,18 @@ class StagedEncoder(nn.Module):
                 dec = y.shape[-1] < x.shape[-1] or y.shape[-2] < x.shape[-2]
                 infos.append(StageInfo(names[i], int(y.shape[1]), max(1, size // int(y.shape[-1])), dec))
                 x = y
-        if infos[-1].channels != self.head.linear.in_features:
+            if isinstance(self.head, ModuleHead):
+                try:
+                    self.head(x)
+                except AdjinvError:
+                    raise
+                except Exception as e:
+                    raise AdjinvError(
+                        f"the head {type(self.head.module).__name__} fails on the deepest map "
+                        f"{tuple(x.shape)} ({type(e).__name__}: {str(e)[:120]}); the stages and "
+                        "head do not belong together"
+                    ) from e
+        if isinstance(self.head, LinearHead) and infos[-1].channels != self.head.linear.in_features:
             raise AdjinvError(
                 f"the deepest stage has {infos[-1].channels} channels but the head expects "
                 f"{self.head.linear.in_features}: the stages and head do not belong together"

@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if _out_of_memory(e):
             size = getattr(args, "size", None)
-            hint = (f"; try a smaller --size (e.g. {max(MIN_SIZE, size // 2)}) or a small "
+            hint = (f"; try a smaller size (e.g. --size {max(MIN_SIZE, size // 2)}) or a small "
                     "--chunk-size" if size else "")
             print(f"adjinv: error: out of memory{f' at --size {size}' if size else ''}{hint}",
                   file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -158,6 +159,7 @@ class OutputFolder:
         self.path = Path(path)
         self.overwrite = overwrite
         self._lock_fd: int | None = None
+        self._created = False
         self.removed: list[Path] = []
 
     def __enter__(self) -> OutputFolder:
@@ -169,6 +171,13 @@ class OutputFolder:
             raise AdjinvError(f"--out {str(p)!r} is a non-empty folder that adjinv did not "
                               "create; choose a new or empty folder, or pass --overwrite to "
                               "write into it (files with the same names are replaced)")
+        for up in p.parents:
+            if up.exists():
+                if not up.is_dir():
+                    raise AdjinvError(f"--out {str(p)!r}: {str(up)!r} is a file, not a folder; "
+                                      "choose a folder path")
+                break
+        self._created = not p.exists()
         p.mkdir(parents=True, exist_ok=True)  # OSError (permission, read-only): environment
         import fcntl
 
@@ -188,7 +197,15 @@ class OutputFolder:
             atomic_write_text(p / MARKER, "This folder was written by adjinv.\n")
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        p = self.path
+        if exc_type is not None and self._created:
+            # a failed run into a folder it created leaves no folder holding only our files
+            with contextlib.suppress(OSError):
+                if {q.name for q in p.iterdir()} <= {MARKER, LOCK}:
+                    for name in (MARKER, LOCK):
+                        (p / name).unlink(missing_ok=True)
+                    p.rmdir()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the lock
             self._lock_fd = None

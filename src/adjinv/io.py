@@ -125,7 +125,12 @@ def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
         shutil.rmtree(old)
     if f.exists():
         os.replace(f, old)
-    os.replace(t, f)
+    try:
+        os.replace(t, f)
+    except BaseException:
+        if old.exists() and not f.exists():
+            os.replace(old, f)  # put the previous result back
+        raise
     if old.exists():
         shutil.rmtree(old)
     return f

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,49 +81,53 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
     k = int(chosen["k"][0])
 
     final, out = out, staging_dir(out)
-    save_png(out / "input.png", img)
-    stages = []
-    for s, info in enumerate(encoder.infos):
-        fn = f"spectrum_{s}_{info.name}.png"
-        save_png(out / fn, encoder.to_display(res.x_hat[s][0]))
-        stages.append({"stage": s, "name": info.name, "file": fn,
-                       "channels": info.channels,
-                       "live_channels": int((res.weights[s][0] > 0).sum()),
-                       **_scores(encoder, res.x_hat[s][0], img)})
-    chans = []
-    for j, c in enumerate(res.channels.get(last, torch.empty(1, 0, dtype=torch.long))[0].tolist()):
-        fn = f"channel_{last}_{c}.png"
-        save_png(out / fn, robust_minmax(res.phi[last][0, j]))
-        chans.append({"channel": c, "weight": float(res.weights[last][0, c]), "file": fn})
-    for key, fn in (("class", "class.png"), ("class+", "class_pos.png"), ("class-", "class_neg.png")):
-        save_png(out / fn, robust_minmax(res.extra[key][0]))
-    save_png(out / "control_seed_zero.png", encoder.to_display(control))
-    summary = {
-        "image": name,
-        "encoder": encoder.name,
-        "size": cfg.size,
-        "top1": {"index": k, "name": encoder.class_name(k), "probability": float(probs[k])},
-        "reconstruction": _scores(encoder, res.x_hat[last][0], img),
-        "seed_zero_control": _scores(encoder, control, img),
-        "stages": stages,
-        "simplex_weights": {str(s): res.weights[s][0].tolist() for s in res.weights},
-        "top_channels": chans,
-        "top_channels_requested": cfg.top_k,
-        "live_channels_deepest": live,
-        "class_directional": {"mode": cfg.mode, "files": ["class.png", "class_pos.png",
-                                                         "class_neg.png"],
-                              "alpha_sum": float(res.extra_weights["class"][0].sum())},
-    }
-    if vanilla is not None:
-        v = vanilla(raw_vanilla)[0]
-        save_png(out / "vanilla.png", encoder.to_display(v))
-        summary["vanilla_gradient"] = _scores(encoder, v, img)
-    else:
-        summary["vanilla_gradient"] = {"unavailable": "no fitted vanilla map: the LAC checkpoint "
-                                                      "has none (train LACs with adjinv train)"}
-    summary["seconds"] = time.perf_counter() - t0
-    atomic_write_json(out / "summary.json", summary)
-    publish_dir(out, final)
+    try:
+        save_png(out / "input.png", img)
+        stages = []
+        for s, info in enumerate(encoder.infos):
+            fn = f"spectrum_{s}_{info.name}.png"
+            save_png(out / fn, encoder.to_display(res.x_hat[s][0]))
+            stages.append({"stage": s, "name": info.name, "file": fn,
+                           "channels": info.channels,
+                           "live_channels": int((res.weights[s][0] > 0).sum()),
+                           **_scores(encoder, res.x_hat[s][0], img)})
+        chans = []
+        for j, c in enumerate(res.channels.get(last, torch.empty(1, 0, dtype=torch.long))[0].tolist()):
+            fn = f"channel_{last}_{c}.png"
+            save_png(out / fn, robust_minmax(res.phi[last][0, j]))
+            chans.append({"channel": c, "weight": float(res.weights[last][0, c]), "file": fn})
+        for key, fn in (("class", "class.png"), ("class+", "class_pos.png"), ("class-", "class_neg.png")):
+            save_png(out / fn, robust_minmax(res.extra[key][0]))
+        save_png(out / "control_seed_zero.png", encoder.to_display(control))
+        summary = {
+            "image": name,
+            "encoder": encoder.name,
+            "size": cfg.size,
+            "top1": {"index": k, "name": encoder.class_name(k), "probability": float(probs[k])},
+            "reconstruction": _scores(encoder, res.x_hat[last][0], img),
+            "seed_zero_control": _scores(encoder, control, img),
+            "stages": stages,
+            "simplex_weights": {str(s): res.weights[s][0].tolist() for s in res.weights},
+            "top_channels": chans,
+            "top_channels_requested": cfg.top_k,
+            "live_channels_deepest": live,
+            "class_directional": {"mode": cfg.mode, "files": ["class.png", "class_pos.png",
+                                                             "class_neg.png"],
+                                  "alpha_sum": float(res.extra_weights["class"][0].sum())},
+        }
+        if vanilla is not None:
+            v = vanilla(raw_vanilla)[0]
+            save_png(out / "vanilla.png", encoder.to_display(v))
+            summary["vanilla_gradient"] = _scores(encoder, v, img)
+        else:
+            summary["vanilla_gradient"] = {"unavailable": "no fitted vanilla map: the LAC checkpoint "
+                                                          "has none (train LACs with adjinv train)"}
+        summary["seconds"] = time.perf_counter() - t0
+        atomic_write_json(out / "summary.json", summary)
+        publish_dir(out, final)
+    except BaseException:  # interrupted or failed: leave no half-filled folder
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     return summary
 
 

@@ -339,6 +339,17 @@ def test_environment_error_is_exit_1(cli, monkeypatch):
     assert r.code == 1 and "Permission denied" in r.error_lines[0]
 
 
+def test_full_disk_is_found_before_the_work(cli, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    img = photo(cli.work / "a.png")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 4096, 4096))
+    r = cli([*INV, img, W, OUT, *FAST])
+    assert r.code == 1 and "not enough free space" in r.error_lines[0]
+
+
 @pytest.mark.parametrize("exc", [torch.OutOfMemoryError("CUDA out of memory"),
                                  RuntimeError("[enforce fail at alloc_cpu.cpp:117] "
                                               "DefaultCPUAllocator: can't allocate memory"),
@@ -563,3 +574,17 @@ def test_api_top_k_zero_and_chunk_one_finish(inverter):
     assert not res.channels and torch.isfinite(res.x_hat[3]).all()
     one = AdjointInverter(inverter.encoder, inverter.lacs, chunk_size=1)
     assert torch.allclose(one.invert(smooth_image(32, dtype=torch.float64)).x_hat[3], res.x_hat[3])
+
+
+@pytest.mark.parametrize("size", [0, -5, 2.5, True])
+def test_api_resize_size(size):
+    from adjinv.data.images import resize_center_crop
+
+    with pytest.raises(AdjinvError, match="size must be a positive integer"):
+        resize_center_crop(torch.rand(3, 8, 8), size)
+
+
+@pytest.mark.parametrize("max_pixels", [0, -1, 1.5])
+def test_api_max_pixels(tmp_path, max_pixels):
+    with pytest.raises(AdjinvError, match="max_pixels"):
+        load_image(photo(tmp_path / "a.png"), max_pixels=max_pixels)

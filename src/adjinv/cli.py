@@ -189,6 +189,7 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     cfg = ReportConfig(size=args.size, top_k=top_k, chunk_size=args.chunk_size,
                        precision=args.precision)
     targets = {name: inside(out, name) for name in images}
+    _check_free_space(out, len(images) * (enc.num_stages + top_k + 6) * 3 * args.size ** 2)
     with OutputFolder(out, overwrite=args.overwrite) as claimed:
         if claimed.removed:
             print(f"adjinv: note: removed {len(claimed.removed)} stale temporary file(s) of an "
@@ -242,6 +243,17 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
                             "index.html and summary.json not updated") from e
     print(f"wrote {len(summaries)} image report(s) to {out}/ — open {page}")
     return page
+
+
+def _check_free_space(out: Path, need: int) -> None:
+    """Refuse before the work when the disk cannot hold the PNGs (uncompressed bound)."""
+    import shutil
+
+    where = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(where).free
+    if free < need + (1 << 20):
+        raise RunFailed(f"not enough free space for the report: about {need / 2**20:.1f} MiB "
+                        f"needed, {free / 2**20:.1f} MiB free at {where}; nothing was written")
 
 
 def _os_message(e: OSError) -> str:

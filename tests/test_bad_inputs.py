@@ -425,7 +425,7 @@ def test_safe_name_unit():
     assert safe_name("a\0b") == "a_b" and safe_name("nul") == "_nul" and safe_name("com1.x") == "_com1.x"
     taken: set[str] = set()
     assert [safe_name(n, taken) for n in ("A", "a", "a")] == ["A", "a-2", "a-3"]
-    assert len(safe_name("x" * 500)) <= 100
+    assert len(safe_name("x" * 500)) <= 100 and len(safe_name("é" * 500).encode()) <= 100
 
 
 def test_16bit_grayscale_is_read_at_full_depth(tmp_path):

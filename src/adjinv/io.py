@@ -71,7 +71,7 @@ _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
              *(f"lpt{i}" for i in range(10))}
 # names adjinv itself writes at the top of an output folder
 _TOP_LEVEL = {"index.html", "summary.json", MARKER, LOCK}
-_MAX_NAME = 100
+_MAX_NAME = 100  # bytes, leaving room below the usual 255 for suffixes and staging names
 
 
 def safe_name(name: str, taken: set[str] | None = None) -> str:
@@ -85,7 +85,10 @@ def safe_name(name: str, taken: set[str] | None = None) -> str:
     unique, also on case-insensitive file systems.
     """
     s = "".join("_" if c in "/\\\0" or ord(c) < 32 or ord(c) == 127 else c for c in name)
-    s = s.lstrip(". ").rstrip(". ")[:_MAX_NAME].rstrip(". ") or "image"
+    s = s.lstrip(". ").rstrip(". ")
+    while len(s.encode("utf-8", "surrogateescape")) > _MAX_NAME:  # file systems count bytes
+        s = s[:-1]
+    s = s.rstrip(". ") or "image"
     if s.split(".")[0].lower() in _RESERVED or s.lower() in _TOP_LEVEL:
         s = "_" + s
     if taken is None:

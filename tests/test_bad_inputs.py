@@ -588,3 +588,10 @@ def test_api_resize_size(size):
 def test_api_max_pixels(tmp_path, max_pixels):
     with pytest.raises(AdjinvError, match="max_pixels"):
         load_image(photo(tmp_path / "a.png"), max_pixels=max_pixels)
+
+
+def test_cli_pixel_limit_matches_the_loader():
+    import adjinv.cli
+    import adjinv.data.images
+
+    assert adjinv.cli.DEFAULT_MAX_PIXELS == adjinv.data.images.DEFAULT_MAX_PIXELS

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"adjinv: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _int_in(lo: int, hi: int | None = None, note: str = ""):
+def _int_in(lo: int, hi: int | None = None, note: str = "") -> Callable[[str], int]:
     """argparse type: an integer in [lo, hi]."""
 
     def parse(text: str) -> int:
@@ -58,7 +59,8 @@ def _int_in(lo: int, hi: int | None = None, note: str = ""):
     return parse
 
 
-def _float_in(lo: float, hi: float | None = None, lo_open: bool = True):
+def _float_in(lo: float, hi: float | None = None,
+              lo_open: bool = True) -> Callable[[str], float]:
     """argparse type: a finite float in (lo, hi] (or [lo, hi] with ``lo_open=False``)."""
 
     def parse(text: str) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 import warnings
@@ -181,10 +182,10 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the shorter side to ``size`` (antialiased) and centre-crop a square."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise AdjinvError(f"size must be a positive integer (pixels), got {size!r}")
-    if img.dim() != 3 or img.shape[0] != 3 or min(img.shape[1:]) < 1:
-        raise AdjinvError(f"expected an image of shape (3, H, W), got {tuple(img.shape)}")
+    if img.dim() != 3 or min(img.shape[1:]) < 1:
+        raise AdjinvError(f"expected an image of shape (C, H, W), got {tuple(img.shape)}")
     _, h, w = img.shape
     s = size / min(h, w)
     nh, nw = max(size, round(h * s)), max(size, round(w * s))

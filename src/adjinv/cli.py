@@ -3,15 +3,84 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import math
+import os
 import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import AdjinvError
 
+if TYPE_CHECKING:
+    from .encoders.staged import StagedEncoder
+
 # adjinv.core.precision.PRECISIONS, spelled out so that parsing does not import torch
 PRECISION_CHOICES = ("float32", "tf32", "fp16", "bf16")
+MIN_SIZE, MAX_SIZE = 16, 4096  # --size bounds; the encoder's total stride is checked on load
+DEFAULT_MAX_PIXELS = 89_478_485  # adjinv.data.images.DEFAULT_MAX_PIXELS (Pillow's threshold)
+
+
+class RunFailed(Exception):
+    """An environment failure (disk full, permission…) during a run: exit code 1."""
+
+
+# ----------------------------------------------------------------------------- parsing
+class _Parser(argparse.ArgumentParser):
+    """One-line usage errors (exit 2), and ``--debug`` accepted on every (sub)command."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show tracebacks on errors (accepted anywhere)")
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"adjinv: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _int_in(lo: int, hi: int | None = None, note: str = "") -> Callable[[str], int]:
+    """argparse type: an integer in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo or (hi is not None and v > hi):
+            rng = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise argparse.ArgumentTypeError(f"{v} is out of range: it must be {rng}{note}")
+        return v
+
+    return parse
+
+
+def _float_in(lo: float, hi: float | None = None,
+              lo_open: bool = True) -> Callable[[str], float]:
+    """argparse type: a finite float in (lo, hi] (or [lo, hi] with ``lo_open=False``)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        bad_lo = v <= lo if lo_open else v < lo
+        if not math.isfinite(v) or bad_lo or (hi is not None and v > hi):
+            left = "(" if lo_open else "["
+            rng = f"in {left}{lo}, {hi}]" if hi is not None else f"{'>' if lo_open else '>='} {lo}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be a finite "
+                                             f"number {rng}")
+        return v
+
+    return parse
+
+
+_SIZE = _int_in(MIN_SIZE, MAX_SIZE, " px")
+_POSITIVE = _int_in(1)
 
 EPILOG_INVERT = """example:
   adjinv invert photo.jpg other.png --out runs/inv --channels 8
@@ -52,48 +121,148 @@ def _channel_progress():
     return cb, close
 
 
-def _load(args: argparse.Namespace):
+def _warn(message: object) -> None:
+    print(f"adjinv: warning: {message}", file=sys.stderr)
+
+
+def _load_encoder(args: argparse.Namespace):
+    """The encoder, its warnings printed as one line each; says when --random-init is moot."""
     from .encoders import load_encoder
-    from .pretrained import load_lacs
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         enc = load_encoder(args.encoder, args.weights, random_init=args.random_init)
+    for w in caught:
+        _warn(w.message)
+    if args.random_init and not any("randomly initialised" in str(w.message) for w in caught):
+        _warn(f"--random-init ignored: {args.encoder} has weights "
+              f"({'--weights' if args.weights else 'bundled or cached'}), which are used")
+    if args.size < enc.total_stride:
+        raise AdjinvError(f"--size {args.size} is smaller than the total stride "
+                          f"{enc.total_stride} of {enc.name}; use --size {enc.total_stride} "
+                          "or more (224 is the usual size)")
+    return enc
+
+
+def _load(args: argparse.Namespace):
+    from .pretrained import load_lacs
+
+    enc = _load_encoder(args)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         lacs, vanilla, source = load_lacs(enc, args.lac,
                                           allow_other_weights=args.allow_other_weights)
     for w in caught:
-        print(f"adjinv: warning: {w.message}", file=sys.stderr)
+        _warn(w.message)
     return enc, lacs, vanilla, source
 
 
-def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
-    from .experiments.report import ReportConfig, invert_one, write_index
+def _check_constant(enc: StagedEncoder, images: dict, size: int) -> None:
+    """Refuse (near-)constant images after resizing, before any output is written."""
+    from .core.validate import near_constant
+    from .data.images import resize_center_crop
 
+    for name, img in images.items():
+        if near_constant(enc.normalize(resize_center_crop(img, size))[None]):
+            raise AdjinvError(f"image {name!r} is constant or nearly so at {size} px (every "
+                              "pixel the same colour to within 0.1 %): there is nothing to "
+                              "invert; pass a natural image, or re-export an unusual file as "
+                              "8-bit RGB PNG")
+
+
+def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
+    import html
+
+    from .experiments.report import ReportConfig, invert_one, write_index
+    from .io import OutputFolder, inside
+
+    device = _device(args.device)
     enc, lacs, vanilla, source = _load(args)
-    enc = enc.to(_device(args.device))
+    deepest = enc.infos[-1].channels
+    top_k = args.channels
+    if top_k > deepest:
+        print(f"adjinv: note: --channels {top_k} is more than the {deepest} channels of "
+              f"{enc.name}'s deepest stage; writing at most {deepest} (the live ones)",
+              file=sys.stderr)
+        top_k = deepest
+    _check_constant(enc, images, args.size)
+    enc = enc.to(device)
     out = Path(args.out)
-    cfg = ReportConfig(size=args.size, top_k=args.channels, chunk_size=args.chunk_size,
+    cfg = ReportConfig(size=args.size, top_k=top_k, chunk_size=args.chunk_size,
                        precision=args.precision)
-    print(f"encoder {enc.name} ({enc.num_stages} stages), LACs: {source}", file=sys.stderr)
-    cb, close = _channel_progress()
-    summaries = []
-    t0 = time.perf_counter()
-    try:
-        for i, (name, img) in enumerate(images.items()):
-            print(f"[{i + 1}/{len(images)}] {name}", file=sys.stderr)
-            s = invert_one(enc, lacs, vanilla, name, img, out / name, cfg, progress=cb)
-            summaries.append(s)
-            r = s["reconstruction"]
-            print(f"    top-1 {s['top1']['name']} (p={s['top1']['probability']:.3f})  "
-                  f"SSIM x̂_L {r['ssim']:.3f}  control {s['seed_zero_control']['ssim']:.3f}  "
-                  f"{s['seconds']:.1f} s", file=sys.stderr)
-    finally:
-        close()
-    intro = (f"<p>encoder <b>{enc.name}</b>, LACs: {source}, size {args.size} px, "
-             f"total {time.perf_counter() - t0:.1f} s</p>")
-    index = write_index(out, summaries, title, intro)
-    print(f"wrote {len(summaries)} image report(s) to {out}/ — open {index}")
-    return index
+    targets = {name: inside(out, name) for name in images}
+    _check_free_space(out, len(images) * (enc.num_stages + top_k + 6) * 3 * args.size ** 2)
+    with OutputFolder(out, overwrite=args.overwrite) as claimed:
+        if claimed.removed:
+            print(f"adjinv: note: removed {len(claimed.removed)} stale temporary file(s) of an "
+                  f"interrupted run in {out}/", file=sys.stderr)
+        print(f"encoder {enc.name} ({enc.num_stages} stages), LACs: {source}", file=sys.stderr)
+        cb, close = _channel_progress()
+        summaries: list[dict] = []
+        t0 = time.perf_counter()
+
+        def index() -> Path:
+            intro = (f"<p>encoder <b>{html.escape(enc.name)}</b>, LACs: {html.escape(source)}, "
+                     f"size {args.size} px, total {time.perf_counter() - t0:.1f} s</p>")
+            return write_index(out, summaries, title, intro)
+
+        def done_so_far() -> str:
+            names = ", ".join(s["image"] for s in summaries) or "none"
+            return f"{len(summaries)} of {len(images)} image(s) complete in {out}/ ({names})"
+
+        try:
+            for i, (name, img) in enumerate(images.items()):
+                print(f"[{i + 1}/{len(images)}] {name}", file=sys.stderr)
+                s = invert_one(enc, lacs, vanilla, name, img, targets[name], cfg, progress=cb)
+                summaries.append(s)
+                r = s["reconstruction"]
+                print(f"    top-1 {s['top1']['name']} (p={s['top1']['probability']:.3f})  "
+                      f"SSIM x̂_L {r['ssim']:.3f}  control {s['seed_zero_control']['ssim']:.3f}  "
+                      f"{s['seconds']:.1f} s", file=sys.stderr)
+                if len(s["top_channels"]) < top_k:
+                    print(f"    note: {len(s['top_channels'])} of the {top_k} requested channels "
+                          "are live (the rest have zero weight and are not written)",
+                          file=sys.stderr)
+        except KeyboardInterrupt:
+            close()
+            if summaries:
+                with contextlib.suppress(OSError):
+                    index()
+            print(f"adjinv: interrupted: {done_so_far()}", file=sys.stderr)
+            raise
+        except OSError as e:
+            close()
+            if summaries:
+                with contextlib.suppress(OSError):
+                    index()
+            raise RunFailed(f"{_os_message(e)}; {done_so_far()}") from e
+        finally:
+            close()
+        try:
+            page = index()
+        except OSError as e:
+            raise RunFailed(f"{_os_message(e)} while writing the index; {done_so_far()}, "
+                            "index.html and summary.json not updated") from e
+    print(f"wrote {len(summaries)} image report(s) to {out}/ — open {page}")
+    return page
+
+
+def _check_free_space(out: Path, need: int) -> None:
+    """Refuse before the work when the disk cannot hold the PNGs (uncompressed bound)."""
+    import shutil
+
+    where = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(where).free
+    if free < need + (1 << 20):
+        raise RunFailed(f"not enough free space for the report: about {need / 2**20:.1f} MiB "
+                        f"needed, {free / 2**20:.1f} MiB free at {where}; nothing was written")
+
+
+def _os_message(e: OSError) -> str:
+    what = e.strerror or str(e)
+    if e.errno == errno.ENOSPC:
+        what = "the disk is full (no space left on device)"
+    return f"{what}: {e.filename}" if e.filename else what
 
 
 def _device(name: str):
@@ -112,14 +281,12 @@ def _device(name: str):
 
 
 def _unique_names(paths: list[str]) -> dict[str, Path]:
-    names: dict[str, Path] = {}
-    for p in map(Path, paths):
-        stem, n = p.stem, 1
-        while stem in names:
-            n += 1
-            stem = f"{p.stem}-{n}"
-        names[stem] = p
-    return names
+    """Output folder names from file names: made safe (no separators, no leading
+    dots, no reserved names) and unique."""
+    from .io import safe_name
+
+    taken: set[str] = set()
+    return {safe_name(p.stem if p.suffix else p.name, taken): p for p in map(Path, paths)}
 
 
 def cmd_invert(args: argparse.Namespace) -> None:
@@ -128,9 +295,10 @@ def cmd_invert(args: argparse.Namespace) -> None:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        images = {n: load_image(p, mode="convert") for n, p in _unique_names(args.images).items()}
+        images = {n: load_image(p, mode="convert", max_pixels=args.max_pixels)
+                  for n, p in _unique_names(args.images).items()}
     for w in caught:
-        print(f"adjinv: warning: {w.message}", file=sys.stderr)
+        _warn(w.message)
     _run_report(args, images, "adjinv inversion report")
 
 
@@ -148,21 +316,28 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     from .data.images import list_images, load_image
     from .data.samples import sample_images
-    from .encoders import load_encoder
     from .training import TrainConfig, train_lacs
 
+    out = _check_checkpoint_path(args.out, "--out")
+    if args.export:
+        if Path(args.export).resolve() == out.resolve():
+            raise AdjinvError("--export must differ from --out (it is a second, smaller file)")
+        _check_checkpoint_path(args.export, "--export")
     if args.images:
         files = list_images(args.images)
-        images = [load_image(f, mode="convert") for f in files]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            images = [load_image(f, mode="convert", max_pixels=args.max_pixels) for f in files]
+        for w in caught:
+            _warn(w.message)
         names = [str(f) for f in files]
     else:
         named = sample_images()
         images, names = list(named.values()), [f"skimage:{n}" for n in named]
-    enc = load_encoder(args.encoder, args.weights, random_init=args.random_init)
+    enc = _load_encoder(args)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, size=args.size, batch_size=args.batch_size,
                       channel_fraction=args.channel_fraction, seed=args.seed,
                       checkpoint_every=args.checkpoint_every, images=names)
-    out = Path(args.out)
     if out.exists() and not args.resume:
         raise AdjinvError(f"{out} exists; pass --resume to continue that run or choose another --out")
     bar = tqdm(total=cfg.steps, desc="train", unit="step", file=sys.stderr, disable=None)
@@ -175,6 +350,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     try:
         _, _, losses = train_lacs(enc, images, cfg, checkpoint=out, resume=args.resume,
                                   progress=prog, chunk_size=args.chunk_size)
+    except OSError as e:
+        raise RunFailed(f"{_os_message(e)}; the last complete checkpoint (if one was written) "
+                        f"is kept at {out}: free the space or fix the permission, then rerun "
+                        "with --resume") from e
     finally:
         bar.close()
     first = sum(losses[:5]) / max(1, len(losses[:5]))
@@ -188,6 +367,22 @@ def cmd_train(args: argparse.Namespace) -> None:
               f"{export_checkpoint(out, args.export)}")
 
 
+def _check_checkpoint_path(path: str, option: str) -> Path:
+    """A checkpoint file path whose folder exists or can be made and is writable."""
+    p = Path(path)
+    if p.is_dir():
+        raise AdjinvError(f"{option} {path!r} is a folder; give a checkpoint file path such as "
+                          f"{str(p / 'lac.safetensors')!r}")
+    parent = p.parent
+    if parent.exists() and not parent.is_dir():
+        raise AdjinvError(f"{option} {path!r}: {str(parent)!r} is a file, not a folder")
+    parent.mkdir(parents=True, exist_ok=True)  # OSError → an environment error
+    fd, probe = tempfile.mkstemp(prefix=".adjinv-probe.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    os.unlink(probe)
+    return p
+
+
 def cmd_encoders(args: argparse.Namespace) -> None:
     """``adjinv encoders``."""
     from .checkpoint import bundled_checkpoint
@@ -199,20 +394,23 @@ def cmd_encoders(args: argparse.Namespace) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that loads an encoder."""
     p.add_argument("--encoder", default="efficientnet_lite0",
                    help="registry name (see `adjinv encoders`; default efficientnet_lite0)")
     p.add_argument("--weights", help="local encoder state dict (.pth or .safetensors)")
     p.add_argument("--random-init", action="store_true",
                    help="allow an encoder without pretrained weights (for testing only)")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="channels per batched backward (default: from free memory)")
+    p.add_argument("--chunk-size", type=_POSITIVE, default=None,
+                   help="channels per batched backward, >= 1 (default: from free memory)")
+    p.add_argument("--max-pixels", type=_POSITIVE, default=DEFAULT_MAX_PIXELS,
+                   help="refuse image files with more pixels than this, a guard against "
+                        f"decompression bombs (default {DEFAULT_MAX_PIXELS:,})")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
-    ap = argparse.ArgumentParser(prog="adjinv", description="Hallucination-free adjoint "
-                                 "inversion of CNN classifiers (LAC cascade).")
-    ap.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    ap = _Parser(prog="adjinv", description="Hallucination-free adjoint "
+                 "inversion of CNN classifiers (LAC cascade).")
     sub = ap.add_subparsers(dest="command", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -224,16 +422,21 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("images", nargs="+", help="image files (PNG, JPEG, …)")
             p.add_argument("--out", required=True, help="output folder")
         else:
+            from .data.samples import SAMPLE_NAMES
+
             p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
-            p.add_argument("--images", type=int, default=0,
+            p.add_argument("--images", type=_int_in(0, len(SAMPLE_NAMES)), default=0,
                            help="use only the first N bundled photos")
+        p.add_argument("--overwrite", action="store_true",
+                       help="write into an existing non-empty folder that adjinv did not create")
         _model_args(p)
         p.add_argument("--lac", help="LAC checkpoint (default: the bundled one for the encoder)")
         p.add_argument("--allow-other-weights", action="store_true",
                        help="accept a LAC checkpoint trained on other weights of this architecture")
-        p.add_argument("--size", type=int, default=224, help="image side in px (default 224)")
-        p.add_argument("--channels", type=int, default=8,
-                       help="top-K per-channel inversions of the deepest stage (default 8)")
+        p.add_argument("--size", type=_SIZE, default=224,
+                       help=f"image side in px, {MIN_SIZE}-{MAX_SIZE} (default 224)")
+        p.add_argument("--channels", type=_int_in(0), default=8,
+                       help="top-K per-channel inversions of the deepest stage, >= 0 (default 8)")
         p.add_argument("--device", default="cpu",
                        help="torch device to run on, e.g. cuda or cuda:1 (default cpu)")
         p.add_argument("--precision", choices=PRECISION_CHOICES, default="float32",
@@ -248,14 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="image folder (default: the bundled photos)")
     p.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
     _model_args(p)
-    p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--size", type=int, default=96, help="training crop side in px (default 96)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--channel-fraction", type=float, default=1.0,
+    p.add_argument("--steps", type=_POSITIVE, default=150)
+    p.add_argument("--lr", type=_float_in(0.0), default=0.02)
+    p.add_argument("--size", type=_SIZE, default=96, help="training crop side in px (default 96)")
+    p.add_argument("--batch-size", type=_POSITIVE, default=1)
+    p.add_argument("--channel-fraction", type=_float_in(0.0, 1.0), default=1.0,
                    help="train on this random fraction of live channels (default 1 = exact)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0)
+    p.add_argument("--checkpoint-every", type=_POSITIVE, default=10)
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
     p.add_argument("--export", help="also write a small copy without optimiser state (for shipping)")
     p.set_defaults(func=cmd_train)
@@ -269,19 +472,59 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
+                                         or "out of memory" in str(e).lower()))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``adjinv`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``adjinv`` console script.
+
+    Exit codes: 0 done; 2 a user error (one line on stderr); 1 an environment error
+    (disk, permission, memory) or an internal error (one line; ``--debug`` anywhere
+    on the command line shows the traceback); 130 interrupted.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed as one line
+        return e.code if isinstance(e.code, int) else 2
+    debug = getattr(args, "debug", False)
     try:
         args.func(args)
     except AdjinvError as e:
-        if args.debug:
+        if debug:
             raise
         print(f"adjinv: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("adjinv: interrupted", file=sys.stderr)
         return 130
+    except RunFailed as e:
+        if debug:
+            raise
+        print(f"adjinv: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if debug:
+            raise
+        print(f"adjinv: error: {_os_message(e)} (nothing was written)", file=sys.stderr)
+        return 1
+    except Exception as e:  # the last line of defence: one line, no traceback
+        if debug:
+            raise
+        if _out_of_memory(e):
+            size = getattr(args, "size", None)
+            hint = (f"; try a smaller size (e.g. --size {max(MIN_SIZE, size // 2)}) or a small "
+                    "--chunk-size" if size else "")
+            print(f"adjinv: error: out of memory{f' at --size {size}' if size else ''}{hint}",
+                  file=sys.stderr)
+        else:
+            print(f"adjinv: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                  " (rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..encoders.staged import StagedEncoder
+from ..errors import AdjinvError
 from .cascade import AdjointCascade, Linearization, auto_chunk, channel_seeds
 from .lac import LACBank
 from .simplex import simplex_measure
@@ -53,6 +54,10 @@ class AdjointInverter:
                  chunk_size: int | None = None, memory_budget: int | None = None,
                  engine: str = "auto", precision: str = "float32",
                  channels_last: bool | None = None, verify: bool = True) -> None:
+        for arg, v in (("chunk_size", chunk_size), ("memory_budget", memory_budget)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise AdjinvError(f"{arg} must be a positive integer or None (automatic), "
+                                  f"got {v!r}")
         self.encoder = encoder
         self.lacs = lacs if lacs is not None else LACBank.for_encoder(encoder)
         p = next(iter(encoder.parameters()), None)
@@ -172,6 +177,9 @@ class AdjointInverter:
         the top-``top_k`` per-channel inversions ``φ_{l,c}`` by simplex weight, and
         any ``extra_weights(acts, logits) -> {name: (B, C_L)}`` syntheses at the
         deepest stage, sharing the deepest stage's pass."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise AdjinvError(f"top_k must be an integer >= 0 (0: no per-channel images), "
+                              f"got {top_k!r}")
         x = self.prepare(x)
         last = self.encoder.num_stages - 1
         want = sorted({self._stage_index(s) for s in (stages if stages is not None else

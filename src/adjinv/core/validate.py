@@ -7,6 +7,19 @@ import torch
 
 from ..errors import AdjinvError
 
+CONSTANT_TOL = 1e-3  # spread / magnitude below which an image counts as constant
+
+
+def near_constant(x: torch.Tensor, tol: float = CONSTANT_TOL) -> list[int]:
+    """Indices of the images in ``x`` (B, C, H, W) whose every channel spreads over at most
+    ``tol`` times the image's largest magnitude, or ``tol`` if that is below 1 (the scale
+    of a normalised image). Relative, so that an all-white image that resizing left with
+    a 1e-7 ripple still counts as constant, whatever the units."""
+    flat = x.detach().flatten(2).double()
+    spread = flat.amax(2) - flat.amin(2)  # (B, C)
+    scale = flat.abs().flatten(1).amax(1, keepdim=True).clamp_min(1.0)  # (B, 1)
+    return (spread <= tol * scale).all(1).nonzero().flatten().tolist()
+
 
 def check_input(x: object, encoder: torch.nn.Module, *, allow_constant: bool = False) -> torch.Tensor:
     """Validate a *normalised* image batch for ``encoder``; return it as (B, 3, H, W)
@@ -19,6 +32,8 @@ def check_input(x: object, encoder: torch.nn.Module, *, allow_constant: bool = F
     if x.dim() != 4:
         raise AdjinvError(f"expected an image of shape (3, H, W) or a batch (B, 3, H, W), "
                           f"got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise AdjinvError("the image batch is empty (B = 0); pass at least one image")
     if not x.is_floating_point():
         raise AdjinvError(f"expected a floating-point image, got dtype {x.dtype}; convert with "
                           "x.float() / 255 and normalise with encoder.normalize")
@@ -36,11 +51,12 @@ def check_input(x: object, encoder: torch.nn.Module, *, allow_constant: bool = F
         raise AdjinvError(f"image of {h}x{w} px is smaller than the encoder's total stride "
                           f"{stride}; resize it to at least {stride}x{stride} (e.g. --size 224)")
     if not allow_constant:
-        flat = x.flatten(2)
-        const = ((flat.amax(2) - flat.amin(2)) == 0).all(1).nonzero().flatten().tolist()
+        const = near_constant(x)
         if const:
-            raise AdjinvError(f"image(s) {const} are constant (every pixel the same colour): there is no "
-                              "spatial structure to invert; pass a natural image")
+            raise AdjinvError(f"image(s) {const} are constant or nearly so (every pixel the same "
+                              "colour to within 0.1 % of the image's range): there is no spatial "
+                              "structure to invert; pass a natural image (a 16-bit or unusual file "
+                              "may have been misread: re-export it as 8-bit RGB PNG)")
     p = next(iter(encoder.parameters()), None)
     if p is not None:
         x = x.to(device=p.device, dtype=p.dtype)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import numbers
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import AdjinvError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 _MODE_NAMES = {"L": "grayscale", "1": "black and white", "I": "grayscale, 32-bit",
                "I;16": "grayscale, 16-bit", "F": "grayscale, float", "LA": "grayscale with alpha",
@@ -39,44 +45,135 @@ def array_to_tensor(arr: np.ndarray, source: str = "array") -> torch.Tensor:
     return t.permute(2, 0, 1).contiguous()
 
 
-def load_image(path: str | os.PathLike, mode: str = "strict") -> torch.Tensor:
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (0.25 GiB RGBA)
+_OPEN_LOCK = threading.Lock()
+
+
+def _open(p: Path, max_pixels: int):
+    """``Image.open`` with our own pixel limit in place of Pillow's global one."""
+    from PIL import Image
+
+    with _OPEN_LOCK:
+        old = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # checked below against max_pixels instead
+        try:
+            im = Image.open(p)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise AdjinvError(f"image {str(p)!r} has {w}x{h} = {w * h:,} pixels, over the limit of "
+                          f"{max_pixels:,} (a guard against decompression bombs); if you trust "
+                          f"the file, raise the limit with --max-pixels {w * h} (max_pixels=)")
+    if w == 0 or h == 0:
+        im.close()
+        raise AdjinvError(f"image {str(p)!r} is empty ({w}x{h} px)")
+    return im
+
+
+def _high_depth_gray(im: Image.Image, src: str) -> np.ndarray:
+    """An ``I;16*`` / ``I`` / ``F`` single-channel image as H x W float32 in [0, 1]."""
+    arr = np.array(im)
+    if im.mode.startswith("I;16"):
+        return arr.astype(np.float32) / 65535.0
+    if im.mode == "I":  # 16-bit PNG/TIFF data in a 32-bit container, as Pillow reads it
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0 and hi <= 65535:
+            return arr.astype(np.float32) / 65535.0
+        raise AdjinvError(f"{src} is a 32-bit integer image with values {lo}..{hi}, outside the "
+                          "16-bit range [0, 65535]; scale it to 8 or 16 bits and save it as PNG")
+    arr = arr.astype(np.float32)
+    lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+    if np.isfinite(arr).all() and lo >= 0.0 and hi <= 1.0:
+        return arr
+    raise AdjinvError(f"{src} is a floating-point image with values {lo:.4g}..{hi:.4g}; only "
+                      "[0, 1] is unambiguous: scale it to [0, 1] or save it as 8/16-bit PNG")
+
+
+def _to_rgb_array(im: Image.Image, src: str, mode: str) -> np.ndarray:
+    """Every Pillow mode → H x W x 3 (uint8 or float32 in [0, 1]), or a refusal."""
+    if im.mode == "RGB":
+        return np.array(im)
+    if mode != "convert":
+        kind = _MODE_NAMES.get(im.mode, "not RGB")
+        raise AdjinvError(
+            f"{src} has colour mode {im.mode!r} ({kind}), "
+            "but the encoder needs RGB: convert it (e.g. PIL .convert('RGB'), which drops "
+            "an alpha channel) or use load_image(..., mode='convert')")
+    from PIL import Image
+
+    if im.mode.startswith("I") or im.mode == "F":
+        gray = _high_depth_gray(im, src)
+        warnings.warn(f"{src}: converted colour mode {im.mode!r} (grayscale, full bit depth) "
+                      "to RGB", stacklevel=3)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        im.mode in ("P", "L", "RGB", "1") and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        out = Image.alpha_composite(white, rgba).convert("RGB")
+        warnings.warn(f"{src}: converted colour mode {im.mode!r} to RGB, transparent parts "
+                      "composited onto white", stacklevel=3)
+        return np.array(out)
+    try:
+        out = im.convert("RGB")
+    except ValueError:
+        raise AdjinvError(f"{src} has colour mode {im.mode!r}, which cannot be converted to "
+                          "RGB here; re-export it as RGB PNG or JPEG") from None
+    warnings.warn(f"{src}: converted colour mode {im.mode!r} to RGB", stacklevel=3)
+    return np.array(out)
+
+
+def load_image(path: str | os.PathLike, mode: str = "strict",
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """Read an image file as (3, H, W) in [0, 1].
 
-    ``mode="strict"`` refuses grayscale/RGBA files; ``mode="convert"`` converts
-    them to RGB (the CLI uses this, and says so).
+    ``mode="strict"`` refuses non-RGB files; ``mode="convert"`` converts them (the CLI
+    uses this, and says so): 16-bit and 32-bit grayscale at their full depth, alpha
+    composited onto white, palette/CMYK/YCbCr through Pillow. The EXIF orientation is
+    applied; an animated file gives its first frame, with a warning. Files of more
+    than ``max_pixels`` pixels are refused before decoding (decompression bombs).
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = Path(path)
+    src = f"image {str(p)!r}"
+    if p.is_dir():
+        raise AdjinvError(f"{src} is a folder, not an image; pass image files (or use "
+                          "--images FOLDER where a command takes a folder)")
     if not p.is_file():
-        raise AdjinvError(f"image {str(p)!r} does not exist")
+        raise AdjinvError(f"{src} does not exist")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise AdjinvError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     try:
-        with Image.open(p) as im:
-            im.load()
-            if im.mode != "RGB":
-                if mode != "convert":
-                    kind = _MODE_NAMES.get(im.mode, "not RGB")
-                    raise AdjinvError(
-                        f"image {str(p)!r} has colour mode {im.mode!r} ({kind}), "
-                        "but the encoder needs RGB: convert it (e.g. PIL .convert('RGB'), which drops "
-                        "an alpha channel) or use load_image(..., mode='convert')")
-                warnings.warn(f"image {str(p)!r}: converted colour mode {im.mode!r} to RGB",
+        with _open(p, max_pixels) as im:
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                warnings.warn(f"{src} is animated ({frames} frames): using the first frame",
                               stacklevel=2)
-                im = im.convert("RGB")
-            arr = np.array(im)
+                im.seek(0)
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            arr = _to_rgb_array(im, src, mode)
     except AdjinvError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise AdjinvError(f"cannot read image {str(p)!r} ({type(e).__name__}): not an image "
+    except Image.DecompressionBombError as e:
+        raise AdjinvError(f"{src}: {e}; raise the limit with --max-pixels if you trust the "
+                          "file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise AdjinvError(f"cannot read {src} ({type(e).__name__}): not an image "
                           "or a damaged file; re-export it as PNG or JPEG") from None
-    return array_to_tensor(arr, source=f"image {str(p)!r}")
+    return array_to_tensor(arr, source=src)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files (by suffix) directly or recursively under ``folder``, sorted."""
     d = Path(folder)
     if not d.is_dir():
-        raise AdjinvError(f"image folder {str(d)!r} does not exist")
+        kind = "is a file, not a folder" if d.is_file() else "does not exist"
+        raise AdjinvError(f"image folder {str(d)!r} {kind}")
     files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise AdjinvError(f"image folder {str(d)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
@@ -85,6 +182,10 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     """Resize the shorter side to ``size`` (antialiased) and centre-crop a square."""
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+        raise AdjinvError(f"size must be a positive integer (pixels), got {size!r}")
+    if img.dim() != 3 or min(img.shape[1:]) < 1:
+        raise AdjinvError(f"expected an image of shape (C, H, W), got {tuple(img.shape)}")
     _, h, w = img.shape
     s = size / min(h, w)
     nh, nw = max(size, round(h * s)), max(size, round(w * s))

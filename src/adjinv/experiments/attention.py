@@ -11,6 +11,7 @@ energy peak lies to the token's own grid position against a shuffled reference
 from __future__ import annotations
 
 import argparse
+import html
 import sys
 import time
 import warnings
@@ -38,7 +39,7 @@ from ..data.images import resize_center_crop
 from ..data.labelled import LabelledSet
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text, save_png
+from ..io import atomic_write_json, atomic_write_text, safe_name, save_png
 from ..viz.display import robust_minmax
 from ..viz.figures import image_row, token_mosaic
 from ..viz.html import figure, page, table
@@ -259,7 +260,8 @@ def _write_index(out: Path, results: dict) -> Path:
                  for b, v in r["layers"].items() if "split_file" in v]
         if "logit_split" in r["files"]:
             figs.append(figure(p + r["files"]["logit_split"], "top logit: Σ_c w_c Ψ_L(E_c ⊙ G)"))
-        sections.append(f"<section><h2>{r['image']}</h2><p>prediction {r['prediction']['name']} "
+        sections.append(f"<section><h2>{html.escape(r['image'])}</h2><p>prediction "
+                        f"{html.escape(r['prediction']['name'])} "
                         f"(p = {r['prediction']['probability']:.3f})</p>{''.join(figs)}</section>")
     style = "<style>figure img{width:auto !important;height:auto !important;max-width:900px}</style>"
     return atomic_write_text(out / "index.html",
@@ -384,13 +386,9 @@ def cmd_attention(args: argparse.Namespace) -> None:
         print(f"head accuracy train {_fmt_acc(res.train_accuracy)}, test "
               f"{_fmt_acc(res.test_accuracy)} ({head_info['seconds']:.1f} s)", file=sys.stderr)
     if args.images:
-        images = {}
-        for f in map(Path, args.images):
-            stem, n = f.stem, 1
-            while stem in images:
-                n += 1
-                stem = f"{f.stem}-{n}"
-            images[stem] = load_image(f, mode="convert")
+        images, taken = {}, set()
+        for f in map(Path, args.images):  # folder names made safe: no "..", "/" or reserved names
+            images[safe_name(f.stem, taken)] = load_image(f, mode="convert")
     else:
         names = SAMPLE_NAMES[: args.num_images] if args.num_images else SAMPLE_NAMES
         images = sample_images(names)

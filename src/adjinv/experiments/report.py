@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,12 +18,14 @@ from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..data.images import resize_center_crop
 from ..encoders.staged import StagedEncoder
-from ..io import atomic_write_json, atomic_write_text, save_png
+from ..io import atomic_write_json, atomic_write_text, publish_dir, save_png, staging_dir
 from ..metrics.reconstruction import psnr, ssim
 from ..viz.display import robust_minmax
 from ..viz.html import figure, page, table
 
 Progress = Callable[[str, int, int], None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,11 +47,21 @@ def _scores(encoder: StagedEncoder, rec: torch.Tensor, img: torch.Tensor) -> dic
 def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None,
                name: str, image: torch.Tensor, out: Path, cfg: ReportConfig,
                progress: Progress | None = None) -> dict:
-    """Invert one image (3, H, W) in [0, 1]; write PNGs and ``summary.json`` to ``out``."""
+    """Invert one image (3, H, W) in [0, 1]; write PNGs and ``summary.json`` to ``out``.
+
+    The files are written into a hidden sibling folder that replaces ``out`` only once
+    all of them are complete, so an interrupted run leaves no half-filled folder."""
     t0 = time.perf_counter()
     img = resize_center_crop(image, cfg.size).to(encoder.mean.device)
     x = encoder.normalize(img)[None]
     inv = AdjointInverter(encoder, lacs, chunk_size=cfg.chunk_size, precision=cfg.precision)
+    x = inv.prepare(x)
+    with torch.no_grad(), encoder.frozen():
+        live = int((encoder.forward_stages(x)[-1].abs().amax(dim=(-2, -1)) > 0).sum())
+    top_k = min(cfg.top_k, live)
+    if top_k < cfg.top_k:
+        log.info("%s: %d channel(s) requested, %d live in the deepest stage: writing %d",
+                 name, cfg.top_k, live, top_k)
     chosen: dict[str, torch.Tensor] = {}
 
     def cd(acts: list[torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -57,7 +72,7 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
         if progress is not None:
             progress(name, done, total)
 
-    res = inv.invert(x, top_k=cfg.top_k, extra_weights=cd, progress=tick)
+    res = inv.invert(x, top_k=top_k, extra_weights=cd, progress=tick)
     control = inv.seed_zero_control(x)[0]
     raw_vanilla = inv.vanilla_gradient(x)
     last = encoder.num_stages - 1
@@ -65,55 +80,64 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
     probs = res.logits.softmax(1)[0]
     k = int(chosen["k"][0])
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_png(out / "input.png", img)
-    stages = []
-    for s, info in enumerate(encoder.infos):
-        fn = f"spectrum_{s}_{info.name}.png"
-        save_png(out / fn, encoder.to_display(res.x_hat[s][0]))
-        stages.append({"stage": s, "name": info.name, "file": fn,
-                       "channels": info.channels,
-                       "live_channels": int((res.weights[s][0] > 0).sum()),
-                       **_scores(encoder, res.x_hat[s][0], img)})
-    chans = []
-    for j, c in enumerate(res.channels.get(last, torch.empty(1, 0, dtype=torch.long))[0].tolist()):
-        fn = f"channel_{last}_{c}.png"
-        save_png(out / fn, robust_minmax(res.phi[last][0, j]))
-        chans.append({"channel": c, "weight": float(res.weights[last][0, c]), "file": fn})
-    for key, fn in (("class", "class.png"), ("class+", "class_pos.png"), ("class-", "class_neg.png")):
-        save_png(out / fn, robust_minmax(res.extra[key][0]))
-    save_png(out / "control_seed_zero.png", encoder.to_display(control))
-    summary = {
-        "image": name,
-        "encoder": encoder.name,
-        "size": cfg.size,
-        "top1": {"index": k, "name": encoder.class_name(k), "probability": float(probs[k])},
-        "reconstruction": _scores(encoder, res.x_hat[last][0], img),
-        "seed_zero_control": _scores(encoder, control, img),
-        "stages": stages,
-        "simplex_weights": {str(s): res.weights[s][0].tolist() for s in res.weights},
-        "top_channels": chans,
-        "class_directional": {"mode": cfg.mode, "files": ["class.png", "class_pos.png",
-                                                         "class_neg.png"],
-                              "alpha_sum": float(res.extra_weights["class"][0].sum())},
-    }
-    if vanilla is not None:
-        v = vanilla(raw_vanilla)[0]
-        save_png(out / "vanilla.png", encoder.to_display(v))
-        summary["vanilla_gradient"] = _scores(encoder, v, img)
-    else:
-        summary["vanilla_gradient"] = {"unavailable": "no fitted vanilla map: the LAC checkpoint "
-                                                      "has none (train LACs with adjinv train)"}
-    summary["seconds"] = time.perf_counter() - t0
-    atomic_write_json(out / "summary.json", summary)
+    final, out = out, staging_dir(out)
+    try:
+        save_png(out / "input.png", img)
+        stages = []
+        for s, info in enumerate(encoder.infos):
+            fn = f"spectrum_{s}_{info.name}.png"
+            save_png(out / fn, encoder.to_display(res.x_hat[s][0]))
+            stages.append({"stage": s, "name": info.name, "file": fn,
+                           "channels": info.channels,
+                           "live_channels": int((res.weights[s][0] > 0).sum()),
+                           **_scores(encoder, res.x_hat[s][0], img)})
+        chans = []
+        for j, c in enumerate(res.channels.get(last, torch.empty(1, 0, dtype=torch.long))[0].tolist()):
+            fn = f"channel_{last}_{c}.png"
+            save_png(out / fn, robust_minmax(res.phi[last][0, j]))
+            chans.append({"channel": c, "weight": float(res.weights[last][0, c]), "file": fn})
+        for key, fn in (("class", "class.png"), ("class+", "class_pos.png"), ("class-", "class_neg.png")):
+            save_png(out / fn, robust_minmax(res.extra[key][0]))
+        save_png(out / "control_seed_zero.png", encoder.to_display(control))
+        summary = {
+            "image": name,
+            "encoder": encoder.name,
+            "size": cfg.size,
+            "top1": {"index": k, "name": encoder.class_name(k), "probability": float(probs[k])},
+            "reconstruction": _scores(encoder, res.x_hat[last][0], img),
+            "seed_zero_control": _scores(encoder, control, img),
+            "stages": stages,
+            "simplex_weights": {str(s): res.weights[s][0].tolist() for s in res.weights},
+            "top_channels": chans,
+            "top_channels_requested": cfg.top_k,
+            "live_channels_deepest": live,
+            "class_directional": {"mode": cfg.mode, "files": ["class.png", "class_pos.png",
+                                                             "class_neg.png"],
+                                  "alpha_sum": float(res.extra_weights["class"][0].sum())},
+        }
+        if vanilla is not None:
+            v = vanilla(raw_vanilla)[0]
+            save_png(out / "vanilla.png", encoder.to_display(v))
+            summary["vanilla_gradient"] = _scores(encoder, v, img)
+        else:
+            summary["vanilla_gradient"] = {"unavailable": "no fitted vanilla map: the LAC checkpoint "
+                                                          "has none (train LACs with adjinv train)"}
+        summary["seconds"] = time.perf_counter() - t0
+        atomic_write_json(out / "summary.json", summary)
+        publish_dir(out, final)
+    except BaseException:  # interrupted or failed: leave no half-filled folder
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     return summary
 
 
 def image_section(summary: dict, prefix: str) -> str:
-    """HTML for one image's results (paths relative to the page)."""
+    """HTML for one image's results (paths relative to the page; every name escaped,
+    every link percent-encoded)."""
     s = summary
     p = prefix.rstrip("/") + "/" if prefix else ""
     top = s["top1"]
+    esc = html.escape
     figs_main = [figure(p + "input.png", "input"),
                  figure(p + s["stages"][-1]["file"], "x̂_L (Eq. 8)"),
                  figure(p + "control_seed_zero.png", "control: seed = 0")]
@@ -128,7 +152,8 @@ def image_section(summary: dict, prefix: str) -> str:
             ["control: seed zero", s["seed_zero_control"]["ssim"], s["seed_zero_control"]["psnr"]]]
     if "unavailable" not in s["vanilla_gradient"]:
         rows.append(["vanilla gradient", s["vanilla_gradient"]["ssim"], s["vanilla_gradient"]["psnr"]])
-    return (f"<section><h2>{s['image']}</h2><p>top-1: <b>{top['name']}</b> (class {top['index']},"
+    return (f"<section><h2>{esc(s['image'])}</h2><p>top-1: <b>{esc(top['name'])}</b> "
+            f"(class {int(top['index'])},"
             f" p = {top['probability']:.3f}); {s['seconds']:.1f} s</p>"
             + "".join(figs_main) + table(rows, ["reconstruction", "SSIM", "PSNR (dB)"])
             + "<h3>Semantic inversion spectrum (one x̂_l per stage)</h3>" + "".join(spectrum)
@@ -147,6 +172,6 @@ def write_index(out: Path, summaries: list[dict], title: str, intro: str = "") -
     note = ("<p>Reconstructions are de-normalised and clipped to [0, 1]; channel bases and "
             "class-directional maps are shown with a robust (1–99 %) min-max. The seed-zero "
             "control is the same cascade with the deepest seed set to zero: read every "
-            "reconstruction score beside it (SPEC §14).</p>")
+            "reconstruction score beside it (docs/method.md).</p>")
     sections = [image_section(s, s["image"]) for s in summaries]
     return atomic_write_text(out / "index.html", page(title, [overview, *sections], intro + note))

@@ -1,0 +1,597 @@
+"""The bad-input catalogue: every way a new user can get the input wrong, through the
+command line (in-process ``adjinv.cli.main``) and the public API.
+
+Each CLI case asserts the exit code, one ``adjinv: error:`` line and no traceback, no
+partial output (``--out`` absent or unchanged) and nothing written outside ``--out``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from adjinv.cli import main
+from adjinv.core.inverter import AdjointInverter
+from adjinv.data.images import load_image
+from adjinv.errors import AdjinvError
+from adjinv.io import LOCK, MARKER, safe_name
+from conftest import random_lacs, smooth_image
+
+
+# ----------------------------------------------------------------------------- inputs
+def photo(path: Path, seed: int = 0, size: tuple[int, int] = (72, 90), fmt: str = "PNG") -> Path:
+    """A blocky random RGB picture (structure at every scale the encoder sees)."""
+    rng = np.random.default_rng(seed)
+    base = rng.random((size[0] // 8 + 1, size[1] // 8 + 1, 3))
+    arr = np.kron(base, np.ones((8, 8, 1)))[: size[0], : size[1]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((arr * 255).astype(np.uint8)).save(path, format=fmt)
+    return path
+
+
+def png_header(path: Path, w: int, h: int) -> Path:
+    """A PNG whose header claims ``w`` x ``h`` pixels, with no pixel data (a bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+class _Evil:
+    """Unpickling this would create a file: proof that a pickle was executed."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.mkdir, (self.target,))
+
+
+def evil_pickle(path: Path, target: Path) -> Path:
+    torch.save({"state_dict": _Evil(str(target))}, path)
+    return path
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def image16(path: Path, arr: np.ndarray) -> Path:
+    Image.fromarray(arr.astype(np.uint16)).save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- harness
+def snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` except under ``skip``, with its size and mtime."""
+    out = {}
+    for p in root.rglob("*"):
+        if p == skip or skip in p.parents:
+            continue
+        st = p.lstat()  # folders by name only: a probe file created and removed is no write
+        out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns) if p.is_file() else (-1, 0)
+    return out
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+    error_lines: list[str]
+
+
+@pytest.fixture
+def cli(tmp_path, capsys, monkeypatch):
+    """Run ``main`` in ``tmp_path/work``; check the universal promises of a run."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+
+    def run(argv: list[str], out: Path | None = None) -> Run:
+        out = out if out is not None else work / "out"
+        before = snapshot(tmp_path, out)
+        out_before = (snapshot(out, out / "\0") if out.is_dir() else
+                      out.read_bytes() if out.exists() else None)
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        cap = capsys.readouterr()
+        errors = [ln for ln in cap.err.splitlines() if ln.startswith("adjinv: error")
+                  or ln.startswith("adjinv: internal")]
+        assert "Traceback" not in cap.err + cap.out
+        assert snapshot(tmp_path, out) == before, "something was written outside --out"
+        if code != 0:
+            assert len(errors) == 1, cap.err
+            if out_before is None:
+                assert not out.exists(), f"partial output left in {out}"
+            elif code == 2:
+                now = snapshot(out, out / "\0") if out.is_dir() else out.read_bytes()
+                assert now == out_before, "--out changed by a refused run"
+        else:
+            assert not errors
+        if out.is_dir():
+            assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+        return Run(code, cap.out, cap.err, errors)
+
+    run.work = work
+    return run
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str
+    argv: Callable[[Path], list]  # built in the work folder
+    code: int
+    message: str
+
+
+W = "--out"
+OUT = "out"
+INV = ["invert"]
+FAST = ["--size", "32", "--channels", "0"]
+
+
+def _inv(*extra: object) -> Callable[[Path], list]:
+    return lambda w: [*INV, photo(w / "in" / "a.png"), W, OUT, *extra]
+
+
+def _train(*extra: object) -> Callable[[Path], list]:
+    def build(w: Path) -> list:
+        photo(w / "imgs" / "a.png")
+        return ["train", "--images", w / "imgs", W, OUT, *extra]
+    return build
+
+
+CASES: dict[str, Case] = {
+    # --- image files ------------------------------------------------------------------
+    "missing-file": Case("image file", lambda w: [*INV, "nope.png", W, OUT], 2, "does not exist"),
+    "folder-as-image": Case("image file", lambda w: [*INV, (w / "d").mkdir() or w / "d", W, OUT],
+                            2, "is a folder, not an image"),
+    "empty-file": Case("image file", lambda w: [*INV, write(w / "e.png", b""), W, OUT], 2,
+                       "cannot read image"),
+    "truncated-png": Case("image file", lambda w: [
+        *INV, write(w / "t.png", photo(w / "full.png").read_bytes()[:200]), W, OUT], 2,
+        "cannot read image"),
+    "truncated-jpeg": Case("image file", lambda w: [
+        *INV, write(w / "t.jpg", photo(w / "f.jpg", fmt="JPEG").read_bytes()[:300]), W, OUT], 2,
+        "cannot read image"),
+    "random-bytes": Case("image file", lambda w: [
+        *INV, write(w / "r.png", np.random.default_rng(0).bytes(4000)), W, OUT], 2,
+        "cannot read image"),
+    "text-as-png": Case("image file", lambda w: [*INV, write(w / "t.png", b"hello\n" * 50), W, OUT],
+                        2, "cannot read image"),
+    "decompression-bomb": Case("image file", lambda w: [
+        *INV, png_header(w / "bomb.png", 20000, 9100), W, OUT], 2, "decompression bombs"),
+    "over-max-pixels": Case("image file", _inv("--max-pixels", "1000"), 2, "--max-pixels 6480"),
+    "int32-out-of-range": Case("image file", lambda w: [
+        *INV, _save(w / "i.tif", Image.fromarray(
+            np.arange(-500, 500 * 63, 32, dtype=np.int32)[:1000].reshape(25, 40))), W, OUT], 2,
+        "outside the 16-bit range"),
+    "float-out-of-range": Case("image file", lambda w: [
+        *INV, _save(w / "f.tif", Image.fromarray(
+            np.linspace(0, 7, 1600, dtype=np.float32).reshape(40, 40))), W, OUT], 2,
+        "only [0, 1] is unambiguous"),
+    "constant-white": Case("image file", lambda w: [
+        *INV, _save(w / "w.png", Image.new("RGB", (64, 64), "white")), W, OUT, *FAST], 2,
+        "constant"),
+    "constant-16bit": Case("image file", lambda w: [
+        *INV, image16(w / "w16.png", np.full((64, 64), 65535)), W, OUT, *FAST], 2, "constant"),
+    "near-constant-16bit-ripple": Case("image file", lambda w: [
+        *INV, image16(w / "r16.png", 65535 - (np.arange(96 * 80).reshape(96, 80) % 97 == 0)),
+        W, OUT, *FAST], 2, "constant"),
+    # --- invert/demo options -------------------------------------------------------------
+    "size-0": Case("option", _inv("--size", "0"), 2, "--size: 0 is out of range"),
+    "size-negative": Case("option", _inv("--size", "-5"), 2, "out of range"),
+    "size-huge": Case("option", _inv("--size", "100000"), 2, "between 16 and 4096"),
+    "size-not-int": Case("option", _inv("--size", "big"), 2, "not an integer"),
+    "size-below-stride": Case("option", _inv("--size", "16"), 2, "smaller than the total stride"),
+    "chunk-size-0": Case("option", _inv("--chunk-size", "0"), 2, "--chunk-size: 0 is out of range"),
+    "chunk-size-negative": Case("option", _inv("--chunk-size", "-3"), 2, "out of range"),
+    "chunk-0-channels-0-hang": Case("option", _inv("--chunk-size", "0", "--channels", "0"), 2,
+                                    "--chunk-size"),
+    "channels-negative": Case("option", _inv("--channels", "-1"), 2, "--channels: -1 is out of range"),
+    "max-pixels-0": Case("option", _inv("--max-pixels", "0"), 2, "--max-pixels"),
+    "precision-unknown": Case("option", _inv("--precision", "fp64"), 2, "invalid choice"),
+    "device-unknown": Case("option", _inv("--device", "quantum"), 2, "not a torch device"),
+    "encoder-unknown": Case("option", _inv("--encoder", "vgg99"), 2, "unknown architecture"),
+    "weights-missing": Case("option", _inv("--weights", "no.pth"), 2, "does not exist"),
+    "lac-missing": Case("option", _inv("--lac", "no.safetensors", *FAST), 2, "no.safetensors"),
+    "lac-other-encoder": Case("option", lambda w: [
+        *INV, photo(w / "a.png"), W, OUT, "--encoder", "resnet18", "--random-init", "--lac",
+        Path(__file__).parents[1] / "src/adjinv/weights/efficientnet_lite0.lac.safetensors",
+        *FAST], 2, "efficientnet_lite0"),
+    "unknown-option": Case("option", _inv("--frobnicate"), 2, "unrecognized arguments"),
+    "no-images": Case("option", lambda w: [*INV, W, OUT], 2, "required"),
+    "no-command": Case("option", lambda w: [], 2, "required"),
+    "demo-images-too-many": Case("option", lambda w: ["demo", W, OUT, "--images", "999"], 2,
+                                 "out of range"),
+    "demo-images-negative": Case("option", lambda w: ["demo", W, OUT, "--images", "-1"], 2,
+                                 "out of range"),
+    # --- output folder -------------------------------------------------------------------
+    "out-is-a-file": Case("output", lambda w: [
+        *INV, photo(w / "a.png"), W, write(w / "out", b"mine"), *FAST], 2, "is an existing file"),
+    "out-under-a-file": Case("output", lambda w: [
+        *INV, photo(w / "a.png"), W, write(w / "f", b"x") / "sub", *FAST], 2, "is a file"),
+    "out-user-folder": Case("output", lambda w: [
+        *INV, photo(w / "a.png"), W, write(w / "out" / "index.html", b"<p>mine</p>").parent,
+        *FAST], 2, "--overwrite"),
+    # --- train options -------------------------------------------------------------------
+    "train-checkpoint-every-0": Case("train option", _train("--checkpoint-every", "0"), 2,
+                                     "--checkpoint-every"),
+    "train-batch-size-0": Case("train option", _train("--batch-size", "0"), 2, "--batch-size"),
+    "train-lr-nan": Case("train option", _train("--lr", "nan"), 2, "--lr: nan is out of range"),
+    "train-lr-inf": Case("train option", _train("--lr", "inf"), 2, "--lr"),
+    "train-lr-negative": Case("train option", _train("--lr", "-0.1"), 2, "--lr"),
+    "train-steps-negative": Case("train option", _train("--steps", "-3"), 2, "--steps"),
+    "train-steps-0": Case("train option", _train("--steps", "0"), 2, "--steps"),
+    "train-size-0": Case("train option", _train("--size", "0"), 2, "--size"),
+    "train-size-below-stride": Case("train option", _train("--size", "16"), 2, "total stride"),
+    "train-channel-fraction-0": Case("train option", _train("--channel-fraction", "0"), 2,
+                                     "--channel-fraction"),
+    "train-channel-fraction-1.5": Case("train option", _train("--channel-fraction", "1.5"), 2,
+                                       "--channel-fraction"),
+    "train-chunk-size-0": Case("train option", _train("--chunk-size", "0"), 2, "--chunk-size"),
+    "train-seed-negative": Case("train option", _train("--seed", "-1"), 2, "--seed"),
+    "train-out-is-folder": Case("train option", lambda w: [
+        "train", W, (w / "out").mkdir() or w / "out"], 2, "is a folder"),
+    "train-out-exists": Case("train option", lambda w: [
+        "train", W, write(w / "out", b"x")], 2, "--resume"),
+    "train-images-is-file": Case("train option", lambda w: [
+        "train", "--images", photo(w / "a.png"), W, OUT], 2, "is a file, not a folder"),
+    "train-images-missing": Case("train option", lambda w: [
+        "train", "--images", "nowhere", W, OUT], 2, "does not exist"),
+    "train-images-empty": Case("train option", lambda w: [
+        "train", "--images", (w / "e").mkdir() or w / "e", W, OUT], 2,
+        "holds no images"),
+    "train-export-is-out": Case("train option", lambda w: [
+        "train", W, OUT, "--export", OUT], 2, "--export must differ"),
+    "train-weights-pickle": Case("train option", lambda w: [
+        "train", W, OUT, "--weights", evil_pickle(w / "evil.pth", w / "pwned")], 2,
+        "could not read weights"),
+}
+
+
+def _save(path: Path, im: Image.Image) -> Path:
+    im.save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------- the catalogue
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(cli, name):
+    case = CASES[name]
+    r = cli(case.argv(cli.work))
+    assert r.code == case.code, r.err
+    assert case.message in r.error_lines[0], r.err
+    assert not (cli.work / "pwned").exists()
+
+
+@pytest.mark.parametrize("option", ["--weights", "--lac"])
+def test_malicious_pickle_is_never_executed(cli, option):
+    pth = evil_pickle(cli.work / "evil.pth", cli.work / "pwned")
+    r = cli([*INV, photo(cli.work / "a.png"), W, OUT, option, pth, *FAST])
+    assert r.code == 2 and not (cli.work / "pwned").exists()
+
+
+def test_out_dot_keeps_the_users_files(cli):
+    w = cli.work
+    (w / "index.html").write_text("<p>my own page</p>")
+    (w / "summary.json").write_text('{"mine": true}')
+    img = photo(w / "in" / "a.png")
+    r = cli([*INV, img, W, ".", *FAST], out=w)
+    assert r.code == 2 and "--overwrite" in r.error_lines[0]
+    assert (w / "index.html").read_text() == "<p>my own page</p>"
+    assert not (w / MARKER).exists()
+
+
+def test_second_run_into_a_locked_out_is_refused(cli):
+    out = cli.work / "out"
+    out.mkdir()
+    (out / MARKER).write_text("x")
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = cli([*INV, photo(cli.work / "a.png"), W, out, *FAST])
+    finally:
+        os.close(fd)
+    assert r.code == 2 and "another adjinv run" in r.error_lines[0]
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, LOCK])
+
+
+def test_random_init_ignored_is_said(cli):
+    w = cli.work
+    r = cli([*INV, _save(w / "w.png", Image.new("RGB", (64, 64), "white")), W, OUT,
+             "--random-init", *FAST])
+    assert r.code == 2 and "--random-init ignored" in r.err
+
+
+@pytest.mark.parametrize("where", ["after-command", "at-the-end"])
+def test_debug_anywhere_shows_the_exception(tmp_path, where):
+    argv = ["invert", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")]
+    argv = ["invert", "--debug", *argv[1:]] if where == "after-command" else [*argv, "--debug"]
+    with pytest.raises(AdjinvError, match="does not exist"):
+        main(argv)
+
+
+def test_environment_error_is_exit_1(cli, monkeypatch):
+    def denied(self, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+    img = photo(cli.work / "a.png")
+    monkeypatch.setattr(Path, "mkdir", denied)
+    r = cli([*INV, img, W, OUT, *FAST])
+    assert r.code == 1 and "Permission denied" in r.error_lines[0]
+
+
+def test_full_disk_is_found_before_the_work(cli, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    img = photo(cli.work / "a.png")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 4096, 4096))
+    r = cli([*INV, img, W, OUT, *FAST])
+    assert r.code == 1 and "not enough free space" in r.error_lines[0]
+
+
+@pytest.mark.parametrize("exc", [torch.OutOfMemoryError("CUDA out of memory"),
+                                 RuntimeError("[enforce fail at alloc_cpu.cpp:117] "
+                                              "DefaultCPUAllocator: can't allocate memory"),
+                                 MemoryError()])
+def test_out_of_memory_is_one_line_with_a_smaller_size(cli, monkeypatch, exc):
+    def boom(*a, **k):
+        raise exc
+    monkeypatch.setattr("adjinv.experiments.report.invert_one", boom)
+    r = cli([*INV, photo(cli.work / "a.png"), W, OUT, "--size", "64", "--channels", "0"])
+    assert r.code == 1 and "out of memory at --size 64" in r.error_lines[0]
+    assert "--size 32" in r.error_lines[0]  # the suggestion
+
+
+def test_internal_error_is_one_line(cli, monkeypatch):
+    def boom(*a, **k):
+        raise IndexError("list index out of range")
+    monkeypatch.setattr("adjinv.experiments.report.invert_one", boom)
+    r = cli([*INV, photo(cli.work / "a.png"), W, OUT, *FAST])
+    assert r.code == 1 and r.error_lines[0].startswith("adjinv: internal error: IndexError")
+
+
+# ----------------------------------------------------------------------------- what now works
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs: list[dict] = []
+        self.h2: list[str] = []
+        self._in_h2 = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+        self._in_h2 = tag == "h2"
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.h2.append(data)
+
+    def handle_endtag(self, tag):
+        self._in_h2 = False
+
+
+HOSTILE = ["...jpg", "..jpg", ".hidden.png", "CON.png", "summary.json.png", "index.html.png",
+           "<img src=x onerror=document.title=1337>.png", "a#b?c%20d.png", "back\\slash.png"]
+
+
+def test_traversal_and_injection_names_stay_inside_out(cli):
+    w = cli.work
+    files = [photo(w / "in" / n, seed=i) for i, n in enumerate(HOSTILE)]
+    out = w / "out"  # the snapshot of w (its parent) catches a write beside it
+    r = cli([*INV, *files, W, out, *FAST], out=out)
+    assert r.code == 0, r.err
+    dirs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(dirs) == len(HOSTILE)
+    assert not any(d.startswith(".") or "/" in d or "\\" in d for d in dirs)
+    assert "_CON" in dirs and "_summary.json" in dirs and "_index.html" in dirs
+    for d in dirs:
+        assert json.loads((out / d / "summary.json").read_text())["image"] == d
+    assert isinstance(json.loads((out / "summary.json").read_text()), list)
+    page = _Page()
+    page.feed((out / "index.html").read_text())
+    assert "<img src=x onerror=document.title=1337>" in page.h2
+    assert not [i for i in page.imgs if i.get("src") == "x" or "onerror" in i]
+    from urllib.parse import unquote
+    for img in page.imgs:
+        assert (out / unquote(img["src"])).is_file(), img["src"]
+        assert "alt" in img
+
+
+def test_safe_name_unit():
+    assert safe_name("..") == "image" and safe_name(".") == "image"
+    assert safe_name("../../etc/passwd") == "_.._etc_passwd"
+    assert safe_name("a\0b") == "a_b" and safe_name("nul") == "_nul" and safe_name("com1.x") == "_com1.x"
+    taken: set[str] = set()
+    assert [safe_name(n, taken) for n in ("A", "a", "a")] == ["A", "a-2", "a-3"]
+    assert len(safe_name("x" * 500)) <= 100 and len(safe_name("é" * 500).encode()) <= 100
+
+
+def test_16bit_grayscale_is_read_at_full_depth(tmp_path):
+    """A 16-bit PNG was read as pure white; now its values survive to within 1/65535."""
+    rng = np.random.default_rng(0)
+    arr = (rng.random((40, 56)) * 30000 + 2000).astype(np.uint16)
+    p = image16(tmp_path / "g16.png", arr)
+    with pytest.warns(UserWarning, match="I;16"):
+        t = load_image(p, mode="convert")
+    assert t.shape == (3, 40, 56)
+    assert torch.allclose(t[0].double(), torch.from_numpy(arr / 65535.0), atol=1e-6)
+    assert torch.equal(t[0], t[2])
+    with pytest.raises(AdjinvError, match="I;16"):
+        load_image(p)  # strict mode still refuses non-RGB
+
+
+def test_16bit_grayscale_runs_end_to_end(cli):
+    rng = np.random.default_rng(1)
+    arr = np.kron(rng.random((8, 8)), np.ones((8, 8))) * 40000 + 1000
+    r = cli([*INV, image16(cli.work / "g16.png", arr), W, OUT, *FAST])
+    assert r.code == 0, r.err
+    s = json.loads((cli.work / "out" / "g16" / "summary.json").read_text())
+    inp = np.array(Image.open(cli.work / "out" / "g16" / "input.png"))
+    assert inp.std() > 10 and inp.max() < 250  # not a white page
+    assert s["top_channels"] == []
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "P", "CMYK", "1", "I"])
+def test_every_mode_converts(tmp_path, mode):
+    rgb = Image.open(photo(tmp_path / "a.png"))
+    im = rgb.convert(mode) if mode != "I" else Image.fromarray(
+        np.array(rgb.convert("L")).astype(np.int32) * 200)
+    p = tmp_path / ("x.tif" if mode in ("CMYK", "I") else "x.png")
+    im.save(p)
+    with pytest.warns(UserWarning, match="converted colour mode"):
+        t = load_image(p, mode="convert")
+    assert t.shape == (3, 72, 90) and float(t.min()) >= 0 and float(t.max()) <= 1
+    assert float(t.std()) > 0.05
+
+
+def test_transparent_pixels_are_white_not_black(tmp_path):
+    a = np.zeros((32, 32, 4), np.uint8)
+    a[..., 3] = 0
+    a[:16, :, :] = (10, 20, 30, 255)
+    Image.fromarray(a).save(tmp_path / "t.png")
+    t = load_image(tmp_path / "t.png", mode="convert")
+    assert torch.allclose(t[:, 20, 5], torch.ones(3))
+    assert torch.allclose(t[:, 2, 5], torch.tensor([10, 20, 30]) / 255.0)
+
+
+def test_exif_orientation_and_animation(tmp_path):
+    im = Image.open(photo(tmp_path / "a.png", size=(40, 64)))
+    exif = im.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    im.save(tmp_path / "o.jpg", exif=exif)
+    assert load_image(tmp_path / "o.jpg").shape == (3, 64, 40)
+    frames = [Image.open(photo(tmp_path / f"f{i}.png", seed=i)).convert("P") for i in range(3)]
+    frames[0].save(tmp_path / "an.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match="animated \\(3 frames\\): using the first frame"):
+        t = load_image(tmp_path / "an.gif", mode="convert")
+    first = load_image(_save(tmp_path / "f0.gif", frames[0]), mode="convert")
+    assert torch.equal(t, first)
+
+
+def test_max_pixels_can_be_raised(tmp_path):
+    p = photo(tmp_path / "a.png")
+    with pytest.raises(AdjinvError, match="decompression bombs"):
+        load_image(p, max_pixels=100)
+    assert load_image(p, max_pixels=72 * 90).shape == (3, 72, 90)
+    bomb = png_header(tmp_path / "b.png", 20000, 9100)
+    from PIL import Image as PILImage
+    assert PILImage.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's global is left as it was
+    with pytest.raises(AdjinvError, match="182,000,000 pixels"):
+        load_image(bomb)
+
+
+def test_stale_temporaries_are_cleaned_on_the_next_run(cli):
+    out = cli.work / "out"
+    img = photo(cli.work / "a.png")
+    assert cli([*INV, img, W, out, *FAST]).code == 0
+    (out / "a" / ".input.png.x1y2.tmp").write_bytes(b"half")
+    (out / ".b.partial").mkdir()
+    (out / ".b.partial" / "input.png").write_bytes(b"half")
+    (out / ".index.html.q.tmp").write_bytes(b"half")
+    r = cli([*INV, img, W, out, *FAST])
+    assert r.code == 0 and "removed 3 stale temporary" in r.err
+    assert not (out / ".b.partial").exists()
+
+
+def test_overwrite_writes_into_a_user_folder(cli):
+    out = cli.work / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    r = cli([*INV, photo(cli.work / "a.png"), W, out, "--overwrite", *FAST], out=out)
+    assert r.code == 0 and (out / "notes.txt").read_text() == "keep me"
+    assert (out / "index.html").is_file() and (out / MARKER).is_file()
+
+
+def test_channels_beyond_the_deepest_stage_are_clamped_to_live_ones(cli):
+    r = cli([*INV, photo(cli.work / "a.png"), W, OUT, "--size", "32", "--channels", "100000",
+             "--chunk-size", "512"])
+    assert r.code == 0 and "more than the 1280 channels" in r.err
+    s = json.loads((cli.work / "out" / "a" / "summary.json").read_text())
+    live = s["live_channels_deepest"]
+    assert len(s["top_channels"]) == live < 1280
+    assert all(c["weight"] > 0 for c in s["top_channels"])
+    assert len(list((cli.work / "out" / "a").glob("channel_*.png"))) == live
+
+
+# ----------------------------------------------------------------------------- API
+@pytest.fixture
+def inverter(tiny_enc):
+    return AdjointInverter(tiny_enc, random_lacs(tiny_enc))
+
+
+@pytest.mark.parametrize("kw", [{"chunk_size": 0}, {"chunk_size": -1}, {"chunk_size": 2.5},
+                                {"chunk_size": True}, {"memory_budget": 0}])
+def test_api_constructor_arguments(tiny_enc, kw):
+    with pytest.raises(AdjinvError, match=next(iter(kw))):
+        AdjointInverter(tiny_enc, **kw)
+
+
+@pytest.mark.parametrize("top_k", [-1, 1.5, "3"])
+def test_api_top_k(inverter, top_k):
+    with pytest.raises(AdjinvError, match="top_k"):
+        inverter.invert(smooth_image(32, dtype=torch.float64), top_k=top_k)
+
+
+@pytest.mark.parametrize("x,message", [
+    (torch.zeros(0, 3, 32, 32, dtype=torch.float64), "empty"),
+    (torch.full((1, 3, 32, 32), float("nan"), dtype=torch.float64), "NaN"),
+    (torch.zeros(1, 3, 32, 32, dtype=torch.int8), "floating-point"),
+    (torch.zeros(1, 4, 32, 32, dtype=torch.float64), "RGBA"),
+    (torch.zeros(2, 32, 32, dtype=torch.float64), "expected"),
+    (torch.ones(1, 3, 32, 32, dtype=torch.float64) * 2.2 + 1e-7 * torch.rand(1, 3, 32, 32,
+                                                                             dtype=torch.float64),
+     "constant"),
+])
+def test_api_bad_batches(inverter, x, message):
+    with pytest.raises(AdjinvError, match=message):
+        inverter.invert(x)
+
+
+def test_api_top_k_zero_and_chunk_one_finish(inverter):
+    res = inverter.invert(smooth_image(32, dtype=torch.float64), top_k=0)
+    assert not res.channels and torch.isfinite(res.x_hat[3]).all()
+    one = AdjointInverter(inverter.encoder, inverter.lacs, chunk_size=1)
+    assert torch.allclose(one.invert(smooth_image(32, dtype=torch.float64)).x_hat[3], res.x_hat[3])
+
+
+@pytest.mark.parametrize("size", [0, -5, 2.5, True])
+def test_api_resize_size(size):
+    from adjinv.data.images import resize_center_crop
+
+    with pytest.raises(AdjinvError, match="size must be a positive integer"):
+        resize_center_crop(torch.rand(3, 8, 8), size)
+
+
+@pytest.mark.parametrize("max_pixels", [0, -1, 1.5])
+def test_api_max_pixels(tmp_path, max_pixels):
+    with pytest.raises(AdjinvError, match="max_pixels"):
+        load_image(photo(tmp_path / "a.png"), max_pixels=max_pixels)
+
+
+def test_cli_pixel_limit_matches_the_loader():
+    import adjinv.cli
+    import adjinv.data.images
+
+    assert adjinv.cli.DEFAULT_MAX_PIXELS == adjinv.data.images.DEFAULT_MAX_PIXELS

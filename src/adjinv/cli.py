@@ -73,7 +73,7 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     enc = enc.to(_device(args.device))
     out = Path(args.out)
     cfg = ReportConfig(size=args.size, top_k=args.channels, chunk_size=args.chunk_size,
-                       precision=args.precision)
+                       precision=args.precision, mass=args.mass)
     print(f"encoder {enc.name} ({enc.num_stages} stages), LACs: {source}", file=sys.stderr)
     cb, close = _channel_progress()
     summaries = []
@@ -232,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-other-weights", action="store_true",
                        help="accept a LAC checkpoint trained on other weights of this architecture")
         p.add_argument("--size", type=int, default=224, help="image side in px (default 224)")
+        p.add_argument("--mass", type=float, default=None, help="anytime: synthesise only the "
+                       "channels of largest weight up to this simplex mass, e.g. 0.95 (default: all)")
         p.add_argument("--channels", type=int, default=8,
                        help="top-K per-channel inversions of the deepest stage (default 8)")
         p.add_argument("--device", default="cpu",

@@ -12,12 +12,13 @@ table in docs/speed.md is generated from it with ``--table``.
 
     nice -n 10 python benchmarks/anytime.py --threads 1 --encoders efficientnet_lite0:224 resnet18:224 \\
         resnet50:128 --photos 3 --out benchmarks/results/anytime_cpu.json
-    python benchmarks/anytime.py --table benchmarks/results/anytime_cpu.json
+    python benchmarks/anytime.py --table benchmarks/results/anytime_cpu.json --doc docs/speed.md
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import subprocess
@@ -33,12 +34,13 @@ from adjinv.core.inverter import AdjointInverter
 from adjinv.data import resize_center_crop
 from adjinv.data.photos import split_photos
 from adjinv.encoders import load_encoder
-from adjinv.io import atomic_write_json
+from adjinv.io import atomic_write_json, atomic_write_text
 from adjinv.pretrained import load_lacs
 
 REPO = Path(__file__).resolve().parent.parent
 PRETRAINED = ("efficientnet_lite0",)
 TARGETS = (1e-1, 1e-2, 1e-3)
+START, END = "<!-- anytime tables: start -->", "<!-- anytime tables: end -->"
 
 
 def _commit() -> str:
@@ -103,10 +105,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--chunk-size", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/anytime_cpu.json")
-    ap.add_argument("--table", help="print the markdown table of this JSON file and exit")
+    ap.add_argument("--table", help="print the markdown tables of this JSON file and exit")
+    ap.add_argument("--doc", help="with --table: write them into this markdown file between "
+                                  f"{START} and {END} instead")
     args = ap.parse_args(argv)
     if args.table:
-        print(table(__import__("json").loads(Path(args.table).read_text())))
+        md = table(json.loads(Path(args.table).read_text()))
+        if args.doc:
+            write_doc(Path(args.doc), md)
+        else:
+            print(md)
         return
     torch.set_num_threads(args.threads)
     photos = dict(list(split_photos("heldout").items())[: args.photos])
@@ -142,6 +150,15 @@ def environment(args: argparse.Namespace) -> dict:
             "settings": vars(args)}
 
 
+def write_doc(doc: Path, md: str) -> None:
+    """Replace the generated block of ``doc`` (between the markers) with ``md``."""
+    text = doc.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{doc} has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    atomic_write_text(doc, head + START + "\n" + md + "\n" + END + rest.split(END, 1)[1])
+
+
 def _fmt_speed(s: dict) -> str:
     return f"{s['channels']} ch (mass {s['mass']:.3f}): {s['speedup_channels']:.1f}× / " \
            f"{s['speedup_time']:.1f}×"
@@ -162,6 +179,25 @@ def table(data: dict) -> str:
             cells += [_fmt_speed(s[f"actual@{e:g}"]), _fmt_speed(s[f"bound@{e:g}"])]
         b = s["bound_over_actual"]
         cells.append(f"{b['median']:.1f} ({b['min']:.1f}–{b['max']:.1f})" if b else "—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + curve_table(data)
+
+
+FRACTIONS = (0.05, 0.1, 0.25, 0.5, 0.75)
+
+
+def curve_table(data: dict) -> str:
+    """Markdown: actual relative error (and the bound) after the first fraction of the live
+    channels, with the CPU time spent by then as a fraction of the full synthesis."""
+    head = ["encoder", "photo"] + [f"{f:.0%} of channels" for f in FRACTIONS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in data["rows"]:
+        curve, live = r["curve"], r["live_channels"]
+        cells = [f"{r['encoder']} {r['size']} px", r["photo"]]
+        for f in FRACTIONS:
+            c = next(c for c in curve if c["channels"] >= f * live)
+            t = c["cpu_seconds"] / curve[-1]["cpu_seconds"]
+            cells.append(f"{c['error_rel']:.2g} (bound {c['bound_rel']:.2g}; {t:.0%} of time)")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

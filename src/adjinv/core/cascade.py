@@ -13,7 +13,7 @@ from torch.func import vjp, vmap
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from .adjoint import StageAdjoint, build_stage_adjoint
-from .lac import LACBank
+from .lac import LACBank, LocalAdjointCorrector
 from .memory import chunk_size_for
 from .precision import check_precision, compute_dtype, fp32_mode
 
@@ -61,11 +61,14 @@ class AdjointCascade:
     with BatchNorm folded in, masks, routing; by default channels-last except for IEEE
     float32 on CUDA, as measured in docs/speed.md) and uses ``vmap`` over ``torch.func.vjp`` for the
     rest; ``engine="autograd"`` uses the latter everywhere. ``precision`` is one of
-    :data:`adjinv.core.precision.PRECISIONS`.
+    :data:`adjinv.core.precision.PRECISIONS`. ``kernels="triton"`` runs masks with their
+    residual sums and the LACs as Triton kernels (:mod:`adjinv.core.triton_kernels`;
+    CUDA, default off: not yet measured faster).
     """
 
     def __init__(self, encoder: StagedEncoder, lacs: LACBank, *, engine: str = "auto",
-                 precision: str = "float32", channels_last: bool | None = None) -> None:
+                 precision: str = "float32", channels_last: bool | None = None,
+                 kernels: str = "torch") -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.encoder = encoder
@@ -73,6 +76,11 @@ class AdjointCascade:
         self.engine = engine
         self.precision = check_precision(precision)
         self.channels_last = channels_last
+        self.kernels = kernels
+        if kernels != "torch":
+            from .triton_kernels import check_kernels
+
+            check_kernels(kernels)
 
     def precision_context(self) -> AbstractContextManager[None]:
         """The TF32 setting of this cascade's pull-backs (restored on exit)."""
@@ -100,7 +108,8 @@ class AdjointCascade:
             for st in self.encoder.stages[: last + 1]:
                 built = None
                 if self.engine == "auto":
-                    built = build_stage_adjoint(st.body, a, channels_last=cl, dtype=dtype)
+                    built = build_stage_adjoint(st.body, a, channels_last=cl, dtype=dtype,
+                                                kernels=self.kernels)
                 if built is None:
                     a, fn = vjp(st, a)
                     pbs.append(_vmapped(fn))
@@ -117,12 +126,22 @@ class AdjointCascade:
             for k in range(stage, -1, -1):
                 u = lin.pullbacks[k](u)
                 if k == 0:
-                    u = self.lacs.pix(u)
+                    u = self._lac(self.lacs.pix, u)
                 elif self.encoder.infos[k].decimates:
                     lac = self.lacs.at(k - 1)
                     if lac is not None:
-                        u = lac(u)
+                        u = self._lac(lac, u)
         return self._checked(u)
+
+    def _lac(self, lac: LocalAdjointCorrector, u: torch.Tensor) -> torch.Tensor:
+        """``lac(u)``; with ``kernels="triton"`` in two Triton passes where they apply."""
+        if self.kernels == "triton":
+            from .triton_kernels import lac_apply
+
+            out = lac_apply(lac, u)
+            if out is not None:
+                return out
+        return lac(u)
 
     def raw_pull_back(self, lin: Linearization, stage: int, cot: torch.Tensor) -> torch.Tensor:
         """``J_{A_stage}ᵀ cot`` without any LAC (the vanilla VJP of Eq. 3)."""

@@ -62,21 +62,21 @@ class AdjointInverter:
     chosen from free memory, see :mod:`adjinv.core.memory`); ``memory_budget``
     caps the bytes one chunk may use. ``lacs=None`` uses identity LACs (γ=1, β=0).
     Dead channels (``w = 0``) are skipped: they contribute exactly nothing to Eq. 8.
-    ``engine``, ``precision`` and ``channels_last`` choose how the cascade computes
-    (see :class:`~adjinv.core.cascade.AdjointCascade` and :mod:`adjinv.core.precision`).
+    ``engine``, ``precision``, ``channels_last`` and ``kernels`` choose how the cascade
+    computes (see :class:`~adjinv.core.cascade.AdjointCascade` and :mod:`adjinv.core.precision`).
     """
 
     def __init__(self, encoder: StagedEncoder, lacs: LACBank | None = None, *,
                  chunk_size: int | None = None, memory_budget: int | None = None,
                  engine: str = "auto", precision: str = "float32",
-                 channels_last: bool | None = None) -> None:
+                 channels_last: bool | None = None, kernels: str = "torch") -> None:
         self.encoder = encoder
         self.lacs = lacs if lacs is not None else LACBank.for_encoder(encoder)
         p = next(iter(encoder.parameters()), None)
         if p is not None:
             self.lacs.to(p.device)
         self.cascade = AdjointCascade(encoder, self.lacs, engine=engine, precision=precision,
-                                      channels_last=channels_last)
+                                      channels_last=channels_last, kernels=kernels)
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
 

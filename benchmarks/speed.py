@@ -72,7 +72,8 @@ def _flag_bool(s: str) -> bool:
 # values is one "cascade" row. To benchmark another inverter option, add it here
 # (e.g. "channels_last": _flag_bool).
 VARIANT_FLAGS: dict[str, Callable[[str], object]] = {"engine": str, "precision": str,
-                                                    "channels_last": _flag_bool, "chunk_size": int}
+                                                    "channels_last": _flag_bool, "chunk_size": int,
+                                                    "kernels": str}
 
 FLOP_CONVENTION = (
     "FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (convolutions and matrix "

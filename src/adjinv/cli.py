@@ -81,6 +81,7 @@ def _float_in(lo: float, hi: float | None = None,
 
 _SIZE = _int_in(MIN_SIZE, MAX_SIZE, " px")
 _POSITIVE = _int_in(1)
+_mass = _float_in(0.0, 1.0)
 
 EPILOG_INVERT = """example:
   adjinv invert photo.jpg other.png --out runs/inv --channels 8
@@ -189,7 +190,7 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     enc = enc.to(device)
     out = Path(args.out)
     cfg = ReportConfig(size=args.size, top_k=top_k, chunk_size=args.chunk_size,
-                       precision=args.precision)
+                       precision=args.precision, mass=args.mass)
     targets = {name: inside(out, name) for name in images}
     _check_free_space(out, len(images) * (enc.num_stages + top_k + 6) * 3 * args.size ** 2)
     with OutputFolder(out, overwrite=args.overwrite) as claimed:
@@ -437,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"image side in px, {MIN_SIZE}-{MAX_SIZE} (default 224)")
         p.add_argument("--channels", type=_int_in(0), default=8,
                        help="top-K per-channel inversions of the deepest stage, >= 0 (default 8)")
+        p.add_argument("--mass", type=_mass, default=None, help="anytime: synthesise only the "
+                       "channels of largest weight up to this simplex mass in (0, 1], e.g. 0.95 "
+                       "(default: all)")
         p.add_argument("--device", default="cpu",
                        help="torch device to run on, e.g. cuda or cuda:1 (default cpu)")
         p.add_argument("--precision", choices=PRECISION_CHOICES, default="float32",

@@ -113,6 +113,31 @@ class StageAdjoint:
         self._fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.dtype = dtype
         self.widest = widest  # elements of the largest map of one image inside the stage
+        self._triton = False
+
+    def use_triton(self) -> None:
+        """Apply masks and the residual sums after them with the Triton kernel of
+        :mod:`adjinv.core.triton_kernels` (bits packed here), where it applies."""
+        from .triton_kernels import pack_mask
+
+        for op in self._ops.values():
+            if op.kind == "mask":
+                op.data["packed"] = pack_mask(op.data["mask"], op.data["channels_last"])
+        self._triton = True
+
+    def _triton_mask(self, op: _Op, g: torch.Tensor, own: bool,
+                     grads: dict[fx.Node, tuple[torch.Tensor, bool]]) -> bool:
+        """``grads[src] (+)= g ⊙ mask`` in one fused pass; False if the kernel does not apply."""
+        from .triton_kernels import mask_add
+
+        src, d = op.args[0], op.data
+        acc, acc_own = grads.get(src, (None, False))
+        out = acc if acc_own else (g if own else None)
+        res = mask_add(g, d["packed"], d["mask"].shape, d["channels_last"], acc, out)
+        if res is None:
+            return False
+        grads[src] = (res, True)
+        return True
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         n, b = u.shape[:2]
@@ -129,6 +154,8 @@ class StageAdjoint:
             if entry is None:
                 continue
             op = self._ops[node]
+            if self._triton and op.kind == "mask" and self._triton_mask(op, *entry, grads):
+                continue
             outs = self._transpose(op, entry[0], entry[1], n)
             for src, (gs, own) in zip(op.args, outs, strict=True):
                 if src not in grads:
@@ -250,19 +277,23 @@ def _mask(x: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
 
 
 def build_stage_adjoint(body: nn.Module, x: torch.Tensor, *, channels_last: bool = False,
-                        dtype: torch.dtype | None = None) -> tuple[torch.Tensor, StageAdjoint] | None:
+                        dtype: torch.dtype | None = None,
+                        kernels: str = "torch") -> tuple[torch.Tensor, StageAdjoint] | None:
     """Run stage ``body`` on ``x`` and return its output with the explicit transpose of
     its Jacobian there, or ``None`` if the stage has an op without one.
 
     ``dtype`` (default: ``x``'s) is the precision the transpose computes in (float16:
     see :mod:`adjinv.core.precision`); ``channels_last`` stores its maps in that memory
-    format."""
+    format; ``kernels="triton"`` fuses masks with residual sums (:meth:`StageAdjoint.use_triton`)."""
     graph = _trace(body)
     if graph is None:
         return None
     try:
         with torch.no_grad():
-            return _build(body, graph, x, channels_last, dtype or x.dtype)
+            built = _build(body, graph, x, channels_last, dtype or x.dtype)
+            if kernels == "triton":
+                built[1].use_triton()
+            return built
     except Unsupported:
         return None
 

@@ -15,7 +15,7 @@ from torch.func import vjp, vmap
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from .adjoint import StageAdjoint, build_stage_adjoint, known_type
-from .lac import LACBank
+from .lac import LACBank, LocalAdjointCorrector
 from .memory import chunk_size_for
 from .precision import check_precision, compute_dtype, fp32_mode
 
@@ -79,11 +79,13 @@ class AdjointCascade:
     linearised, against ``torch.func.vjp`` on one random cotangent (and its output against
     the autograd forward); beyond :data:`VERIFY_RTOL` for the compute dtype the stage uses
     autograd instead, with a warning naming its module types.
+    ``kernels="triton"`` runs masks with their residual sums and the LACs as Triton kernels
+    (:mod:`adjinv.core.triton_kernels`; CUDA, default off: not yet measured faster).
     """
 
     def __init__(self, encoder: StagedEncoder, lacs: LACBank, *, engine: str = "auto",
                  precision: str = "float32", channels_last: bool | None = None,
-                 verify: bool = True) -> None:
+                 verify: bool = True, kernels: str = "torch") -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.encoder = encoder
@@ -92,6 +94,11 @@ class AdjointCascade:
         self.precision = check_precision(precision)
         self.channels_last = channels_last
         self.verify = verify
+        self.kernels = kernels
+        if kernels != "torch":
+            from .triton_kernels import check_kernels
+
+            check_kernels(kernels)
 
     def precision_context(self) -> AbstractContextManager[None]:
         """The TF32 setting of this cascade's pull-backs (restored on exit)."""
@@ -120,7 +127,8 @@ class AdjointCascade:
                 built = None
                 err = None
                 if self.engine == "auto":
-                    built = build_stage_adjoint(st.body, a, channels_last=cl, dtype=dtype)
+                    built = build_stage_adjoint(st.body, a, channels_last=cl, dtype=dtype,
+                                                kernels=self.kernels)
                 if built is not None and self.verify:
                     built, err = self._verified(k, st, a, built, dtype)
                 if built is None:
@@ -163,12 +171,22 @@ class AdjointCascade:
             for k in range(stage, -1, -1):
                 u = lin.pullbacks[k](u)
                 if k == 0:
-                    u = self.lacs.pix(u)
+                    u = self._lac(self.lacs.pix, u)
                 elif self.encoder.infos[k].decimates:
                     lac = self.lacs.at(k - 1)
                     if lac is not None:
-                        u = lac(u)
+                        u = self._lac(lac, u)
         return self._checked(u)
+
+    def _lac(self, lac: LocalAdjointCorrector, u: torch.Tensor) -> torch.Tensor:
+        """``lac(u)``; with ``kernels="triton"`` in two Triton passes where they apply."""
+        if self.kernels == "triton":
+            from .triton_kernels import lac_apply
+
+            out = lac_apply(lac, u)
+            if out is not None:
+                return out
+        return lac(u)
 
     def raw_pull_back(self, lin: Linearization, stage: int, cot: torch.Tensor) -> torch.Tensor:
         """``J_{A_stage}ᵀ cot`` without any LAC (the vanilla VJP of Eq. 3)."""

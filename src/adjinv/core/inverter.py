@@ -9,6 +9,16 @@ import torch
 
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
+from .anytime import (
+    Preview,
+    PreviewFn,
+    add_omitted_bias,
+    check_anytime_args,
+    error_bounds,
+    lac_pix_radius,
+    omitted_weight,
+    select_channels,
+)
 from .cascade import AdjointCascade, Linearization, auto_chunk, channel_seeds
 from .lac import LACBank
 from .simplex import simplex_measure
@@ -16,6 +26,7 @@ from .validate import check_input
 
 Progress = Callable[[int, int], None]
 WeightFn = Callable[[list[torch.Tensor], torch.Tensor], dict[str, torch.Tensor]]
+ChunkFn = Callable[[dict[str, torch.Tensor], torch.Tensor], None]
 
 
 @dataclass
@@ -25,7 +36,11 @@ class Inversion:
     ``x_hat[l]``: layer-wise reconstruction (B, 3, H, W) (Eq. 8);
     ``weights[l]``: simplex measure (B, C_l) (Eq. 2);
     ``channels[l]`` (B, K) and ``phi[l]`` (B, K, 3, H, W): per-channel inversions;
-    ``extra``: further syntheses at the deepest stage (e.g. class-directional, Eq. 12).
+    ``extra``: further syntheses at the deepest stage (e.g. class-directional, Eq. 12);
+    ``omitted_mass[l]`` (B,): simplex weight of the live channels left out by an anytime
+    call (``mass``/``max_channels``; 0 otherwise), ``error_bound_abs[l]`` and
+    ``error_bound[l]`` (B,): proven bounds on ``‖x̂_l − x̂_l^full‖`` and on that divided by
+    ``‖x̂_l^full‖`` (:mod:`adjinv.core.anytime`); the same keyed by name for ``extra``.
     """
 
     x: torch.Tensor
@@ -36,6 +51,9 @@ class Inversion:
     phi: dict[int, torch.Tensor] = field(default_factory=dict)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     extra_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    omitted_mass: dict[int | str, torch.Tensor] = field(default_factory=dict)
+    error_bound_abs: dict[int | str, torch.Tensor] = field(default_factory=dict)
+    error_bound: dict[int | str, torch.Tensor] = field(default_factory=dict)
 
 
 class AdjointInverter:
@@ -45,15 +63,16 @@ class AdjointInverter:
     chosen from free memory, see :mod:`adjinv.core.memory`); ``memory_budget``
     caps the bytes one chunk may use. ``lacs=None`` uses identity LACs (γ=1, β=0).
     Dead channels (``w = 0``) are skipped: they contribute exactly nothing to Eq. 8.
-    ``engine``, ``precision``, ``channels_last`` and ``verify`` (the per-stage self-check of
-    the explicit transposes) choose how the cascade computes (see
+    ``engine``, ``precision``, ``channels_last``, ``verify`` (the per-stage self-check of
+    the explicit transposes) and ``kernels`` choose how the cascade computes (see
     :class:`~adjinv.core.cascade.AdjointCascade` and :mod:`adjinv.core.precision`).
     """
 
     def __init__(self, encoder: StagedEncoder, lacs: LACBank | None = None, *,
                  chunk_size: int | None = None, memory_budget: int | None = None,
                  engine: str = "auto", precision: str = "float32",
-                 channels_last: bool | None = None, verify: bool = True) -> None:
+                 channels_last: bool | None = None, verify: bool = True,
+                 kernels: str = "torch") -> None:
         for arg, v in (("chunk_size", chunk_size), ("memory_budget", memory_budget)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise AdjinvError(f"{arg} must be a positive integer or None (automatic), "
@@ -64,7 +83,8 @@ class AdjointInverter:
         if p is not None:
             self.lacs.to(p.device)
         self.cascade = AdjointCascade(encoder, self.lacs, engine=engine, precision=precision,
-                                      channels_last=channels_last, verify=verify)
+                                      channels_last=channels_last, verify=verify,
+                                      kernels=kernels)
         self.chunk_size = chunk_size
         self.memory_budget = memory_budget
 
@@ -84,14 +104,21 @@ class AdjointInverter:
     def synthesize(self, lin: Linearization, stage: int, weight_sets: dict[str, torch.Tensor], *,
                    keep: torch.Tensor | None = None,
                    progress: Progress | None = None,
-                   source: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor],
-                                                                torch.Tensor | None]:
+                   source: torch.Tensor | None = None,
+                   order: torch.Tensor | None = None,
+                   on_chunk: ChunkFn | None = None) -> tuple[dict[str, torch.Tensor],
+                                                            torch.Tensor | None]:
         """``Σ_c W_{b,c} φ_{stage,c}`` for every weight set ``W`` (B, C) (Eq. 8/12), from one
         cascade pass per live channel; optionally keep ``φ`` for the channels ``keep`` (B, K).
 
         ``source`` (B, C, h, w) replaces ``A_stage`` as the tensor whose channels seed the
         cascade, ``φ_c = Ψ_stage(E_c ⊙ source)``: the per-channel split of any cotangent
-        (SPEC §12). Default: the activation-weighted seeds of Eq. 3."""
+        (SPEC §12). Default: the activation-weighted seeds of Eq. 3.
+
+        ``order`` (B, C): channels are pulled back in descending order of their largest
+        entry over the batch (default: by index). ``on_chunk(sums, processed)`` is called
+        after each chunk with the partial sums and a (B, C) mask of the channels pulled
+        back so far for each image (anytime previews)."""
         a = lin.acts[stage] if source is None else source.to(lin.acts[stage])
         if a.shape != lin.acts[stage].shape:
             raise ValueError(f"source of shape {tuple(a.shape)} does not match A_{stage} "
@@ -108,7 +135,10 @@ class AdjointInverter:
         # heads: a third live, different ones per image), one image at a time is cheaper.
         if bsz > 1 and idx.numel() * bsz > self.SPLIT_RATIO * int(own.sum()):
             return self._synthesize_each(lin, stage, weight_sets, keep, progress, source,
-                                         own.sum(1).tolist())
+                                         own.sum(1).tolist(), order, on_chunk)
+        if order is not None:
+            idx = idx[order[:, idx].amax(0).argsort(descending=True, stable=True)]
+        processed = torch.zeros(c, dtype=torch.bool, device=a.device)
         out = {k: torch.zeros_like(lin.x) for k in weight_sets}
         kept = None
         if keep is not None:
@@ -136,28 +166,45 @@ class AdjointInverter:
             done += ch.numel()
             if progress is not None:
                 progress(done, idx.numel())
+            if on_chunk is not None:
+                processed[ch] = True
+                on_chunk(out, processed.expand(bsz, c))
         return out, kept
 
     SPLIT_RATIO = 1.25  # union of live channels / the images' own, above which images split
 
     def _synthesize_each(self, lin: Linearization, stage: int, weight_sets: dict[str, torch.Tensor],
                          keep: torch.Tensor | None, progress: Progress | None,
-                         source: torch.Tensor | None,
-                         counts: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+                         source: torch.Tensor | None, counts: list[int],
+                         order: torch.Tensor | None = None,
+                         on_chunk: ChunkFn | None = None,
+                         ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """:meth:`synthesize` image by image (one extra forward each); ``counts``: each
-        image's own channels, so that ``progress`` counts on over the whole batch."""
+        image's own channels, so that ``progress`` counts on over the whole batch, and
+        ``on_chunk`` sees the whole batch (finished images, the partial one, zeros)."""
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in weight_sets}
         kept = []
-        for b in range(lin.x.shape[0]):
-            image_progress = None
+        bsz, c = lin.x.shape[0], lin.acts[stage].shape[1]
+        for b in range(bsz):
+            image_progress = image_chunk = None
             if progress is not None:
                 def image_progress(done: int, _total: int, offset: int = sum(counts[:b])) -> None:
                     progress(offset + done, sum(counts))
+            if on_chunk is not None:
+                def image_chunk(sums: dict[str, torch.Tensor], proc: torch.Tensor,
+                                b: int = b) -> None:
+                    full = {k: torch.cat([*outs[k], v, v.new_zeros(bsz - b - 1, *v.shape[1:])])
+                            for k, v in sums.items()}
+                    mask = proc.new_zeros(bsz, c)
+                    mask[:b] = True
+                    mask[b] = proc[0]
+                    on_chunk(full, mask)
             one = self.cascade.linearize(lin.x[b: b + 1], stage)
             sums, k_b = self.synthesize(
                 one, stage, {k: w[b: b + 1] for k, w in weight_sets.items()},
                 keep=None if keep is None else keep[b: b + 1], progress=image_progress,
-                source=None if source is None else source[b: b + 1])
+                source=None if source is None else source[b: b + 1],
+                order=None if order is None else order[b: b + 1], on_chunk=image_chunk)
             for k, v in sums.items():
                 outs[k].append(v)
             kept.append(k_b)
@@ -172,14 +219,26 @@ class AdjointInverter:
     @torch.no_grad()
     def invert(self, x: torch.Tensor, *, stages: Sequence[int] | None = None, top_k: int = 0,
                extra_weights: WeightFn | None = None,
-               progress: Progress | None = None) -> Inversion:
+               progress: Progress | None = None, mass: float | None = None,
+               max_channels: int | None = None, preview: PreviewFn | None = None) -> Inversion:
         """Layer-wise reconstructions ``x̂_l`` (Eq. 8) for ``stages`` (default: all),
         the top-``top_k`` per-channel inversions ``φ_{l,c}`` by simplex weight, and
         any ``extra_weights(acts, logits) -> {name: (B, C_L)}`` syntheses at the
-        deepest stage, sharing the deepest stage's pass."""
+        deepest stage, sharing the deepest stage's pass.
+
+        Anytime inversion (:mod:`adjinv.core.anytime`): ``mass`` in (0, 1] synthesises,
+        per image and stage, the channels of largest simplex weight until their
+        cumulative weight reaches ``mass``; ``max_channels`` caps their number, and the
+        omitted channels' exact ``LAC_pix`` bias is added. The extra syntheses use the
+        same channels. ``Inversion.error_bound`` holds the proven bound on the relative
+        error against the full synthesis. ``preview(Preview)`` is called
+        after every chunk with the partial ``x̂_l`` (channels in descending weight) and
+        its bound, for a progressive display; without it the result is identical to the
+        full synthesis restricted to the chosen channels."""
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
             raise AdjinvError(f"top_k must be an integer >= 0 (0: no per-channel images), "
                               f"got {top_k!r}")
+        check_anytime_args(mass, max_channels)
         x = self.prepare(x)
         last = self.encoder.num_stages - 1
         want = sorted({self._stage_index(s) for s in (stages if stages is not None else
@@ -195,24 +254,56 @@ class AdjointInverter:
             extra = extra_weights(lin.acts, logits) if extra_weights is not None else {}
             res.extra_weights = extra
             todo = sorted(set(want) | ({last} if extra else set()))
+            radius = lac_pix_radius(self.lacs.pix, x.shape[-2] * x.shape[-1], x.dtype)
             for s in todo:
                 w = simplex_measure(lin.acts[s])
+                chosen = select_channels(w, mass, max_channels)
                 sets: dict[str, torch.Tensor] = {}
                 if s in want:
-                    sets["x_hat"] = w
+                    sets["x_hat"] = torch.where(chosen, w, torch.zeros_like(w))
                 if s == last:
-                    sets.update(extra)
+                    sets.update({k: torch.where(chosen, v, torch.zeros_like(v))
+                                 for k, v in extra.items()})
                 keep = None
                 if top_k > 0 and s in want:
                     keep = w.topk(min(top_k, w.shape[1]), dim=1).indices
-                sums, kept = self.synthesize(lin, s, sets, keep=keep, progress=progress)
+                on_chunk = None
+                if preview is not None and s in want:
+                    on_chunk = self._previewer(s, w, sets["x_hat"] != 0, radius, preview)
+                sums, kept = self.synthesize(lin, s, sets, keep=keep, progress=progress,
+                                             order=None if on_chunk is None else w,
+                                             on_chunk=on_chunk)
                 if s in want:
                     res.weights[s] = w
-                    res.x_hat[s] = sums.pop("x_hat")
-                res.extra.update(sums)
+                    res.x_hat[s] = self._bound(res, s, sums.pop("x_hat"), w, chosen, radius)
+                for k, v in sums.items():
+                    res.extra[k] = self._bound(res, k, v, extra[k], chosen, radius)
                 if keep is not None:
                     res.channels[s], res.phi[s] = keep, kept
         return res
+
+    def _bound(self, res: Inversion, key: int | str, x_k: torch.Tensor, w: torch.Tensor,
+               chosen: torch.Tensor, radius: float) -> torch.Tensor:
+        """Record the omitted mass and the bounds of one anytime synthesis; return ``x_k``
+        with the omitted channels' bias added (:func:`~adjinv.core.anytime.add_omitted_bias`)."""
+        om = omitted_weight(w, chosen)
+        if bool((om != 0).any()):
+            x_k = add_omitted_bias(x_k, omitted_weight(w, chosen, signed=True), self.lacs.pix)
+        res.omitted_mass[key] = om
+        res.error_bound_abs[key], res.error_bound[key] = error_bounds(x_k, om, radius)
+        return x_k
+
+    def _previewer(self, stage: int, w: torch.Tensor, chosen: torch.Tensor, radius: float,
+                   preview: PreviewFn) -> ChunkFn:
+        """The chunk hook turning partial sums into :class:`Preview` objects."""
+        def hook(sums: dict[str, torch.Tensor], processed: torch.Tensor) -> None:
+            added = processed & chosen
+            x_k = add_omitted_bias(sums["x_hat"], omitted_weight(w, added, signed=True),
+                                   self.lacs.pix)
+            bound_abs, bound = error_bounds(x_k, omitted_weight(w, added), radius)
+            preview(Preview(stage=stage, x_hat=x_k, done=added.sum(1), bound_abs=bound_abs,
+                            bound=bound))
+        return hook
 
     @torch.no_grad()
     def channel_inversions(self, x: torch.Tensor, stage: int,

@@ -37,6 +37,7 @@ class ReportConfig:
     mode: str = "contribution"
     chunk_size: int | None = None
     precision: str = "float32"
+    mass: float | None = None
 
 
 def _scores(encoder: StagedEncoder, rec: torch.Tensor, img: torch.Tensor) -> dict[str, float]:
@@ -72,7 +73,8 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
         if progress is not None:
             progress(name, done, total)
 
-    res = inv.invert(x, top_k=top_k, extra_weights=cd, progress=tick)
+    res = inv.invert(x, top_k=top_k, extra_weights=cd, progress=tick,
+                     mass=cfg.mass)
     control = inv.seed_zero_control(x)[0]
     raw_vanilla = inv.vanilla_gradient(x)
     last = encoder.num_stages - 1
@@ -106,6 +108,8 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
             "top1": {"index": k, "name": encoder.class_name(k), "probability": float(probs[k])},
             "reconstruction": _scores(encoder, res.x_hat[last][0], img),
             "seed_zero_control": _scores(encoder, control, img),
+            "anytime": {"mass": cfg.mass, "omitted_mass": float(res.omitted_mass[last][0]),
+                        "error_bound": float(res.error_bound[last][0])},
             "stages": stages,
             "simplex_weights": {str(s): res.weights[s][0].tolist() for s in res.weights},
             "top_channels": chans,

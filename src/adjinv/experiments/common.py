@@ -4,7 +4,6 @@ progress bar, figures saved atomically."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -13,6 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -20,7 +20,6 @@ import torch
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..features import FeatureSet, extract_gap_features
-from ..io import atomic_write_bytes
 
 Log = Callable[[str], None]
 
@@ -92,23 +91,18 @@ def features(encoder: StagedEncoder, dataset: Any, label: str, cache_dir: Path |
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
+    """Save a matplotlib figure as PNG atomically."""
+    from ..viz.figures import save_figure as save
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save(fig, path, dpi=120)
 
 
 def pyplot() -> Any:
-    """matplotlib.pyplot on the non-interactive Agg backend."""
-    import matplotlib
+    """A pyplot stand-in whose ``subplots`` builds figures with the object-oriented API
+    (:func:`adjinv.viz.figures.subplots`): no global backend switch, no pyplot state."""
+    from ..viz.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return SimpleNamespace(subplots=subplots)
 
 
 @contextmanager

@@ -10,10 +10,12 @@ from .analysis.covvol import covariance_volume_select
 from .analysis.ecr import ecr_ablation, energy_concentration_ratio
 from .analysis.readout import ReadoutInversion, invert_readout, invert_readouts
 from .analysis.superposition import superposition_statistics
+from .api import Inverter
 from .core.cascade import AdjointCascade
 from .core.inverter import AdjointInverter, Inversion
 from .core.lac import LACBank, LocalAdjointCorrector
 from .core.simplex import simplex_measure
+from .core.stagedict import StageDict
 from .encoders import (
     LinearHead,
     StagedEncoder,
@@ -22,7 +24,7 @@ from .encoders import (
     load_encoder,
 )
 from .errors import AdjinvError
-from .pretrained import load_inverter, load_lacs
+from .pretrained import LoadedLACs, load_inverter, load_lacs
 
 __version__ = "0.1.0"
 
@@ -32,10 +34,13 @@ __all__ = [
     "AdjointInverter",
     "HybridAttentionClassifier",
     "Inversion",
+    "Inverter",
     "LACBank",
     "LinearHead",
+    "LoadedLACs",
     "LocalAdjointCorrector",
     "ReadoutInversion",
+    "StageDict",
     "StagedEncoder",
     "class_directional_inversion",
     "covariance_volume_select",

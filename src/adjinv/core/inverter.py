@@ -11,6 +11,7 @@ from ..encoders.staged import StagedEncoder
 from .cascade import AdjointCascade, Linearization, auto_chunk, channel_seeds
 from .lac import LACBank
 from .simplex import simplex_measure
+from .stagedict import StageDict
 from .validate import check_input
 
 Progress = Callable[[int, int], None]
@@ -25,6 +26,8 @@ class Inversion:
     ``weights[l]``: simplex measure (B, C_l) (Eq. 2);
     ``channels[l]`` (B, K) and ``phi[l]`` (B, K, 3, H, W): per-channel inversions;
     ``extra``: further syntheses at the deepest stage (e.g. class-directional, Eq. 12).
+    The per-stage fields are :class:`StageDict` s: ``x_hat[-1]`` is the deepest stage and
+    ``x_hat["stem"]`` looks a stage up by name (``stage_names``).
     """
 
     x: torch.Tensor
@@ -35,6 +38,11 @@ class Inversion:
     phi: dict[int, torch.Tensor] = field(default_factory=dict)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     extra_weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    stage_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for f in ("x_hat", "weights", "channels", "phi"):
+            setattr(self, f, StageDict(getattr(self, f), self.stage_names))
 
 
 class AdjointInverter:
@@ -182,7 +190,7 @@ class AdjointInverter:
             for st in self.encoder.stages[upto + 1:]:  # finish the forward, don't redo it
                 a = st(a)
             logits = self.encoder.head(a)
-            res = Inversion(x=x, logits=logits)
+            res = Inversion(x=x, logits=logits, stage_names=tuple(i.name for i in self.encoder.infos))
             extra = extra_weights(lin.acts, logits) if extra_weights is not None else {}
             res.extra_weights = extra
             todo = sorted(set(want) | ({last} if extra else set()))

@@ -21,6 +21,7 @@ from ..core.validate import check_input
 from ..data.labelled import LabelledSet
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
+from ..filters import gaussian_blur
 from ..io import atomic_write_bytes
 from ..state import eval_mode
 
@@ -425,18 +426,7 @@ def smooth_energy(e: torch.Tensor, window: int) -> torch.Tensor:
     if window <= 1:
         return e
     sigma = window / 4
-    r = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-r, r + 1, dtype=e.dtype, device=e.device)
-    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    shape = e.shape
-    flat = e.reshape(-1, 1, *shape[-2:])
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        t = F.conv2d(t, k.view(1, 1, -1, 1), padding=(r, 0))
-        return F.conv2d(t, k.view(1, 1, 1, -1), padding=(0, r))
-
-    mass = blur(torch.ones_like(flat[:1]))
-    return (blur(flat) / mass).reshape(shape)
+    return gaussian_blur(e, sigma, max(1, math.ceil(3 * sigma)), "renormalize")
 
 
 def token_peak_distance(maps: torch.Tensor, grid: tuple[int, int], *, window: int | None = None,

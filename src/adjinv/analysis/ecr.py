@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._optional import require
 from ..encoders.staged import LinearHead
 from ..errors import AdjinvError
 
@@ -108,14 +109,13 @@ def ecr_ablation(head: LinearHead, g: torch.Tensor, target: int, ecr: torch.Tens
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two score vectors over the entries finite in both."""
+    """Spearman rank correlation of two score vectors over the entries finite in both
+    (``scipy.stats.spearmanr``: tied scores share their average rank). NaN when fewer
+    than two entries remain or either vector is constant there."""
+    stats = require("scipy.stats", "the Spearman rank correlation")
     a, b = a.detach().double().flatten().cpu(), b.detach().double().flatten().cpu()
     ok = torch.isfinite(a) & torch.isfinite(b)
     a, b = a[ok], b[ok]
-    if a.numel() < 2:
+    if a.numel() < 2 or bool((a == a[0]).all()) or bool((b == b[0]).all()):
         return float("nan")
-    ra = a.argsort().argsort().double()
-    rb = b.argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = ra.norm() * rb.norm()
-    return float((ra @ rb) / den) if den > 0 else float("nan")
+    return float(stats.spearmanr(a.numpy(), b.numpy()).statistic)

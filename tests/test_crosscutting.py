@@ -21,7 +21,8 @@ def test_spearman_ranks_ties_by_their_average():
     rb = torch.tensor([1.0, 2.0, 3.0, 4.0]) - 2.5
     assert spearman(a, b) == pytest.approx(float(ra @ rb / (ra.norm() * rb.norm())))
     assert spearman(a, b) < 1.0  # argsort-of-argsort ranks would say exactly 1
-    assert spearman(torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([3.0, 0.0, 1.0])) == pytest.approx(-1.0)
+    with_nan = torch.tensor([1.0, float("nan"), 2.0])
+    assert spearman(with_nan, torch.tensor([3.0, 0.0, 1.0])) == pytest.approx(-1.0)
     assert math.isnan(spearman(torch.ones(4), b))
 
 
@@ -46,3 +47,42 @@ def test_gaussian_blur_borders():
     assert filters.gaussian_blur(x, 0.0, 2) is x
     with pytest.raises(AdjinvError, match="border"):
         filters.gaussian_blur(x, 1.0, 2, "wrap")
+
+
+def test_module_device_and_to_module():
+    from torch import nn
+
+    from adjinv.state import module_device, to_module
+
+    assert module_device(nn.ReLU()) == torch.device("cpu")
+    m = nn.Conv2d(3, 4, 1).double()
+    x = torch.rand(1, 3, 4, 4)
+    assert to_module(x, m).dtype == torch.float64
+    assert to_module(torch.ones(2, dtype=torch.long), m).dtype == torch.long
+    assert to_module(x, nn.ReLU()).dtype == torch.float32
+
+
+def test_warnings_to_log_turns_each_warning_into_a_line():
+    import warnings
+
+    from adjinv.experiments.common import warnings_to_log
+
+    lines: list[str] = []
+    with warnings_to_log(lines.append):
+        warnings.warn("first", stacklevel=1)
+        warnings.warn("first", stacklevel=1)  # "always": repeated warnings are not swallowed
+    assert lines == ["warning: first", "warning: first"]
+
+
+def test_figures_use_no_pyplot_state(tmp_path):
+    import sys
+
+    from adjinv.viz.figures import save_figure, subplots
+
+    fig, axes = subplots(1, 2, figsize=(2, 1))
+    assert axes.shape == (2,)
+    axes[0].plot([0, 1], [1, 0])
+    out = save_figure(fig, tmp_path / "f.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if "matplotlib.pyplot" in sys.modules:  # another test may have imported it
+        assert not sys.modules["matplotlib.pyplot"].get_fignums()

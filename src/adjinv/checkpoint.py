@@ -19,6 +19,7 @@ from .core.lac import LACBank
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
 from .io import atomic_write_bytes
+from .state import module_device
 
 FORMAT = "adjinv-lac/1"
 
@@ -116,9 +117,7 @@ def load_checkpoint(path: str | os.PathLike, encoder: StagedEncoder, *,
     except RuntimeError as e:
         raise AdjinvError(f"LAC checkpoint {str(path)!r} has inconsistent tensors: "
                           f"{str(e).splitlines()[0]}") from None
-    p = next(iter(encoder.parameters()), None)
-    if p is not None:
-        lacs.to(p.device)
+    lacs.to(module_device(encoder))
     extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
     return lacs, LACCheckpoint(meta=meta, extras=extras)
 

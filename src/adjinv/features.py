@@ -25,6 +25,7 @@ import torch
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
 from .io import atomic_write_bytes, atomic_write_json
+from .state import to_module
 
 FORMAT = "adjinv-gap-features/1"
 
@@ -60,10 +61,7 @@ def _digest(key: dict) -> str:
 @torch.no_grad()
 def gap_features(encoder: StagedEncoder, images: torch.Tensor) -> torch.Tensor:
     """``GAP(A_L)`` (B, C) of images (B, 3, H, W) in [0, 1] (normalised here)."""
-    p = next(iter(encoder.parameters()), None)
-    dev = p.device if p is not None else images.device
-    dt = p.dtype if p is not None and p.is_floating_point() else torch.float32
-    x = encoder.normalize(images.to(dev, dt))
+    x = encoder.normalize(to_module(images, encoder))
     with encoder.frozen():
         return encoder.forward_stages(x)[-1].mean(dim=(-2, -1))
 

@@ -23,7 +23,7 @@ from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..filters import gaussian_blur
 from ..io import atomic_write_bytes
-from ..state import eval_mode
+from ..state import eval_mode, module_device
 
 HEAD_FORMAT = "adjinv-head/1"
 
@@ -275,9 +275,7 @@ def load_head(path: str | os.PathLike, encoder: StagedEncoder, *, allow_other_we
     except RuntimeError as e:
         raise AdjinvError(f"attention head {str(path)!r} has inconsistent tensors: "
                           f"{str(e).splitlines()[0]}") from None
-    p = next(iter(encoder.parameters()), None)
-    if p is not None:
-        model.to(p.device)
+    model.to(module_device(encoder))
     model.eval()
     extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
     return model, meta, extras

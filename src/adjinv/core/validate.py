@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import AdjinvError
+from ..state import to_module
 
 
 def check_input(x: object, encoder: torch.nn.Module, *, allow_constant: bool = False) -> torch.Tensor:
@@ -41,7 +42,4 @@ def check_input(x: object, encoder: torch.nn.Module, *, allow_constant: bool = F
         if const:
             raise AdjinvError(f"image(s) {const} are constant (every pixel the same colour): there is no "
                               "spatial structure to invert; pass a natural image")
-    p = next(iter(encoder.parameters()), None)
-    if p is not None:
-        x = x.to(device=p.device, dtype=p.dtype)
-    return x
+    return to_module(x, encoder)

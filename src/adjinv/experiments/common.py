@@ -57,16 +57,23 @@ def load_config(cls: type, path: str | os.PathLike | None, overrides: dict[str, 
     return cls(**values)
 
 
+@contextmanager
+def warnings_to_log(log: Log) -> Iterator[None]:
+    """Warnings raised inside the block (identity LACs, random weights, …) become
+    ``"warning: …"`` log lines when it ends, each one, instead of going to stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        log(f"warning: {w.message}")
+
+
 def load_named_encoder(name: str, weights: str | None, random_init: bool, log: Log) -> StagedEncoder:
     """``load_encoder`` with warnings turned into log lines."""
     from ..encoders import load_encoder
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        enc = load_encoder(name, weights, random_init=random_init)
-    for w in caught:
-        log(f"warning: {w.message}")
-    return enc
+    with warnings_to_log(log):
+        return load_encoder(name, weights, random_init=random_init)
 
 
 def features(encoder: StagedEncoder, dataset: Any, label: str, cache_dir: Path | None,

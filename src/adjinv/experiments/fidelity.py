@@ -29,7 +29,6 @@ import hashlib
 import json
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,7 +43,8 @@ from ..errors import AdjinvError
 from ..io import atomic_write_json, atomic_write_text
 from ..metrics.lpips import load_lpips
 from ..metrics.reconstruction import psnr, ssim
-from .common import Log, environment, load_named_encoder, quiet_log, stderr_log
+from ..state import module_device, to_module
+from .common import Log, environment, load_named_encoder, quiet_log, stderr_log, warnings_to_log
 from .evalsets import EvalSet, open_eval_set
 
 METHODS = ("ours", "control", "vanilla", "mahendran", "robust", "upconv")
@@ -107,11 +107,8 @@ class _Methods:
 
         self.enc, self.cfg, self.log = enc, cfg, log
         self.info: dict = {}
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with warnings_to_log(log):
             lacs, vmap, source = load_lacs(enc, cfg.lac.get(enc.name))
-        for w in caught:
-            log(f"warning: {w.message}")
         self.info["lacs"] = source
         self.inv = AdjointInverter(enc, lacs, chunk_size=cfg.chunk_size)
         self.vanilla: VanillaMap | None = None
@@ -206,8 +203,7 @@ def run_fidelity(cfg: FidelityConfig, out: str | Path, *,
     for name in cfg.encoders:
         enc = (encoders or {}).get(name) or load_named_encoder(
             name, cfg.weights.get(name), cfg.random_init, log)
-        p = next(iter(enc.parameters()))
-        lpd = lp.to(p.device) if lp is not None else None
+        lpd = lp.to(module_device(enc)) if lp is not None else None
         for spec in cfg.data:
             es = open_eval_set(spec, cfg.size, max_images=cfg.max_images,
                                train_images=cfg.train_images, seed=cfg.seed)
@@ -227,7 +223,7 @@ def run_fidelity(cfg: FidelityConfig, out: str | Path, *,
                     if saved.get("key") == key:
                         per_image[img_name] = saved["methods"]
                         continue
-                x = enc.normalize(img.to(p))[None]
+                x = enc.normalize(to_module(img, enc))[None]
                 row: dict = {}
                 for meth in cfg.methods:
                     t0 = time.perf_counter()

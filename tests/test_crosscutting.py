@@ -86,3 +86,17 @@ def test_figures_use_no_pyplot_state(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if "matplotlib.pyplot" in sys.modules:  # another test may have imported it
         assert not sys.modules["matplotlib.pyplot"].get_fignums()
+
+
+def test_library_reports_through_logging(caplog, capsys):
+    import logging
+
+    import adjinv
+
+    enc = adjinv.load_encoder("efficientnet_lite0")
+    with caplog.at_level(logging.INFO, logger="adjinv"):
+        adjinv.load_lacs(enc)
+    assert any(r.name == "adjinv.checkpoint" and "efficientnet_lite0" in r.getMessage()
+               for r in caplog.records)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""  # nothing printed

@@ -9,6 +9,7 @@ a checkpoint made for another encoder.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
 from .io import atomic_write_bytes
 from .state import module_device
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "adjinv-lac/1"
 
@@ -119,6 +122,7 @@ def load_checkpoint(path: str | os.PathLike, encoder: StagedEncoder, *,
                           f"{str(e).splitlines()[0]}") from None
     lacs.to(module_device(encoder))
     extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
+    logger.info("loaded %d LACs for %s from %s", len(lacs.lacs), mine["name"], path)
     return lacs, LACCheckpoint(meta=meta, extras=extras)
 
 

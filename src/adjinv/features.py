@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
 from .io import atomic_write_bytes, atomic_write_json
 from .state import to_module
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "adjinv-gap-features/1"
 
@@ -103,6 +106,7 @@ def extract_gap_features(encoder: StagedEncoder, dataset: object, *, batch_size:
         stop = min(n, start + shard_size)
         shard = folder / f"shard-{start:08d}-{stop:08d}.safetensors" if folder else None
         if shard is not None and shard.is_file():
+            logger.debug("features %d-%d from the cache %s", start, stop, shard)
             f, y = _read_shard(shard, stop - start)
         else:
             fs, ys = [], []

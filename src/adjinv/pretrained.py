@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .baselines.vanilla import VanillaMap
 from .checkpoint import bundled_checkpoint, load_checkpoint
@@ -17,8 +16,7 @@ from .encoders.staged import StagedEncoder
 IDENTITY_SOURCE = "identity (untrained)"
 
 
-@dataclass(frozen=True)
-class LoadedLACs:
+class LoadedLACs(NamedTuple):
     """What :func:`load_lacs` found.
 
     Attributes:
@@ -27,7 +25,7 @@ class LoadedLACs:
             LACs, or ``None`` when the checkpoint has none (identity LACs never do).
         source: the checkpoint path, or :data:`IDENTITY_SOURCE` for the identity fallback.
 
-    It also unpacks as the former 3-tuple: ``lacs, vanilla_map, source = load_lacs(enc)``.
+    A named tuple, so it also unpacks as before: ``lacs, vanilla_map, source = load_lacs(enc)``.
     """
 
     lacs: LACBank
@@ -38,9 +36,6 @@ class LoadedLACs:
     def trained(self) -> bool:
         """False for the identity fallback (γ=1, β=0)."""
         return self.source != IDENTITY_SOURCE
-
-    def __iter__(self) -> Iterator[object]:
-        return iter((self.lacs, self.vanilla_map, self.source))
 
 
 def load_lacs(encoder: StagedEncoder, path: str | os.PathLike | None = None, *,
@@ -70,7 +65,7 @@ def load_lacs(encoder: StagedEncoder, path: str | os.PathLike | None = None, *,
 
 
 def load_inverter(name: str = "efficientnet_lite0", weights: str | os.PathLike | None = None,
-                  lac: str | os.PathLike | None = None, **kw: object) -> AdjointInverter:
+                  lac: str | os.PathLike | None = None, **kw: Any) -> AdjointInverter:
     """One call from a registry name to a ready :class:`AdjointInverter` with trained LACs."""
     enc = load_encoder(name, weights)
     return AdjointInverter(enc, load_lacs(enc, lac).lacs, **kw)

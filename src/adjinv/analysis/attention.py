@@ -152,7 +152,7 @@ class HeadTraining:
 
     model: HybridAttentionClassifier
     losses: list[float]
-    train_accuracy: float
+    train_accuracy: float | None
     test_accuracy: float | None
     step: int
 

@@ -183,7 +183,8 @@ def exhaustive_select(cov: torch.Tensor, k: int, *, objective: str = "logdet", r
         raise AdjinvError(f"C({c}, {k}) = {n} subsets exceeds max_subsets={max_subsets}")
     m = objective_matrix(cov.to(torch.float64), objective, ridge=ridge, sigma2=sigma2)
     subsets = torch.tensor(list(itertools.combinations(range(c), k)), dtype=torch.long)
-    best_val, best = -math.inf, None
+    best_val: float = -math.inf
+    best: list[int] | None = None
     for chunk in subsets.split(4096):
         sub = m[chunk[:, :, None], chunk[:, None, :]]  # (n, k, k)
         sign, val = torch.linalg.slogdet(sub)
@@ -191,6 +192,9 @@ def exhaustive_select(cov: torch.Tensor, k: int, *, objective: str = "logdet", r
         i = int(val.argmax())
         if float(val[i]) > best_val:
             best_val, best = float(val[i]), chunk[i].tolist()
+    if best is None:
+        raise AdjinvError(f"every {k}-subset of the {c} channels has a singular or indefinite "
+                          "matrix (log det = -inf); add a ridge (ridge=...) or lower k")
     return best, best_val
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,7 +91,7 @@ class BlockEnergy:
     (Sec. C.9's layer-wise readout). ``model`` needs ``token_states(a_last, upto)``."""
 
     def __init__(self, model: nn.Module, block: int) -> None:
-        self.module = model
+        self.module: Any = model  # a HybridAttentionClassifier (token_states)
         self.block = block
 
     def __call__(self, a_last: torch.Tensor) -> torch.Tensor:
@@ -107,7 +108,7 @@ class TokenEnergy:
     of the ``h×w`` grid of the deepest map."""
 
     def __init__(self, model: nn.Module, block: int, token: int) -> None:
-        self.module = model
+        self.module: Any = model  # a HybridAttentionClassifier (token_states)
         self.block = block
         self.token = token
 

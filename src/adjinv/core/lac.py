@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..encoders.staged import StagedEncoder
 
 EPS_MODES = ("layer", "channel", "fixed")
 
@@ -110,15 +115,15 @@ class LACBank(nn.Module):
         self.lacs = nn.ModuleDict(mods)
 
     @classmethod
-    def for_encoder(cls, encoder: nn.Module, **kw: object) -> LACBank:
+    def for_encoder(cls, encoder: StagedEncoder, **kw: Any) -> LACBank:
         """Identity-initialised LACs (γ=1, β=0) at the boundaries SPEC §3 names."""
         return cls({k: encoder.infos[k].channels for k in encoder.lac_boundaries}, **kw)
 
     def at(self, k: int) -> LocalAdjointCorrector | None:
         """The LAC acting on the gradient w.r.t. stage ``k``'s output, if any."""
-        return self.lacs[f"s{k}"] if k in self.boundaries else None
+        return cast(LocalAdjointCorrector, self.lacs[f"s{k}"]) if k in self.boundaries else None
 
     @property
     def pix(self) -> LocalAdjointCorrector:
         """``LAC_pix``, on the pixel-space gradient."""
-        return self.lacs["pix"]
+        return cast(LocalAdjointCorrector, self.lacs["pix"])

@@ -53,7 +53,7 @@ def fp32_mode(precision: str) -> Iterator[None]:
     reduced-precision (float16) reductions in matmuls never; restore the previous
     global settings on exit."""
     mode = "tf32" if precision == "tf32" else "ieee"
-    conv, mm = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    conv, mm = torch.backends.cudnn.conv, torch.backends.cuda.matmul  # type: ignore[attr-defined]
     saved = (conv.fp32_precision, mm.fp32_precision, mm.allow_fp16_reduced_precision_reduction)
     conv.fp32_precision = mm.fp32_precision = mode
     mm.allow_fp16_reduced_precision_reduction = False

@@ -3,13 +3,18 @@ point that takes an image batch passes it through :func:`check_input`."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..errors import AdjinvError
 from ..state import to_module
 
+if TYPE_CHECKING:
+    from ..encoders.staged import StagedEncoder
 
-def check_input(x: object, encoder: torch.nn.Module, *, allow_constant: bool = False) -> torch.Tensor:
+
+def check_input(x: object, encoder: StagedEncoder, *, allow_constant: bool = False) -> torch.Tensor:
     """Validate a *normalised* image batch for ``encoder``; return it as (B, 3, H, W)
     on the encoder's device and dtype."""
     if not isinstance(x, torch.Tensor):

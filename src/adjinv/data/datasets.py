@@ -33,6 +33,7 @@ import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -242,7 +243,7 @@ def safe_unpickle(path: str | os.PathLike) -> object:
         raise AdjinvError(f"cannot read {p} as a CIFAR python batch: {e}") from None
 
 
-def _key(d: dict, name: str) -> object:
+def _key(d: dict, name: str) -> Any:
     for k in (name.encode(), name):
         if k in d:
             return d[k]
@@ -274,6 +275,8 @@ class CIFAR100(_LoadedDataset):
         self.classes = [str(i) for i in range(100)]
         if (r / "meta").is_file():
             meta = safe_unpickle(r / "meta")
+            if not isinstance(meta, dict):
+                raise AdjinvError(f"{r / 'meta'} is not a CIFAR meta file (a dict)")
             names = _key(meta, "fine_label_names")
             self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
         self.root, self.split = r.resolve(), split

@@ -117,6 +117,9 @@ class StagedEncoder(nn.Module):
     ``requires_grad`` flags on exit, even after an error.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         stages: Sequence[nn.Module],

@@ -17,13 +17,16 @@ import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..analysis.attention import (
     HeadTrainConfig,
+    HeadTraining,
     HybridAttentionClassifier,
     HybridConfig,
+    TokenPeaks,
     load_head,
     smooth_energy,
     summarize,
@@ -76,7 +79,7 @@ def _block_index(b: int, n: int) -> int:
     return s
 
 
-def _peaks_json(tp: object, i: int, grid: tuple[int, int]) -> list[dict]:
+def _peaks_json(tp: TokenPeaks, i: int, grid: tuple[int, int]) -> list[dict]:
     out = []
     for t in range(grid[0] * grid[1]):
         out.append({"token": t, "grid": tp.grid[t].tolist(),
@@ -145,7 +148,8 @@ def visualise_image(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAt
     img = img.to(res["logit"].psi)
     save_png(out / "input.png", img)
     win = cfg.window if cfg.window is not None else max(1, cfg.size // h)
-    layers, shown, heat, titles = {}, [img], [None], ["input"]
+    layers, shown, titles = {}, [img], ["input"]
+    heat: list[torch.Tensor | None] = [None]
     for b in range(nb):
         r = res[f"block{b}"]
         fn = f"layer_block{b}.png"
@@ -302,7 +306,7 @@ def _head_config(args: argparse.Namespace) -> HeadTrainConfig:
 
 
 def _train(enc: StagedEncoder, data: LabelledSet, cfg: HeadTrainConfig,
-           checkpoint: Path | None, resume: bool) -> object:
+           checkpoint: Path | None, resume: bool) -> HeadTraining:
     feat_bar = _bar("features", data.train_images.shape[0] + data.test_images.shape[0], "img")
     bar = _bar("train-head", cfg.steps, "step")
 
@@ -445,7 +449,7 @@ def _head_args(p: argparse.ArgumentParser, labelled_flag: str) -> None:
     g.add_argument("--checkpoint-every", type=int, default=20)
 
 
-def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
+def register(sub: argparse._SubParsersAction, experiment_sub: Any) -> None:
     """Add ``adjinv train-head`` and ``adjinv experiment attention``."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("train-head", help="train a hybrid attention head on the frozen encoder",

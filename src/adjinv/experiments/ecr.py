@@ -86,6 +86,7 @@ def load_inputs(cfg: ECRConfig) -> tuple[torch.Tensor, torch.Tensor, list[tuple[
                  if data is None else None)
         desc = f"embedded composites: reference {comps[0].name}, region = its pasted ellipse"
     else:
+        assert cfg.region is not None  # given together with cfg.reference (checked above)
         img = load_image(cfg.reference, mode="convert")
         m = load_mask(cfg.region, threshold=0.5)
         if m.shape != img.shape[1:]:
@@ -97,6 +98,7 @@ def load_inputs(cfg: ECRConfig) -> tuple[torch.Tensor, torch.Tensor, list[tuple[
         if data is None:
             raise AdjinvError("--data DIR (test images of the class) is required with --reference")
     if tests is None:
+        assert data is not None  # tests are only left to read when a --data folder is given
         tests = [(str(p.name), resize_center_crop(load_image(p, mode="convert"), cfg.size))
                  for p in list_images(data)]
     if cfg.max_images is not None:

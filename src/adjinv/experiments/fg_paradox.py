@@ -81,12 +81,11 @@ def _fg(x: torch.Tensor, mask: torch.Tensor) -> float | None:
 
 
 def _trio(full: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> dict:
-    d = {"full": _fg(full, mask), "pos": _fg(pos, mask), "neg": _fg(neg, mask)}
-    if None not in d.values():
-        d["O1"] = abs(d["pos"] - d["neg"])
-        d["O2"] = d["full"] - max(d["pos"], d["neg"])
-    else:
-        d["O1"] = d["O2"] = None
+    f, p, n = _fg(full, mask), _fg(pos, mask), _fg(neg, mask)
+    d: dict[str, float | None] = {"full": f, "pos": p, "neg": n, "O1": None, "O2": None}
+    if f is not None and p is not None and n is not None:
+        d["O1"] = abs(p - n)
+        d["O2"] = f - max(p, n)
     return d
 
 

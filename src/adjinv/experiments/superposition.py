@@ -161,9 +161,9 @@ def figure_panels(inv: AdjointInverter, x: torch.Tensor, img: torch.Tensor, name
     shown += [(t, robust_minmax(res.extra[k][0].float().cpu()))
               for t, k in (("x̂^(k)", "class"), ("x̂^(k)+", "class+"), ("x̂^(k)−", "class-"))]
     fig, axes = plt.subplots(1, len(shown), figsize=(1.9 * len(shown), 2.3))
-    for ax, (t, im) in zip(axes, shown, strict=True):
+    for ax, (title, im) in zip(axes, shown, strict=True):
         ax.imshow(im.permute(1, 2, 0).numpy())
-        ax.set_title(t, fontsize=7)
+        ax.set_title(title, fontsize=7)
         ax.axis("off")
     fig.suptitle(f"(b) per-stage reconstructions and class-directional hemispheres, {name}, "
                  f"k = {enc.class_name(int(res.logits.argmax()))}", fontsize=9)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -128,7 +129,7 @@ class FaithfulnessMetric:
     def __init__(self, model: nn.Module, *, steps: int = 100, internal_batch_size: int = 64,
                  blur_kernel: int = 11, blur_sigma: float = 5.0) -> None:
         self.model = model
-        self.kw = {"steps": steps, "internal_batch_size": internal_batch_size,
+        self.kw: dict[str, Any] = {"steps": steps, "internal_batch_size": internal_batch_size,
                    "blur_kernel": blur_kernel, "blur_sigma": blur_sigma}
         self.reset()
 

@@ -50,7 +50,7 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
 
 
 def image_row(path: str | os.PathLike, images: Sequence[torch.Tensor], titles: Sequence[str],
-              heat: Sequence[torch.Tensor] | None = None) -> Path:
+              heat: Sequence[torch.Tensor | None] | None = None) -> Path:
     """One row of (3, H, W) images in [0, 1], optionally a second row of (H, W) heatmaps."""
     rows = 2 if heat is not None else 1
     n = len(images)
@@ -59,9 +59,10 @@ def image_row(path: str | os.PathLike, images: Sequence[torch.Tensor], titles: S
         axes[0, i].imshow(img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy())
         axes[0, i].set_title(t, fontsize=8)
         if heat is not None:
-            if heat[i] is not None:
-                axes[1, i].imshow(heat[i].detach().float().cpu().numpy(), cmap="inferno")
-            axes[1, i].set_title("energy" if heat[i] is not None else "", fontsize=8)
+            h = heat[i]
+            if h is not None:
+                axes[1, i].imshow(h.detach().float().cpu().numpy(), cmap="inferno")
+            axes[1, i].set_title("energy" if h is not None else "", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
     return save_figure(fig, path)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from ..io import atomic_write_json, atomic_write_text, save_png
 from ..viz.display import robust_minmax
 from ..viz.figures import image_row, token_mosaic
 from ..viz.html import figure, page, table
+from .common import warnings_to_log
 
 EPILOG_TRAIN_HEAD = """example:
   adjinv train-head --out head.safetensors            # embedded labelled set (bundled photos)
@@ -277,15 +277,15 @@ def _bar(desc: str, total: int, unit: str):
     return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, disable=None)
 
 
+def _cli_log(msg: str) -> None:
+    print(f"adjinv: {msg}", file=sys.stderr)
+
+
 def _load_encoder(args: argparse.Namespace) -> StagedEncoder:
     from ..encoders import load_encoder
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        enc = load_encoder(args.encoder, args.weights, random_init=args.random_init)
-    for w in caught:
-        print(f"adjinv: warning: {w.message}", file=sys.stderr)
-    return enc
+    with warnings_to_log(_cli_log):
+        return load_encoder(args.encoder, args.weights, random_init=args.random_init)
 
 
 def _labelled(args: argparse.Namespace, size: int) -> LabelledSet:
@@ -358,11 +358,8 @@ def cmd_attention(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     out = Path(args.out)
     enc = _load_encoder(args)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_log(_cli_log):
         lacs, _, source = load_lacs(enc, args.lac, allow_other_weights=args.allow_other_weights)
-    for w in caught:
-        print(f"adjinv: warning: {w.message}", file=sys.stderr)
     if args.head:
         head, meta, _ = load_head(args.head, enc, allow_other_weights=args.allow_other_weights)
         size = args.size or int(meta.get("data", {}).get("size", 128))

@@ -19,7 +19,7 @@ import torch
 from .core.lac import LACBank
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
-from .io import atomic_write_bytes
+from .fileio import atomic_write_bytes
 from .state import module_device
 
 logger = logging.getLogger(__name__)

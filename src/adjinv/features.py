@@ -1,6 +1,6 @@
 """GAP features of the deepest stage over a dataset, cached on disk (Sec. 3.2.4–3.2.5).
 
-``g = GAP(A_L)`` (SPEC §0) for every image of a dataset, batched on the
+``g = GAP(A_L)`` (docs/method.md §0) for every image of a dataset, batched on the
 encoder's device. With ``cache_dir`` the features are written in shards of
 ``shard_size`` images as safetensors files (each written atomically), next to a
 ``meta.json`` that records the encoder (name, weights hash, layout), the
@@ -25,7 +25,7 @@ import torch
 
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
-from .io import atomic_write_bytes, atomic_write_json
+from .fileio import atomic_write_bytes, atomic_write_json
 from .state import to_module
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Temporary module state, always restored (hooks and modes never leak, STYLE.md)."""
+"""Temporary module state, always restored (hooks and modes never leak)."""
 
 from __future__ import annotations
 

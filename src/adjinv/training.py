@@ -1,4 +1,4 @@
-"""LAC training (Eq. 9, SPEC §4): ℓ1 between ``x̂_L`` and ``x``, only γ/β trained.
+"""LAC training (Eq. 9, docs/method.md §4): ℓ1 between ``x̂_L`` and ``x``, only γ/β trained.
 
 A step is exact by default: every live channel of the deepest stage enters
 ``x̂_L``. Because the ℓ1 loss does not split over channels, a step runs the
@@ -104,7 +104,7 @@ def train_lacs(
     chunk_size: int | None = None,
 ) -> tuple[LACBank, VanillaMap, list[float]]:
     """Train LACs on ``images`` ((3, H, W) in [0, 1]); return LACs, the fitted
-    vanilla-gradient map (SPEC §13) and the loss history.
+    vanilla-gradient map (docs/method.md §13) and the loss history.
 
     With ``checkpoint``, the state (LACs, Adam moments, step, losses) is saved
     atomically every ``config.checkpoint_every`` steps and at the end; with

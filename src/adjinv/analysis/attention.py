@@ -1,4 +1,4 @@
-"""Hybrid attention head on the frozen encoder (Sec. 3.5, C.9, SPEC §12): the model,
+"""Hybrid attention head on the frozen encoder (Sec. 3.5, C.9, docs/method.md §12): the model,
 its training on cached deepest maps (checkpointed, resumable), and the token-locality
 measure of the per-token visualisations."""
 
@@ -21,8 +21,8 @@ from ..core.validate import check_input
 from ..data.labelled import LabelledSet
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
+from ..fileio import atomic_write_bytes
 from ..filters import gaussian_blur
-from ..io import atomic_write_bytes
 from ..state import eval_mode, module_device
 
 HEAD_FORMAT = "adjinv-head/1"

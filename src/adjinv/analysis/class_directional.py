@@ -1,4 +1,4 @@
-"""Class-directional inversion (Eq. 12, SPEC §6), the foreground energy proportion
+"""Class-directional inversion (Eq. 12, docs/method.md §6), the foreground energy proportion
 (Eq. 95) and the mask's area ratio it is compared with."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def class_directional_weights(encoder: StagedEncoder, a_last: torch.Tensor,
     """Importance ``α_{k,c}`` for class ``target[b]`` of each image, and its split by
     the sign of ``W_{k,c}`` into the two hemispheres.
 
-    [choice, SPEC §6] ``mode="contribution"``: ``α = W_{k,c} g_c``, the channel's
+    [choice, docs/method.md §6] ``mode="contribution"``: ``α = W_{k,c} g_c``, the channel's
     logit contribution (``Σ_c α = z_k − b_k``); ``"weight"``: ``α = W_{k,c}``;
     ``"weight*simplex"``: ``α = W_{k,c} w_{L,c}``. ``W`` is the head's exact
     per-image linear form (a ConvNeXt head LayerNorm is folded in).

@@ -1,4 +1,4 @@
-"""Controls for every reconstruction-based claim (beyond the paper; SPEC §14).
+"""Controls for every reconstruction-based claim (beyond the paper; docs/method.md §14).
 
 A reconstruction ``x̂ = Σ_c α_c Ψ_L(E_c ⊙ A_L)`` mixes three ingredients: the seeds
 ``A_L`` (what the features say about the image), the image's own Jacobians (its

@@ -1,4 +1,4 @@
-"""Covariance-volume channel selection (Sec. 3.2.4, Alg. 1, Supp. C.5; SPEC §8).
+"""Covariance-volume channel selection (Sec. 3.2.4, Alg. 1, Supp. C.5; docs/method.md §8).
 
 Given the centred covariance ``Σ`` (C×C) of the deepest stage's GAP features
 ``g``, :func:`covariance_volume_select` picks channels greedily by the largest
@@ -106,7 +106,7 @@ def covariance_volume_select(cov: torch.Tensor, k: int, *, objective: str = "log
                              ridge: float = 0.0, sigma2: float = 1.0,
                              tol: float | None = None,
                              dtype: torch.dtype = torch.float64) -> CovVolSelection:
-    """Greedy covariance-volume selection of ``k`` channels (Alg. 1, SPEC §8).
+    """Greedy covariance-volume selection of ``k`` channels (Alg. 1, docs/method.md §8).
 
     Args:
         cov: centred covariance ``Σ`` (C, C) of GAP features
@@ -199,7 +199,7 @@ def exhaustive_select(cov: torch.Tensor, k: int, *, objective: str = "logdet", r
 
 
 def energy_select(features: torch.Tensor, k: int) -> torch.Tensor:
-    """The Energy baseline (SPEC §8): the ``k`` channels with the largest mean ``g_c²``
+    """The Energy baseline (docs/method.md §8): the ``k`` channels with the largest mean ``g_c²``
     over the dataset ``features`` (N, C); ties broken by the lower channel index."""
     if features.dim() != 2:
         raise AdjinvError(f"expected features (N, C), got shape {tuple(features.shape)}")
@@ -220,7 +220,7 @@ def random_select(num_channels: int, k: int, seed: int) -> torch.Tensor:
 
 
 def keep_count(num_channels: int, prune_ratio: float) -> int:
-    """``k = ⌈(1 − p)·C⌉`` channels kept at pruning ratio ``p`` ∈ [0, 1) (SPEC §8)."""
+    """``k = ⌈(1 − p)·C⌉`` channels kept at pruning ratio ``p`` ∈ [0, 1) (docs/method.md §8)."""
     if not 0 <= prune_ratio < 1:
         raise AdjinvError(f"pruning ratio must be in [0, 1), got {prune_ratio}")
     # round first: (1 - 0.9) * 1280 is 128.00000000000003 in floating point

@@ -1,5 +1,5 @@
 """Causal concept localisation: the Energy Concentration Ratio and channel ablation
-over GAP features (Sec. 3.4, Eq. 17, Supp. C.8, SPEC §10)."""
+over GAP features (Sec. 3.4, Eq. 17, Supp. C.8, docs/method.md §10)."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def ecr_ablation(head: LinearHead, g: torch.Tensor, target: int, ecr: torch.Tens
                  fractions: list[float], seeds: int = 50, seed: int = 0) -> ECRAblation:
     """Descending / Ascending / Random (``seeds`` permutations, seeds ``seed … seed+S-1``)
     ablation of the GAP features ``g`` (B, C) of the test images, ranked by ``ecr`` (C,)
-    from the reference image alone (SPEC §10). Random is mean ± std (population) over seeds."""
+    from the reference image alone (docs/method.md §10). Random is mean ± std (population) over seeds."""
     if g.dim() != 2 or g.shape[1] != ecr.numel():
         raise AdjinvError(f"GAP features {tuple(g.shape)} do not match {ecr.numel()} ECR values")
     if seeds < 1:

@@ -1,6 +1,6 @@
 """Linear probe on (selected) GAP channels: multinomial logistic regression (Sec. 3.2.5).
 
-The compression protocol (SPEC §8) trains one probe per channel subset and
+The compression protocol (docs/method.md §8) trains one probe per channel subset and
 reports its test accuracy. The probe is deterministic given its seed: features
 are standardised with the training set's mean and std, the weights start at
 zero, full-batch L-BFGS (default) has no randomness, and the Adam option draws

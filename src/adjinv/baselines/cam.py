@@ -1,4 +1,4 @@
-"""Saliency methods behind one call shape (Sec. 3.3, Table 3; SPEC §11).
+"""Saliency methods behind one call shape (Sec. 3.3, Table 3; docs/method.md §11).
 
 Like Captum, every method is an object with ``attribute(x, target=None) -> (B, H, W)``:
 ``x`` a normalised batch (B, 3, H, W), ``target`` a class index or (B,) tensor
@@ -53,9 +53,9 @@ def _targets(logits: torch.Tensor, target: int | torch.Tensor | None) -> torch.T
 
 
 class AdjointSaliency:
-    """``Σ_rgb |x̂^(k)|`` of the class-directional inversion (Eq. 12, SPEC §6/§11).
+    """``Σ_rgb |x̂^(k)|`` of the class-directional inversion (Eq. 12, docs/method.md §6/§11).
 
-    ``mode`` is the [choice] of α of SPEC §6 (default the logit contribution ``W_{k,c} g_c``)."""
+    ``mode`` is the [choice] of α of docs/method.md §6 (default the logit contribution ``W_{k,c} g_c``)."""
 
     def __init__(self, inverter: AdjointInverter, mode: str = "contribution") -> None:
         self.inverter = inverter

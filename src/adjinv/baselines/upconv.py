@@ -1,5 +1,5 @@
 """UpConvNet (Dosovitskiy & Brox 2016): a feed-forward up-convolutional decoder from the
-deepest features ``A_L`` back to the image (Sec. 3.1, C.1; SPEC §13).
+deepest features ``A_L`` back to the image (Sec. 3.1, C.1; docs/method.md §13).
 
 Architecture, after D&B's decoders for conv features: two 3×3 convolutions at width
 ``width``, then one ``ConvTranspose2d(4, stride 2)`` per factor 2 of the encoder's total
@@ -30,7 +30,7 @@ from torch import nn
 from ..checkpoint import read_tagged
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 from ..state import module_device, to_module
 
 FORMAT = "adjinv-upconv/1"

@@ -1,4 +1,4 @@
-"""Synthesis and the user-facing inverter (Eq. 8, SPEC §4)."""
+"""Synthesis and the user-facing inverter (Eq. 8, docs/method.md §4)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ class AdjointInverter:
 
         ``source`` (B, C, h, w) replaces ``A_stage`` as the tensor whose channels seed the
         cascade, ``φ_c = Ψ_stage(E_c ⊙ source)``: the per-channel split of any cotangent
-        (SPEC §12). Default: the activation-weighted seeds of Eq. 3."""
+        (docs/method.md §12). Default: the activation-weighted seeds of Eq. 3."""
         a = lin.acts[stage] if source is None else source.to(lin.acts[stage])
         if a.shape != lin.acts[stage].shape:
             raise ValueError(f"source of shape {tuple(a.shape)} does not match A_{stage} "
@@ -239,7 +239,7 @@ class AdjointInverter:
 
     @torch.no_grad()
     def seed_zero_control(self, x: torch.Tensor, stage: int = -1) -> torch.Tensor:
-        """The control of SPEC §14: the cascade with the seed set to zero. Since
+        """The control of docs/method.md §14: the cascade with the seed set to zero. Since
         ``Σ_c w = 1`` it equals ``x̂_l`` with every ``φ_{l,c}`` replaced by ``Ψ_l(0)``:
         whatever likeness it shows comes from the image's own activation masks and
         the LAC biases, not from the features."""

@@ -1,4 +1,4 @@
-"""The 15 ImageNet-C corruptions × 5 severities, on the fly, in torch (Sec. 3.2.5, SPEC §9).
+"""The 15 ImageNet-C corruptions × 5 severities, on the fly, in torch (Sec. 3.2.5, docs/method.md §9).
 
 Hendrycks & Dietterich (2019), "Benchmarking neural network robustness to
 common corruptions and perturbations". The severity constants are those of the

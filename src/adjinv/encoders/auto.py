@@ -64,7 +64,7 @@ def _split_head(rest: list[nn.Module]) -> LinearHead:
         raise AdjinvError(
             "the classifier is not GAP -> [LayerNorm] -> Linear (found: " + found + "); adjinv "
             "inverts classifiers whose head is linear over global-average-pooled features "
-            "(SPEC §0): pass stages=[…] and head=LinearHead(nn.Linear) for such a head"
+            "(docs/method.md §0): pass stages=[…] and head=LinearHead(nn.Linear) for such a head"
         )
     return LinearHead(linears[0], norm=norms[0] if norms else None)
 

@@ -40,7 +40,7 @@ from ..data.images import resize_center_crop
 from ..data.labelled import LabelledSet
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text, save_png
+from ..fileio import atomic_write_json, atomic_write_text, save_png
 from ..viz.display import robust_minmax
 from ..viz.figures import image_row, token_mosaic
 from ..viz.html import figure, page, table

@@ -1,5 +1,5 @@
 """``adjinv experiment cam-compare``: our class-directional saliency vs Grad-CAM,
-Grad-CAM++ and Score-CAM (Sec. 3.3, Table 3, Supp. C.7; SPEC §11).
+Grad-CAM++ and Score-CAM (Sec. 3.3, Table 3, Supp. C.7; docs/method.md §11).
 
 Every method is called through the same ``attribute(x, target=None)`` shape
 (:mod:`adjinv.baselines.cam`) for the class predicted on the clean image, on the same
@@ -27,7 +27,7 @@ from ..baselines.cam import CAM_LIBRARY, AdjointSaliency, CAMSaliency
 from ..core.inverter import AdjointInverter
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from ..metrics.faithfulness import insertion_deletion
 from ..metrics.localisation import LocalisationMetric
 from ..state import to_module

@@ -1,5 +1,5 @@
 """``adjinv experiment compression``: channel selection vs linear-probe accuracy
-(Sec. 3.2.5 Findings 1–2, Tables 4–5; SPEC §8).
+(Sec. 3.2.5 Findings 1–2, Tables 4–5; docs/method.md §8).
 
 Protocol: GAP features of the deepest stage on the in-distribution train/test
 split; for each pruning ratio ``p`` keep ``k = ⌈(1−p)·C⌉`` channels chosen by
@@ -35,7 +35,7 @@ from ..analysis.probe import LinearProbe, ProbeConfig
 from ..data.datasets import ImageDataset, first_per_class, open_dataset, open_shifted
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from .common import (
     Log,
     environment,

@@ -1,12 +1,12 @@
 """``adjinv experiment fidelity``: reconstruction fidelity against inversion baselines
-(Sec. 3.1, Table 1, Supp. C.1; SPEC §13).
+(Sec. 3.1, Table 1, Supp. C.1; docs/method.md §13).
 
 For every encoder and data set, each method reconstructs every test image from the
 deepest features ``A_L`` of the same frozen encoder:
 
 - ``ours``: ``x̂_L`` through the LACs (a ``--lac NAME=PATH`` checkpoint, else the bundled
   one, else identity LACs with a warning — the table records which), always beside the
-  **seed-zero control** (SPEC §14) — the same cascade with the seed set to zero;
+  **seed-zero control** (docs/method.md §14) — the same cascade with the seed set to zero;
 - ``vanilla``: the raw VJP mapped by the per-RGB gain/offset stored in the LAC checkpoint,
   or, when it has none, fitted once on the data set's training images (never per test image);
 - ``mahendran``: :func:`~adjinv.baselines.mahendran.mahendran_vedaldi`;
@@ -40,7 +40,7 @@ from ..baselines.vanilla import VanillaMap
 from ..core.inverter import AdjointInverter
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from ..metrics.lpips import load_lpips
 from ..metrics.reconstruction import psnr, ssim
 from ..state import module_device, to_module
@@ -288,7 +288,7 @@ def markdown_table(results: dict) -> str:
                      f"robust: {v.get('robust', 'not run')}")
     if not isinstance(results["lpips"], dict):
         lines += ["", f"LPIPS {results['lpips']}"]
-    lines += ["", "Read 'Ours' beside 'Control: seed zero' (SPEC §14): the control shows how much "
+    lines += ["", "Read 'Ours' beside 'Control: seed zero' (docs/method.md §14): the control shows how much "
                   "likeness the image's own activation masks and the LAC biases give without the "
                   f"features. Wall time {results['seconds']:.1f} s."]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ import torch
 from ..core.lac import LACBank
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json
 from .common import Log, load_named_encoder, warnings_to_log
 
 CONTROLS_NOTE = [

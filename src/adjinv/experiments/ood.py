@@ -1,5 +1,5 @@
 """``adjinv experiment ood``: the covariance geometry of GAP features under corruption
-(Sec. 3.2.5 Finding 3, Figure 4(c)–(d), Supp. C.6; SPEC §9).
+(Sec. 3.2.5 Finding 3, Figure 4(c)–(d), Supp. C.6; docs/method.md §9).
 
 For each corruption and severity 1–5, on the corrupted test split:
 
@@ -26,7 +26,7 @@ divided by its largest value, on the right axis.
 Figure 4(c): one test image at severities 0–5 of ``figure_corruption`` with its
 class-directional inversion ``x̂^(k) = Σ_c α_{k,c} φ_{L,c}`` (Eq. 12), where
 ``α_{k,c} = W_{k,c} g_c`` uses the probe's exact linear form on raw GAP features
-and ``k`` is the image's true class [SPEC §6 "contribution" choice]. The LACs
+and ``k`` is the image's true class [docs/method.md §6 "contribution" choice]. The LACs
 are ``lac`` if given, else the encoder's bundled checkpoint, else identity LACs
 (the results say which).
 
@@ -57,7 +57,7 @@ from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..data.datasets import CorruptedDataset, first_per_class, open_dataset
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text, save_png
+from ..fileio import atomic_write_json, atomic_write_text, save_png
 from ..state import to_module
 from ..viz.display import robust_minmax
 from .common import (

@@ -1,6 +1,6 @@
 """Sec. 3.2.2–3.2.3 / C.3–C.4: holographic superposition (H1), re-measured with controls.
 
-Per image: the H1 statistics of SPEC §7 (:func:`~adjinv.analysis.superposition.
+Per image: the H1 statistics of docs/method.md §7 (:func:`~adjinv.analysis.superposition.
 superposition_statistics`) of the deepest stage's channel inversions ``φ_{L,c}`` for
 the ``max_channels`` live channels of largest simplex weight [choice: a cap so the
 runner finishes in minutes on a CPU; ``max_channels = 0`` takes every live channel],
@@ -34,7 +34,7 @@ from ..core.simplex import simplex_measure
 from ..data.masks import open_masked
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from ..viz.display import robust_minmax
 from .common import Log, environment, load_config, pyplot, quiet_log, save_figure, stderr_log
 from .interference_common import (
@@ -290,7 +290,7 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
     p = experiment_sub.add_parser(  # type: ignore[attr-defined]
         "superposition", help="H1 statistics of channel inversions with controls (Sec. 3.2.3)",
         description="Leading-eigenvalue energy fraction, rank-one subtraction, inter-channel "
-                    "variance and cosine ranges of the deepest channel inversions (SPEC §7), "
+                    "variance and cosine ranges of the deepest channel inversions (docs/method.md §7), "
                     "with seed-zero, swapped-seed and model-randomisation controls; Figure-3 panels.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")

@@ -1,6 +1,6 @@
-"""Faithfulness of a saliency map: Insertion and Deletion AUC (Sec. 3.3, Table 3; SPEC §11).
+"""Faithfulness of a saliency map: Insertion and Deletion AUC (Sec. 3.3, Table 3; docs/method.md §11).
 
-Protocol (Petsiuk et al. 2018, "RISE"), as SPEC §11 fixes it:
+Protocol (Petsiuk et al. 2018, "RISE"), as docs/method.md §11 fixes it:
 
 - pixels are ranked by the saliency at input resolution (descending; ties in raster
   order, so the ranking is deterministic);

@@ -1,11 +1,11 @@
-"""Localisation of a saliency map against a foreground mask (Sec. 3.3, Table 3; SPEC §11).
+"""Localisation of a saliency map against a foreground mask (Sec. 3.3, Table 3; docs/method.md §11).
 
 Every function takes saliency ``s`` (B, H, W) (any non-negative or signed scores, at
 input resolution) and a mask ``m`` (B, H, W) (bool, True = foreground) on the same
 device, and returns one value per image (B,). Nothing loops over pixels on the host.
 
 - mIoU and pixel accuracy: the map is min-max normalised per image and binarised at
-  its mean (SPEC §11). [choice] ``iou`` is the foreground IoU of each image, averaged
+  its mean (docs/method.md §11). [choice] ``iou`` is the foreground IoU of each image, averaged
   over images; ``iou(..., classes=True)`` averages the foreground and background IoU
   (the semantic-segmentation convention) instead.
 - mAP: average precision of the pixel scores against the mask (one ranking per image,

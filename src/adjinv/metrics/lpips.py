@@ -1,4 +1,4 @@
-"""LPIPS (Zhang et al. 2018) with weights the user supplies (Sec. 3.1, Table 1; SPEC §13).
+"""LPIPS (Zhang et al. 2018) with weights the user supplies (Sec. 3.1, Table 1; docs/method.md §13).
 
 LPIPS needs two files that adjinv cannot ship or download: the ImageNet weights of
 the backbone (a torchvision ``alexnet`` or ``vgg16`` state dict, e.g. the files

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .._optional import require
-from ..io import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 
 def subplots(nrows: int = 1, ncols: int = 1, **kw: Any) -> tuple[Any, Any]:

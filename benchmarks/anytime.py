@@ -34,7 +34,7 @@ from adjinv.core.inverter import AdjointInverter
 from adjinv.data import resize_center_crop
 from adjinv.data.photos import split_photos
 from adjinv.encoders import load_encoder
-from adjinv.io import atomic_write_json, atomic_write_text
+from adjinv.fileio import atomic_write_json, atomic_write_text
 from adjinv.pretrained import load_lacs
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ from adjinv.core.inverter import AdjointInverter
 from adjinv.core.simplex import simplex_measure
 from adjinv.data.images import resize_center_crop
 from adjinv.data.photos import split_photos
-from adjinv.io import atomic_write_json
+from adjinv.fileio import atomic_write_json
 from adjinv.pretrained import load_lacs
 from adjinv.training import _backward, lac_step
 

@@ -54,7 +54,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
-        from adjinv.io import atomic_write_json
+        from adjinv.fileio import atomic_write_json
 
         atomic_write_json(args.out, {"device": "cpu", "rows": rows})
 

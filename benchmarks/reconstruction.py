@@ -1,5 +1,5 @@
 """SSIM/PSNR of x̂_L on the bundled photos: identity vs trained LACs, beside the
-seed-zero control and the vanilla gradient (SPEC §13, §14).
+seed-zero control and the vanilla gradient (docs/method.md §13, §14).
 
     python benchmarks/reconstruction.py --size 224 --out benchmarks/results/reconstruction.json
 """
@@ -20,7 +20,7 @@ from adjinv.core.lac import LACBank
 from adjinv.data.images import resize_center_crop
 from adjinv.data.samples import sample_images
 from adjinv.encoders import load_encoder
-from adjinv.io import atomic_write_json
+from adjinv.fileio import atomic_write_json
 from adjinv.metrics.reconstruction import psnr, ssim
 
 

@@ -54,7 +54,7 @@ from adjinv.core.simplex import simplex_measure
 from adjinv.data import SAMPLE_NAMES, resize_center_crop, sample_image
 from adjinv.encoders import load_encoder
 from adjinv.encoders.staged import StagedEncoder
-from adjinv.io import atomic_write_json, atomic_write_text
+from adjinv.fileio import atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parent.parent
 PRETRAINED = ("efficientnet_lite0",)

@@ -17,7 +17,7 @@ import torch
 from adjinv import AdjointInverter, load_encoder
 from adjinv.core.lac import LACBank
 from adjinv.data import resize_center_crop, sample_images
-from adjinv.io import atomic_write_json
+from adjinv.fileio import atomic_write_json
 from adjinv.metrics.reconstruction import ssim
 from adjinv.training import TrainConfig, lac_step, train_lacs
 

@@ -68,7 +68,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
-        from adjinv.io import atomic_write_json
+        from adjinv.fileio import atomic_write_json
 
         atomic_write_json(args.out, {"device": "cpu", "encoder": "efficientnet_lite0 (embedded weights)",
                                      "image": "chelsea", "rows": rows})

@@ -100,7 +100,7 @@ def smooth_image(size: int = 32, batch: int = 1, seed: int = 0,
 def reference_psi(enc: StagedEncoder, lacs: LACBank, x: torch.Tensor, stage: int,
                   seeds: torch.Tensor) -> torch.Tensor:
     """Ψ_stage(S) for each seed S in ``seeds`` (N, B, C, h, w) → (N, B, 3, H, W), written
-    out from SPEC §3 with plain autograd, one seed and one stage at a time, with no vmap
+    out from docs/method.md §3 with plain autograd, one seed and one stage at a time, with no vmap
     and no use of ``StageInfo``/``lac_boundaries``: after the pull-back through a stage
     whose output is smaller than its input, apply the LAC on the gradient w.r.t. that
     stage's input; after the stem, ``LAC_pix``."""

@@ -27,7 +27,7 @@ from adjinv.cli import main
 from adjinv.core.inverter import AdjointInverter
 from adjinv.data.images import load_image
 from adjinv.errors import AdjinvError
-from adjinv.io import LOCK, MARKER, safe_name
+from adjinv.fileio import LOCK, MARKER, safe_name
 from conftest import random_lacs, smooth_image
 
 

@@ -1,4 +1,4 @@
-"""Reconstruction baselines (SPEC §13): M&V objective, UpConvNet training/resume, LPIPS
+"""Reconstruction baselines (docs/method.md §13): M&V objective, UpConvNet training/resume, LPIPS
 availability, SSIM identity."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Saliency adapters (one call shape) and the faithfulness / localisation metrics on
-cases computable by hand (SPEC §11)."""
+cases computable by hand (docs/method.md §11)."""
 
 from __future__ import annotations
 

@@ -92,7 +92,7 @@ def test_lac_layer_mode_damps_channels_far_below_the_layer():
 
 
 def test_lac_fixed_eps_mode_leaves_tiny_maps_unnormalised():
-    """The plain GroupNorm alternative (ε = 1e-5) does *not* normalise 1e-12 maps (SPEC §3)."""
+    """The plain GroupNorm alternative (ε = 1e-5) does *not* normalise 1e-12 maps (docs/method.md §3)."""
     u = torch.randn(2, 8, 8, dtype=torch.float64) * 1e-12
     y = LocalAdjointCorrector(2, eps=1e-5, eps_mode="fixed").normalize(u)
     assert y.abs().max() < 1e-6
@@ -229,7 +229,7 @@ def test_batched_equals_per_channel_loop(tiny_enc):
     for s in range(tiny_enc.num_stages):
         a = acts[s]
         w = simplex_measure(a)
-        # independent reference: plain autograd, one channel at a time, LACs per SPEC §3
+        # independent reference: plain autograd, one channel at a time, LACs per docs/method.md §3
         phis = reference_psi(tiny_enc, lacs, x, s, channel_seeds(a, torch.arange(a.shape[1])))
         phis = phis.transpose(0, 1)  # (B, C, 3, H, W)
         ref = torch.einsum("bc,bcxhw->bxhw", w, phis)

@@ -1,4 +1,4 @@
-"""Covariance-volume selection (SPEC §8): greedy vs brute force, the log-det trajectory,
+"""Covariance-volume selection (docs/method.md §8): greedy vs brute force, the log-det trajectory,
 the monotone surrogate, clean stops, and the baselines."""
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def test_resume_with_another_world_size(tmp_path):
 
 # ----------------------------------------------------------------------------- invert-dataset
 def _dataset(folder):
-    from adjinv.io import save_png
+    from adjinv.fileio import save_png
 
     for i in range(5):
         save_png(folder / f"img{i}.png", smooth_image(40, seed=10 + i)[0].float())

@@ -89,7 +89,7 @@ def test_disk_full_keeps_everything_already_written(tmp_path, capsys, monkeypatc
     assert main(argv) == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".adjinv.lock"}
 
-    import adjinv.io as aio
+    import adjinv.fileio as aio
 
     real = aio.atomic_write_bytes
     state = {"q1": 0, "full": False}
@@ -150,7 +150,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
 
 
 def test_interrupt_while_writing_leaves_no_staging_folder(tmp_path, capsys, monkeypatch):
-    import adjinv.io as aio
+    import adjinv.fileio as aio
 
     real = aio.atomic_write_bytes
     calls = {"n": 0}

@@ -1,4 +1,4 @@
-"""Fidelity guarantees (SPEC §5): Theorem 1 and Corollary 1 on a bias-free ReLU CNN.
+"""Fidelity guarantees (docs/method.md §5): Theorem 1 and Corollary 1 on a bias-free ReLU CNN.
 
 The effective receptive field ``ERF_{l,c}`` is computed *structurally*, independently of
 the library: a linear twin of the encoder with all-ones kernels (same strides and

@@ -1,4 +1,4 @@
-"""Linear probe (determinism, accuracy, exact linear form) and OOD geometry (SPEC §9)."""
+"""Linear probe (determinism, accuracy, exact linear form) and OOD geometry (docs/method.md §9)."""
 
 from __future__ import annotations
 

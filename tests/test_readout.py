@@ -1,4 +1,4 @@
-"""invert_readout: any scalar of the deepest map through the unchanged LAC cascade (SPEC §12)."""
+"""invert_readout: any scalar of the deepest map through the unchanged LAC cascade (docs/method.md §12)."""
 
 from __future__ import annotations
 

@@ -10,10 +10,12 @@ from .analysis.covvol import covariance_volume_select
 from .analysis.ecr import ecr_ablation, energy_concentration_ratio
 from .analysis.readout import ReadoutInversion, invert_readout, invert_readouts
 from .analysis.superposition import superposition_statistics
+from .api import Inverter
 from .core.cascade import AdjointCascade
 from .core.inverter import AdjointInverter, Inversion
 from .core.lac import LACBank, LocalAdjointCorrector
 from .core.simplex import simplex_measure
+from .core.stagedict import StageDict
 from .encoders import (
     LinearHead,
     ModuleHead,
@@ -23,7 +25,7 @@ from .encoders import (
     load_encoder,
 )
 from .errors import AdjinvError
-from .pretrained import load_inverter, load_lacs
+from .pretrained import LoadedLACs, load_inverter, load_lacs
 
 __version__ = "0.1.0"
 
@@ -33,11 +35,14 @@ __all__ = [
     "AdjointInverter",
     "HybridAttentionClassifier",
     "Inversion",
+    "Inverter",
     "LACBank",
     "LinearHead",
+    "LoadedLACs",
     "LocalAdjointCorrector",
     "ModuleHead",
     "ReadoutInversion",
+    "StageDict",
     "StagedEncoder",
     "class_directional_inversion",
     "covariance_volume_select",

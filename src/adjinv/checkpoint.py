@@ -9,6 +9,7 @@ a checkpoint made for another encoder.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,10 @@ import torch
 from .core.lac import LACBank
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
-from .io import atomic_write_bytes
+from .fileio import atomic_write_bytes
+from .state import module_device
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "adjinv-lac/1"
 
@@ -116,10 +120,9 @@ def load_checkpoint(path: str | os.PathLike, encoder: StagedEncoder, *,
     except RuntimeError as e:
         raise AdjinvError(f"LAC checkpoint {str(path)!r} has inconsistent tensors: "
                           f"{str(e).splitlines()[0]}") from None
-    p = next(iter(encoder.parameters()), None)
-    if p is not None:
-        lacs.to(p.device)
+    lacs.to(module_device(encoder))
     extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
+    logger.info("loaded %d LACs for %s from %s", len(lacs.lacs), mine["name"], path)
     return lacs, LACCheckpoint(meta=meta, extras=extras)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._optional import require
 from .errors import AdjinvError
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ EPILOG_TRAIN = """example:
 
 
 def _bar(desc: str, total: int):
-    from tqdm import tqdm
+    tqdm = require("tqdm", "the progress bar").tqdm
 
     # disable=None: no bar when stderr is not a terminal (logs stay readable)
     return tqdm(total=total, desc=desc, unit="ch", leave=False, file=sys.stderr, disable=None)
@@ -175,7 +176,7 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     import html
 
     from .experiments.report import ReportConfig, invert_one, write_index
-    from .io import OutputFolder, inside
+    from .fileio import OutputFolder, inside
 
     device = _device(args.device)
     enc, lacs, vanilla, source = _load(args)
@@ -284,7 +285,7 @@ def _device(name: str):
 def _unique_names(paths: list[str]) -> dict[str, Path]:
     """Output folder names from file names: made safe (no separators, no leading
     dots, no reserved names) and unique."""
-    from .io import safe_name
+    from .fileio import safe_name
 
     taken: set[str] = set()
     return {safe_name(p.stem if p.suffix else p.name, taken): p for p in map(Path, paths)}
@@ -313,7 +314,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """``adjinv train``."""
-    from tqdm import tqdm
+    tqdm = require("tqdm", "the progress bar").tqdm
 
     from .data.images import list_images, load_image
     from .data.samples import sample_images

@@ -1,6 +1,6 @@
 """GAP features of the deepest stage over a dataset, cached on disk (Sec. 3.2.4–3.2.5).
 
-``g = GAP(A_L)`` (SPEC §0) for every image of a dataset, batched on the
+``g = GAP(A_L)`` (docs/method.md §0) for every image of a dataset, batched on the
 encoder's device. With ``cache_dir`` the features are written in shards of
 ``shard_size`` images as safetensors files (each written atomically), next to a
 ``meta.json`` that records the encoder (name, weights hash, layout), the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -24,7 +25,10 @@ import torch
 
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
-from .io import atomic_write_bytes, atomic_write_json
+from .fileio import atomic_write_bytes, atomic_write_json
+from .state import to_module
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "adjinv-gap-features/1"
 
@@ -60,10 +64,7 @@ def _digest(key: dict) -> str:
 @torch.no_grad()
 def gap_features(encoder: StagedEncoder, images: torch.Tensor) -> torch.Tensor:
     """``GAP(A_L)`` (B, C) of images (B, 3, H, W) in [0, 1] (normalised here)."""
-    p = next(iter(encoder.parameters()), None)
-    dev = p.device if p is not None else images.device
-    dt = p.dtype if p is not None and p.is_floating_point() else torch.float32
-    x = encoder.normalize(images.to(dev, dt))
+    x = encoder.normalize(to_module(images, encoder))
     with encoder.frozen():
         return encoder.forward_stages(x)[-1].mean(dim=(-2, -1))
 
@@ -105,6 +106,7 @@ def extract_gap_features(encoder: StagedEncoder, dataset: object, *, batch_size:
         stop = min(n, start + shard_size)
         shard = folder / f"shard-{start:08d}-{stop:08d}.safetensors" if folder else None
         if shard is not None and shard.is_file():
+            logger.debug("features %d-%d from the cache %s", start, stop, shard)
             f, y = _read_shard(shard, stop - start)
         else:
             fs, ys = [], []

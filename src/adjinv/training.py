@@ -1,4 +1,4 @@
-"""LAC training (Eq. 9; docs/method.md, "Training the LACs" and "Leakage-limited objectives").
+"""LAC training (Eq. 9; docs/method.md §4 and §15).
 
 Only γ/β are trained. Three objectives:
 
@@ -49,7 +49,7 @@ from .data.images import random_crop, resize_center_crop
 from .distributed import all_reduce_sum, rank_world
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
-from .io import atomic_write_bytes, atomic_write_json
+from .fileio import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,7 @@ def train_lacs(
     validation: Sequence[torch.Tensor] | None = None,
 ) -> tuple[LACBank, VanillaMap, list[float]]:
     """Train LACs on ``images`` ((3, H, W) in [0, 1]); return LACs, the fitted
-    vanilla-gradient map (docs/method.md, "Baselines") and the training losses.
+    vanilla-gradient map (docs/method.md §13) and the training losses.
 
     Args:
         encoder: the frozen encoder.

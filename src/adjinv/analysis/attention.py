@@ -1,4 +1,4 @@
-"""Hybrid attention head on the frozen encoder (Sec. 3.5, C.9, SPEC §12): the model,
+"""Hybrid attention head on the frozen encoder (Sec. 3.5, C.9, docs/method.md §12): the model,
 its training on cached deepest maps (checkpointed, resumable), and the token-locality
 measure of the per-token visualisations."""
 
@@ -21,8 +21,9 @@ from ..core.validate import check_input
 from ..data.labelled import LabelledSet
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_bytes
-from ..state import eval_mode
+from ..fileio import atomic_write_bytes
+from ..filters import gaussian_blur
+from ..state import eval_mode, module_device
 
 HEAD_FORMAT = "adjinv-head/1"
 
@@ -151,7 +152,7 @@ class HeadTraining:
 
     model: HybridAttentionClassifier
     losses: list[float]
-    train_accuracy: float
+    train_accuracy: float | None
     test_accuracy: float | None
     step: int
 
@@ -274,9 +275,7 @@ def load_head(path: str | os.PathLike, encoder: StagedEncoder, *, allow_other_we
     except RuntimeError as e:
         raise AdjinvError(f"attention head {str(path)!r} has inconsistent tensors: "
                           f"{str(e).splitlines()[0]}") from None
-    p = next(iter(encoder.parameters()), None)
-    if p is not None:
-        model.to(p.device)
+    model.to(module_device(encoder))
     model.eval()
     extras = {k.removeprefix("extra."): v for k, v in tensors.items() if k.startswith("extra.")}
     return model, meta, extras
@@ -425,18 +424,7 @@ def smooth_energy(e: torch.Tensor, window: int) -> torch.Tensor:
     if window <= 1:
         return e
     sigma = window / 4
-    r = max(1, math.ceil(3 * sigma))
-    x = torch.arange(-r, r + 1, dtype=e.dtype, device=e.device)
-    k = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    shape = e.shape
-    flat = e.reshape(-1, 1, *shape[-2:])
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        t = F.conv2d(t, k.view(1, 1, -1, 1), padding=(r, 0))
-        return F.conv2d(t, k.view(1, 1, 1, -1), padding=(0, r))
-
-    mass = blur(torch.ones_like(flat[:1]))
-    return (blur(flat) / mass).reshape(shape)
+    return gaussian_blur(e, sigma, max(1, math.ceil(3 * sigma)), "renormalize")
 
 
 def token_peak_distance(maps: torch.Tensor, grid: tuple[int, int], *, window: int | None = None,

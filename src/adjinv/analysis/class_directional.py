@@ -1,4 +1,4 @@
-"""Class-directional inversion (Eq. 12, SPEC §6), the foreground energy proportion
+"""Class-directional inversion (Eq. 12, docs/method.md §6), the foreground energy proportion
 (Eq. 95) and the mask's area ratio it is compared with."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ MODES = ("contribution", "weight", "weight*simplex")
 
 def logit_gradient(head: torch.nn.Module, a_last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``G = ∂z_k/∂A_L`` (B, C, h, w) of each image's class-``target[b]`` logit through any
-    differentiable head (the seed of SPEC §12's readouts)."""
+    differentiable head (the seed of docs/method.md §12's readouts)."""
     with torch.enable_grad():
         a = a_last.detach().requires_grad_(True)
         z = head(a)
@@ -34,7 +34,7 @@ def class_directional_weights(encoder: StagedEncoder, a_last: torch.Tensor,
     """Importance ``α_{k,c}`` for class ``target[b]`` of each image, and its split by
     the sign of ``W_{k,c}`` into the two hemispheres.
 
-    [choice, SPEC §6] ``mode="contribution"``: ``α = W_{k,c} g_c``, the channel's
+    [choice, docs/method.md §6] ``mode="contribution"``: ``α = W_{k,c} g_c``, the channel's
     logit contribution (``Σ_c α = z_k − b_k``); ``"weight"``: ``α = W_{k,c}``;
     ``"weight*simplex"``: ``α = W_{k,c} w_{L,c}``. ``W`` is the head's exact
     per-image linear form (a ConvNeXt head LayerNorm is folded in).

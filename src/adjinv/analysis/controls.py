@@ -1,4 +1,4 @@
-"""Controls for every reconstruction-based claim (beyond the paper; SPEC §14).
+"""Controls for every reconstruction-based claim (beyond the paper; docs/method.md §14).
 
 A reconstruction ``x̂ = Σ_c α_c Ψ_L(E_c ⊙ A_L)`` mixes three ingredients: the seeds
 ``A_L`` (what the features say about the image), the image's own Jacobians (its
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -94,6 +95,7 @@ def swapped_channel_inversions(inverter: AdjointInverter, x: torch.Tensor, sourc
         lin = inverter.cascade.linearize(x, s)
         a_src = enc.forward_stages(source, upto=s)[-1]
         _, kept = inverter.synthesize(lin, s, {}, keep=keep, source=a_src)
+    assert kept is not None  # synthesize returns the kept φ whenever keep is given
     return kept
 
 
@@ -105,7 +107,7 @@ def _reinit(module: nn.Module) -> int:
     for m in module.modules():
         own = list(m.parameters(recurse=False))
         if hasattr(m, "reset_parameters"):
-            m.reset_parameters()  # BatchNorm: also resets running statistics
+            cast(Any, m).reset_parameters()  # BatchNorm: also resets running statistics
             n += len(own)
             continue
         for p in own:
@@ -150,7 +152,7 @@ def randomization_levels(levels: list[int | str], num_stages: int) -> list[int]:
     return sorted(out)
 
 
-def nan_to_none(v: float) -> float | None:
+def nan_to_none(v: float | torch.Tensor) -> float | None:
     """JSON-ready float (NaN/inf → None)."""
     v = float(v)
     return v if math.isfinite(v) else None

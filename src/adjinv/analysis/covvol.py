@@ -1,4 +1,4 @@
-"""Covariance-volume channel selection (Sec. 3.2.4, Alg. 1, Supp. C.5; SPEC §8).
+"""Covariance-volume channel selection (Sec. 3.2.4, Alg. 1, Supp. C.5; docs/method.md §8).
 
 Given the centred covariance ``Σ`` (C×C) of the deepest stage's GAP features
 ``g``, :func:`covariance_volume_select` picks channels greedily by the largest
@@ -106,7 +106,7 @@ def covariance_volume_select(cov: torch.Tensor, k: int, *, objective: str = "log
                              ridge: float = 0.0, sigma2: float = 1.0,
                              tol: float | None = None,
                              dtype: torch.dtype = torch.float64) -> CovVolSelection:
-    """Greedy covariance-volume selection of ``k`` channels (Alg. 1, SPEC §8).
+    """Greedy covariance-volume selection of ``k`` channels (Alg. 1, docs/method.md §8).
 
     Args:
         cov: centred covariance ``Σ`` (C, C) of GAP features
@@ -183,7 +183,8 @@ def exhaustive_select(cov: torch.Tensor, k: int, *, objective: str = "logdet", r
         raise AdjinvError(f"C({c}, {k}) = {n} subsets exceeds max_subsets={max_subsets}")
     m = objective_matrix(cov.to(torch.float64), objective, ridge=ridge, sigma2=sigma2)
     subsets = torch.tensor(list(itertools.combinations(range(c), k)), dtype=torch.long)
-    best_val, best = -math.inf, None
+    best_val: float = -math.inf
+    best: list[int] | None = None
     for chunk in subsets.split(4096):
         sub = m[chunk[:, :, None], chunk[:, None, :]]  # (n, k, k)
         sign, val = torch.linalg.slogdet(sub)
@@ -191,11 +192,14 @@ def exhaustive_select(cov: torch.Tensor, k: int, *, objective: str = "logdet", r
         i = int(val.argmax())
         if float(val[i]) > best_val:
             best_val, best = float(val[i]), chunk[i].tolist()
+    if best is None:
+        raise AdjinvError(f"every {k}-subset of the {c} channels has a singular or indefinite "
+                          "matrix (log det = -inf); add a ridge (ridge=...) or lower k")
     return best, best_val
 
 
 def energy_select(features: torch.Tensor, k: int) -> torch.Tensor:
-    """The Energy baseline (SPEC §8): the ``k`` channels with the largest mean ``g_c²``
+    """The Energy baseline (docs/method.md §8): the ``k`` channels with the largest mean ``g_c²``
     over the dataset ``features`` (N, C); ties broken by the lower channel index."""
     if features.dim() != 2:
         raise AdjinvError(f"expected features (N, C), got shape {tuple(features.shape)}")
@@ -216,7 +220,7 @@ def random_select(num_channels: int, k: int, seed: int) -> torch.Tensor:
 
 
 def keep_count(num_channels: int, prune_ratio: float) -> int:
-    """``k = ⌈(1 − p)·C⌉`` channels kept at pruning ratio ``p`` ∈ [0, 1) (SPEC §8)."""
+    """``k = ⌈(1 − p)·C⌉`` channels kept at pruning ratio ``p`` ∈ [0, 1) (docs/method.md §8)."""
     if not 0 <= prune_ratio < 1:
         raise AdjinvError(f"pruning ratio must be in [0, 1), got {prune_ratio}")
     # round first: (1 - 0.9) * 1280 is 128.00000000000003 in floating point

@@ -1,5 +1,5 @@
 """Causal concept localisation: the Energy Concentration Ratio and channel ablation
-over GAP features (Sec. 3.4, Eq. 17, Supp. C.8, SPEC §10)."""
+over GAP features (Sec. 3.4, Eq. 17, Supp. C.8, docs/method.md §10)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._optional import require
 from ..encoders.staged import LinearHead
 from ..errors import AdjinvError
 
@@ -94,7 +95,7 @@ def ecr_ablation(head: LinearHead, g: torch.Tensor, target: int, ecr: torch.Tens
                  fractions: list[float], seeds: int = 50, seed: int = 0) -> ECRAblation:
     """Descending / Ascending / Random (``seeds`` permutations, seeds ``seed … seed+S-1``)
     ablation of the GAP features ``g`` (B, C) of the test images, ranked by ``ecr`` (C,)
-    from the reference image alone (SPEC §10). Random is mean ± std (population) over seeds."""
+    from the reference image alone (docs/method.md §10). Random is mean ± std (population) over seeds."""
     if g.dim() != 2 or g.shape[1] != ecr.numel():
         raise AdjinvError(f"GAP features {tuple(g.shape)} do not match {ecr.numel()} ECR values")
     if seeds < 1:
@@ -108,14 +109,13 @@ def ecr_ablation(head: LinearHead, g: torch.Tensor, target: int, ecr: torch.Tens
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spearman rank correlation of two score vectors over the entries finite in both."""
+    """Spearman rank correlation of two score vectors over the entries finite in both
+    (``scipy.stats.spearmanr``: tied scores share their average rank). NaN when fewer
+    than two entries remain or either vector is constant there."""
+    stats = require("scipy.stats", "the Spearman rank correlation")
     a, b = a.detach().double().flatten().cpu(), b.detach().double().flatten().cpu()
     ok = torch.isfinite(a) & torch.isfinite(b)
     a, b = a[ok], b[ok]
-    if a.numel() < 2:
+    if a.numel() < 2 or bool((a == a[0]).all()) or bool((b == b[0]).all()):
         return float("nan")
-    ra = a.argsort().argsort().double()
-    rb = b.argsort().argsort().double()
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = ra.norm() * rb.norm()
-    return float((ra @ rb) / den) if den > 0 else float("nan")
+    return float(stats.spearmanr(a.numpy(), b.numpy()).statistic)

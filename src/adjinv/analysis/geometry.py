@@ -1,4 +1,4 @@
-"""Covariance geometry of GAP features under shift (Sec. 3.2.5, Supp. C.6; SPEC §9).
+"""Covariance geometry of GAP features under shift (Sec. 3.2.5, Supp. C.6; docs/method.md §9).
 
 All functions take feature matrices ``(N, C)`` (rows = images) or covariances
 ``(C, C)`` as tensors on any device and compute in float64.
@@ -76,7 +76,7 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = No
     """Unbiased ``MMD²_u`` (Gretton et al. 2012, Lemma 6) between samples ``x`` (m, C)
     and ``y`` (n, C), and the bandwidth used.
 
-    [choice, SPEC §9] Gaussian kernel ``k(a, b) = exp(−‖a − b‖² / (2h²))`` with ``h``
+    [choice, docs/method.md §9] Gaussian kernel ``k(a, b) = exp(−‖a − b‖² / (2h²))`` with ``h``
     the median heuristic (:func:`median_bandwidth`: median pairwise distance of the
     pooled sample) unless ``bandwidth`` is given. The estimator drops the diagonal
     terms ``k(x_i, x_i)``, so it is unbiased and can be slightly **negative** when
@@ -121,7 +121,7 @@ def geometry_indicators(reference: torch.Tensor, features: torch.Tensor, subset:
                         max_samples: int | None = 2000) -> GeometryIndicators:
     """Indicators of ``features`` (N, C): ``log det(Σ_S + λI)`` on the fixed channel subset
     ``S`` (chosen on clean data), effective rank and trace of the full ``Σ``, and
-    ``MMD²_u`` between ``reference`` (clean features) and ``features`` (SPEC §9)."""
+    ``MMD²_u`` between ``reference`` (clean features) and ``features`` (docs/method.md §9)."""
     cov = covariance(features)
     mmd, h = mmd2_unbiased(reference, features, bandwidth, max_samples)
     ld = subset_logdet(cov, subset, ridge=ridge)

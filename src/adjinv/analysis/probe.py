@@ -1,6 +1,6 @@
 """Linear probe on (selected) GAP channels: multinomial logistic regression (Sec. 3.2.5).
 
-The compression protocol (SPEC §8) trains one probe per channel subset and
+The compression protocol (docs/method.md §8) trains one probe per channel subset and
 reports its test accuracy. The probe is deterministic given its seed: features
 are standardised with the training set's mean and std, the weights start at
 zero, full-batch L-BFGS (default) has no randomness, and the Adam option draws
@@ -56,7 +56,16 @@ class LinearProbe:
         self.final_loss: float = float("nan")
 
     def _standardise(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.to(torch.float64) - self.mean) / self.std
+        mean, std, _, _ = self._state()
+        return (x.to(torch.float64) - mean) / std
+
+    def _state(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(mean, std, weight, bias)``; the standardisation is set before the weights."""
+        if self.mean is None or self.std is None:
+            raise AdjinvError("the probe is not trained: call fit() first")
+        z = self.mean.new_zeros(0)
+        return (self.mean, self.std, self.weight if self.weight is not None else z,
+                self.bias if self.bias is not None else z)
 
     def _loss(self, xs: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor
               ) -> torch.Tensor:
@@ -82,17 +91,17 @@ class LinearProbe:
         b = torch.zeros(self.num_classes, dtype=torch.float64, device=x.device, requires_grad=True)
         with torch.enable_grad():
             if cfg.optimizer == "lbfgs":
-                opt = torch.optim.LBFGS([w, b], lr=1, max_iter=cfg.max_iter, history_size=20,
+                lbfgs = torch.optim.LBFGS([w, b], lr=1, max_iter=cfg.max_iter, history_size=20,
                                         tolerance_grad=cfg.tol, tolerance_change=cfg.tol * 1e-2,
                                         line_search_fn="strong_wolfe")
 
                 def closure() -> torch.Tensor:
-                    opt.zero_grad()
+                    lbfgs.zero_grad()
                     loss = self._loss(xs, y, w, b)
                     loss.backward()
                     return loss
 
-                opt.step(closure)
+                lbfgs.step(closure)
             else:
                 g = torch.Generator().manual_seed(cfg.seed)
                 opt = torch.optim.Adam([w, b], lr=cfg.lr)
@@ -111,7 +120,8 @@ class LinearProbe:
         """Logits (N, K) of features ``x`` (N, C), in float64."""
         if self.weight is None:
             raise AdjinvError("the probe is not trained: call fit() first")
-        return self._standardise(x.to(self.weight.device)) @ self.weight.T + self.bias
+        _, _, weight, bias = self._state()
+        return self._standardise(x.to(weight.device)) @ weight.T + bias
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Predicted class per row."""
@@ -119,15 +129,17 @@ class LinearProbe:
 
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Fraction of rows of ``x`` classified as ``y``."""
-        return float((self.predict(x) == y.to(self.weight.device)).to(torch.float64).mean())
+        pred = self.predict(x)
+        return float((pred == y.to(pred.device)).to(torch.float64).mean())
 
     def effective_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(W_eff, b_eff)`` with ``z = W_eff g + b_eff`` on the raw features: the linear
         form a class-directional inversion (Eq. 12) needs."""
         if self.weight is None:
             raise AdjinvError("the probe is not trained: call fit() first")
-        w = self.weight / self.std
-        return w, self.bias - w @ self.mean
+        mean, std, weight, bias = self._state()
+        w = weight / std
+        return w, bias - w @ mean
 
 
 def probe_accuracy(train: tuple[torch.Tensor, torch.Tensor],

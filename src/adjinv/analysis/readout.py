@@ -1,5 +1,5 @@
 """Any scalar readout of the deepest feature map through the trained LAC cascade
-(Sec. 3.5, C.9, SPEC §12).
+(Sec. 3.5, C.9, docs/method.md §12).
 
 For a scalar ``s(A_L)`` computed by any differentiable module on the deepest
 stage (a class logit, an attention block's energy, a token's energy, a user
@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,7 +41,7 @@ class ReadoutInversion:
     """What :func:`invert_readout` computed for one readout (tensors on the encoder's device).
 
     ``value``: the readout ``s`` (B,); ``seed``: ``G = ∂s/∂A_L`` (B, C_L, h, w);
-    ``psi``: ``Ψ_L(G)`` (B, 3, H, W), one cascade pass of the whole seed (SPEC §12's
+    ``psi``: ``Ψ_L(G)`` (B, 3, H, W), one cascade pass of the whole seed (docs/method.md §12's
     default). With ``split=True``: ``split`` = ``Σ_c w_{L,c} Ψ_L(E_c ⊙ G)`` (B, 3, H, W)
     and the simplex weights ``weights`` (B, C_L) (Eq. 2, 8). With ``top_k > 0``:
     ``channels`` (B, K) and ``parts`` (B, K, 3, H, W) = ``Ψ_L(E_c ⊙ G)`` for each image's
@@ -90,7 +91,7 @@ class BlockEnergy:
     (Sec. C.9's layer-wise readout). ``model`` needs ``token_states(a_last, upto)``."""
 
     def __init__(self, model: nn.Module, block: int) -> None:
-        self.module = model
+        self.module: Any = model  # a HybridAttentionClassifier (token_states)
         self.block = block
 
     def __call__(self, a_last: torch.Tensor) -> torch.Tensor:
@@ -107,7 +108,7 @@ class TokenEnergy:
     of the ``h×w`` grid of the deepest map."""
 
     def __init__(self, model: nn.Module, block: int, token: int) -> None:
-        self.module = model
+        self.module: Any = model  # a HybridAttentionClassifier (token_states)
         self.block = block
         self.token = token
 
@@ -237,7 +238,7 @@ def invert_readout(encoder: StagedEncoder, lacs: LACBank | None, images: torch.T
                    readout: Readout, *, split: bool = False, top_k: int = 0,
                    chunk_size: int | None = None,
                    memory_budget: int | None = None) -> ReadoutInversion:
-    """Visualise any scalar readout ``s`` of the deepest feature map (Sec. 3.5, SPEC §12).
+    """Visualise any scalar readout ``s`` of the deepest feature map (Sec. 3.5, docs/method.md §12).
 
     ``images``: a normalised batch (B, 3, H, W) (validated by ``check_input``);
     ``lacs``: the trained LACs (``None``: identity LACs), never modified — no gradient
@@ -245,7 +246,7 @@ def invert_readout(encoder: StagedEncoder, lacs: LACBank | None, images: torch.T
     ``A_L`` (B, C_L, h, w) to (B,) (see the module docstring).
 
     Returns the seed ``G = ∂s/∂A_L`` and ``Ψ_L(G)``, one cascade pass of the whole
-    seed (SPEC §12's default). [choice, SPEC §12] ``split=True`` adds the per-channel
+    seed (docs/method.md §12's default). [choice, docs/method.md §12] ``split=True`` adds the per-channel
     split of the seed, ``Σ_c w_{L,c} Ψ_L(E_c ⊙ G)`` over the live channels, with the
     simplex weights ``w_{L,c}`` of Eq. 2 (Eq. 8 with ``G`` in place of ``A_L``: for
     ``G = A_L`` it is ``x̂_L``); it costs one cascade pass per live channel.

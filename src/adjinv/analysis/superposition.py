@@ -1,4 +1,4 @@
-"""Holographic superposition, H1 (Sec. 3.2.3, Eq. 13, Supp. C.4, SPEC §7).
+"""Holographic superposition, H1 (Sec. 3.2.3, Eq. 13, Supp. C.4, docs/method.md §7).
 
 Stack one image's channel inversions as rows ``Φ ∈ R^{C×P}`` and form ``G = ΦΦᵀ``.
 H1 says ``φ_c ≈ a_c u + r_c`` with one shared direction ``u``; the statistics below
@@ -17,11 +17,11 @@ from ..errors import AdjinvError
 
 @dataclass
 class SuperpositionStats:
-    """The H1 statistics of one image (SPEC §7).
+    """The H1 statistics of one image (docs/method.md §7).
 
     ``energy_fraction``: ``λ₁ / tr(G)``; ``variance_before`` / ``variance_after``:
     ``V = mean_c ‖φ_c − φ̄‖² / mean_c ‖φ_c‖²`` of the rows before and after rank-one
-    subtraction, [choice] each normalised by its own rows' energy (SPEC §7 applied to
+    subtraction, [choice] each normalised by its own rows' energy (docs/method.md §7 applied to
     ``r`` as written); ``variance_after_of_original`` is the after-numerator over the
     *original* mean energy; ``expansion = variance_after / variance_before``;
     ``cos_before`` / ``cos_after``: min, 5th, 95th percentile and max of the pairwise
@@ -78,7 +78,7 @@ def rank_one_subtract(phi: torch.Tensor, u: torch.Tensor | None = None
 
 
 def inter_channel_variance(phi: torch.Tensor) -> float:
-    """``V = mean_c ‖φ_c − φ̄‖² / mean_c ‖φ_c‖²`` (SPEC §7): 0 when every channel is the
+    """``V = mean_c ‖φ_c − φ̄‖² / mean_c ‖φ_c‖²`` (docs/method.md §7): 0 when every channel is the
     same image, 1 when the channels average to zero."""
     f = _rows(phi)
     den = f.pow(2).sum(1).mean()
@@ -106,7 +106,7 @@ def cosine_range(phi: torch.Tensor) -> dict[str, float]:
 
 
 def superposition_statistics(phi: torch.Tensor) -> SuperpositionStats:
-    """The H1 statistics (SPEC §7) of one image's channel inversions ``phi`` (C, ...)."""
+    """The H1 statistics (docs/method.md §7) of one image's channel inversions ``phi`` (C, ...)."""
     f = _rows(phi)
     u, evals = leading_direction(f)
     tr = float(evals.sum())

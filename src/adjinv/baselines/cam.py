@@ -1,4 +1,4 @@
-"""Saliency methods behind one call shape (Sec. 3.3, Table 3; SPEC §11).
+"""Saliency methods behind one call shape (Sec. 3.3, Table 3; docs/method.md §11).
 
 Like Captum, every method is an object with ``attribute(x, target=None) -> (B, H, W)``:
 ``x`` a normalised batch (B, 3, H, W), ``target`` a class index or (B,) tensor
@@ -27,6 +27,7 @@ from typing import Protocol
 
 import torch
 
+from .._optional import require
 from ..analysis.class_directional import class_directional_inversion
 from ..core.inverter import AdjointInverter
 from ..encoders.staged import StagedEncoder
@@ -52,9 +53,9 @@ def _targets(logits: torch.Tensor, target: int | torch.Tensor | None) -> torch.T
 
 
 class AdjointSaliency:
-    """``Σ_rgb |x̂^(k)|`` of the class-directional inversion (Eq. 12, SPEC §6/§11).
+    """``Σ_rgb |x̂^(k)|`` of the class-directional inversion (Eq. 12, docs/method.md §6/§11).
 
-    ``mode`` is the [choice] of α of SPEC §6 (default the logit contribution ``W_{k,c} g_c``)."""
+    ``mode`` is the [choice] of α of docs/method.md §6 (default the logit contribution ``W_{k,c} g_c``)."""
 
     def __init__(self, inverter: AdjointInverter, mode: str = "contribution") -> None:
         self.inverter = inverter
@@ -92,20 +93,20 @@ class CAMSaliency:
         self.score_batch_size = score_batch_size
 
     def _cam_class(self) -> type:
-        from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, ScoreCAM
-
-        return {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM}[self.method]
+        cams = require("pytorch_grad_cam", f"the {self.name} baseline")
+        return {"gradcam": cams.GradCAM, "gradcam++": cams.GradCAMPlusPlus,
+                "scorecam": cams.ScoreCAM}[self.method]
 
     def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
         """Saliency (B, H, W) in [0, 1] for class ``target`` (default top-1)."""
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
+        target_cls = require("pytorch_grad_cam.utils.model_targets",
+                             f"the {self.name} baseline").ClassifierOutputTarget
         if x.dim() != 4:
             raise AdjinvError(f"x must be a (B, 3, H, W) batch, got {tuple(x.shape)}")
         with self.encoder.frozen():
             with torch.no_grad():
                 k = _targets(self.encoder(x), target)
-            targets = [ClassifierOutputTarget(int(c)) for c in k.tolist()]
+            targets = [target_cls(int(c)) for c in k.tolist()]
             # the encoder's weights are frozen: the input carries the graph instead
             inp = x.detach().clone().requires_grad_(True)
             cam = self._cam_class()(model=self.encoder, target_layers=[self.target_layer])

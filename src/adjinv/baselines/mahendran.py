@@ -1,4 +1,4 @@
-"""Mahendran & Vedaldi (2015) inversion and Robust inversion (Sec. 3.1, C.1; SPEC §13).
+"""Mahendran & Vedaldi (2015) inversion and Robust inversion (Sec. 3.1, C.1; docs/method.md §13).
 
 Optimise an image ``x`` so that the deepest features of the frozen encoder match the
 target's, ``Φ₀ = A_L(x₀)``, under the natural-image priors of M&V 2015 (Eq. 1–5 there):

@@ -1,5 +1,5 @@
 """UpConvNet (Dosovitskiy & Brox 2016): a feed-forward up-convolutional decoder from the
-deepest features ``A_L`` back to the image (Sec. 3.1, C.1; SPEC §13).
+deepest features ``A_L`` back to the image (Sec. 3.1, C.1; docs/method.md §13).
 
 Architecture, after D&B's decoders for conv features: two 3×3 convolutions at width
 ``width``, then one ``ConvTranspose2d(4, stride 2)`` per factor 2 of the encoder's total
@@ -30,7 +30,8 @@ from torch import nn
 from ..checkpoint import read_tagged
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_bytes
+from ..fileio import atomic_write_bytes
+from ..state import module_device, to_module
 
 FORMAT = "adjinv-upconv/1"
 
@@ -81,11 +82,10 @@ class UpConvConfig:
 @torch.no_grad()
 def deepest_features(encoder: StagedEncoder, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
     """``A_L`` of images in [0, 1] (N, 3, S, S), computed with the encoder frozen."""
-    p = next(iter(encoder.parameters()))
     out = []
     with encoder.frozen():
         for s in range(0, images.shape[0], batch_size):
-            x = encoder.normalize(images[s: s + batch_size].to(p))
+            x = encoder.normalize(to_module(images[s: s + batch_size], encoder))
             out.append(encoder.forward_stages(x)[-1])
     return torch.cat(out)
 
@@ -126,10 +126,10 @@ def train_upconv(encoder: StagedEncoder, images: torch.Tensor, cfg: UpConvConfig
     if cfg.steps < 0 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise AdjinvError("UpConvNet needs steps >= 0, batch_size >= 1 and lr > 0")
     feats = deepest_features(encoder, images)
-    p = next(iter(encoder.parameters()))
-    targets = encoder.normalize(images.to(p))
+    targets = encoder.normalize(to_module(images, encoder))
     torch.manual_seed(cfg.seed)
-    dec = UpConvDecoder(feats.shape[1], encoder.total_stride, cfg.width, cfg.min_width).to(p)
+    dec = UpConvDecoder(feats.shape[1], encoder.total_stride, cfg.width, cfg.min_width)
+    dec = dec.to(device=module_device(encoder), dtype=targets.dtype)
     opt = torch.optim.Adam(dec.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     start, losses = 0, []
     path = Path(checkpoint) if checkpoint is not None else None

@@ -1,4 +1,4 @@
-"""Vanilla-gradient baseline (SPEC §13): the raw VJP ``J_{A_L}ᵀ A_L``, standardised
+"""Vanilla-gradient baseline (docs/method.md §13): the raw VJP ``J_{A_L}ᵀ A_L``, standardised
 per RGB channel and mapped to image range by one per-RGB gain and offset that
 are fitted once, on the LAC training images, with the same ℓ1 objective."""
 

@@ -1,4 +1,4 @@
-"""The adjoint cascade Ψ_l (Eq. 3–7, SPEC §2–§3), batched over channels and images."""
+"""The adjoint cascade Ψ_l (Eq. 3–7, docs/method.md §2–§3), batched over channels and images."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Synthesis and the user-facing inverter (Eq. 8, SPEC §4)."""
+"""Synthesis and the user-facing inverter (Eq. 8, docs/method.md §4)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .anytime import (
 from .cascade import AdjointCascade, Linearization, auto_chunk, channel_seeds
 from .lac import LACBank
 from .simplex import simplex_measure
+from .stagedict import StageDict
 from .validate import check_input
 
 Progress = Callable[[int, int], None]
@@ -40,7 +41,9 @@ class Inversion:
     ``omitted_mass[l]`` (B,): simplex weight of the live channels left out by an anytime
     call (``mass``/``max_channels``; 0 otherwise), ``error_bound_abs[l]`` and
     ``error_bound[l]`` (B,): proven bounds on ``‖x̂_l − x̂_l^full‖`` and on that divided by
-    ``‖x̂_l^full‖`` (:mod:`adjinv.core.anytime`); the same keyed by name for ``extra``.
+    ``‖x̂_l^full‖`` (:mod:`adjinv.core.anytime`); the same keyed by name for ``extra``;
+    the per-stage fields are :class:`StageDict` s: ``x_hat[-1]`` is the deepest stage and
+    ``x_hat["stem"]`` looks a stage up by name (``stage_names``).
     """
 
     x: torch.Tensor
@@ -54,6 +57,11 @@ class Inversion:
     omitted_mass: dict[int | str, torch.Tensor] = field(default_factory=dict)
     error_bound_abs: dict[int | str, torch.Tensor] = field(default_factory=dict)
     error_bound: dict[int | str, torch.Tensor] = field(default_factory=dict)
+    stage_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for f in ("x_hat", "weights", "channels", "phi"):
+            setattr(self, f, StageDict(getattr(self, f), self.stage_names))
 
 
 class AdjointInverter:
@@ -113,7 +121,7 @@ class AdjointInverter:
 
         ``source`` (B, C, h, w) replaces ``A_stage`` as the tensor whose channels seed the
         cascade, ``φ_c = Ψ_stage(E_c ⊙ source)``: the per-channel split of any cotangent
-        (SPEC §12). Default: the activation-weighted seeds of Eq. 3.
+        (docs/method.md §12). Default: the activation-weighted seeds of Eq. 3.
 
         ``order`` (B, C): channels are pulled back in descending order of their largest
         entry over the batch (default: by index). ``on_chunk(sums, processed)`` is called
@@ -250,7 +258,7 @@ class AdjointInverter:
             for st in self.encoder.stages[upto + 1:]:  # finish the forward, don't redo it
                 a = st(a)
             logits = self.encoder.head(a)
-            res = Inversion(x=x, logits=logits)
+            res = Inversion(x=x, logits=logits, stage_names=tuple(i.name for i in self.encoder.infos))
             extra = extra_weights(lin.acts, logits) if extra_weights is not None else {}
             res.extra_weights = extra
             todo = sorted(set(want) | ({last} if extra else set()))
@@ -331,7 +339,7 @@ class AdjointInverter:
 
     @torch.no_grad()
     def seed_zero_control(self, x: torch.Tensor, stage: int = -1) -> torch.Tensor:
-        """The control of SPEC §14: the cascade with the seed set to zero. Since
+        """The control of docs/method.md §14: the cascade with the seed set to zero. Since
         ``Σ_c w = 1`` it equals ``x̂_l`` with every ``φ_{l,c}`` replaced by ``Ψ_l(0)``:
         whatever likeness it shows comes from the image's own activation masks and
         the LAC biases, not from the features."""

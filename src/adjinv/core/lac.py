@@ -1,9 +1,14 @@
-"""Local Adjoint Corrector (Eq. 6, Prop. B.3, SPEC §3)."""
+"""Local Adjoint Corrector (Eq. 6, Prop. B.3, docs/method.md §3)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, cast
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..encoders.staged import StagedEncoder
 
 EPS_MODES = ("layer", "channel", "fixed")
 
@@ -13,14 +18,14 @@ class LocalAdjointCorrector(nn.Module):
 
     ``LAC(u)_c = γ_c (u_c − mean u_c) / sqrt(var u_c + ε) + β_c`` (Eq. 6).
 
-    [choice, SPEC §3] ε is scale-relative, because gradient signals have any
+    [choice, docs/method.md §3] ε is scale-relative, because gradient signals have any
     scale (1e-12 is common) and a fixed ε silently turns the normalisation off:
 
     - ``eps_mode="layer"`` (default): ``ε = eps · mean_{c,h,w}(u²)`` over all
       channels of the same signal. A channel far weaker than its layer (below
       ``eps`` of the mean energy) is damped instead of blown up to unit
       variance, and an all-zero channel (dead ReLU) has a bounded derivative.
-    - ``eps_mode="channel"``: ``ε_c = eps · mean_{h,w}(u_c²)`` (SPEC §3's example,
+    - ``eps_mode="channel"``: ``ε_c = eps · mean_{h,w}(u_c²)`` (docs/method.md §3's example,
       use ``eps=1e-12``): every non-zero channel is normalised, however weak.
     - ``eps_mode="fixed"``: plain GroupNorm ``ε = eps`` (e.g. ``1e-5``).
 
@@ -110,15 +115,15 @@ class LACBank(nn.Module):
         self.lacs = nn.ModuleDict(mods)
 
     @classmethod
-    def for_encoder(cls, encoder: nn.Module, **kw: object) -> LACBank:
-        """Identity-initialised LACs (γ=1, β=0) at the boundaries SPEC §3 names."""
+    def for_encoder(cls, encoder: StagedEncoder, **kw: Any) -> LACBank:
+        """Identity-initialised LACs (γ=1, β=0) at the boundaries docs/method.md §3 names."""
         return cls({k: encoder.infos[k].channels for k in encoder.lac_boundaries}, **kw)
 
     def at(self, k: int) -> LocalAdjointCorrector | None:
         """The LAC acting on the gradient w.r.t. stage ``k``'s output, if any."""
-        return self.lacs[f"s{k}"] if k in self.boundaries else None
+        return cast(LocalAdjointCorrector, self.lacs[f"s{k}"]) if k in self.boundaries else None
 
     @property
     def pix(self) -> LocalAdjointCorrector:
         """``LAC_pix``, on the pixel-space gradient."""
-        return self.lacs["pix"]
+        return cast(LocalAdjointCorrector, self.lacs["pix"])

@@ -1,4 +1,4 @@
-"""Chunk sizes from the memory the device has free (SPEC §14: batch, but not all at once)."""
+"""Chunk sizes from the memory the device has free (docs/method.md §14: batch, but not all at once)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 # On CPU chunks whose working set stays in cache win (explicit engine, 2 cores, ms per
 # channel at 224 px: Lite0 4: 10.2, 8: 10.0, 16: 12.2; ResNet-18 4: 21.9, 8: 22.6, 20: 23.9;
 # ResNet-50 4: 51, 8: 56; at 96 px Lite0 and ResNet-18 are fastest at 16-32).
-# On CUDA large launches pay off (SPEC §14: chunks of 256 were 18-30x the loop).
+# On CUDA large launches pay off (docs/method.md §14: chunks of 256 were 18-30x the loop).
 CPU_MAX_CHUNK = 32
 CPU_SPEED_BUDGET = 64 << 20
 CUDA_MAX_CHUNK = 512

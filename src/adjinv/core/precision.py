@@ -1,4 +1,4 @@
-"""Arithmetic precision of the cascade's pull-back (issue 7's TF32/bf16 policy).
+"""Arithmetic precision of the cascade's pull-back (the TF32/fp16/bf16 policy).
 
 - ``"float32"`` (default): the cotangents keep the input's dtype and TF32 is
   switched **off** for convolutions and matrix products inside the cascade, even
@@ -18,7 +18,7 @@
   the CPU float16 convolutions are slow.
 - ``"bf16"``: the explicit stage transposes compute in bfloat16 (LACs and the
   synthesis stay float32). Rounding is amplified by the LAC normalisation
-  (SPEC §14 saw 20–34 % relative error on ``x̂`` with autocast): an option with a
+  (docs/method.md §14 saw 20–34 % relative error on ``x̂`` with autocast): an option with a
   measured error, never a default.
 
 The forward linearisation always runs in the input's precision with TF32 off,
@@ -53,7 +53,7 @@ def fp32_mode(precision: str) -> Iterator[None]:
     reduced-precision (float16) reductions in matmuls never; restore the previous
     global settings on exit."""
     mode = "tf32" if precision == "tf32" else "ieee"
-    conv, mm = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    conv, mm = torch.backends.cudnn.conv, torch.backends.cuda.matmul  # type: ignore[attr-defined]
     saved = (conv.fp32_precision, mm.fp32_precision, mm.allow_fp16_reduced_precision_reduction)
     conv.fp32_precision = mm.fp32_precision = mode
     mm.allow_fp16_reduced_precision_reduction = False

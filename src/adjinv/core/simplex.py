@@ -1,4 +1,4 @@
-"""Forward path: the layer-wise simplex measure (Eq. 2, SPEC §1)."""
+"""Forward path: the layer-wise simplex measure (Eq. 2, docs/method.md §1)."""
 
 from __future__ import annotations
 

@@ -3,9 +3,15 @@ point that takes an image batch passes it through :func:`check_input`."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..errors import AdjinvError
+from ..state import to_module
+
+if TYPE_CHECKING:
+    from ..encoders.staged import StagedEncoder
 
 CONSTANT_TOL = 1e-3  # spread / magnitude below which an image counts as constant
 
@@ -21,7 +27,7 @@ def near_constant(x: torch.Tensor, tol: float = CONSTANT_TOL) -> list[int]:
     return (spread <= tol * scale).all(1).nonzero().flatten().tolist()
 
 
-def check_input(x: object, encoder: torch.nn.Module, *, allow_constant: bool = False) -> torch.Tensor:
+def check_input(x: object, encoder: StagedEncoder, *, allow_constant: bool = False) -> torch.Tensor:
     """Validate a *normalised* image batch for ``encoder``; return it as (B, 3, H, W)
     on the encoder's device and dtype."""
     if not isinstance(x, torch.Tensor):
@@ -57,7 +63,4 @@ def check_input(x: object, encoder: torch.nn.Module, *, allow_constant: bool = F
                               "colour to within 0.1 % of the image's range): there is no spatial "
                               "structure to invert; pass a natural image (a 16-bit or unusual file "
                               "may have been misread: re-export it as 8-bit RGB PNG)")
-    p = next(iter(encoder.parameters()), None)
-    if p is not None:
-        x = x.to(device=p.device, dtype=p.dtype)
-    return x
+    return to_module(x, encoder)

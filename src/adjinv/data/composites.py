@@ -26,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .._optional import require
 from ..errors import AdjinvError
 
 COMPOSITE_VERSION = 1
@@ -52,17 +53,16 @@ class Composite:
 
 
 def _photo(name: str) -> np.ndarray:
-    import skimage.data
+    skdata = require("skimage.data", "the composite photos")
 
     if name == "motorcycle":
-        return skimage.data.stereo_motorcycle()[0]
-    return getattr(skimage.data, name)()
+        return skdata.stereo_motorcycle()[0]
+    return getattr(skdata, name)()
 
 
 def _background(name: str, rng: np.random.Generator) -> np.ndarray:
-    import skimage.data
-
-    a = getattr(skimage.data, name)().astype(np.float64) / 255.0
+    skdata = require("skimage.data", "the composite backgrounds")
+    a = getattr(skdata, name)().astype(np.float64) / 255.0
     if a.ndim == 2:
         a = a[..., None] * np.asarray(_TINTS[name])[None, None, :]
     h, w = a.shape[:2]
@@ -85,15 +85,15 @@ def _compose(photo: str, background: str, seed: int) -> Composite:
     scale = float(rng.uniform(0.45, 0.65)) * CANVAS / max(cut.shape[:2])
     ch, cw = max(8, round(cut.shape[0] * scale)), max(8, round(cut.shape[1] * scale))
     patch = torch.from_numpy(np.ascontiguousarray(cut)).permute(2, 0, 1)[None].float()
-    patch = torch.nn.functional.interpolate(patch, size=(ch, cw), mode="bilinear", antialias=True,
-                                            align_corners=False)[0].clamp(0, 1).numpy()
+    scaled = torch.nn.functional.interpolate(patch, size=(ch, cw), mode="bilinear", antialias=True,
+                                             align_corners=False)[0].clamp(0, 1).numpy()
     y0 = int(rng.integers(0, CANVAS - ch + 1))
     x0 = int(rng.integers(0, CANVAS - cw + 1))
     yy, xx = np.mgrid[0:ch, 0:cw]
     ell = ((yy + 0.5 - ch / 2) / (ch / 2)) ** 2 + ((xx + 0.5 - cw / 2) / (cw / 2)) ** 2 <= 1.0
     out = bg.copy()
     region = out[:, y0:y0 + ch, x0:x0 + cw]
-    region[:, ell] = patch[:, ell]
+    region[:, ell] = scaled[:, ell]
     mask = np.zeros((CANVAS, CANVAS), dtype=bool)
     mask[y0:y0 + ch, x0:x0 + cw] = ell
     return Composite(f"{photo}@{background}-{seed}", photo, background,

@@ -1,4 +1,4 @@
-"""The 15 ImageNet-C corruptions × 5 severities, on the fly, in torch (Sec. 3.2.5, SPEC §9).
+"""The 15 ImageNet-C corruptions × 5 severities, on the fly, in torch (Sec. 3.2.5, docs/method.md §9).
 
 Hendrycks & Dietterich (2019), "Benchmarking neural network robustness to
 common corruptions and perturbations". The severity constants are those of the
@@ -42,6 +42,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .. import filters
 from ..errors import AdjinvError
 
 CORRUPTIONS: tuple[str, ...] = (
@@ -74,24 +75,11 @@ def _pad(x: torch.Tensor, ph: int, pw: int, mode: str) -> torch.Tensor:
     return F.pad(x, (pw, pw, ph, ph), mode=mode)
 
 
-def _gauss1d(sigma: float, radius: int, like: torch.Tensor) -> torch.Tensor:
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-t * t / (2 * sigma * sigma))
-    return (k / k.sum()).to(like.device, like.dtype)
-
-
 def gaussian_blur(x: torch.Tensor, sigma: float, truncate: float = 4.0,
                   mode: str = "replicate") -> torch.Tensor:
     """Separable Gaussian blur of (B, C, H, W), radius ``⌈truncate·σ⌉`` (scikit-image's
     defaults: ``truncate=4``, edge mode 'nearest' = replicate)."""
-    if sigma <= 0:
-        return x
-    r = max(1, int(truncate * sigma + 0.5))
-    k = _gauss1d(sigma, r, x)
-    c = x.shape[1]
-    y = _pad(x, r, r, mode)
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return filters.gaussian_blur(x, sigma, max(1, int(truncate * sigma + 0.5)), mode)
 
 
 def _filter2d(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -394,7 +382,8 @@ def _elastic(x: torch.Tensor, s: int, g: torch.Generator, sc: float) -> torch.Te
 
 def _aniso_blur(f: torch.Tensor, sh: float, sw: float) -> torch.Tensor:
     rh, rw = max(1, int(3 * sh + 0.5)), max(1, int(3 * sw + 0.5))
-    kh, kw = _gauss1d(sh, rh, f), _gauss1d(sw, rw, f)
+    kh = filters.gaussian_kernel1d(sh, rh, dtype=f.dtype, device=f.device)
+    kw = filters.gaussian_kernel1d(sw, rw, dtype=f.dtype, device=f.device)
     y = _pad(f, rh, rw, "reflect")
     y = F.conv2d(y, kw.view(1, 1, 1, -1))
     return F.conv2d(y, kh.view(1, 1, -1, 1))

@@ -33,11 +33,13 @@ import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._optional import require
 from ..errors import AdjinvError
 from .corruptions import CORRUPTIONS, corrupt
 from .images import IMAGE_SUFFIXES, load_image, resize_center_crop
@@ -182,9 +184,8 @@ class LFWFaces(ImageDataset):
                  seed: int = 0) -> None:
         super().__init__(size)
         _check_split(split)
-        import skimage.data
-
-        imgs = np.asarray(skimage.data.lfw_subset(), dtype=np.float32)
+        skdata = require("skimage.data", "the embedded LFW subset")
+        imgs = np.asarray(skdata.lfw_subset(), dtype=np.float32)
         if imgs.max() > 1.0:  # documented as uint8, returned as float in [0, 1]
             imgs = imgs / 255.0
         labels = [0] * 100 + [1] * 100
@@ -242,7 +243,7 @@ def safe_unpickle(path: str | os.PathLike) -> object:
         raise AdjinvError(f"cannot read {p} as a CIFAR python batch: {e}") from None
 
 
-def _key(d: dict, name: str) -> object:
+def _key(d: dict, name: str) -> Any:
     for k in (name.encode(), name):
         if k in d:
             return d[k]
@@ -274,6 +275,8 @@ class CIFAR100(_LoadedDataset):
         self.classes = [str(i) for i in range(100)]
         if (r / "meta").is_file():
             meta = safe_unpickle(r / "meta")
+            if not isinstance(meta, dict):
+                raise AdjinvError(f"{r / 'meta'} is not a CIFAR meta file (a dict)")
             names = _key(meta, "fine_label_names")
             self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
         self.root, self.split = r.resolve(), split
@@ -369,8 +372,7 @@ class StanfordDogs(_FileDataset):
     name = "stanford_dogs"
 
     def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 224) -> None:
-        from scipy.io import loadmat
-
+        loadmat = require("scipy.io", "reading Stanford Dogs' .mat split lists").loadmat
         _check_split(split)
         r = Path(root)
         images = r / "Images"

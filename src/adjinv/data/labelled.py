@@ -58,7 +58,10 @@ def image_folder(folder: str | os.PathLike, size: int, *, test_fraction: float =
         raise AdjinvError(f"{str(root)!r} needs at least two class sub-folders holding images "
                           f"(found {len(classes)}): lay it out as {root}/<class>/<image>")
     gen = torch.Generator().manual_seed(seed)
-    tr_x, tr_y, te_x, te_y = [], [], [], []
+    tr_x: list[torch.Tensor] = []
+    te_x: list[torch.Tensor] = []
+    tr_y: list[int] = []
+    te_y: list[int] = []
     for k, fs in enumerate(files):
         order = torch.randperm(len(fs), generator=gen).tolist()
         n_test = min(round(test_fraction * len(fs)), len(fs) - 1)
@@ -92,7 +95,10 @@ def embedded_labelled_set(size: int = 128, *, train_per_class: int = 24, test_pe
     if train_per_class < 1 or test_per_class < 0:
         raise AdjinvError("train_per_class must be >= 1 and test_per_class >= 0")
     photos = sample_images(SAMPLE_NAMES)
-    tr_x, tr_y, te_x, te_y = [], [], [], []
+    tr_x: list[torch.Tensor] = []
+    te_x: list[torch.Tensor] = []
+    tr_y: list[int] = []
+    te_y: list[int] = []
     for k, img in enumerate(photos.values()):
         g_tr = torch.Generator().manual_seed(seed * 1_000_003 + 2 * k)
         g_te = torch.Generator().manual_seed(seed * 1_000_003 + 2 * k + 1)

@@ -27,6 +27,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,7 +103,7 @@ class MaskedDataset(ABC):
             raise AdjinvError(f"image size must be at least 8 px, got {size}")
         self.size = size
         self.classes: list[str] = []
-        self.items: list[tuple[str, Path, object, int]] = []
+        self.items: list[tuple[str, Path, Any, int]] = []
 
     def __len__(self) -> int:
         return len(self.items)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .._optional import require
 from ..errors import AdjinvError
 from .images import array_to_tensor
 
@@ -36,27 +37,22 @@ SPLITS: dict[str, tuple[str, ...]] = {"train": TRAIN, "validation": VALIDATION, 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        import skimage.data
-
+        skdata = require("skimage.data", "the embedded photos")
         if name == "motorcycle":  # the left view of the stereo pair
-            return skimage.data.stereo_motorcycle()[0]
-        return getattr(skimage.data, name)()
+            return skdata.stereo_motorcycle()[0]
+        return getattr(skdata, name)()
 
     return load
 
 
 def _package_file(package: str, *parts: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        import importlib
-
         from PIL import Image
 
+        mod = require(package, "the embedded held-out photos")
         if package == "matplotlib":
-            import matplotlib
-
-            root = os.path.join(matplotlib.get_data_path(), *parts)
+            root = os.path.join(mod.get_data_path(), *parts)
         else:
-            mod = importlib.import_module(package)
             root = os.path.join(os.path.dirname(mod.__file__ or ""), *parts)
         try:
             with Image.open(root) as im:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._optional import require
 from ..errors import AdjinvError
 from .images import array_to_tensor
 
@@ -12,11 +13,10 @@ SAMPLE_NAMES: tuple[str, ...] = ("chelsea", "coffee", "astronaut", "rocket", "mo
 
 
 def _load(name: str) -> np.ndarray:
-    import skimage.data
-
+    skdata = require("skimage.data", "the bundled sample photos")
     if name == "motorcycle":  # the left view of the stereo pair, shipped with scikit-image
-        return skimage.data.stereo_motorcycle()[0]
-    return getattr(skimage.data, name)()
+        return skdata.stereo_motorcycle()[0]
+    return getattr(skdata, name)()
 
 
 def sample_image(name: str) -> torch.Tensor:

@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shard", default=None, help="i/n: every n-th model from the i-th, cheap ones first")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from ..io import atomic_write_json
+    from ..fileio import atomic_write_json
 
     if args.render:
         parts = [json.loads(Path(f).read_text()) for f in args.render]

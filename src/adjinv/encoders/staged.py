@@ -1,4 +1,4 @@
-"""StagedEncoder: a frozen CNN as a chain of stages plus a head on the deepest map."""
+"""StagedEncoder: a frozen CNN as a chain of stages plus a head on the deepest map (docs/method.md §0)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class StageInfo:
 class Stage(nn.Module):
     """One stage ``f_l``. The input is cloned so that an in-place activation at
     the stage boundary can neither corrupt the stored ``A_{l-1}`` nor break the
-    per-stage VJP (SPEC §14)."""
+    per-stage VJP (docs/method.md §14)."""
 
     def __init__(self, body: nn.Module) -> None:
         super().__init__()
@@ -149,6 +149,9 @@ class StagedEncoder(nn.Module):
     ``requires_grad`` flags on exit, even after an error.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         stages: Sequence[nn.Module],
@@ -236,7 +239,8 @@ class StagedEncoder(nn.Module):
 
     @property
     def lac_boundaries(self) -> list[int]:
-        """Stage indices ``k`` whose output gradient gets a LAC: stage ``k+1`` decimates (SPEC §3)."""
+        """Stage indices ``k`` whose output gradient gets a LAC: stage ``k+1`` decimates
+        (docs/method.md §3)."""
         return [k for k in range(self.num_stages - 1) if self.infos[k + 1].decimates]
 
     def layout(self) -> dict:
@@ -275,7 +279,7 @@ class StagedEncoder(nn.Module):
         return x * self.std.view(3, 1, 1).to(x) + self.mean.view(3, 1, 1).to(x)
 
     def to_display(self, x: torch.Tensor) -> torch.Tensor:
-        """De-normalise and clip to [0, 1] (SPEC §4 display convention)."""
+        """De-normalise and clip to [0, 1] (docs/method.md §4 display convention)."""
         return self.denormalize(x).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ forward

@@ -14,17 +14,19 @@ import argparse
 import html
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..analysis.attention import (
     HeadTrainConfig,
+    HeadTraining,
     HybridAttentionClassifier,
     HybridConfig,
+    TokenPeaks,
     load_head,
     smooth_energy,
     summarize,
@@ -39,10 +41,11 @@ from ..data.images import resize_center_crop
 from ..data.labelled import LabelledSet
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text, safe_name, save_png
+from ..fileio import atomic_write_json, atomic_write_text, safe_name, save_png
 from ..viz.display import robust_minmax
 from ..viz.figures import image_row, token_mosaic
 from ..viz.html import figure, page, table
+from .common import warnings_to_log
 
 EPILOG_TRAIN_HEAD = """example:
   adjinv train-head --out head.safetensors            # embedded labelled set (bundled photos)
@@ -77,7 +80,7 @@ def _block_index(b: int, n: int) -> int:
     return s
 
 
-def _peaks_json(tp: object, i: int, grid: tuple[int, int]) -> list[dict]:
+def _peaks_json(tp: TokenPeaks, i: int, grid: tuple[int, int]) -> list[dict]:
     out = []
     for t in range(grid[0] * grid[1]):
         out.append({"token": t, "grid": tp.grid[t].tolist(),
@@ -146,7 +149,8 @@ def visualise_image(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAt
     img = img.to(res["logit"].psi)
     save_png(out / "input.png", img)
     win = cfg.window if cfg.window is not None else max(1, cfg.size // h)
-    layers, shown, heat, titles = {}, [img], [None], ["input"]
+    layers, shown, titles = {}, [img], ["input"]
+    heat: list[torch.Tensor | None] = [None]
     for b in range(nb):
         r = res[f"block{b}"]
         fn = f"layer_block{b}.png"
@@ -275,15 +279,15 @@ def _bar(desc: str, total: int, unit: str):
     return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, disable=None)
 
 
+def _cli_log(msg: str) -> None:
+    print(f"adjinv: {msg}", file=sys.stderr)
+
+
 def _load_encoder(args: argparse.Namespace) -> StagedEncoder:
     from ..encoders import load_encoder
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        enc = load_encoder(args.encoder, args.weights, random_init=args.random_init)
-    for w in caught:
-        print(f"adjinv: warning: {w.message}", file=sys.stderr)
-    return enc
+    with warnings_to_log(_cli_log):
+        return load_encoder(args.encoder, args.weights, random_init=args.random_init)
 
 
 def _labelled(args: argparse.Namespace, size: int) -> LabelledSet:
@@ -304,7 +308,7 @@ def _head_config(args: argparse.Namespace) -> HeadTrainConfig:
 
 
 def _train(enc: StagedEncoder, data: LabelledSet, cfg: HeadTrainConfig,
-           checkpoint: Path | None, resume: bool) -> object:
+           checkpoint: Path | None, resume: bool) -> HeadTraining:
     feat_bar = _bar("features", data.train_images.shape[0] + data.test_images.shape[0], "img")
     bar = _bar("train-head", cfg.steps, "step")
 
@@ -356,11 +360,8 @@ def cmd_attention(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     out = Path(args.out)
     enc = _load_encoder(args)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_log(_cli_log):
         lacs, _, source = load_lacs(enc, args.lac, allow_other_weights=args.allow_other_weights)
-    for w in caught:
-        print(f"adjinv: warning: {w.message}", file=sys.stderr)
     if args.head:
         head, meta, _ = load_head(args.head, enc, allow_other_weights=args.allow_other_weights)
         size = args.size or int(meta.get("data", {}).get("size", 128))
@@ -443,7 +444,7 @@ def _head_args(p: argparse.ArgumentParser, labelled_flag: str) -> None:
     g.add_argument("--checkpoint-every", type=int, default=20)
 
 
-def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
+def register(sub: argparse._SubParsersAction, experiment_sub: Any) -> None:
     """Add ``adjinv train-head`` and ``adjinv experiment attention``."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("train-head", help="train a hybrid attention head on the frozen encoder",

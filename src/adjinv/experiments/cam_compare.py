@@ -1,5 +1,5 @@
 """``adjinv experiment cam-compare``: our class-directional saliency vs Grad-CAM,
-Grad-CAM++ and Score-CAM (Sec. 3.3, Table 3, Supp. C.7; SPEC §11).
+Grad-CAM++ and Score-CAM (Sec. 3.3, Table 3, Supp. C.7; docs/method.md §11).
 
 Every method is called through the same ``attribute(x, target=None)`` shape
 (:mod:`adjinv.baselines.cam`) for the class predicted on the clean image, on the same
@@ -18,7 +18,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,10 +27,11 @@ from ..baselines.cam import CAM_LIBRARY, AdjointSaliency, CAMSaliency
 from ..core.inverter import AdjointInverter
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from ..metrics.faithfulness import insertion_deletion
 from ..metrics.localisation import LocalisationMetric
-from .common import Log, environment, load_config, load_named_encoder, quiet_log, stderr_log
+from ..state import to_module
+from .common import Log, environment, load_config, load_named_encoder, quiet_log, stderr_log, warnings_to_log
 from .evalsets import open_eval_set
 from .fidelity import _key
 
@@ -81,16 +81,12 @@ def run_cam_compare(cfg: CamCompareConfig, out: str | Path, *, encoder: StagedEn
     t_all = time.perf_counter()
     enc = encoder if encoder is not None else load_named_encoder(cfg.encoder, cfg.weights,
                                                                  cfg.random_init, log)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_log(log):
         lacs, _, source = load_lacs(enc, cfg.lac)
-    for w in caught:
-        log(f"warning: {w.message}")
     inv = AdjointInverter(enc, lacs, chunk_size=cfg.chunk_size)
     methods = {m: (AdjointSaliency(inv, cfg.mode) if m == "ours"
                    else CAMSaliency(enc, m, score_batch_size=cfg.score_batch_size))
                for m in cfg.methods}
-    p = next(iter(enc.parameters()))
     key = _key({"cfg": {k: v for k, v in asdict(cfg).items() if k not in ("data", "max_images")},
                 "encoder": enc.weights_hash(), "lacs": source})
     results: dict = {"experiment": "cam-compare", "config": asdict(cfg), "encoder": enc.name,
@@ -110,7 +106,7 @@ def run_cam_compare(cfg: CamCompareConfig, out: str | Path, *, encoder: StagedEn
                 if saved.get("key") == key:
                     per_image[name] = saved["methods"]
                     continue
-            x = enc.normalize(img.to(p))[None]
+            x = enc.normalize(to_module(img, enc))[None]
             with enc.frozen(), torch.no_grad():
                 target = enc(x).argmax(1)
             row = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from typing import Any
 
 # Modules (relative to this package) that add commands.
 COMMAND_MODULES: list[str] = [
@@ -27,7 +28,7 @@ class _ExperimentGroup:
         self._sub = sub
         self._group: argparse._SubParsersAction | None = None
 
-    def add_parser(self, name: str, **kw: object) -> argparse.ArgumentParser:
+    def add_parser(self, name: str, **kw: Any) -> argparse.ArgumentParser:
         """Like ``subparsers.add_parser`` for ``adjinv experiment NAME``."""
         if self._group is None:
             exp = self._sub.add_parser(

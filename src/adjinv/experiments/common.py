@@ -4,7 +4,6 @@ progress bar, figures saved atomically."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -13,6 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -20,7 +20,6 @@ import torch
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..features import FeatureSet, extract_gap_features
-from ..io import atomic_write_bytes
 
 Log = Callable[[str], None]
 
@@ -58,16 +57,23 @@ def load_config(cls: type, path: str | os.PathLike | None, overrides: dict[str, 
     return cls(**values)
 
 
+@contextmanager
+def warnings_to_log(log: Log) -> Iterator[None]:
+    """Warnings raised inside the block (identity LACs, random weights, …) become
+    ``"warning: …"`` log lines when it ends, each one, instead of going to stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        log(f"warning: {w.message}")
+
+
 def load_named_encoder(name: str, weights: str | None, random_init: bool, log: Log) -> StagedEncoder:
     """``load_encoder`` with warnings turned into log lines."""
     from ..encoders import load_encoder
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        enc = load_encoder(name, weights, random_init=random_init)
-    for w in caught:
-        log(f"warning: {w.message}")
-    return enc
+    with warnings_to_log(log):
+        return load_encoder(name, weights, random_init=random_init)
 
 
 def features(encoder: StagedEncoder, dataset: Any, label: str, cache_dir: Path | None,
@@ -92,23 +98,18 @@ def features(encoder: StagedEncoder, dataset: Any, label: str, cache_dir: Path |
 
 
 def save_figure(fig: Any, path: Path) -> Path:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
+    """Save a matplotlib figure as PNG atomically."""
+    from ..viz.figures import save_figure as save
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save(fig, path, dpi=120)
 
 
 def pyplot() -> Any:
-    """matplotlib.pyplot on the non-interactive Agg backend."""
-    import matplotlib
+    """A pyplot stand-in whose ``subplots`` builds figures with the object-oriented API
+    (:func:`adjinv.viz.figures.subplots`): no global backend switch, no pyplot state."""
+    from ..viz.figures import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return SimpleNamespace(subplots=subplots)
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """``adjinv experiment compression``: channel selection vs linear-probe accuracy
-(Sec. 3.2.5 Findings 1–2, Tables 4–5; SPEC §8).
+(Sec. 3.2.5 Findings 1–2, Tables 4–5; docs/method.md §8).
 
 Protocol: GAP features of the deepest stage on the in-distribution train/test
 split; for each pruning ratio ``p`` keep ``k = ⌈(1−p)·C⌉`` channels chosen by
@@ -32,10 +32,10 @@ import torch
 from ..analysis.covvol import covariance_volume_select, energy_select, keep_count, random_select
 from ..analysis.geometry import covariance, effective_rank
 from ..analysis.probe import LinearProbe, ProbeConfig
-from ..data.datasets import first_per_class, open_dataset, open_shifted
+from ..data.datasets import ImageDataset, first_per_class, open_dataset, open_shifted
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from .common import (
     Log,
     environment,
@@ -86,8 +86,8 @@ class CompressionConfig:
             raise AdjinvError("ridge_rel must be >= 0")
 
 
-def _limit(ds: object, n: int | None) -> object:
-    return first_per_class(ds, n) if n is not None and n < len(ds) else ds  # type: ignore[arg-type]
+def _limit(ds: ImageDataset, n: int | None) -> ImageDataset:
+    return first_per_class(ds, n) if n is not None and n < len(ds) else ds
 
 
 def _probe_all(train: tuple[torch.Tensor, torch.Tensor],
@@ -187,10 +187,10 @@ def run_compression(cfg: CompressionConfig, out: str | Path, *, encoder: StagedE
     with timer(times, "probes"):
         rows = _rows((ftr.features, ftr.labels), tests, orders, cfg, num_classes, log)
         transfer_rows = {}
-        for spec, (tr, te, ncls) in transfer_feats.items():
+        for spec, (f_tr, f_te, ncls) in transfer_feats.items():
             log(f" transfer {spec}:")
-            transfer_rows[spec] = _rows((tr.features, tr.labels), {spec: (te.features, te.labels)},
-                                        orders, cfg, ncls, log)
+            transfer_rows[spec] = _rows((f_tr.features, f_tr.labels),
+                                        {spec: (f_te.features, f_te.labels)}, orders, cfg, ncls, log)
     times["total"] = round(time.perf_counter() - t_all, 3)
 
     checkpoints = sorted({keep_count(c, p) for p in cfg.prune_ratios})

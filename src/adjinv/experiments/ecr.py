@@ -4,7 +4,7 @@ From one reference image and a region mask: ``ECR_c`` (Eq. 17) of every live
 deepest-stage channel inversion; the ranking is frozen and applied to the GAP
 features of every test image (all assumed to be of class ``k``): zero the first
 ``p·C`` channels in Descending / Ascending / Random (``random_seeds`` seeds) order,
-re-run the head, record the softmax probability of ``k`` (SPEC §10). Controls: the
+re-run the head, record the softmax probability of ``k`` (docs/method.md §10). Controls: the
 ECR of ``Ψ_L(0)`` (seed-zero: every channel would get it, so any ranking would be
 arbitrary); rankings from swapped seeds and from randomised encoders, applied to the
 *real* model's features, with their Spearman correlation to the real ranking.
@@ -35,7 +35,7 @@ from ..data.images import list_images, load_image, resize_center_crop
 from ..data.masks import load_mask, resize_center_crop_pair
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from ..viz.display import robust_minmax
 from .common import Log, environment, load_config, pyplot, quiet_log, save_figure, stderr_log
 from .interference_common import (
@@ -86,6 +86,7 @@ def load_inputs(cfg: ECRConfig) -> tuple[torch.Tensor, torch.Tensor, list[tuple[
                  if data is None else None)
         desc = f"embedded composites: reference {comps[0].name}, region = its pasted ellipse"
     else:
+        assert cfg.region is not None  # given together with cfg.reference (checked above)
         img = load_image(cfg.reference, mode="convert")
         m = load_mask(cfg.region, threshold=0.5)
         if m.shape != img.shape[1:]:
@@ -97,6 +98,7 @@ def load_inputs(cfg: ECRConfig) -> tuple[torch.Tensor, torch.Tensor, list[tuple[
         if data is None:
             raise AdjinvError("--data DIR (test images of the class) is required with --reference")
     if tests is None:
+        assert data is not None  # tests are only left to read when a --data folder is given
         tests = [(str(p.name), resize_center_crop(load_image(p, mode="convert"), cfg.size))
                  for p in list_images(data)]
     if cfg.max_images is not None:

@@ -91,10 +91,10 @@ def open_eval_set(spec: str, size: int, *, max_images: int | None = None,
         ds_test = open_dataset(base, "test", size, seed)
         ds_train = open_dataset(base, "train", size, seed)
         sub = first_per_class(ds_test, max_images) if max_images is not None else ds_test
-        files = getattr(ds_test, "files", None)
+        ds_files = getattr(ds_test, "files", None)
         test, stems = {}, {}
         for j, i in enumerate(getattr(sub, "indices", range(len(sub)))):
-            name = files[i].stem if files is not None else f"{j:05d}"
+            name = ds_files[i].stem if ds_files is not None else f"{j:05d}"
             test[name] = ds_test[i][0]
             stems[name] = name
         tr = first_per_class(ds_train, train_images) if train_images < len(ds_train) else ds_train

@@ -36,7 +36,7 @@ from ..core.lac import LACBank
 from ..data.masks import MaskedDataset, open_masked
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from ..viz.display import robust_minmax
 from .common import Log, environment, load_config, pyplot, quiet_log, save_figure, stderr_log
 from .interference_common import (
@@ -81,12 +81,11 @@ def _fg(x: torch.Tensor, mask: torch.Tensor) -> float | None:
 
 
 def _trio(full: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> dict:
-    d = {"full": _fg(full, mask), "pos": _fg(pos, mask), "neg": _fg(neg, mask)}
-    if None not in d.values():
-        d["O1"] = abs(d["pos"] - d["neg"])
-        d["O2"] = d["full"] - max(d["pos"], d["neg"])
-    else:
-        d["O1"] = d["O2"] = None
+    f, p, n = _fg(full, mask), _fg(pos, mask), _fg(neg, mask)
+    d: dict[str, float | None] = {"full": f, "pos": p, "neg": n, "O1": None, "O2": None}
+    if f is not None and p is not None and n is not None:
+        d["O1"] = abs(p - n)
+        d["O2"] = f - max(p, n)
     return d
 
 

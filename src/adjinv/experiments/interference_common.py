@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import sys
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ import torch
 from ..core.lac import LACBank
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_bytes, atomic_write_json
-from .common import Log, load_named_encoder
+from ..fileio import atomic_write_bytes, atomic_write_json
+from .common import Log, load_named_encoder, warnings_to_log
 
 CONTROLS_NOTE = [
     "seed-zero: Psi_L(0), the cascade with the deepest seed set to zero; no feature information, "
@@ -51,11 +50,8 @@ def model_with_lacs(name: str, weights: str | None, random_init: bool, lac: str 
     enc = encoder if encoder is not None else load_named_encoder(name, weights, random_init, log)
     if lacs is not None:
         return enc, lacs, "given"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_log(log):
         bank, _, source = load_lacs(enc, lac)
-    for w in caught:
-        log(f"warning: {w.message}")
     return enc, bank, source
 
 

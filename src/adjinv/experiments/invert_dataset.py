@@ -25,7 +25,7 @@ from ..core.inverter import AdjointInverter
 from ..data.images import list_images, load_image, resize_center_crop
 from ..distributed import barrier, init_from_env, rank_world
 from ..errors import AdjinvError
-from ..io import atomic_write_bytes, atomic_write_json
+from ..fileio import atomic_write_bytes, atomic_write_json
 from ..metrics.reconstruction import psnr, ssim
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """``adjinv experiment ood``: the covariance geometry of GAP features under corruption
-(Sec. 3.2.5 Finding 3, Figure 4(c)–(d), Supp. C.6; SPEC §9).
+(Sec. 3.2.5 Finding 3, Figure 4(c)–(d), Supp. C.6; docs/method.md §9).
 
 For each corruption and severity 1–5, on the corrupted test split:
 
@@ -26,7 +26,7 @@ divided by its largest value, on the right axis.
 Figure 4(c): one test image at severities 0–5 of ``figure_corruption`` with its
 class-directional inversion ``x̂^(k) = Σ_c α_{k,c} φ_{L,c}`` (Eq. 12), where
 ``α_{k,c} = W_{k,c} g_c`` uses the probe's exact linear form on raw GAP features
-and ``k`` is the image's true class [SPEC §6 "contribution" choice]. The LACs
+and ``k`` is the image's true class [docs/method.md §6 "contribution" choice]. The LACs
 are ``lac`` if given, else the encoder's bundled checkpoint, else identity LACs
 (the results say which).
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,7 +57,8 @@ from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..data.datasets import CorruptedDataset, first_per_class, open_dataset
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text, save_png
+from ..fileio import atomic_write_json, atomic_write_text, save_png
+from ..state import to_module
 from ..viz.display import robust_minmax
 from .common import (
     Log,
@@ -72,6 +72,7 @@ from .common import (
     save_figure,
     stderr_log,
     timer,
+    warnings_to_log,
 )
 
 INDICATORS = ("accuracy", "logdet_subset", "effective_rank", "trace", "mmd2")
@@ -244,14 +245,10 @@ def reconstructions(enc: StagedEncoder, probe: LinearProbe, test_ds: object, cfg
     imgs = torch.stack([corrupt(img, cfg.figure_corruption, s,
                                 seed=cfg.seed * 1_000_003 + cfg.figure_image, spatial_scale=scale)
                         for s in sev])
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_to_log(log):
         lacs, _, source = load_lacs(enc, cfg.lac)
-    for w in caught:
-        log(f"warning: {w.message}")
     w_eff, _ = probe.effective_weights()
-    p = next(iter(enc.parameters()))
-    wk = w_eff[label].to(p.device, p.dtype)
+    wk = to_module(w_eff[label], enc)
 
     def alpha(acts: list[torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
         g = acts[-1].mean(dim=(-2, -1))
@@ -260,7 +257,7 @@ def reconstructions(enc: StagedEncoder, probe: LinearProbe, test_ds: object, cfg
 
     inv = AdjointInverter(enc, lacs, chunk_size=cfg.chunk_size)
     t0 = time.perf_counter()
-    res = inv.invert(enc.normalize(imgs.to(p.device, p.dtype)), stages=[], extra_weights=alpha)
+    res = inv.invert(enc.normalize(to_module(imgs, enc)), stages=[], extra_weights=alpha)
     log(f"  figure 4(c): {len(sev)} class-directional inversions in {time.perf_counter() - t0:.1f} s "
         f"(LACs: {source})")
     folder = out / "reconstructions"

@@ -69,7 +69,7 @@ from ..core.simplex import simplex_measure
 from ..data.images import list_images, load_image, random_crop, resize_center_crop
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..metrics.likeness import affine_fit, bootstrap_ci, gmsd, haarpsi, pearson_rgb, reencoding_agreement
 from ..metrics.reconstruction import psnr, ssim
 from .common import (

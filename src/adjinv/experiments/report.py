@@ -18,7 +18,7 @@ from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..data.images import resize_center_crop
 from ..encoders.staged import StagedEncoder
-from ..io import atomic_write_json, atomic_write_text, publish_dir, save_png, staging_dir
+from ..fileio import atomic_write_json, atomic_write_text, publish_dir, save_png, staging_dir
 from ..metrics.reconstruction import psnr, ssim
 from ..viz.display import robust_minmax
 from ..viz.html import figure, page, table
@@ -176,6 +176,6 @@ def write_index(out: Path, summaries: list[dict], title: str, intro: str = "") -
     note = ("<p>Reconstructions are de-normalised and clipped to [0, 1]; channel bases and "
             "class-directional maps are shown with a robust (1–99 %) min-max. The seed-zero "
             "control is the same cascade with the deepest seed set to zero: read every "
-            "reconstruction score beside it (docs/method.md).</p>")
+            "reconstruction score beside it (docs/method.md §14).</p>")
     sections = [image_section(s, s["image"]) for s in summaries]
     return atomic_write_text(out / "index.html", page(title, [overview, *sections], intro + note))

@@ -1,6 +1,6 @@
 """Sec. 3.2.2–3.2.3 / C.3–C.4: holographic superposition (H1), re-measured with controls.
 
-Per image: the H1 statistics of SPEC §7 (:func:`~adjinv.analysis.superposition.
+Per image: the H1 statistics of docs/method.md §7 (:func:`~adjinv.analysis.superposition.
 superposition_statistics`) of the deepest stage's channel inversions ``φ_{L,c}`` for
 the ``max_channels`` live channels of largest simplex weight [choice: a cap so the
 runner finishes in minutes on a CPU; ``max_channels = 0`` takes every live channel],
@@ -34,7 +34,7 @@ from ..core.simplex import simplex_measure
 from ..data.masks import open_masked
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
-from ..io import atomic_write_json, atomic_write_text
+from ..fileio import atomic_write_json, atomic_write_text
 from ..viz.display import robust_minmax
 from .common import Log, environment, load_config, pyplot, quiet_log, save_figure, stderr_log
 from .interference_common import (
@@ -161,9 +161,9 @@ def figure_panels(inv: AdjointInverter, x: torch.Tensor, img: torch.Tensor, name
     shown += [(t, robust_minmax(res.extra[k][0].float().cpu()))
               for t, k in (("x̂^(k)", "class"), ("x̂^(k)+", "class+"), ("x̂^(k)−", "class-"))]
     fig, axes = plt.subplots(1, len(shown), figsize=(1.9 * len(shown), 2.3))
-    for ax, (t, im) in zip(axes, shown, strict=True):
+    for ax, (title, im) in zip(axes, shown, strict=True):
         ax.imshow(im.permute(1, 2, 0).numpy())
-        ax.set_title(t, fontsize=7)
+        ax.set_title(title, fontsize=7)
         ax.axis("off")
     fig.suptitle(f"(b) per-stage reconstructions and class-directional hemispheres, {name}, "
                  f"k = {enc.class_name(int(res.logits.argmax()))}", fontsize=9)
@@ -290,7 +290,7 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
     p = experiment_sub.add_parser(  # type: ignore[attr-defined]
         "superposition", help="H1 statistics of channel inversions with controls (Sec. 3.2.3)",
         description="Leading-eigenvalue energy fraction, rank-one subtraction, inter-channel "
-                    "variance and cosine ranges of the deepest channel inversions (SPEC §7), "
+                    "variance and cosine ranges of the deepest channel inversions (docs/method.md §7), "
                     "with seed-zero, swapped-seed and model-randomisation controls; Figure-3 panels.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")

@@ -1,6 +1,6 @@
-"""Faithfulness of a saliency map: Insertion and Deletion AUC (Sec. 3.3, Table 3; SPEC §11).
+"""Faithfulness of a saliency map: Insertion and Deletion AUC (Sec. 3.3, Table 3; docs/method.md §11).
 
-Protocol (Petsiuk et al. 2018, "RISE"), as SPEC §11 fixes it:
+Protocol (Petsiuk et al. 2018, "RISE"), as docs/method.md §11 fixes it:
 
 - pixels are ranked by the saliency at input resolution (descending; ties in raster
   order, so the ranking is deterministic);
@@ -22,27 +22,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .. import filters
 from ..errors import AdjinvError
 from ..state import eval_mode
 
 
 def gaussian_blur(x: torch.Tensor, kernel: int = 11, sigma: float = 5.0) -> torch.Tensor:
-    """Separable Gaussian blur with reflect padding: (B, C, H, W) → same."""
-    ax = torch.arange(kernel, dtype=x.dtype, device=x.device) - (kernel - 1) / 2
-    g = torch.exp(-(ax**2) / (2 * sigma**2))
-    g = g / g.sum()
-    c = x.shape[1]
+    """Separable Gaussian blur (odd ``kernel`` taps) with reflect padding: (B, C, H, W) → same."""
+    if kernel < 1 or kernel % 2 == 0:
+        raise AdjinvError(f"the blur kernel needs an odd number of taps, got {kernel}")
     pad = kernel // 2
     if min(x.shape[-2:]) <= pad:
         raise AdjinvError(f"image of {tuple(x.shape[-2:])} px is too small for a blur kernel of {kernel}")
-    y = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    y = F.conv2d(y, g.view(1, 1, 1, -1).expand(c, 1, 1, kernel), groups=c)
-    return F.conv2d(y, g.view(1, 1, -1, 1).expand(c, 1, kernel, 1), groups=c)
+    return filters.gaussian_blur(x, sigma, pad, "reflect")
 
 
 def step_counts(num_pixels: int, steps: int) -> torch.Tensor:
@@ -132,7 +129,7 @@ class FaithfulnessMetric:
     def __init__(self, model: nn.Module, *, steps: int = 100, internal_batch_size: int = 64,
                  blur_kernel: int = 11, blur_sigma: float = 5.0) -> None:
         self.model = model
-        self.kw = {"steps": steps, "internal_batch_size": internal_batch_size,
+        self.kw: dict[str, Any] = {"steps": steps, "internal_batch_size": internal_batch_size,
                    "blur_kernel": blur_kernel, "blur_sigma": blur_sigma}
         self.reset()
 

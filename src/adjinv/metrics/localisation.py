@@ -1,11 +1,11 @@
-"""Localisation of a saliency map against a foreground mask (Sec. 3.3, Table 3; SPEC §11).
+"""Localisation of a saliency map against a foreground mask (Sec. 3.3, Table 3; docs/method.md §11).
 
 Every function takes saliency ``s`` (B, H, W) (any non-negative or signed scores, at
 input resolution) and a mask ``m`` (B, H, W) (bool, True = foreground) on the same
 device, and returns one value per image (B,). Nothing loops over pixels on the host.
 
 - mIoU and pixel accuracy: the map is min-max normalised per image and binarised at
-  its mean (SPEC §11). [choice] ``iou`` is the foreground IoU of each image, averaged
+  its mean (docs/method.md §11). [choice] ``iou`` is the foreground IoU of each image, averaged
   over images; ``iou(..., classes=True)`` averages the foreground and background IoU
   (the semantic-segmentation convention) instead.
 - mAP: average precision of the pixel scores against the mask (one ranking per image,
@@ -149,17 +149,17 @@ class LocalisationMetric:
                 "pointing": pointing_game(saliency, mask, tolerance=self.tolerance)}
         stack = torch.stack([vals[k] for k in self.names]).double()
         ok = ~stack[0].isnan()
-        if self._sum is None:
+        if self._sum is None or self._n is None:
             self._sum = torch.zeros(len(self.names), dtype=torch.float64, device=stack.device)
             self._n = torch.zeros((), dtype=torch.float64, device=stack.device)
-        self._sum += torch.where(ok, stack, torch.zeros_like(stack)).sum(1)
-        self._n += ok.sum()
+        self._sum = self._sum + torch.where(ok, stack, torch.zeros_like(stack)).sum(1)
+        self._n = self._n + ok.sum()
         self.skipped += int((~ok).sum())
         return vals
 
     def compute(self) -> dict[str, float]:
         """Means over every image with a non-empty mask (NaN before any such image)."""
-        if self._sum is None or float(self._n) == 0:
+        if self._sum is None or self._n is None or float(self._n) == 0:
             return dict.fromkeys(self.names, math.nan) | {"n": 0, "skipped": self.skipped}
         mean = (self._sum / self._n).tolist()
         return dict(zip(self.names, mean, strict=True)) | {"n": int(self._n), "skipped": self.skipped}

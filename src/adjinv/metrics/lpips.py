@@ -1,4 +1,4 @@
-"""LPIPS (Zhang et al. 2018) with weights the user supplies (Sec. 3.1, Table 1; SPEC §13).
+"""LPIPS (Zhang et al. 2018) with weights the user supplies (Sec. 3.1, Table 1; docs/method.md §13).
 
 LPIPS needs two files that adjinv cannot ship or download: the ImageNet weights of
 the backbone (a torchvision ``alexnet`` or ``vgg16`` state dict, e.g. the files
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -49,13 +50,16 @@ def _read_linear(path: Path, channels: tuple[int, ...]) -> list[torch.Tensor]:
 class LPIPS(nn.Module):
     """The LPIPS distance for images in [0, 1]: ``forward(a, b) -> (B,)``."""
 
+    shift: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, net: str, backbone: nn.Module, linear: list[torch.Tensor]) -> None:
         super().__init__()
         if net not in NETS:
             raise AdjinvError(f"LPIPS net must be one of {', '.join(NETS)}, got {net!r}")
         self.net = net
         taps = NETS[net][1]
-        self.features = backbone.features[: taps[-1] + 1].eval()
+        self.features = cast(nn.Sequential, backbone.features)[: taps[-1] + 1].eval()
         for p in self.features.parameters():
             p.requires_grad_(False)
         for m in self.features.modules():
@@ -106,6 +110,7 @@ def load_lpips(net: str = "alex", backbone: str | os.PathLike | None = None,
         return None, (f"unavailable: no LPIPS {' and '.join(missing)} weights given (pass the "
                       f"torchvision {NETS[net][0]} state dict and the lpips v0.1 {net}.pth); "
                       "never computed from random weights")
+    assert backbone is not None and linear is not None  # `missing` is empty
     for p in (backbone, linear):
         if not Path(p).is_file():
             raise AdjinvError(f"LPIPS weights file {str(p)!r} does not exist")

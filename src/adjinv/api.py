@@ -1,0 +1,204 @@
+"""The one-liner: ``adjinv.Inverter(model_or_name)``.
+
+It builds the staged encoder (from a registry name, any CNN ``nn.Module`` or a
+:class:`~adjinv.encoders.staged.StagedEncoder`), finds its LACs and delegates the
+work to :class:`~adjinv.core.inverter.AdjointInverter`. Being an ``nn.Module``,
+``.to(device)`` / ``.double()`` move the encoder and the LACs together.
+
+    >>> inv = adjinv.Inverter(model, normalize=True)        # doctest: +SKIP
+    >>> res = inv(images)                                   # images (B, 3, H, W) in [0, 1]
+    >>> res.x_hat[-1]                                       # the deepest reconstruction x̂_L
+    >>> res = inv.invert(images, target=281)                # + class-directional x̂^(k)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .analysis.class_directional import MODES, class_directional_weights
+from .core.inverter import AdjointInverter, Inversion, Progress
+from .core.lac import LACBank
+from .encoders.auto import encoder_from_module
+from .encoders.registry import load_encoder
+from .encoders.staged import StagedEncoder
+from .errors import AdjinvError
+from .pretrained import IDENTITY_SOURCE, LoadedLACs, load_lacs
+
+logger = logging.getLogger(__name__)
+
+LacsSpec = LACBank | LoadedLACs | str | os.PathLike | None
+
+
+class Inverter(nn.Module):
+    """Adjoint inversion of a classifier in one line (Eq. 7–8, Eq. 12).
+
+    Args:
+        model: a registry name (:func:`adjinv.load_encoder`, e.g. ``"efficientnet_lite0"``),
+            a :class:`StagedEncoder`, or any torchvision/timm-style CNN ``nn.Module``,
+            split into stages where its resolution drops (:func:`adjinv.encoder_from_module`).
+            Modules are shared, not copied; their mode and ``requires_grad`` flags are
+            restored after every call.
+        lacs: ``None`` (default): the checkpoint bundled for this encoder, else identity
+            LACs with a warning; ``"identity"``: identity LACs (γ=1, β=0) without one;
+            a path to a LAC checkpoint; a :class:`LACBank`; or what :func:`adjinv.load_lacs`
+            returned.
+        normalize: if True, inputs are images in [0, 1] and are normalised with the
+            encoder's mean/std inside the call; if False (default) they are already in the
+            encoder's input space (``encoder.normalize(img)``).
+        weights: local weights file for a registry name (never downloaded).
+        allow_other_weights: accept a LAC checkpoint made for other weights of the same
+            architecture.
+        encoder_kw: further arguments of :func:`adjinv.encoder_from_module` (``stages``,
+            ``head``, ``mean``, ``std``, …), for a plain ``nn.Module`` only.
+        **inverter_kw: ``chunk_size``, ``memory_budget``, ``engine``, ``precision``,
+            ``channels_last`` of :class:`AdjointInverter`.
+    """
+
+    def __init__(self, model: nn.Module | str, lacs: LacsSpec = None, *, normalize: bool = False,
+                 weights: str | os.PathLike | None = None, allow_other_weights: bool = False,
+                 encoder_kw: dict[str, Any] | None = None, **inverter_kw: Any) -> None:
+        super().__init__()
+        self.encoder = _as_encoder(model, weights, encoder_kw)
+        loaded = _as_lacs(self.encoder, lacs, allow_other_weights)
+        self.lacs = loaded.lacs
+        self.vanilla_map = loaded.vanilla_map
+        self.lacs_source = loaded.source
+        self.normalize = normalize
+        self.inverter = AdjointInverter(self.encoder, self.lacs, **inverter_kw)
+        logger.debug("Inverter over %s (%d stages), LACs from %s", self.encoder.name,
+                     self.encoder.num_stages, self.lacs_source)
+
+    # ------------------------------------------------------------------ inputs
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` as the encoder's normalised input (B, 3, H, W) on its device and dtype."""
+        if not isinstance(x, torch.Tensor):
+            raise AdjinvError(f"expected a torch.Tensor image batch, got {type(x).__name__}; "
+                              "load files with adjinv.data.load_image")
+        if self.normalize and x.is_floating_point() and x.dim() in (3, 4) and x.shape[-3] == 3:
+            lo, hi = float(x.min()), float(x.max())
+            if lo < -1e-3 or hi > 1 + 1e-3:
+                raise AdjinvError(f"normalize=True expects images in [0, 1], got values in "
+                                  f"[{lo:.3g}, {hi:.3g}]; scale the images to [0, 1], or build "
+                                  "the Inverter with normalize=False for normalised inputs")
+            p = next(iter(self.encoder.parameters()), None)
+            if p is not None:
+                x = x.to(device=p.device, dtype=p.dtype)
+            x = self.encoder.normalize(x)
+        return self.inverter.prepare(x)
+
+    def to_display(self, x: torch.Tensor) -> torch.Tensor:
+        """A reconstruction in encoder space → image in [0, 1] (de-normalised, clipped)."""
+        return self.encoder.to_display(x)
+
+    # ------------------------------------------------------------------ inversion
+    def forward(self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
+                stages: Sequence[int | str] | None = None, top_k: int = 0,
+                mode: str = "contribution", progress: Progress | None = None) -> Inversion:
+        """Same as :meth:`invert`."""
+        return self.invert(x, target=target, stages=stages, top_k=top_k, mode=mode,
+                           progress=progress)
+
+    def invert(self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
+               stages: Sequence[int | str] | None = None, top_k: int = 0,
+               mode: str = "contribution", progress: Progress | None = None) -> Inversion:
+        """The layer-wise reconstructions ``x̂_l`` (Eq. 8) and, with ``target``, the
+        class-directional reconstruction ``x̂^(k)`` and its hemispheres (Eq. 12).
+
+        Args:
+            x: images (B, 3, H, W) or (3, H, W); in [0, 1] if the inverter was built with
+                ``normalize=True``, else in the encoder's input space.
+            target: class ``k`` (an int, or one per image as a (B,) tensor); ``None`` skips
+                the class-directional synthesis. It shares the deepest stage's pass.
+            stages: stages to reconstruct, by index (negative counts from the deepest) or
+                name; default all.
+            top_k: also keep the ``top_k`` per-channel inversions ``φ_{l,c}`` with the
+                largest simplex weight (Eq. 2) at each stage.
+            mode: the class direction ``α`` (``"contribution"``: ``W_{k,c} g_c``, the
+                default; ``"weight"``; ``"weight*simplex"``).
+            progress: ``callback(done, total)`` over channels.
+
+        Returns:
+            An :class:`Inversion`; ``res.x_hat[-1]`` is the deepest reconstruction, and with
+            ``target`` ``res.extra["class"]``, ``["class+"]``, ``["class-"]`` hold ``x̂^(k)``,
+            ``x̂^(k)_+``, ``x̂^(k)_-`` and ``res.extra_weights["class"]`` holds ``α``.
+        """
+        xs = self.prepare(x)
+        want = None if stages is None else [self._stage(s) for s in stages]
+        if mode not in MODES:
+            raise AdjinvError(f"mode must be one of {MODES}, got {mode!r}")
+
+        def class_weights(acts: list[torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+            k = torch.as_tensor(target, device=logits.device).long().expand(logits.shape[0])
+            if ((k < 0) | (k >= logits.shape[1])).any():
+                raise AdjinvError(f"target {target} is not a class of this head "
+                                  f"({logits.shape[1]} classes)")
+            return class_directional_weights(self.encoder, acts[-1], k, mode)
+
+        return self.inverter.invert(xs, stages=want, top_k=top_k, progress=progress,
+                                    extra_weights=class_weights if target is not None else None)
+
+    def seed_zero_control(self, x: torch.Tensor, stage: int | str = -1) -> torch.Tensor:
+        """The cascade with the seed set to zero: the likeness that is not the features'."""
+        return self.inverter.seed_zero_control(self.prepare(x), self._stage(stage))
+
+    def channel_inversions(self, x: torch.Tensor, stage: int | str,
+                           channels: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """``φ_{stage,c}`` for the given channels: (B, K, 3, H, W)."""
+        return self.inverter.channel_inversions(self.prepare(x), self._stage(stage), channels)
+
+    def psi(self, x: torch.Tensor, stage: int | str, seed: torch.Tensor) -> torch.Tensor:
+        """The cascade ``Ψ_stage(G)`` for any cotangent ``G`` (B, C, h, w) (Eq. 7)."""
+        return self.inverter.psi(self.prepare(x), self._stage(stage), seed)
+
+    def _stage(self, stage: int | str) -> int:
+        if isinstance(stage, str):
+            names = [i.name for i in self.encoder.infos]
+            if stage not in names:
+                raise AdjinvError(f"no stage named {stage!r}; the stages are {names}")
+            return names.index(stage)
+        n = self.encoder.num_stages
+        s = int(stage) + n if int(stage) < 0 else int(stage)
+        if not 0 <= s < n:
+            raise AdjinvError(f"stage {stage} out of range for an encoder with {n} stages")
+        return s
+
+    def extra_repr(self) -> str:
+        return (f"encoder={self.encoder.name!r}, stages={self.encoder.num_stages}, "
+                f"lacs={self.lacs_source!r}, normalize={self.normalize}")
+
+
+def _as_encoder(model: nn.Module | str, weights: str | os.PathLike | None,
+                encoder_kw: dict[str, Any] | None) -> StagedEncoder:
+    if encoder_kw and not (isinstance(model, nn.Module) and not isinstance(model, StagedEncoder)):
+        raise AdjinvError("encoder_kw applies to a plain nn.Module only (it is passed to "
+                          "adjinv.encoder_from_module); drop it for a name or a StagedEncoder")
+    if isinstance(model, str):
+        return load_encoder(model, weights)
+    if weights is not None:
+        raise AdjinvError("weights= applies to a registry name only; load your model's weights "
+                          "into the module before wrapping it")
+    if isinstance(model, StagedEncoder):
+        return model
+    if isinstance(model, nn.Module):
+        return encoder_from_module(model, **(encoder_kw or {}))
+    raise AdjinvError(f"expected a registry name, a StagedEncoder or an nn.Module, got "
+                      f"{type(model).__name__}; see adjinv.list_encoders()")
+
+
+def _as_lacs(encoder: StagedEncoder, lacs: LacsSpec, allow_other_weights: bool) -> LoadedLACs:
+    if isinstance(lacs, LoadedLACs):
+        return lacs
+    if isinstance(lacs, LACBank):
+        return LoadedLACs(lacs, None, "given LACBank")
+    if isinstance(lacs, str) and lacs == "identity":
+        return LoadedLACs(LACBank.for_encoder(encoder), None, IDENTITY_SOURCE)
+    if lacs is None or isinstance(lacs, str | os.PathLike):
+        return load_lacs(encoder, lacs, allow_other_weights=allow_other_weights)
+    raise AdjinvError(f"lacs must be None, 'identity', a checkpoint path, a LACBank or the "
+                      f"result of adjinv.load_lacs, got {type(lacs).__name__}")

@@ -92,8 +92,9 @@ EPILOG_DEMO = """example:
   adjinv demo --out demo-out      # then open demo-out/index.html
 """
 EPILOG_TRAIN = """example:
-  adjinv train --out lite0.lac.safetensors                # bundled photos, exact objective
-  adjinv train --images my_photos/ --steps 300 --out my.lac.safetensors --resume
+  adjinv train --out lite0.lac.safetensors          # embedded photo split, default objective
+  adjinv train --images my_photos/ --validation my_val/ --steps 300 --out my.lac.safetensors --resume
+  adjinv train --nproc 2 --batch-size 4 --out lite0.lac.safetensors    # two local processes
 """
 
 
@@ -317,30 +318,50 @@ def cmd_train(args: argparse.Namespace) -> None:
     tqdm = require("tqdm", "the progress bar").tqdm
 
     from .data.images import list_images, load_image
-    from .data.samples import sample_images
+    from .data.photos import split_photos
+    from .distributed import init_from_env, is_main, launch
     from .training import TrainConfig, train_lacs
 
+    if args.nproc > 1:  # relaunch this command as N local processes (torchrun --standalone)
+        code = launch(args.nproc, _without_option(sys.argv[1:], "--nproc"))
+        if code:
+            raise RunFailed(f"the {args.nproc} training processes exited with status {code}")
+        return
+    distributed = init_from_env()
     out = _check_checkpoint_path(args.out, "--out")
     if args.export:
         if Path(args.export).resolve() == out.resolve():
             raise AdjinvError("--export must differ from --out (it is a second, smaller file)")
         _check_checkpoint_path(args.export, "--export")
-    if args.images:
-        files = list_images(args.images)
+    def folder(d: str) -> tuple[list, list[str]]:
+        files = list_images(d)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            images = [load_image(f, mode="convert", max_pixels=args.max_pixels) for f in files]
+            imgs = [load_image(f, mode="convert", max_pixels=args.max_pixels) for f in files]
         for w in caught:
             _warn(w.message)
-        names = [str(f) for f in files]
-    else:
-        named = sample_images()
-        images, names = list(named.values()), [f"skimage:{n}" for n in named]
+        return imgs, [str(f) for f in files]
+
+    validation = None
+    if args.images:
+        images, names = folder(args.images)
+        if args.validation:
+            validation = folder(args.validation)[0]
+    else:  # the embedded split: training photos; validation photos; held-out never touched
+        named = split_photos("train")
+        images, names = list(named.values()), [f"embedded:{n}" for n in named]
+        validation = list(split_photos("validation").values())
+    validate_every = args.validate_every if validation else 0
     enc = _load_encoder(args)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, size=args.size, batch_size=args.batch_size,
                       channel_fraction=args.channel_fraction, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every, images=names)
-    if out.exists() and not args.resume:
+                      checkpoint_every=args.checkpoint_every, images=names,
+                      objective=args.objective, contrast_weight=args.contrast_weight,
+                      contrast_margin=args.contrast_margin, schedule=args.schedule,
+                      validate_every=validate_every, patience=args.patience if validate_every else 0,
+                      keep_every=args.keep_every)
+    cfg.check()
+    if out.exists() and not args.resume and not distributed:
         raise AdjinvError(f"{out} exists; pass --resume to continue that run or choose another --out")
     bar = tqdm(total=cfg.steps, desc="train", unit="step", file=sys.stderr, disable=None)
 
@@ -351,22 +372,37 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     try:
         _, _, losses = train_lacs(enc, images, cfg, checkpoint=out, resume=args.resume,
-                                  progress=prog, chunk_size=args.chunk_size)
+                                  progress=prog, chunk_size=args.chunk_size, validation=validation)
     except OSError as e:
         raise RunFailed(f"{_os_message(e)}; the last complete checkpoint (if one was written) "
                         f"is kept at {out}: free the space or fix the permission, then rerun "
                         "with --resume") from e
     finally:
         bar.close()
+    if not is_main():
+        return
     first = sum(losses[:5]) / max(1, len(losses[:5]))
     last = sum(losses[-5:]) / max(1, len(losses[-5:]))
-    print(f"trained {enc.name} LACs for {cfg.steps} steps: l1 loss {first:.4f} (first 5) -> "
-          f"{last:.4f} (last 5); wrote {out}")
+    print(f"trained {enc.name} LACs ({cfg.objective} objective) for {len(losses)} steps: l1 loss "
+          f"{first:.4f} (first 5) -> {last:.4f} (last 5); wrote {out} and its log beside it")
     if args.export:
         from .checkpoint import export_checkpoint
 
         print(f"exported γ/β and the vanilla map (no optimiser state) to "
               f"{export_checkpoint(out, args.export)}")
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == option:
+            skip = True
+        elif not a.startswith(option + "="):
+            out.append(a)
+    return out
 
 
 def _check_checkpoint_path(path: str, option: str) -> Path:
@@ -453,7 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train LACs (Eq. 9)", description="Train the LAC γ/β on a "
                        "folder of images with the l1 deepest-stage objective (Eq. 9).",
                        epilog=EPILOG_TRAIN, formatter_class=fmt)
-    p.add_argument("--images", help="image folder (default: the bundled photos)")
+    p.add_argument("--images", help="image folder (default: the embedded training photos, with the "
+                   "embedded validation photos; the held-out photos are never used)")
+    p.add_argument("--validation", help="folder of validation photos (with --images): loss logged, "
+                   "cosine schedule, early stopping and the best checkpoint chosen on them")
     p.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
     _model_args(p)
     p.add_argument("--steps", type=_POSITIVE, default=150)
@@ -464,6 +503,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on this random fraction of live channels (default 1 = exact)")
     p.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0)
     p.add_argument("--checkpoint-every", type=_POSITIVE, default=10)
+    p.add_argument("--objective", choices=("paper", "pixbias", "contrastive"), default="pixbias",
+                   help="pixbias (default): inner LACs are pure normalisations, beta only at the "
+                        "pixels; paper: Eq. 9 with every beta trained; contrastive: pixbias plus a "
+                        "hinge against another photo's features (batch size >= 2); see "
+                        "docs/evidence.md")
+    p.add_argument("--contrast-weight", type=_float_in(0.0), default=1.0)
+    p.add_argument("--contrast-margin", type=_float_in(0.0, lo_open=False), default=0.02)
+    p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
+    p.add_argument("--validate-every", type=_int_in(0), default=15,
+                   help="validation loss every N steps (0: never; default 15)")
+    p.add_argument("--patience", type=_int_in(0), default=3,
+                   help="stop after N validations without gain (0: never; default 3)")
+    p.add_argument("--keep-every", type=_int_in(0), default=15,
+                   help="keep a copy of the LACs every N steps in <out stem>.steps/ (0: none)")
+    p.add_argument("--nproc", type=_POSITIVE, default=1,
+                   help="train data-parallel in N local processes (torchrun; batch size must be "
+                        "a multiple of N)")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
     p.add_argument("--export", help="also write a small copy without optimiser state (for shipping)")
     p.set_defaults(func=cmd_train)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -152,6 +153,8 @@ def _cmd(args: argparse.Namespace) -> None:
     if not data.is_dir():
         raise AdjinvError(f"{data} is not a folder of images; pass the dataset's folder")
     dev = torch.device(args.device)
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per rank
     init_from_env(dev)
     enc = load_encoder(args.encoder, args.weights, random_init=args.random_init).to(dev)
     lacs, _, source = load_lacs(enc, args.lac)

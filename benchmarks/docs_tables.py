@@ -38,7 +38,48 @@ def cluster_projection() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"cluster-projection": cluster_projection}
+README_METHODS = ("trained", "identity", "seed_zero", "swapped", "random_seed", "top_reinit", "flat",
+                  "vanilla_train", "vanilla_affine", "mahendran", "upconv", "guided")
+
+
+def reconstruction_table() -> str:
+    """Per held-out photo: Pearson r / affine-SSIM of x̂_L, its controls and the baselines."""
+    r = _json("reconstruction/results.json")
+    photos = r["heldout"]
+    seen = set(r["seen_by_lacs"])
+    feat = max(r["methods"], key=lambda m: int(m[9:]) if m.startswith("feature_k") else -1)
+    head = [f"{n} (training photo)" if n in seen else n for n in photos]
+    lines = [f"`adjinv experiment reconstruction`: {r['encoder']} at {r['size']} px, "
+             f"{r['crops']} crop(s) per photo, LACs `{Path(r['lacs']).name}` (step {r['lac_step']}). "
+             "Cells: Pearson r / affine SSIM (higher is better).", "",
+             "| method | kind | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(photos)]
+    for m in (*README_METHODS, feat):
+        if m not in r["methods"]:
+            continue
+        cells = [f"{r['per_photo'][n][m]['pearson']:.3f} / {r['per_photo'][n][m]['ssim_affine']:.3f}"
+                 for n in photos]
+        meth = r["methods"][m]
+        lines.append(f"| {meth['label']} | {meth['kind']} | " + " | ".join(cells) + " |")
+    lines += ["", "Verdicts (decision rule of docs/evidence.md), per photo:", ""]
+    for n, v in r["verdicts"].items():
+        share = v["feature_share_pearson"]
+        lines.append(f"- {n}{' (training photo)' if v['seen_by_lacs'] else ''}: "
+                     f"V1 {'yes' if v['V1'] else 'no'}, V2 {'yes' if v['V2'] else 'no'}, "
+                     f"V3 {'yes' if v['V3'] else 'no'} (feature share "
+                     f"{'undefined' if share is None else f'{share:.2f}'}), "
+                     f"V4 seed-zero / swapped change with training "
+                     f"{v['V4_seed_zero_rise']:+.3f} / {v['V4_swapped_rise']:+.3f}")
+    return "\n".join(lines)
+
+
+def leakage_table() -> str:
+    """The leakage comparison of the training objectives (benchmarks/leakage.py)."""
+    text = (RESULTS / "leakage" / "leakage.md").read_text()
+    return "\n".join(text.splitlines()[2:]).strip()
+
+
+BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
+          "leakage-table": leakage_table}
 
 
 def render(text: str) -> str:

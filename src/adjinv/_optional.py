@@ -23,7 +23,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "matplotlib": ("matplotlib", "demo"),
     "tqdm": ("tqdm", "demo"),
     "pytorch_grad_cam": ("grad-cam", "cam"),
-    "sklearn": ("scikit-learn", "paper"),
+    "sklearn": ("scikit-learn", "demo"),
     "scipy": ("scipy", "paper"),
 }
 

@@ -176,7 +176,7 @@ def _check_constant(enc: StagedEncoder, images: dict, size: int) -> None:
 def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     import html
 
-    from .experiments.report import ReportConfig, invert_one, write_index
+    from .experiments.report import ReportConfig, deepest_acts, invert_one, write_index
     from .fileio import OutputFolder, inside
 
     device = _device(args.device)
@@ -203,6 +203,12 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
         cb, close = _channel_progress()
         summaries: list[dict] = []
         t0 = time.perf_counter()
+        names = list(images)
+        k = min(args.partners, len(names) - 1)
+        acts = {n: deepest_acts(enc, images[n], args.size) for n in names} if k > 0 else {}
+        if args.partners and k < args.partners:
+            print(f"adjinv: note: {len(names)} image(s) give {k} swapped-seed partner(s) per image "
+                  f"(--partners {args.partners}); pass more images for more", file=sys.stderr)
 
         def index() -> Path:
             intro = (f"<p>encoder <b>{html.escape(enc.name)}</b>, LACs: {html.escape(source)}, "
@@ -216,7 +222,9 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
         try:
             for i, (name, img) in enumerate(images.items()):
                 print(f"[{i + 1}/{len(images)}] {name}", file=sys.stderr)
-                s = invert_one(enc, lacs, vanilla, name, img, targets[name], cfg, progress=cb)
+                partners = [acts[names[(i + j) % len(names)]] for j in range(1, k + 1)]
+                s = invert_one(enc, lacs, vanilla, name, img, targets[name], cfg, progress=cb,
+                               partners=partners)
                 summaries.append(s)
                 r = s["reconstruction"]
                 print(f"    top-1 {s['top1']['name']} (p={s['top1']['probability']:.3f})  "
@@ -307,10 +315,12 @@ def cmd_invert(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """``adjinv demo``."""
-    from .data.samples import SAMPLE_NAMES, sample_images
+    from .data.photos import HELDOUT, photo
 
-    names = SAMPLE_NAMES[: args.images] if args.images else SAMPLE_NAMES
-    _run_report(args, sample_images(names), "adjinv demo — embedded EfficientNet-Lite0")
+    names = HELDOUT[: args.images] if args.images else HELDOUT
+    _run_report(args, {n: photo(n) for n in names},
+                "adjinv demo — embedded EfficientNet-Lite0 on held-out photos (never used to "
+                "train, tune or choose its LACs)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -460,11 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("images", nargs="+", help="image files (PNG, JPEG, …)")
             p.add_argument("--out", required=True, help="output folder")
         else:
-            from .data.samples import SAMPLE_NAMES
+            from .data.photos import HELDOUT
 
             p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
-            p.add_argument("--images", type=_int_in(0, len(SAMPLE_NAMES)), default=0,
-                           help="use only the first N bundled photos")
+            p.add_argument("--images", type=_int_in(0, len(HELDOUT)), default=0,
+                           help="use only the first N held-out photos")
         p.add_argument("--overwrite", action="store_true",
                        help="write into an existing non-empty folder that adjinv did not create")
         _model_args(p)
@@ -473,6 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="accept a LAC checkpoint trained on other weights of this architecture")
         p.add_argument("--size", type=_SIZE, default=224,
                        help=f"image side in px, {MIN_SIZE}-{MAX_SIZE} (default 224)")
+        p.add_argument("--partners", type=_int_in(0), default=2,
+                       help="other input photos whose features are pulled back through each "
+                            "image's Jacobians (swapped-seed control, feature-specific view; "
+                            "default 2, 0: none)")
         p.add_argument("--channels", type=_int_in(0), default=8,
                        help="top-K per-channel inversions of the deepest stage, >= 0 (default 8)")
         p.add_argument("--mass", type=_mass, default=None, help="anytime: synthesise only the "

@@ -16,9 +16,11 @@ from ..analysis.class_directional import class_directional_weights
 from ..baselines.vanilla import VanillaMap
 from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
+from ..core.simplex import simplex_measure
 from ..data.images import resize_center_crop
 from ..encoders.staged import StagedEncoder
 from ..fileio import atomic_write_json, atomic_write_text, publish_dir, save_png, staging_dir
+from ..metrics.likeness import affine_fit, pearson_rgb
 from ..metrics.reconstruction import psnr, ssim
 from ..viz.display import robust_minmax
 from ..viz.html import figure, page, table
@@ -45,10 +47,36 @@ def _scores(encoder: StagedEncoder, rec: torch.Tensor, img: torch.Tensor) -> dic
     return {"ssim": float(ssim(d, img[None])), "psnr": float(psnr(d, img[None]))}
 
 
+COMPARISON = (("x_hat", "x̂_L (ours)"), ("seed_zero", "control: seed = 0"),
+              ("swapped", "control: another photo's features"),
+              ("feature_view", "feature-specific view"), ("vanilla", "vanilla gradient"))
+
+
+def _likeness(rec: torch.Tensor, img: torch.Tensor) -> dict[str, float]:
+    """Scores on the shared display mapping (per-RGB least-squares affine fit, clipped)."""
+    d = affine_fit(rec[None], img[None])
+    return {"pearson": float(pearson_rgb(rec[None], img[None])), "ssim_affine": float(ssim(d, img[None]))}
+
+
+def deepest_acts(encoder: StagedEncoder, image: torch.Tensor, size: int) -> torch.Tensor:
+    """``A_L`` (1, C, h, w) of one image (3, H, W) in [0, 1] at the report's size: a
+    partner's features for the swapped-seed control of another image."""
+    x = encoder.normalize(resize_center_crop(image, size).to(encoder.mean.device))[None]
+    with torch.no_grad(), encoder.frozen():
+        return encoder.forward_stages(x)[-1]
+
+
 def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None,
                name: str, image: torch.Tensor, out: Path, cfg: ReportConfig,
-               progress: Progress | None = None) -> dict:
+               progress: Progress | None = None,
+               partners: list[torch.Tensor] | None = None) -> dict:
     """Invert one image (3, H, W) in [0, 1]; write PNGs and ``summary.json`` to ``out``.
+
+    ``partners``: deepest activations of other photos (:func:`deepest_acts`); each is
+    pulled back through this image's Jacobians with its own simplex weights (the
+    swapped-seed control), and ``x̂_L − mean(swapped)`` is the feature-specific view
+    (docs/evidence.md). Every panel of the comparison row is shown through the same
+    mapping (per-RGB least-squares affine fit to the input) with its Pearson r and SSIM.
 
     The files are written into a hidden sibling folder that replaces ``out`` only once
     all of them are complete, so an interrupted run leaves no half-filled folder."""
@@ -77,6 +105,15 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
                      mass=cfg.mass)
     control = inv.seed_zero_control(x)[0]
     raw_vanilla = inv.vanilla_gradient(x)
+    last_stage = encoder.num_stages - 1
+    swapped = []
+    if partners:
+        with torch.no_grad(), encoder.frozen():
+            lin = inv.cascade.linearize(x, last_stage)
+            for a_p in partners:
+                a_p = a_p.to(lin.acts[last_stage])
+                sums, _ = inv.synthesize(lin, last_stage, {"s": simplex_measure(a_p)}, source=a_p)
+                swapped.append(sums["s"][0])
     last = encoder.num_stages - 1
     img = img.to(res.x.device, res.x.dtype)
     probs = res.logits.softmax(1)[0]
@@ -101,6 +138,17 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
         for key, fn in (("class", "class.png"), ("class+", "class_pos.png"), ("class-", "class_neg.png")):
             save_png(out / fn, robust_minmax(res.extra[key][0]))
         save_png(out / "control_seed_zero.png", encoder.to_display(control))
+        panels = {"x_hat": res.x_hat[last][0], "seed_zero": control, "vanilla": raw_vanilla[0]}
+        if swapped:
+            panels["swapped"] = swapped[0]
+            panels["feature_view"] = res.x_hat[last][0] - torch.stack(swapped).mean(0)
+        comparison = []
+        for key, label in COMPARISON:
+            if key in panels:
+                fn = f"compare_{key}.png"
+                save_png(out / fn, affine_fit(panels[key][None], img[None])[0])
+                comparison.append({"key": key, "label": label, "file": fn,
+                                   **_likeness(panels[key], img)})
         summary = {
             "image": name,
             "encoder": encoder.name,
@@ -108,6 +156,8 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
             "top1": {"index": k, "name": encoder.class_name(k), "probability": float(probs[k])},
             "reconstruction": _scores(encoder, res.x_hat[last][0], img),
             "seed_zero_control": _scores(encoder, control, img),
+            "comparison": comparison,
+            "partners": len(swapped),
             "anytime": {"mass": cfg.mass, "omitted_mass": float(res.omitted_mass[last][0]),
                         "error_bound": float(res.error_bound[last][0])},
             "stages": stages,
@@ -152,6 +202,9 @@ def image_section(summary: dict, prefix: str) -> str:
           figure(p + "class_pos.png", "x̂^(k)+ (W>0)"), figure(p + "class_neg.png", "x̂^(k)− (W<0)")]
     ch = [figure(p + c["file"], f"channel {c['channel']} (w={c['weight']:.3g})")
           for c in s["top_channels"]]
+    comp = s.get("comparison", [])
+    figs_cmp = [figure(p + c["file"], f"{c['label']}: r = {c['pearson']:.3f}, SSIM = {c['ssim_affine']:.3f}")
+                for c in comp]
     rows = [["x̂_L (ours)", s["reconstruction"]["ssim"], s["reconstruction"]["psnr"]],
             ["control: seed zero", s["seed_zero_control"]["ssim"], s["seed_zero_control"]["psnr"]]]
     if "unavailable" not in s["vanilla_gradient"]:
@@ -159,6 +212,9 @@ def image_section(summary: dict, prefix: str) -> str:
     return (f"<section><h2>{esc(s['image'])}</h2><p>top-1: <b>{esc(top['name'])}</b> "
             f"(class {int(top['index'])},"
             f" p = {top['probability']:.3f}); {s['seconds']:.1f} s</p>"
+            + "<h3>x̂_L beside its controls, one display mapping (per-RGB least-squares affine "
+              "fit to the input, clipped): Pearson r and SSIM on that mapping</h3>" + "".join(figs_cmp)
+            + "<h3>Each method's own pixel mapping</h3>"
             + "".join(figs_main) + table(rows, ["reconstruction", "SSIM", "PSNR (dB)"])
             + "<h3>Semantic inversion spectrum (one x̂_l per stage)</h3>" + "".join(spectrum)
             + "<h3>Class-directional inversion (Eq. 12)</h3>" + "".join(cd)

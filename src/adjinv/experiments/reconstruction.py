@@ -314,8 +314,9 @@ class _Runner:
         self.fit_cpu += cpu
         path = self.out / "fit_seconds.json"
         costs = json.loads(path.read_text()) if path.is_file() else {}
-        costs[key] = {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
-        atomic_write_json(path, costs)
+        if key not in costs:  # the first fit; a resumed run reloads (UpConvNet) or refits
+            costs[key] = {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+            atomic_write_json(path, costs)
 
     def vanilla_map(self) -> VanillaMap:
         if "vanilla" not in self._fitted:

@@ -314,8 +314,9 @@ class _Runner:
         self.fit_cpu += cpu
         path = self.out / "fit_seconds.json"
         costs = json.loads(path.read_text()) if path.is_file() else {}
-        costs[key] = {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
-        atomic_write_json(path, costs)
+        if key not in costs:  # the first fit; a resumed run reloads (UpConvNet) or refits
+            costs[key] = {"seconds": round(wall, 2), "cpu_seconds": round(cpu, 2)}
+            atomic_write_json(path, costs)
 
     def vanilla_map(self) -> VanillaMap:
         if "vanilla" not in self._fitted:
@@ -626,7 +627,8 @@ def _verdicts(r: _Runner, per_photo: dict, curve_rows: list[dict], seen: set[str
     out: dict[str, dict] = {}
     for name in r.names:
         p = per_photo[name]
-        v1a = all(p["trained"][c] > p["identity"][c] for c in ("pearson", "ssim_affine"))
+        v1_by = {c: bool(p["trained"][c] > p["identity"][c]) for c in ("pearson", "ssim_affine")}
+        v1a = all(v1_by.values())
         pts = sorted((row["step"], row) for row in curve_rows if row["photo"] == name)
         steps = [s for s, _ in pts]
         gain = [row["trained"]["pearson"] - pts[0][1]["trained"]["pearson"] for _, row in pts]
@@ -636,8 +638,9 @@ def _verdicts(r: _Runner, per_photo: dict, curve_rows: list[dict], seen: set[str
             grows = bool(rho > 0 and gain[-1] > gain[0])
         best_van = {c: max(p[m][c] for m in ("vanilla_train", "vanilla_minmax", "vanilla_affine"))
                     for c in ("pearson", "ssim_affine")}
-        v2 = all(p["trained"][c] > p["flat"][c] and p["trained"][c] > best_van[c]
-                 for c in ("pearson", "ssim_affine"))
+        v2_by = {c: bool(p["trained"][c] > p["flat"][c] and p["trained"][c] > best_van[c])
+                 for c in ("pearson", "ssim_affine")}
+        v2 = all(v2_by.values())
         den = p["trained"]["pearson"] - p["identity"]["pearson"]
         share = (p["trained"]["pearson"] - p["swapped"]["pearson"]) / den if den > 0 else None
         v3 = share is not None and share >= 0.5
@@ -648,7 +651,8 @@ def _verdicts(r: _Runner, per_photo: dict, curve_rows: list[dict], seen: set[str
         v1 = v1a and (grows is not False)
         out[name] = {
             "seen_by_lacs": name in seen,
-            "V1": v1, "V1_trained_beats_identity": v1a, "V1_gain_grows": grows,
+            "V1": v1, "V1_trained_beats_identity": v1a, "V1_by_metric": v1_by,
+            "V1_gain_grows": grows, "V2_by_metric": v2_by,
             "V1_spearman_step_gain": rho, "V2": v2, "V2_best_vanilla": best_van,
             "V3": v3, "feature_share_pearson": share, "feature_share_ssim_affine": share_s,
             "V4_seed_zero_rise": rise["seed_zero"], "V4_swapped_rise": rise["swapped"],
@@ -658,6 +662,11 @@ def _verdicts(r: _Runner, per_photo: dict, curve_rows: list[dict], seen: set[str
     return out
 
 
+def _by_metric(v: dict, key: str) -> str:
+    return ", ".join(f"{c.replace('ssim_affine', 'affine SSIM')} {'yes' if ok else 'no'}"
+                     for c, ok in v.get(key, {}).items())
+
+
 def verdict_lines(results: dict) -> list[str]:
     """The decision rule's outcome per held-out photo, in plain words."""
     lines = []
@@ -665,7 +674,8 @@ def verdict_lines(results: dict) -> list[str]:
         share = v["feature_share_pearson"]
         tag = " (SEEN in LAC training: not held out for these LACs)" if v["seen_by_lacs"] else ""
         lines.append(
-            f"{name}{tag}: V1 {'yes' if v['V1'] else 'no'}, V2 {'yes' if v['V2'] else 'no'}, "
+            f"{name}{tag}: V1 {'yes' if v['V1'] else 'no'} ({_by_metric(v, 'V1_by_metric')}), "
+            f"V2 {'yes' if v['V2'] else 'no'} ({_by_metric(v, 'V2_by_metric')}), "
             f"V3 {'yes' if v['V3'] else 'no'} (feature share "
             f"{'undefined' if share is None else f'{share:.2f}'}), V4 seed-zero/swapped "
             f"{'rise' if v['V4_rises'] else 'do not both rise'} with training "

@@ -118,7 +118,11 @@ def test_unknown_kernels_option_is_refused():
         AdjointInverter(enc, kernels="cuda")
 
 
-@pytest.mark.parametrize("cl", [False, True])
+# NCHW in the default run; channels-last (several seconds under the interpreter) marked slow
+LAYOUTS = [False, pytest.param(True, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("cl", LAYOUTS)
 def test_inversion_with_triton_kernels_matches_pytorch(cl):
     enc = staged_from_sequential(tiny_relu_cnn().double())
     lacs = random_lacs(enc)
@@ -130,7 +134,7 @@ def test_inversion_with_triton_kernels_matches_pytorch(cl):
         torch.testing.assert_close(out.x_hat[s], ref.x_hat[s], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize("cl", LAYOUTS)
 def test_resnet_stage_masks_and_residual_sums_bit_exact(resnet18_pair, cl, monkeypatch):
     """Residual blocks: the sum of a block output's two gradients is done inside its
     ReLU's mask pass (the fused kernel), and each

@@ -5,20 +5,31 @@ from __future__ import annotations
 
 import os
 
-# The interpreter is chosen when a kernel is decorated, so before the module is imported.
+# The interpreter is chosen when a kernel is decorated, so before the module is imported;
+# the variable is put back after this file's tests (the module fixture below).
+_BEFORE = os.environ.get("TRITON_INTERPRET")
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest
-import torch
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-from adjinv.core import triton_kernels as tk
-from adjinv.core.inverter import AdjointInverter
-from adjinv.core.lac import LocalAdjointCorrector
-from adjinv.errors import AdjinvError
-from conftest import random_lacs, smooth_image, staged_from_sequential, tiny_relu_cnn
+from adjinv.core import triton_kernels as tk  # noqa: E402
+from adjinv.core.inverter import AdjointInverter  # noqa: E402
+from adjinv.core.lac import LocalAdjointCorrector  # noqa: E402
+from adjinv.errors import AdjinvError  # noqa: E402
+from conftest import random_lacs, smooth_image, staged_from_sequential, tiny_relu_cnn  # noqa: E402
 
 pytestmark = pytest.mark.skipif(tk.triton is None or os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs triton and TRITON_INTERPRET=1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter_env():
+    yield
+    if _BEFORE is None:
+        os.environ.pop("TRITON_INTERPRET", None)
+    else:
+        os.environ["TRITON_INTERPRET"] = _BEFORE
 
 
 def _fmt(cl: bool) -> torch.memory_format:
@@ -27,22 +38,25 @@ def _fmt(cl: bool) -> torch.memory_format:
 
 @pytest.mark.parametrize("cl", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
-@pytest.mark.parametrize("with_acc", [False, True])
-def test_mask_add_is_bit_exact(cl, dtype, with_acc):
+@pytest.mark.parametrize("with_acc,with_g2", [(False, False), (True, False), (True, True)])
+def test_mask_add_is_bit_exact(cl, dtype, with_acc, with_g2):
     g0 = torch.Generator().manual_seed(0)
     b, c, h, w, n = 2, 5, 7, 3, 3  # 210 elements per image batch: not a multiple of 8
     mask = torch.rand(b, c, h, w, generator=g0) > 0.4
     g = torch.randn(n * b, c, h, w, generator=g0).to(dtype).contiguous(memory_format=_fmt(cl))
     acc = torch.randn(n * b, c, h, w, generator=g0).to(dtype).contiguous(memory_format=_fmt(cl))
+    g2 = torch.randn(n * b, c, h, w, generator=g0).to(dtype).contiguous(memory_format=_fmt(cl))
     m = mask.to(dtype).repeat(n, 1, 1, 1)
-    ref = acc + g * m if with_acc else g * m
+    summed = g + g2 if with_g2 else g
+    ref = acc + summed * m if with_acc else summed * m
     bits = tk.pack_mask(mask.contiguous(memory_format=_fmt(cl)), cl)
     assert bits.dtype == torch.uint8 and bits.numel() == -(-mask.numel() // 8)
-    out = tk.mask_add(g, bits, mask.shape, cl, acc if with_acc else None, None)
+    extra = g2 if with_g2 else None
+    out = tk.mask_add(g, bits, mask.shape, cl, acc if with_acc else None, None, extra)
     assert out is not None and torch.equal(out, ref)
     # in place, into the pending residual gradient
     inplace = tk.mask_add(g, bits, mask.shape, cl, acc if with_acc else None,
-                          acc if with_acc else g)
+                          acc if with_acc else g, extra)
     assert torch.equal(inplace, ref) and inplace.data_ptr() == (acc if with_acc else g).data_ptr()
 
 
@@ -104,28 +118,34 @@ def test_unknown_kernels_option_is_refused():
         AdjointInverter(enc, kernels="cuda")
 
 
-@pytest.mark.parametrize("cl", [False, True])
+# NCHW in the default run; channels-last (several seconds under the interpreter) marked slow
+LAYOUTS = [False, pytest.param(True, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("cl", LAYOUTS)
 def test_inversion_with_triton_kernels_matches_pytorch(cl):
     enc = staged_from_sequential(tiny_relu_cnn().double())
     lacs = random_lacs(enc)
     x = smooth_image(32, batch=2, dtype=torch.float64)
-    ref = AdjointInverter(enc, lacs, chunk_size=5, channels_last=cl).invert(x)
-    out = AdjointInverter(enc, lacs, chunk_size=5, channels_last=cl, kernels="triton").invert(x)
+    kw = {"chunk_size": 16, "channels_last": cl}  # one chunk: three LACs, every mask
+    ref = AdjointInverter(enc, lacs, **kw).invert(x, stages=[-1])
+    out = AdjointInverter(enc, lacs, kernels="triton", **kw).invert(x, stages=[-1])
     for s in ref.x_hat:
         torch.testing.assert_close(out.x_hat[s], ref.x_hat[s], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize("cl", LAYOUTS)
 def test_resnet_stage_masks_and_residual_sums_bit_exact(resnet18_pair, cl, monkeypatch):
-    """Residual blocks: masks followed by a pending sum take the fused kernel, and each
+    """Residual blocks: the sum of a block output's two gradients is done inside its
+    ReLU's mask pass (the fused kernel), and each
     stage's transpose is bit-identical to the PyTorch path (no LAC inside a stage)."""
     _, enc = resnet18_pair
     fused = []
     real = tk.mask_add
 
-    def counting(g, bits, shape, channels_last, acc, out):
-        res = real(g, bits, shape, channels_last, acc, out)
-        fused.append((res is not None, acc is not None))
+    def counting(g, bits, shape, channels_last, acc, out, g2=None):
+        res = real(g, bits, shape, channels_last, acc, out, g2)
+        fused.append((res is not None, g2 is not None))
         return res
 
     monkeypatch.setattr(tk, "mask_add", counting)
@@ -140,4 +160,4 @@ def test_resnet_stage_masks_and_residual_sums_bit_exact(resnet18_pair, cl, monke
             assert torch.equal(lin_t.pullbacks[k](u), expected)
             u = expected
     assert fused and all(ok for ok, _ in fused)
-    assert any(with_acc for _, with_acc in fused)  # some masks were fused with a residual sum
+    assert any(with_sum for _, with_sum in fused)  # residual sums done inside the mask pass

@@ -125,19 +125,23 @@ class StageAdjoint:
                 op.data["packed"] = pack_mask(op.data["mask"], op.data["channels_last"])
         self._triton = True
 
-    def _triton_mask(self, op: _Op, g: torch.Tensor, own: bool,
-                     grads: dict[fx.Node, tuple[torch.Tensor, bool]]) -> bool:
-        """``grads[src] (+)= g ⊙ mask`` in one fused pass; False if the kernel does not apply."""
+    def _triton_mask(self, op: _Op, g: torch.Tensor, own: bool, g2: torch.Tensor | None,
+                     grads: dict[fx.Node, tuple[torch.Tensor, bool]]) -> tuple[torch.Tensor, bool] | None:
+        """``grads[src] (+)= (g + g2) ⊙ mask`` in one fused pass (``g2``: a second gradient
+        of the mask's output, a residual sum left pending); ``None`` when done, else the
+        gradient for the PyTorch path."""
         from .triton_kernels import mask_add
 
         src, d = op.args[0], op.data
         acc, acc_own = grads.get(src, (None, False))
         out = acc if acc_own else (g if own else None)
-        res = mask_add(g, d["packed"], d["mask"].shape, d["channels_last"], acc, out)
-        if res is None:
-            return False
-        grads[src] = (res, True)
-        return True
+        res = mask_add(g, d["packed"], d["mask"].shape, d["channels_last"], acc, out, g2)
+        if res is not None:
+            grads[src] = (res, True)
+            return None
+        if g2 is None:
+            return g, own
+        return (g.add_(g2) if own else g + g2), True
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         n, b = u.shape[:2]
@@ -149,17 +153,24 @@ class StageAdjoint:
         # as much as the arithmetic of an elementwise op).
         fresh = g.untyped_storage().data_ptr() != u.untyped_storage().data_ptr()
         grads: dict[fx.Node, tuple[torch.Tensor, bool]] = {self._output: (g, fresh)}
+        pending: dict[fx.Node, torch.Tensor] = {}  # Triton: a sum done inside the next mask
         for node in self._order:
             entry = grads.pop(node, None)
             if entry is None:
                 continue
             op = self._ops[node]
-            if self._triton and op.kind == "mask" and self._triton_mask(op, *entry, grads):
-                continue
+            if self._triton and op.kind == "mask":
+                entry = self._triton_mask(op, *entry, pending.pop(node, None), grads)
+                if entry is None:
+                    continue
             outs = self._transpose(op, entry[0], entry[1], n)
             for src, (gs, own) in zip(op.args, outs, strict=True):
                 if src not in grads:
                     grads[src] = (gs, own)
+                    continue
+                if self._triton and src not in pending and src in self._ops \
+                        and self._ops[src].kind == "mask":
+                    pending[src] = gs
                     continue
                 acc, acc_own = grads[src]
                 if acc_own:

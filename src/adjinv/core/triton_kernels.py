@@ -2,11 +2,13 @@
 
 Two passes dominate the elementwise time of a chunk on a GPU (docs/speed.md):
 
-- **ReLU masks and the residual sum after them.** :func:`pack_mask` stores a mask as
+- **ReLU masks and the residual sums around them.** :func:`pack_mask` stores a mask as
   1 bit per element (in the memory order of the cotangents); :func:`mask_add` applies it
-  and adds the pending residual gradient in the same pass: ``acc + g ⊙ mask`` reads ``g``,
-  ``acc`` and 1/32 of a float per element and writes once, where PyTorch runs the mask
-  and the sum as two passes over 4-byte masks.
+  together with the sums next to it in one pass: ``acc + (g + g2) ⊙ mask`` — ``g2`` the
+  second gradient of a map read twice (a residual block's output, summed before its
+  ReLU's mask), ``acc`` a gradient already pending at the mask's input — reading 1/32 of
+  a float per element for the mask and writing once, where PyTorch makes a pass for
+  each sum and one for the mask.
 - **The LAC (Eq. 6).** :func:`lac_apply` makes one statistics pass (per item and channel:
   mean and centred second moment, combined over blocks with Chan's update, and the
   max/min for the scale) and one apply pass ``(u − mean)·(a·γ) + β``; the few per-channel
@@ -91,38 +93,42 @@ def _dense(t: torch.Tensor, channels_last: bool) -> bool:
 
 
 def mask_add(g: torch.Tensor, bits: torch.Tensor, mask_shape: torch.Size, channels_last: bool,
-             acc: torch.Tensor | None, out: torch.Tensor | None) -> torch.Tensor | None:
-    """``acc + g ⊙ mask`` (or ``g ⊙ mask`` without ``acc``) in one pass, written to ``out``
-    (which may be ``g`` or ``acc``; a fresh tensor if ``None``). ``g`` (N·B, C, h, w) holds
-    N cotangents per image of the mask's batch (B, C, h, w). ``None`` when the kernel does
-    not apply (then use the PyTorch ops)."""
+             acc: torch.Tensor | None, out: torch.Tensor | None,
+             g2: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``acc + (g + g2) ⊙ mask`` (without ``acc``: no sum after; without ``g2``: no sum
+    before) in one pass, written to ``out`` (which may be ``g`` or ``acc``; a fresh tensor
+    if ``None``). ``g`` (N·B, C, h, w) holds N cotangents per image of the mask's batch
+    (B, C, h, w). ``None`` when the kernel does not apply (then use the PyTorch ops)."""
     if not usable(g) or _records(g) or not _dense(g, channels_last):
         return None
     if g.shape[1:] != mask_shape[1:] or g.shape[0] % mask_shape[0]:
         return None
-    if acc is not None and (acc.shape != g.shape or acc.dtype != g.dtype
-                            or not _dense(acc, channels_last) or _records(acc)):
-        return None
+    for t in (acc, g2):
+        if t is not None and (t.shape != g.shape or t.dtype != g.dtype
+                              or not _dense(t, channels_last) or _records(t)):
+            return None
     if out is None:
         out = torch.empty_like(g)
     n = g.numel()
-    block = 1024
+    block = 1024 if g.is_cuda else 1 << 16  # the interpreter pays per op, not per element
     _mask_add_kernel[(triton.cdiv(n, block),)](
-        g, bits, acc if acc is not None else g, out, n, mask_shape.numel(),
-        HAS_ACC=acc is not None, BLOCK=block)
+        g, g2 if g2 is not None else g, bits, acc if acc is not None else g, out, n,
+        mask_shape.numel(), HAS_G2=g2 is not None, HAS_ACC=acc is not None, BLOCK=block)
     return out
 
 
 if triton is not None:
     @triton.jit
-    def _mask_add_kernel(g_ptr, bits_ptr, acc_ptr, out_ptr, n, m, HAS_ACC: tl.constexpr,  # noqa: ANN001
-                         BLOCK: tl.constexpr):
+    def _mask_add_kernel(g_ptr, g2_ptr, bits_ptr, acc_ptr, out_ptr, n, m,  # noqa: ANN001
+                         HAS_G2: tl.constexpr, HAS_ACC: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         inside = offs < n
         mo = offs % m  # the N cotangents of a chunk share one mask
         word = tl.load(bits_ptr + mo // 8, mask=inside, other=0).to(tl.int32)
         on = ((word >> (mo % 8).to(tl.int32)) & 1) != 0
         g = tl.load(g_ptr + offs, mask=inside, other=0.0)
+        if HAS_G2:
+            g = g + tl.load(g2_ptr + offs, mask=inside, other=0.0)
         y = tl.where(on, g, 0.0)
         if HAS_ACC:
             y = tl.load(acc_ptr + offs, mask=inside, other=0.0) + y
@@ -154,7 +160,10 @@ def lac_apply(lac: LocalAdjointCorrector, u: torch.Tensor) -> torch.Tensor | Non
     hw = h * w
     mean = torch.empty(r, c, dtype=u.dtype, device=u.device)
     m2, amax, amin = torch.empty_like(mean), torch.empty_like(mean), torch.empty_like(mean)
-    bc, bs = 16, 64
+    if u.is_cuda:
+        bc, bs = 16, 64
+    else:  # the interpreter pays per op, not per element: few, large tiles
+        bc, bs = min(64, triton.next_power_of_2(c)), min(4096, triton.next_power_of_2(hw))
     grid = (r, triton.cdiv(c, bc))
     _lac_stats_kernel[grid](v, mean, m2, amax, amin, c, hw, w, *v.stride(), BC=bc, BS=bs)
     fi = torch.finfo(u.dtype)
@@ -183,20 +192,13 @@ def lac_apply(lac: LocalAdjointCorrector, u: torch.Tensor) -> torch.Tensor | Non
 
 
 if triton is not None:
-    # Only builtins and these combine functions inside kernels: torch may import triton
-    # before TRITON_INTERPRET is set, and triton.language's own jit helpers (tl.sum,
-    # tl.zeros_like) then cannot run under the interpreter.
-    @triton.jit
-    def _add(a, b):  # noqa: ANN001
-        return a + b
-
-    @triton.jit
-    def _max(a, b):  # noqa: ANN001
-        return tl.maximum(a, b)
-
-    @triton.jit
-    def _min(a, b):  # noqa: ANN001
-        return tl.minimum(a, b)
+    # Reductions name triton.language's own combine functions (what tl.sum/tl.max/tl.min
+    # use) through tl.reduce: torch may import triton before TRITON_INTERPRET is set, and
+    # the jit helpers of triton.language then cannot be called under the interpreter,
+    # while tl.reduce with these combine functions runs as numpy there.
+    _add = tl.standard._sum_combine
+    _max = tl.standard._elementwise_max
+    _min = tl.standard._elementwise_min
 
     @triton.jit
     def _lac_stats_kernel(u_ptr, mean_ptr, m2_ptr, max_ptr, min_ptr, c, hw, w,  # noqa: ANN001

@@ -78,8 +78,60 @@ def leakage_table() -> str:
     return "\n".join(text.splitlines()[2:]).strip()
 
 
+def _bundled_meta() -> dict:
+    from safetensors import safe_open
+
+    path = REPO / "src" / "adjinv" / "weights" / "efficientnet_lite0.lac.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {})["adjinv"])
+
+
+def default_table() -> str:
+    """The shipped LACs on the held-out photos: x̂_L beside its controls (benchmarks/leakage.py)."""
+    meta = _bundled_meta()
+    objective = meta["training"]["objective"]
+    r = _json(f"leakage/{objective}.json")
+    v = r["variant"]
+    photos = list(v["per_photo"])
+    rows = [("trained", "x̂_L, shipped LACs"), ("identity", "x̂_L, identity LACs"),
+            ("seed_zero", "seed-zero Ψ(0)"), ("swapped", "another photo's features (swapped seeds)"),
+            ("random_seed", "random Gaussian seeds")]
+    feat = max((m for m in v["mean"] if m.startswith("feature_k")), key=lambda m: int(m[9:]))
+    rows.append((feat, f"feature-specific view, x̂ − mean of {feat[9:]} swapped"))
+    lines = [f"Shipped LACs: objective `{objective}`, weights of step {meta.get('step')} "
+             f"(chosen on the validation photos). EfficientNet-Lite0 at {r['size']} px, "
+             f"{r['crops']} crop(s) per held-out photo; cells: Pearson r / affine SSIM "
+             "(generated from `benchmarks/results/leakage/`).", "",
+             "| | " + " | ".join(photos) + " |", "|---|" + "---|" * len(photos)]
+    for m, label in rows:
+        lines.append(f"| {label} | " + " | ".join(
+            f"{v['per_photo'][n][m]['pearson']:.3f} / {v['per_photo'][n][m]['ssim_affine']:.3f}"
+            for n in photos) + " |")
+    lines.append("| feature share (x̂ − swapped)/(x̂ − identity), Pearson | " + " | ".join(
+        f"{v['feature_share'][n]:.2f}" for n in photos) + " |")
+    return "\n".join(lines)
+
+
+def training_summary() -> str:
+    """The shipped LACs' training run, from its committed log."""
+    meta = _bundled_meta()
+    t = meta["training"]
+    log = json.loads((RESULTS / "training" / f"{t['objective']}.log.json").read_text())
+    val = [r for r in log if "val_l1" in r]
+    secs = sum(r["seconds"] for r in log)
+    return (f"`{t['objective']}` objective, {len(log)} steps of batch {t['batch_size']} at "
+            f"{t['size']} px (cosine schedule from lr {t['lr']}, channel fraction "
+            f"{t['channel_fraction']}), {len(t['images'])} training photos; validation ℓ1 "
+            f"{val[0]['val_l1']:.4f} at step {val[0]['step']} → "
+            f"{min(r['val_l1'] for r in val):.4f} at best; shipped weights from step "
+            f"{meta.get('step')}; {secs / 60:.0f} min of wall time for the steps on a shared "
+            f"2-core machine. Log: `benchmarks/results/training/{t['objective']}.log.json` "
+            "(and `.csv`, `.loss.png`).")
+
+
 BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
-          "leakage-table": leakage_table}
+          "leakage-table": leakage_table, "default-table": default_table,
+          "training-summary": training_summary}
 
 
 def render(text: str) -> str:

@@ -99,14 +99,16 @@ class Inverter(nn.Module):
     # ------------------------------------------------------------------ inversion
     def forward(self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
                 stages: Sequence[int | str] | None = None, top_k: int = 0,
-                mode: str = "contribution", progress: Progress | None = None) -> Inversion:
+                mode: str = "contribution", progress: Progress | None = None,
+                mass: float | None = None, max_channels: int | None = None) -> Inversion:
         """Same as :meth:`invert`."""
         return self.invert(x, target=target, stages=stages, top_k=top_k, mode=mode,
-                           progress=progress)
+                           progress=progress, mass=mass, max_channels=max_channels)
 
     def invert(self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
                stages: Sequence[int | str] | None = None, top_k: int = 0,
-               mode: str = "contribution", progress: Progress | None = None) -> Inversion:
+               mode: str = "contribution", progress: Progress | None = None,
+               mass: float | None = None, max_channels: int | None = None) -> Inversion:
         """The layer-wise reconstructions ``x̂_l`` (Eq. 8) and, with ``target``, the
         class-directional reconstruction ``x̂^(k)`` and its hemispheres (Eq. 12).
 
@@ -122,6 +124,10 @@ class Inverter(nn.Module):
             mode: the class direction ``α`` (``"contribution"``: ``W_{k,c} g_c``, the
                 default; ``"weight"``; ``"weight*simplex"``).
             progress: ``callback(done, total)`` over channels.
+            mass: anytime inversion (:meth:`AdjointInverter.invert`): synthesise the channels
+                of largest weight up to this simplex mass; ``res.error_bound`` holds a proven
+                bound on the relative error.
+            max_channels: anytime inversion: at most this many channels per stage.
 
         Returns:
             An :class:`Inversion`; ``res.x_hat[-1]`` is the deepest reconstruction, and with
@@ -141,7 +147,8 @@ class Inverter(nn.Module):
             return class_directional_weights(self.encoder, acts[-1], k, mode)
 
         return self.inverter.invert(xs, stages=want, top_k=top_k, progress=progress,
-                                    extra_weights=class_weights if target is not None else None)
+                                    extra_weights=class_weights if target is not None else None,
+                                    mass=mass, max_channels=max_channels)
 
     def seed_zero_control(self, x: torch.Tensor, stage: int | str = -1) -> torch.Tensor:
         """The cascade with the seed set to zero: the likeness that is not the features'."""

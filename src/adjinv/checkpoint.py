@@ -132,8 +132,13 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     from safetensors.torch import save
 
     meta, tensors = read_checkpoint(src)
-    keep = {k: v for k, v in tensors.items() if not k.startswith("extra.adam.")}
-    meta = {**meta, "exported_from_step": meta.get("step")}
+    keep = {k: v for k, v in tensors.items()
+            if k.startswith("lac.") or k.startswith("extra.vanilla.")}
+    step = meta.get("weights_step")  # the step whose γ/β are shipped
+    if step is None:  # a finished run that kept its last state beside its best γ/β
+        last = any(k.startswith("extra.last.") for k in tensors)
+        step = meta.get("early_stopping", {}).get("best_step") if last else meta.get("step")
+    meta = {**meta, "exported_from_step": step, "step": step}
     return atomic_write_bytes(dst, save(keep, metadata={"adjinv": json.dumps(meta)}))
 
 

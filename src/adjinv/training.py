@@ -423,7 +423,8 @@ def train_lacs(
                               "losses": [r["loss"] for r in history], "history": history,
                               "early_stopping": {"best": best_val, "best_step": best_step,
                                                  "bad": bad},
-                              "complete": vanilla is not None})
+                              "complete": vanilla is not None,
+                              "weights_step": best_step if final is not None else step})
         if history:
             write_log(checkpoint, history)
 

@@ -12,8 +12,8 @@ Every photo ships inside an installed package, so nothing is downloaded:
   public domain) and ``coffee`` (public domain), which are therefore kept out of
   training too.
 
-Greyscale photos are replicated to three channels. See docs/method.md, "Evaluation
-protocol".
+Greyscale photos are replicated to three channels. The protocol that uses the split is in
+docs/evidence.md.
 """
 
 from __future__ import annotations

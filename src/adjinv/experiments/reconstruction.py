@@ -1,6 +1,6 @@
 """``adjinv experiment reconstruction``: does x̂_L reconstruct the image from its features?
 
-A pre-registered, held-out, controlled evaluation (docs/method.md, "Evaluation protocol").
+A pre-registered, held-out, controlled evaluation (docs/evidence.md).
 The protocol — photos, crops, methods, metrics and the decision rule — is written to
 ``protocol.json`` before anything is computed; a rerun with other settings in the same
 folder is refused.
@@ -197,7 +197,7 @@ def derangement(names: list[str], shift: int) -> dict[str, str]:
 
 
 def _lac_step(meta: dict) -> int:
-    for k in ("step", "exported_from_step"):
+    for k in ("weights_step", "step", "exported_from_step"):
         if isinstance(meta.get(k), int):
             return meta[k]
     return int(meta.get("training", {}).get("steps", 0))

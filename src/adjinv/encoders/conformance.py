@@ -246,6 +246,10 @@ def render(results: dict) -> str:
         if r["status"] in ("refused", "FAILED", "unbuildable"):
             reason = r["reason"].replace("|", "/").replace("\n", " ")
             lines.append(f"- **{r['model']}** ({r['status']}): {reason}")
+    if results.get("not_run"):
+        lines += ["", "## Not run in this results file", "",
+                  "The run was stopped before these (the largest) models: "
+                  + ", ".join(results["not_run"]) + "."]
     lines += [
         "",
         "## Heads that are not GAP → Linear",
@@ -290,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         parts = [json.loads(Path(f).read_text()) for f in args.render]
         latest = {r["model"]: r for p in parts for r in p["models"]}  # later files win
         results = {**parts[0], "results_file": args.out,
-                   "models": sorted(latest.values(), key=lambda r: r["model"])}
+                   "models": sorted(latest.values(), key=lambda r: r["model"]),
+                   "not_run": [n for n in all_models() if n not in latest]}
         atomic_write_json(args.out, results)
         Path(args.doc).write_text(render(results))
         return

@@ -195,7 +195,8 @@ def render(results: dict) -> str:
         "",
         "Every torchvision classification builder and the smallest variant of a list of timm "
         "families, with random weights and random BatchNorm statistics (nothing downloaded), "
-        f"in float64 on one {results['size']} px image. `encoder_from_module` splits each model; "
+        f"in float64 on one {results['size']} px image (inception_v3: 96 px, its smallest valid "
+        "input is 75 px). `encoder_from_module` splits each model; "
         "the split must reproduce the model's logits, and the top-4 per-channel inversions "
         "φ of the deepest stage through the default engine (explicit stage transposes, each "
         "self-checked against `torch.func.vjp`) must equal those of `engine=\"autograd\"` "

@@ -195,7 +195,8 @@ def render(results: dict) -> str:
         "",
         "Every torchvision classification builder and the smallest variant of a list of timm "
         "families, with random weights and random BatchNorm statistics (nothing downloaded), "
-        f"in float64 on one {results['size']} px image. `encoder_from_module` splits each model; "
+        f"in float64 on one {results['size']} px image (inception_v3: 96 px, its smallest valid "
+        "input is 75 px). `encoder_from_module` splits each model; "
         "the split must reproduce the model's logits, and the top-4 per-channel inversions "
         "φ of the deepest stage through the default engine (explicit stage transposes, each "
         "self-checked against `torch.func.vjp`) must equal those of `engine=\"autograd\"` "
@@ -246,6 +247,10 @@ def render(results: dict) -> str:
         if r["status"] in ("refused", "FAILED", "unbuildable"):
             reason = r["reason"].replace("|", "/").replace("\n", " ")
             lines.append(f"- **{r['model']}** ({r['status']}): {reason}")
+    if results.get("not_run"):
+        lines += ["", "## Not run in this results file", "",
+                  "The run was stopped before these (the largest) models: "
+                  + ", ".join(results["not_run"]) + "."]
     lines += [
         "",
         "## Heads that are not GAP → Linear",
@@ -290,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
         parts = [json.loads(Path(f).read_text()) for f in args.render]
         latest = {r["model"]: r for p in parts for r in p["models"]}  # later files win
         results = {**parts[0], "results_file": args.out,
-                   "models": sorted(latest.values(), key=lambda r: r["model"])}
+                   "models": sorted(latest.values(), key=lambda r: r["model"]),
+                   "not_run": [n for n in all_models() if n not in latest]}
         atomic_write_json(args.out, results)
         Path(args.doc).write_text(render(results))
         return

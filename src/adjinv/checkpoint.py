@@ -138,6 +138,7 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     if step is None:  # a finished run that kept its last state beside its best γ/β
         last = any(k.startswith("extra.last.") for k in tensors)
         step = meta.get("early_stopping", {}).get("best_step") if last else meta.get("step")
+    meta = {k: v for k, v in meta.items() if k not in ("history", "losses")}  # the log has them
     meta = {**meta, "exported_from_step": step, "step": step}
     return atomic_write_bytes(dst, save(keep, metadata={"adjinv": json.dumps(meta)}))
 

@@ -178,7 +178,7 @@ def test_cli_mass_rejects_out_of_range(tmp_path, capsys):
     Image.new("RGB", (40, 40), (120, 30, 200)).save(img)
     assert main(["invert", str(img), "--out", str(tmp_path / "o"), "--size", "32",
                  "--mass", "1.5"]) == 2
-    assert "mass must be a number in (0, 1]" in capsys.readouterr().err
+    assert "--mass: 1.5 is out of range" in capsys.readouterr().err
 
 
 def test_cli_mass_records_the_bound(tmp_path):

@@ -123,9 +123,10 @@ def freeze_for_objective(lacs: LACBank, objective: str) -> None:
     inner = objective != "paper"
     for name, lac in lacs.lacs.items():
         if name != "pix" and inner:
+            beta: torch.nn.Parameter = lac.beta  # type: ignore[assignment]
             with torch.no_grad():
-                lac.beta.zero_()
-            lac.beta.requires_grad_(False)
+                beta.zero_()
+            beta.requires_grad_(False)
 
 
 def sample_weights(w: torch.Tensor, fraction: float, gen: torch.Generator | None) -> torch.Tensor:
@@ -312,7 +313,7 @@ def plot_history(path: str | os.PathLike, history: list[dict]) -> Path:
     if val:
         ax.plot([r["step"] for r in val], [r["val_l1"] for r in val], "o-", label="validation ℓ1")
         if any("val_swap_l1" in r for r in val):
-            ax.plot([r["step"] for r in val], [r.get("val_swap_l1") for r in val], "s--",
+            ax.plot([r["step"] for r in val], [r.get("val_swap_l1", float("nan")) for r in val], "s--",
                     label="validation ℓ1, swapped seeds")
     ax.set_xlabel("step")
     ax.set_ylabel("ℓ1(x̂_L, x)")

@@ -387,7 +387,8 @@ def cmd_attention(args: argparse.Namespace) -> None:
         print(f"head accuracy train {_fmt_acc(res.train_accuracy)}, test "
               f"{_fmt_acc(res.test_accuracy)} ({head_info['seconds']:.1f} s)", file=sys.stderr)
     if args.images:
-        images, taken = {}, set()
+        images: dict = {}
+        taken: set[str] = set()
         for f in map(Path, args.images):  # folder names made safe: no "..", "/" or reserved names
             images[safe_name(f.stem, taken)] = load_image(f, mode="convert")
     else:

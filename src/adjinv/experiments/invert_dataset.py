@@ -79,12 +79,13 @@ def invert_shard(inv: AdjointInverter, root: Path, files: list[Path], cfg: Datas
                 return class_directional_weights(enc, acts[-1], logits.argmax(1))
         res = inv.invert(x, stages=stages, extra_weights=extra)
         prob = res.logits.softmax(1)[0]
+        scores: dict[str, dict[str, float]] = {}
         row = {"file": f.relative_to(root).as_posix(), "top1": int(prob.argmax()),
                "probability": float(prob.max()), "seconds": round(time.perf_counter() - t0, 3),
-               "stages": {}}
+               "stages": scores}
         for s in stages:
             d = enc.to_display(res.x_hat[s])
-            row["stages"][str(s)] = {"ssim": float(ssim(d, img[None])), "psnr": float(psnr(d, img[None])),
+            scores[str(s)] = {"ssim": float(ssim(d, img[None])), "psnr": float(psnr(d, img[None])),
                                      "pearson": float(pearson_rgb(d, img[None]))}
             tensors.setdefault(f"x_hat.{s}", []).append(res.x_hat[s][0].float().cpu())
         for k, v in res.extra.items():

@@ -147,6 +147,24 @@ def heldout_l1() -> str:
     return "\n".join(lines)
 
 
+def gradient_variance() -> str:
+    """The channel-sampled training step against the exact one (benchmarks/gradient_variance.py)."""
+    g = _json("gradient_variance.json")
+    lines = [f"Lite0, {g['size']} px, two training photos, channel fraction {g['fraction']}, "
+             f"{g['draws']} draws; exact step {g['exact_step_s']:.1f} s on a shared machine. Errors "
+             "are relative to ‖exact gradient‖²; an unbiased estimator's squared bias of the mean "
+             "is about its variance / draws.", "",
+             "| scheme | s per step | one-draw MSE | variance | squared bias of the mean | cosine |",
+             "|---|---|---|---|---|---|"]
+    for k, label in (("importance", "importance-sampled (adjinv)"),
+                     ("uniform_renormalised", "uniform subset, renormalised (before)")):
+        r = g[k]
+        lines.append(f"| {label} | {r['step_s']:.1f} | {r['relative_mse_one_draw']:.1e} | "
+                     f"{r['relative_variance']:.1e} | {r['relative_sq_bias_of_mean']:.1e} | "
+                     f"{r['cosine_to_exact_mean']:.4f} |")
+    return "\n".join(lines)
+
+
 def training_summary() -> str:
     """The shipped LACs' training run, from its committed log."""
     meta = _bundled_meta()
@@ -167,7 +185,7 @@ def training_summary() -> str:
 BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
           "leakage-table": leakage_table, "default-table": default_table,
           "training-summary": training_summary, "paper-summary": paper_summary,
-          "heldout-l1": heldout_l1}
+          "heldout-l1": heldout_l1, "gradient-variance": gradient_variance}
 
 
 def render(text: str) -> str:

@@ -165,6 +165,20 @@ def gradient_variance() -> str:
     return "\n".join(lines)
 
 
+def scaling() -> str:
+    """Processes × threads on this machine (benchmarks/scaling.py)."""
+    r = _json("scaling_cpu.json")
+    base = next(x for x in r["rows"] if x["processes"] == 1 and x["threads"] == 1)["seconds"]
+    lines = [f"`adjinv invert-dataset` on {r['images']} images at {r['size']} px, {r['cpus']} CPUs, wall "
+             "time including process start and model load; 1-process and 2-process results "
+             f"identical: {'yes' if r['one_vs_two_process_results_identical'] else 'NO'}.", "",
+             "| processes × threads | seconds | images/s | speed-up over 1 × 1 |", "|---|---|---|---|"]
+    for x in r["rows"]:
+        lines.append(f"| {x['processes']} × {x['threads']} | {x['seconds']:.1f} | "
+                     f"{x['images_per_s']:.3f} | {base / x['seconds']:.2f}× |")
+    return "\n".join(lines)
+
+
 def training_summary() -> str:
     """The shipped LACs' training run, from its committed log."""
     meta = _bundled_meta()
@@ -185,7 +199,8 @@ def training_summary() -> str:
 BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
           "leakage-table": leakage_table, "default-table": default_table,
           "training-summary": training_summary, "paper-summary": paper_summary,
-          "heldout-l1": heldout_l1, "gradient-variance": gradient_variance}
+          "heldout-l1": heldout_l1, "gradient-variance": gradient_variance,
+          "scaling": scaling}
 
 
 def render(text: str) -> str:

@@ -76,7 +76,8 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
     pulled back through this image's Jacobians with its own simplex weights (the
     swapped-seed control), and ``x̂_L − mean(swapped)`` is the feature-specific view
     (docs/evidence.md). Every panel of the comparison row is shown through the same
-    mapping (per-RGB least-squares affine fit to the input) with its Pearson r and SSIM.
+    mapping (each RGB channel centred, then a robust min-max) with its Pearson r and
+    affine-fitted SSIM.
 
     The files are written into a hidden sibling folder that replaces ``out`` only once
     all of them are complete, so an interrupted run leaves no half-filled folder."""
@@ -146,7 +147,10 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
         for key, label in COMPARISON:
             if key in panels:
                 fn = f"compare_{key}.png"
-                save_png(out / fn, affine_fit(panels[key][None], img[None])[0])
+                centred = panels[key] - panels[key].mean(dim=(-2, -1), keepdim=True)
+                if float(centred.abs().max()) <= 1e-5 * float(panels[key].abs().max()):
+                    centred = torch.zeros_like(centred)  # constant up to rounding: plain grey
+                save_png(out / fn, robust_minmax(centred))
                 comparison.append({"key": key, "label": label, "file": fn,
                                    **_likeness(panels[key], img)})
         summary = {
@@ -212,8 +216,10 @@ def image_section(summary: dict, prefix: str) -> str:
     return (f"<section><h2>{esc(s['image'])}</h2><p>top-1: <b>{esc(top['name'])}</b> "
             f"(class {int(top['index'])},"
             f" p = {top['probability']:.3f}); {s['seconds']:.1f} s</p>"
-            + "<h3>x̂_L beside its controls, one display mapping (per-RGB least-squares affine "
-              "fit to the input, clipped): Pearson r and SSIM on that mapping</h3>" + "".join(figs_cmp)
+            + "<h3>x̂_L beside its controls, one display mapping (each RGB channel centred, then "
+              "the image's 1–99 % percentiles to [0, 1]: structure is shown whether or not it "
+              "resembles the photo). Scores: Pearson r, and SSIM after a least-squares affine fit "
+              "to the input</h3>" + "".join(figs_cmp)
             + "<h3>Each method's own pixel mapping</h3>"
             + "".join(figs_main) + table(rows, ["reconstruction", "SSIM", "PSNR (dB)"])
             + "<h3>Semantic inversion spectrum (one x̂_l per stage)</h3>" + "".join(spectrum)

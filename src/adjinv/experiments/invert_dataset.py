@@ -27,6 +27,7 @@ from ..data.images import list_images, load_image, resize_center_crop
 from ..distributed import barrier, init_from_env, rank_world
 from ..errors import AdjinvError
 from ..fileio import atomic_write_bytes, atomic_write_json
+from ..metrics.likeness import pearson_rgb
 from ..metrics.reconstruction import psnr, ssim
 
 log = logging.getLogger(__name__)
@@ -47,16 +48,6 @@ class DatasetConfig:
     class_directional: bool = False
     encoder: str = "efficientnet_lite0"
     lac: str = "bundled"
-
-
-def pearson_rgb(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean over RGB of the Pearson correlation of two images (B, 3, H, W) → (B,)."""
-    a = a.double().flatten(2)
-    b = b.double().flatten(2)
-    a = a - a.mean(-1, keepdim=True)
-    b = b - b.mean(-1, keepdim=True)
-    den = (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-30)
-    return ((a * b).sum(-1) / den).mean(-1)
 
 
 def _shard_files(files: list[Path], size: int) -> list[list[Path]]:

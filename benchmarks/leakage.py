@@ -101,8 +101,11 @@ def evaluate(enc, name: str, ckpt: str, out: Path, size: int, crops: int, curve_
         if step % curve_every:
             continue
         ccfg = ReconstructionConfig(lac=str(p), size=size, crops=curve_crops, partners=[1])
-        # step 0 is the identity LACs for every objective: one shared cache
-        rc = _Runner(ccfg, out / ("_step0" if step == 0 else name) / "curve", _quiet, enc)
+        # step 0 is the identity LACs for every objective linearised at the same place:
+        # one shared cache per place (docs/method.md §16)
+        at = r.inv.lacs.linearize_at
+        step0 = "_step0" if at == "input" else f"_step0_{at}"
+        rc = _Runner(ccfg, out / (step0 if step == 0 else name) / "curve", _quiet, enc)
         sc = _scores(rc, rc.inv, p.name.split(".")[0], [m for m in CONTROLS if m != "identity"])
         for n in sc:  # the identity LACs do not depend on the checkpoint: reuse the main rows
             sc[n]["identity"] = per[n]["identity"]
@@ -176,7 +179,7 @@ def main() -> None:
     ap.add_argument("--curve-crops", type=int, default=1, help="must equal --crops (identity reused)")
     ap.add_argument("--ablate", nargs="*", default=["paper"], help="variants whose β to ablate")
     ap.add_argument("--curve-every", type=int, default=30, help="curve points: steps divisible by N")
-    ap.add_argument("--order", nargs="*", default=["paper", "pixbias", "contrastive"],
+    ap.add_argument("--order", nargs="*", default=["paper", "pixbias", "contrastive", "reference"],
                     help="row order of the table")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--threads", type=int, default=0)

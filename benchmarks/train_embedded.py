@@ -15,7 +15,7 @@ import time
 import torch
 
 from adjinv import load_encoder
-from adjinv.data.photos import split_photos
+from adjinv.data.photos import is_greyscale, split_photos
 from adjinv.training import OBJECTIVES, TrainConfig, train_lacs
 
 
@@ -35,12 +35,19 @@ def main() -> None:
     ap.add_argument("--keep-every", type=int, default=25)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--photos", default="all",
+                    help="which training photos: 'all' (the whole training split) or 'colour' "
+                         "(only its colour photos, the domain of the demo and most users' images)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     enc = load_encoder("efficientnet_lite0")
     train, val = split_photos("train"), split_photos("validation")
+    if args.photos == "colour":
+        train = {n: im for n, im in train.items() if not is_greyscale(im)}
+    elif args.photos != "all":
+        ap.error("--photos must be 'all' or 'colour'")
     cfg = TrainConfig(steps=args.steps, lr=args.lr, size=args.size, batch_size=args.batch_size,
                       channel_fraction=args.channel_fraction, seed=args.seed, checkpoint_every=5,
                       images=[f"embedded:{n}" for n in train], objective=args.objective,

@@ -51,6 +51,7 @@ def save_checkpoint(path: str | os.PathLike, lacs: LACBank, encoder: StagedEncod
         "lac_boundaries": {str(k): c for k, c in lacs.boundaries.items()},
         "lac_eps": lacs.pix.eps,
         "lac_eps_mode": lacs.pix.eps_mode,
+        "lac_linearize_at": lacs.linearize_at,
         **(meta or {}),
     }
     return atomic_write_bytes(path, save(tensors, metadata={"adjinv": json.dumps(info)}))
@@ -113,7 +114,8 @@ def load_checkpoint(path: str | os.PathLike, encoder: StagedEncoder, *,
                           f"{encoder.weights_hash()}); train LACs for these weights, or pass "
                           "allow_other_weights=True (--allow-other-weights) to use it anyway")
     bounds = {int(k): int(c) for k, c in meta["lac_boundaries"].items()}
-    lacs = LACBank(bounds, eps=float(meta["lac_eps"]), eps_mode=meta["lac_eps_mode"])
+    lacs = LACBank(bounds, eps=float(meta["lac_eps"]), eps_mode=meta["lac_eps_mode"],
+                   linearize_at=meta.get("lac_linearize_at", "input"))
     state = {k.removeprefix("lac."): v for k, v in tensors.items() if k.startswith("lac.")}
     try:
         lacs.load_state_dict(state, strict=True)

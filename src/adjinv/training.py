@@ -7,6 +7,11 @@ Only γ/β are trained. Three objectives:
   every inner boundary, only γ_k trained); β is trained only at the pixels. Then the
   seed-zero cascade Ψ(0) is the constant image β_pix: no likeness can come from biases
   pulled back through the image's own Jacobians.
+- ``"reference"``: ``ℓ1(x̂_ref, x)`` where ``x̂_ref`` pulls the photo's seeds and simplex
+  weights back through the Jacobians of one fixed *reference* input, the encoder's mean
+  colour (zero after normalisation), instead of the photo's own (docs/method.md §16).
+  Every γ and β is trained: the biases then add the same image to every reconstruction,
+  so whatever distinguishes one photo's x̂ from another's comes from its features.
 - ``"contrastive"``: ``"pixbias"`` plus a hinge that asks the image's own features to
   beat another photo's features pulled back through the same Jacobians:
   ``ℓ1(x̂, x) + λ·max(0, ℓ1(x̂, x) − ℓ1(x̂_swap, x) + m)``; the partner is the next photo
@@ -53,7 +58,7 @@ from .fileio import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("paper", "pixbias", "contrastive")
+OBJECTIVES = ("paper", "pixbias", "contrastive", "reference")
 SCHEDULES = ("cosine", "constant")
 # the config fields a resumed run must share with the saved one
 _RESUME_KEYS = ("lr", "size", "batch_size", "seed", "channel_fraction", "min_crop", "objective",
@@ -118,9 +123,15 @@ class TrainConfig:
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def linearize_at(objective: str) -> str:
+    """Where the LACs of ``objective`` take their Jacobians (docs/method.md §16)."""
+    return "reference" if objective == "reference" else "input"
+
+
 def freeze_for_objective(lacs: LACBank, objective: str) -> None:
-    """``"pixbias"``/``"contrastive"``: inner β fixed at 0 (not trained); ``"paper"``: all trained."""
-    inner = objective != "paper"
+    """``"pixbias"``/``"contrastive"``: inner β fixed at 0 (not trained); ``"paper"`` and
+    ``"reference"``: all trained."""
+    inner = objective in ("pixbias", "contrastive")
     for name, lac in lacs.lacs.items():
         if name != "pix" and inner:
             beta: torch.nn.Parameter = lac.beta  # type: ignore[assignment]
@@ -187,15 +198,19 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
     images the loss averages over (the global batch when ranks split one; default ``B``)."""
     enc = inverter.encoder
     last = enc.num_stages - 1
-    lin = inverter.cascade.linearize(x, last)
-    a = lin.acts[last].detach()
+    if (objective == "reference") != inverter.at_reference:
+        raise AdjinvError("the reference objective needs LACs built with "
+                          "linearize_at='reference', and only it")
+    lin, acts = inverter.linearize(x, last)  # at the reference for "reference" (§16)
+    a = acts[last].detach()
+    ref = inverter.at_reference
     w = simplex_measure(a).detach()
     contrast = objective == "contrastive"
     b = x.shape[0]
     norm = (total or b) * x[0].numel()
     with torch.no_grad():
         sets = {"x_hat": w}
-        x_hat = inverter.synthesize(lin, last, sets)[0]["x_hat"]
+        x_hat = inverter.synthesize(lin, last, sets, source=a if ref else None)[0]["x_hat"]
         l1 = (x_hat - x).abs().flatten(1).mean(1)
         cot = torch.sign(x_hat - x) / norm
         stats = StepStats(l1=float(l1.mean()), n=b)
@@ -263,8 +278,9 @@ def validate(inverter: AdjointInverter, x: torch.Tensor, config: TrainConfig) ->
     """The objective on fixed validation crops ``x`` (no gradient). For the contrastive
     objective the partners are the other validation photos (needs at least two)."""
     contrast = config.objective == "contrastive" and x.shape[0] >= 2
+    objective = "contrastive" if contrast else "reference" if config.objective == "reference" else "paper"
     with inverter.encoder.frozen(), torch.no_grad():
-        return lac_step(inverter, x, objective="contrastive" if contrast else "paper",
+        return lac_step(inverter, x, objective=objective,
                         contrast_weight=config.contrast_weight,
                         contrast_margin=config.contrast_margin, backward=False)
 
@@ -369,7 +385,7 @@ def train_lacs(
         raise AdjinvError(f"batch_size {config.batch_size} does not split over {world} processes: "
                           "use a multiple of the process count")
     local = slice(rank * config.batch_size // world, (rank + 1) * config.batch_size // world)
-    lacs = LACBank.for_encoder(encoder)
+    lacs = LACBank.for_encoder(encoder, linearize_at=linearize_at(config.objective))
     freeze_for_objective(lacs, config.objective)
     inverter = AdjointInverter(encoder, lacs, chunk_size=chunk_size)
     named = [(n, p) for n, p in lacs.named_parameters() if p.requires_grad]
@@ -488,7 +504,8 @@ def train_lacs(
                 save(step)
         final = lacs
         if best is not None:
-            final = LACBank.for_encoder(encoder, eps=lacs.pix.eps, eps_mode=lacs.pix.eps_mode)
+            final = LACBank.for_encoder(encoder, eps=lacs.pix.eps, eps_mode=lacs.pix.eps_mode,
+                                        linearize_at=lacs.linearize_at)
             final.load_state_dict(best)
             final.to(p.device)
         vanilla = fit_vanilla(encoder, AdjointInverter(encoder, final, chunk_size=chunk_size),

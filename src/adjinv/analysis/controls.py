@@ -71,7 +71,7 @@ def swapped_class_directional(inverter: AdjointInverter, x: torch.Tensor, source
     last = enc.num_stages - 1
     k = torch.as_tensor(target, device=x.device).long().expand(x.shape[0])
     with enc.frozen():
-        lin = inverter.cascade.linearize(x, last)
+        lin = inverter.linearize(x, last)[0]
         a_src = enc.forward_stages(source)[-1]
         sets = class_directional_weights(enc, a_src, k, mode)
         sums, _ = inverter.synthesize(lin, last, sets, source=a_src)
@@ -92,7 +92,7 @@ def swapped_channel_inversions(inverter: AdjointInverter, x: torch.Tensor, sourc
         keep = keep.expand(x.shape[0], -1)
     enc = inverter.encoder
     with enc.frozen():
-        lin = inverter.cascade.linearize(x, s)
+        lin = inverter.linearize(x, s)[0]
         a_src = enc.forward_stages(source, upto=s)[-1]
         _, kept = inverter.synthesize(lin, s, {}, keep=keep, source=a_src)
     assert kept is not None  # synthesize returns the kept φ whenever keep is given

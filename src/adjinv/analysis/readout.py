@@ -204,8 +204,8 @@ def invert_readouts(encoder: StagedEncoder, lacs: LACBank | None, images: torch.
     out: dict[str, ReadoutInversion] = {}
     # no gradient can reach the trained LACs; their flags are restored on exit
     with encoder.frozen(), frozen(inverter.lacs):
-        lin = inverter.cascade.linearize(x, last)
-        a = lin.acts[last]
+        lin, acts = inverter.linearize(x, last)  # at the reference if the LACs say so (§16)
+        a = acts[last]
         seeds = {}
         for name, r in readouts.items():
             label = "the readout" if len(readouts) == 1 else f"readout {name!r}"

@@ -64,6 +64,12 @@ class Inversion:
             setattr(self, f, StageDict(getattr(self, f), self.stage_names))
 
 
+def reference_input(x: torch.Tensor) -> torch.Tensor:
+    """The fixed reference point of docs/method.md §16, shaped like the normalised batch
+    ``x``: the encoder's mean colour, which is zero after normalisation."""
+    return torch.zeros_like(x)
+
+
 class AdjointInverter:
     """Adjoint inversion of a frozen :class:`StagedEncoder` through trained LACs.
 
@@ -97,6 +103,26 @@ class AdjointInverter:
         self.memory_budget = memory_budget
 
     # ------------------------------------------------------------------ plumbing
+    @property
+    def at_reference(self) -> bool:
+        """Whether the LACs were trained for the reference linearisation (docs/method.md §16)."""
+        return self.lacs.linearize_at == "reference"
+
+    def linearize(self, x: torch.Tensor, stage: int) -> tuple[Linearization, list[torch.Tensor]]:
+        """The linearisation the LACs were trained for, and ``x``'s own activations
+        ``[A_0 … A_stage]``. With LACs trained for the reference (docs/method.md §16) the
+        Jacobians are those of :func:`reference_input`, never ``x``'s own; the seeds and
+        simplex weights always come from ``x``."""
+        if not self.at_reference:
+            lin = self.cascade.linearize(x, stage)
+            return lin, lin.acts
+        return (self.cascade.linearize(reference_input(x), stage),
+                self.encoder.forward_stages(x, upto=stage))
+
+    def _source(self, acts: list[torch.Tensor], stage: int) -> torch.Tensor | None:
+        """The seed tensor for :meth:`synthesize`: ``x``'s own ``A_stage`` at the reference."""
+        return acts[stage] if self.at_reference else None
+
     def _chunk(self, lin: Linearization, stage: int) -> int:
         if self.chunk_size is not None:
             return self.chunk_size
@@ -253,18 +279,18 @@ class AdjointInverter:
                                                       range(last + 1))})
         with self.encoder.frozen():
             upto = last if extra_weights is not None or not want else want[-1]
-            lin = self.cascade.linearize(x, upto)
-            a = lin.acts[-1]
+            lin, acts = self.linearize(x, upto)
+            a = acts[-1]
             for st in self.encoder.stages[upto + 1:]:  # finish the forward, don't redo it
                 a = st(a)
             logits = self.encoder.head(a)
             res = Inversion(x=x, logits=logits, stage_names=tuple(i.name for i in self.encoder.infos))
-            extra = extra_weights(lin.acts, logits) if extra_weights is not None else {}
+            extra = extra_weights(acts, logits) if extra_weights is not None else {}
             res.extra_weights = extra
             todo = sorted(set(want) | ({last} if extra else set()))
             radius = lac_pix_radius(self.lacs.pix, x.shape[-2] * x.shape[-1], x.dtype)
             for s in todo:
-                w = simplex_measure(lin.acts[s])
+                w = simplex_measure(acts[s])
                 chosen = select_channels(w, mass, max_channels)
                 sets: dict[str, torch.Tensor] = {}
                 if s in want:
@@ -279,6 +305,7 @@ class AdjointInverter:
                 if preview is not None and s in want:
                     on_chunk = self._previewer(s, w, sets["x_hat"] != 0, radius, preview)
                 sums, kept = self.synthesize(lin, s, sets, keep=keep, progress=progress,
+                                             source=self._source(acts, s),
                                              order=None if on_chunk is None else w,
                                              on_chunk=on_chunk)
                 if s in want:
@@ -324,8 +351,8 @@ class AdjointInverter:
         if keep.dim() == 1:
             keep = keep.expand(x.shape[0], -1)
         with self.encoder.frozen():
-            lin = self.cascade.linearize(x, s)
-            _, kept = self.synthesize(lin, s, {}, keep=keep)
+            lin, acts = self.linearize(x, s)
+            _, kept = self.synthesize(lin, s, {}, keep=keep, source=self._source(acts, s))
         return kept
 
     @torch.no_grad()
@@ -334,7 +361,7 @@ class AdjointInverter:
         x = self.prepare(x)
         s = self._stage_index(stage)
         with self.encoder.frozen():
-            lin = self.cascade.linearize(x, s)
+            lin = self.linearize(x, s)[0]
             return self.cascade.pull_back(lin, s, seed.to(x).unsqueeze(0))[0]
 
     @torch.no_grad()
@@ -346,7 +373,7 @@ class AdjointInverter:
         x = self.prepare(x)
         s = self._stage_index(stage)
         with self.encoder.frozen():
-            lin = self.cascade.linearize(x, s)
+            lin = self.linearize(x, s)[0]
             zero = torch.zeros_like(lin.acts[s]).unsqueeze(0)
             return self.cascade.pull_back(lin, s, zero)[0]
 

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from ..errors import AdjinvError
+
 if TYPE_CHECKING:
     from ..encoders.staged import StagedEncoder
 
@@ -105,9 +107,17 @@ class LACBank(nn.Module):
     """All LACs of one encoder: ``lacs["pix"]`` after the stem, ``lacs["s{k}"]`` on
     the gradient w.r.t. the output of stage ``k`` when stage ``k+1`` decimates."""
 
+    LINEARIZE_AT = ("input", "reference")
+
     def __init__(self, boundaries: dict[int, int], eps: float = 1e-6,
-                 eps_mode: str = "layer") -> None:
+                 eps_mode: str = "layer", linearize_at: str = "input") -> None:
         super().__init__()
+        if linearize_at not in self.LINEARIZE_AT:
+            raise AdjinvError(f"linearize_at must be one of {', '.join(self.LINEARIZE_AT)}, "
+                              f"got {linearize_at!r}")
+        # where the Jacobians the LACs were trained for are taken: at the image itself
+        # (Eq. 9 as published) or at the fixed reference input (docs/method.md §16)
+        self.linearize_at = linearize_at
         self.boundaries = dict(sorted(boundaries.items()))
         mods = {"pix": LocalAdjointCorrector(3, eps, eps_mode)}
         for k, c in self.boundaries.items():

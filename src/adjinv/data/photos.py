@@ -88,3 +88,8 @@ def split_photos(split: str) -> dict[str, torch.Tensor]:
     if split not in SPLITS:
         raise AdjinvError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     return {n: photo(n) for n in SPLITS[split]}
+
+
+def is_greyscale(img: torch.Tensor, tol: float = 1e-3) -> bool:
+    """Whether a (3, H, W) image has (numerically) equal RGB channels."""
+    return bool((img - img.mean(0, keepdim=True)).abs().max() <= tol)

@@ -278,7 +278,9 @@ class _Runner:
         lacs, ck = load_checkpoint(lac_path, enc, allow_other_weights=cfg.random_init)
         self.lac_meta = ck.meta
         self.inv = AdjointInverter(enc, lacs, chunk_size=cfg.chunk_size)
-        self.inv_id = AdjointInverter(enc, LACBank.for_encoder(enc), chunk_size=cfg.chunk_size)
+        # identity LACs linearised where the trained ones are (docs/method.md §16)
+        self.inv_id = AdjointInverter(enc, LACBank.for_encoder(enc, linearize_at=lacs.linearize_at),
+                                      chunk_size=cfg.chunk_size)
         self.train, self.held = _photos(cfg)
         self.names = list(self.held)
         self.x = {n: crops_of(n, im, cfg) for n, im in self.held.items()}
@@ -355,8 +357,9 @@ class _Runner:
     def synth(self, inv: AdjointInverter, x: torch.Tensor, w: torch.Tensor,
               source: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad(), inv.encoder.frozen():
-            lin = inv.cascade.linearize(x, self.last)
-            sums, _ = inv.synthesize(lin, self.last, {"x": w}, source=source)
+            lin, acts = inv.linearize(x, self.last)
+            src = source if source is not None else acts[self.last]
+            sums, _ = inv.synthesize(lin, self.last, {"x": w}, source=src)
         return sums["x"]
 
     # ---------------------------------------------------------------- one method

@@ -110,7 +110,7 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
     swapped = []
     if partners:
         with torch.no_grad(), encoder.frozen():
-            lin = inv.cascade.linearize(x, last_stage)
+            lin = inv.linearize(x, last_stage)[0]
             for a_p in partners:
                 a_p = a_p.to(lin.acts[last_stage])
                 sums, _ = inv.synthesize(lin, last_stage, {"s": simplex_measure(a_p)}, source=a_p)

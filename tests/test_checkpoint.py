@@ -260,3 +260,17 @@ def test_psnr():
     torch.testing.assert_close(psnr(a, b), torch.tensor([20.0], dtype=torch.float64))
     with pytest.raises(ValueError):
         ssim(a, b[:, :, :4])
+
+
+def test_resolve_checkpoint_names_the_choices(tmp_path):
+    from adjinv.checkpoint import bundled_checkpoint, bundled_variants, resolve_checkpoint
+
+    assert resolve_checkpoint("efficientnet_lite0", None) == bundled_checkpoint("efficientnet_lite0")
+    assert resolve_checkpoint("no_such_encoder", None) is None
+    f = tmp_path / "mine.lac.safetensors"
+    f.write_bytes(b"x")
+    assert resolve_checkpoint("efficientnet_lite0", str(f)) == f
+    for v in bundled_variants("efficientnet_lite0"):
+        assert resolve_checkpoint("efficientnet_lite0", v) == bundled_checkpoint("efficientnet_lite0", v)
+    with pytest.raises(AdjinvError, match="does not exist"):
+        resolve_checkpoint("efficientnet_lite0", "nope")

@@ -145,7 +145,34 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return atomic_write_bytes(dst, save(keep, metadata={"adjinv": json.dumps(meta)}))
 
 
-def bundled_checkpoint(name: str) -> Path | None:
-    """The LAC checkpoint shipped inside the package for ``name``, if any."""
-    p = Path(__file__).parent / "weights" / f"{name}.lac.safetensors"
+def bundled_checkpoint(name: str, variant: str | None = None) -> Path | None:
+    """The LAC checkpoint shipped inside the package for encoder ``name``, if any: the
+    default one, or the named ``variant`` (docs/evidence.md lists what each is)."""
+    stem = name if variant is None else f"{name}-{variant}"
+    p = Path(__file__).parent / "weights" / f"{stem}.lac.safetensors"
     return p if p.is_file() else None
+
+
+def bundled_variants(name: str) -> list[str]:
+    """The names of the extra LAC checkpoints bundled for encoder ``name``."""
+    root = Path(__file__).parent / "weights"
+    return sorted(p.name[len(name) + 1: -len(".lac.safetensors")]
+                  for p in root.glob(f"{name}-*.lac.safetensors"))
+
+
+def resolve_checkpoint(name: str, lac: str | os.PathLike | None) -> Path | None:
+    """A LAC checkpoint argument made a path: ``None`` → the bundled default for encoder
+    ``name`` (``None`` if there is none); an existing file → itself; the name of a bundled
+    variant (``paper``, …) → that file; anything else is refused, naming the choices."""
+    if lac is None:
+        return bundled_checkpoint(name)
+    p = Path(lac)
+    if p.is_file():
+        return p
+    variant = bundled_checkpoint(name, str(lac)) if os.sep not in str(lac) else None
+    if variant is not None:
+        return variant
+    have = bundled_variants(name)
+    hint = f", or one of the LACs bundled for {name}: {', '.join(have)}" if have else ""
+    raise AdjinvError(f"LAC checkpoint {str(lac)!r} does not exist: pass a .safetensors file "
+                      f"written by `adjinv train`{hint}")

@@ -7,7 +7,7 @@ import warnings
 from typing import Any, NamedTuple
 
 from .baselines.vanilla import VanillaMap
-from .checkpoint import bundled_checkpoint, load_checkpoint
+from .checkpoint import load_checkpoint, resolve_checkpoint
 from .core.inverter import AdjointInverter
 from .core.lac import LACBank
 from .encoders.registry import load_encoder
@@ -46,7 +46,9 @@ def load_lacs(encoder: StagedEncoder, path: str | os.PathLike | None = None, *,
     Args:
         encoder: the encoder the LACs must fit (checked against the checkpoint's layout
             and weights hash).
-        path: a LAC checkpoint (``.safetensors``); ``None`` for the bundled one.
+        path: a LAC checkpoint (``.safetensors``), the name of a bundled variant
+            (:func:`~adjinv.checkpoint.bundled_variants`), or ``None`` for the bundled
+            default.
         allow_other_weights: accept a checkpoint made for other weights of the same
             architecture.
 
@@ -54,12 +56,11 @@ def load_lacs(encoder: StagedEncoder, path: str | os.PathLike | None = None, *,
         A :class:`LoadedLACs` (``.lacs``, ``.vanilla_map``, ``.source``), which also
         unpacks as ``(lacs, vanilla_map, source)``.
     """
+    path = resolve_checkpoint(encoder.name, path)
     if path is None:
-        path = bundled_checkpoint(encoder.name)
-        if path is None:
-            warnings.warn(f"no trained LACs for {encoder.name}: using identity LACs (gamma=1, "
-                          "beta=0); train some with `adjinv train`", stacklevel=2)
-            return LoadedLACs(LACBank.for_encoder(encoder), None, IDENTITY_SOURCE)
+        warnings.warn(f"no trained LACs for {encoder.name}: using identity LACs (gamma=1, "
+                      "beta=0); train some with `adjinv train`", stacklevel=2)
+        return LoadedLACs(LACBank.for_encoder(encoder), None, IDENTITY_SOURCE)
     lacs, ck = load_checkpoint(path, encoder, allow_other_weights=allow_other_weights)
     return LoadedLACs(lacs, VanillaMap.from_tensors(ck.extras), str(path))
 

@@ -62,7 +62,7 @@ from ..baselines.guided import modified_gradient
 from ..baselines.mahendran import MVConfig, mahendran_vedaldi
 from ..baselines.upconv import UpConvConfig, train_upconv, upconv_reconstruct
 from ..baselines.vanilla import VanillaMap, fit_vanilla_map
-from ..checkpoint import bundled_checkpoint, load_checkpoint
+from ..checkpoint import load_checkpoint, resolve_checkpoint
 from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
@@ -270,7 +270,7 @@ class _Runner:
         enc = encoder or load_named_encoder(cfg.encoder, cfg.weights, cfg.random_init, log)
         self.enc = enc
         self.last = enc.num_stages - 1
-        lac_path = cfg.lac if cfg.lac is not None else bundled_checkpoint(enc.name)
+        lac_path = resolve_checkpoint(enc.name, cfg.lac)
         if lac_path is None:
             raise AdjinvError(f"no LAC checkpoint for {enc.name}: pass --lac CKPT (train one with "
                               "`adjinv train`)")

@@ -46,8 +46,9 @@ class Inverter(nn.Module):
             restored after every call.
         lacs: ``None`` (default): the checkpoint bundled for this encoder, else identity
             LACs with a warning; ``"identity"``: identity LACs (γ=1, β=0) without one;
-            a path to a LAC checkpoint; a :class:`LACBank`; or what :func:`adjinv.load_lacs`
-            returned.
+            a path to a LAC checkpoint; the name of another checkpoint bundled for the
+            encoder (:func:`adjinv.checkpoint.bundled_variants`, e.g. ``"paper"``); a
+            :class:`LACBank`; or what :func:`adjinv.load_lacs` returned.
         normalize: if True, inputs are images in [0, 1] and are normalised with the
             encoder's mean/std inside the call; if False (default) they are already in the
             encoder's input space (``encoder.normalize(img)``).

@@ -41,7 +41,7 @@ def test_nail_bed_is_detected_and_a_smooth_signal_is_not():
     s_nail = crisis_stats(nail, 2)
     s_smooth = crisis_stats(smooth, 2)
     assert s_nail.lattice_share == pytest.approx(1.0)
-    assert s_nail.lattice_contrast > 1e6
+    assert s_nail.lattice_contrast > 1e6 > 10 > s_nail.lattice_contrast_shuffled
     assert s_smooth.lattice_share < 0.3
     # the nail bed is far from its low-passed direction, the smooth signal is not
     assert s_nail.angle_deg > 45 > 15 > s_smooth.angle_deg
@@ -122,6 +122,10 @@ def test_inversion_norm_is_predicted_by_lac_pix(tiny_enc):
     s = inversion_norm_spread(phi[alive], lacs)
     assert s.max_rel_dev < 1e-3
     assert s.share_within_1e_6 > 0.5
+    # a channel that pulls back nothing is φ = β_pix, of norm sqrt(P Σβ²)
+    beta_only = lacs.pix.beta.detach().double().view(1, 3, 1, 1).expand(1, 3, 32, 32)
+    s2 = inversion_norm_spread(torch.cat([phi[alive][:3], beta_only]), lacs)
+    assert s2.share_beta_only == pytest.approx(0.25) and s2.share_within_1e_6 < 1
     # the statistic can fail: rescale one channel
     bad = phi[alive].clone()
     bad[0] *= 2

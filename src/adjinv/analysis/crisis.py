@@ -47,6 +47,8 @@ class CrisisStats:
 
     ``lattice_share``: energy share of the most energetic ``s×s`` coset (uniform:
     ``1/s²``); ``lattice_contrast``: its energy per position over the rest's;
+    ``lattice_contrast_shuffled``: the same for the signal's values at randomly permuted
+    positions (the chance level of the largest coset);
     ``angle_deg``: angle between the signal and its box-filtered version ``v``;
     ``n_par_ratio`` = ``|n_∥|/‖v‖``, ``n_perp_ratio`` = ``‖n_⊥‖/‖v‖``;
     ``hypotheses_hold``: share of items with ``|n_∥| ≤ ‖v‖`` and ``‖n_⊥‖ ≥ ‖v‖`` (Eq. 1).
@@ -56,6 +58,7 @@ class CrisisStats:
     lattice_share: float
     uniform_share: float
     lattice_contrast: float
+    lattice_contrast_shuffled: float
     angle_deg: float
     n_par_ratio: float
     n_perp_ratio: float
@@ -104,10 +107,20 @@ def crisis_stats(u: torch.Tensor, period: int) -> CrisisStats:
     if not bool(alive.any()):
         raise AdjinvError("crisis statistics need a signal that is not identically zero")
     u3 = u3[alive]
-    shares = lattice_shares(u3, period)
-    top = shares.amax(1)
     n_cos = period * period
-    contrast = (top / (1 / n_cos)) / ((1 - top) / (1 - 1 / n_cos)) if n_cos > 1 else torch.ones_like(top)
+
+    def contrast_of(sig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        top = lattice_shares(sig, period).amax(1)
+        if n_cos == 1:
+            return top, torch.ones_like(top)
+        return top, (top / (1 / n_cos)) / ((1 - top) / (1 - 1 / n_cos)).clamp_min(1e-12)
+
+    top, contrast = contrast_of(u3)
+    # the same values at shuffled positions: the contrast that the largest of the s² cosets
+    # shows by chance (it is not 1 when cosets hold few positions)
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.randperm(u3.shape[-2] * u3.shape[-1], generator=gen)
+    _, null = contrast_of(u3.flatten(-2)[..., perm].reshape(u3.shape))
     v = box_lowpass(u3, period).flatten(1)
     f = u3.flatten(1)
     vn = v.norm(dim=1).clamp_min(1e-300)
@@ -119,6 +132,7 @@ def crisis_stats(u: torch.Tensor, period: int) -> CrisisStats:
     hold = (par.abs() <= vn) & (perp >= vn)
     return CrisisStats(period=period, lattice_share=float(top.mean()), uniform_share=1 / n_cos,
                        lattice_contrast=float(contrast.clamp(max=1e12).mean()),
+                       lattice_contrast_shuffled=float(null.clamp(max=1e12).mean()),
                        angle_deg=float(ang.mean()), n_par_ratio=float((par.abs() / vn).mean()),
                        n_perp_ratio=float((perp / vn).mean()),
                        hypotheses_hold=float(hold.double().mean()))

@@ -59,7 +59,10 @@ class NormSpread:
     ``mean`` / ``cv`` (std/mean) / ``rel_range`` ((max − min)/mean) of the measured norms;
     ``max_rel_dev``: ``max_c |‖φ_c‖ − predicted| / predicted``; ``share_within_1e-6``:
     channels whose relative deviation from ``predicted`` is ≤ 1e-6 (machine precision
-    of float32 is 1.2e-7)."""
+    of float32 is 1.2e-7); ``beta_only_norm``: ``sqrt(P Σ β_rgb²)``, the norm of
+    ``φ_c = Ψ(0) = β_pix`` for a channel whose pull-back is exactly zero (a channel
+    saturated everywhere, e.g. at ReLU6's 6); ``share_beta_only``: channels within 1e-6
+    of it."""
 
     channels: int
     predicted: float
@@ -68,6 +71,8 @@ class NormSpread:
     rel_range: float
     max_rel_dev: float
     share_within_1e_6: float
+    beta_only_norm: float
+    share_beta_only: float
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -85,6 +90,9 @@ def inversion_norm_spread(phi: torch.Tensor, lacs: LACBank) -> NormSpread:
     b = lacs.pix.beta.detach().double()
     pred = float((p * (g.pow(2) + b.pow(2)).sum()).sqrt())
     dev = (n - pred).abs() / pred
+    bnorm = float((p * b.pow(2).sum()).sqrt())
+    bdev = (n - bnorm).abs() / max(bnorm, 1e-300)
     return NormSpread(channels=int(n.numel()), predicted=pred, mean=float(n.mean()),
                       cv=float(n.std() / n.mean()), rel_range=float((n.max() - n.min()) / n.mean()),
-                      max_rel_dev=float(dev.max()), share_within_1e_6=float((dev <= 1e-6).double().mean()))
+                      max_rel_dev=float(dev.max()), share_within_1e_6=float((dev <= 1e-6).double().mean()),
+                      beta_only_norm=bnorm, share_beta_only=float((bdev <= 1e-6).double().mean()))

@@ -192,16 +192,22 @@ def duality(args: argparse.Namespace) -> dict:
     last = enc.num_stages - 1
     with enc.frozen(), torch.no_grad():
         gap = gap_features(enc, imgs).double()
-    # the pool: the channels of largest mean simplex weight among those whose GAP feature
-    # varies over the images (on an image where a channel is dead, φ_c = Ψ(0) = β_pix)
-    varies = gap.std(0) > 0
+    # the pool: channels live on every image and never saturated (ReLU6 at 6 everywhere
+    # pulls back nothing), largest mean simplex weight first. A channel dead on one image
+    # has φ_c = Ψ(0) = β_pix there, which makes the Gram matrix of any subset holding two
+    # such channels singular (log Vol = −∞), so E log Vol is only finite on this pool.
+    usable = (gap != 0).all(0) & (gap < 6 - 1e-6).all(0)
     with enc.frozen(), torch.no_grad():
         w = simplex_measure(enc.forward_stages(x, upto=last)[last]).mean(0)
-    order = [int(c) for c in w.argsort(descending=True) if varies[c]]
-    pool = order[: args.pool]
+    order = [int(c) for c in w.argsort(descending=True) if usable[c]]
     inv = AdjointInverter(enc, lacs)
-    phi = torch.stack([inv.channel_inversions(xi[None], last, pool)[0] for xi in x])
+    cand = order[: args.pool]
+    phi = torch.stack([inv.channel_inversions(xi[None], last, cand)[0] for xi in x])
     log.info("duality: %d inversions done", phi.shape[0] * phi.shape[1])
+    flat = phi.flatten(-2).std(-1).amin(-1)  # (N, K): spatial std, smallest RGB channel
+    keep = (flat > 0).all(0)
+    pool = [c for c, k in zip(cand, keep.tolist(), strict=True) if k]
+    phi = phi[:, keep]
     subsets = random_subsets(len(pool), args.k, args.subsets, seed=0)
     g = gap[:, pool]
     gc = g - g.mean(0)
@@ -221,7 +227,8 @@ def duality(args: argparse.Namespace) -> dict:
             "gap_logdet": {"min": min(dets), "max": max(dets)}}
     return {"encoder": enc.name, "size": args.size, "lacs": src, "images": names,
             "stage": enc.infos[last].name, "pool_channels": pool,
-            "pool_rule": "deepest channels with GAP variance > 0, largest mean simplex weight",
+            "pool_rule": "deepest channels live and unsaturated (0 < GAP < 6) on every image, "
+                         "largest mean simplex weight, φ not constant on any image",
             "greedy_subset": greedy, "results": res}
 
 
@@ -237,7 +244,7 @@ def depth(args: argparse.Namespace) -> dict:
     out: dict[str, dict] = {}
     for label, bank in (("bundled", lacs), ("identity", LACBank.for_encoder(enc))):
         inv = AdjointInverter(enc, bank)
-        per = {n: {} for n in names}
+        per: dict[str, dict[str, float]] = {n: {} for n in names}
         for n, xi in zip(names, x, strict=True):
             res = inv.invert(xi[None])
             for s, xh in res.x_hat.items():
@@ -265,7 +272,7 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=8, help="crisis: channel seeds per photo")
     ap.add_argument("--channels", type=int, default=8, help="support: channels per stage")
     ap.add_argument("--shallow-stage", type=int, default=2, help="lac: a shallow stage for C.5")
-    ap.add_argument("--crops", type=int, default=4, help="duality: crops per held-out photo")
+    ap.add_argument("--crops", type=int, default=2, help="duality: crops per held-out photo")
     ap.add_argument("--pool", type=int, default=24, help="duality: channel pool size")
     ap.add_argument("--k", type=int, default=4, help="duality: subset size")
     ap.add_argument("--subsets", type=int, default=500, help="duality: random subsets")

@@ -150,6 +150,18 @@ def support(args: argparse.Namespace) -> dict:
                      f"{args.size} px canvas (zero in encoder space)", "models": out}
 
 
+def _git_lacs(enc: StagedEncoder, spec: str) -> LACBank:
+    """LACs from a checkpoint committed in this repository's history: ``<commit>:<path>``."""
+    import subprocess
+    import tempfile
+
+    blob = subprocess.run(["git", "-C", str(REPO), "show", spec], check=True, capture_output=True).stdout
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "lacs.safetensors"
+        path.write_bytes(blob)
+        return load_lacs(enc, path).lacs
+
+
 @part
 def lac(args: argparse.Namespace) -> dict:
     from adjinv.analysis.lac_stats import inversion_norm_spread, lac_parameter_report, pixel_median
@@ -171,8 +183,12 @@ def lac(args: argparse.Namespace) -> dict:
             phi = inv.channel_inversions(xi[None], stage, live)[0]
             spread[n][enc.infos[stage].name] = inversion_norm_spread(phi, lacs).to_dict()
         log.info("lac: %s done", n)
+    # Lemma B.1 (i) concerns every β; the bundled (pixbias) LACs train only β_pix, so the
+    # paper-objective LACs bundled earlier (every β trained) are reported beside them
+    others = {name: {"source": f"git {spec}", "parameters": lac_parameter_report(_git_lacs(enc, spec))}
+              for name, spec in (item.split("=", 1) for item in args.history_lacs)}
     return {"encoder": enc.name, "size": args.size, "lacs": src,
-            "parameters": lac_parameter_report(lacs),
+            "parameters": lac_parameter_report(lacs), "history_lacs": others,
             "train_pixel_median": [float(v) for v in med],
             "train_pixel_mean": [float(v) for v in xt.double().mean((0, 2, 3))],
             "normalisation": {"mean": [float(v) for v in enc.mean.flatten()],
@@ -272,6 +288,9 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=8, help="crisis: channel seeds per photo")
     ap.add_argument("--channels", type=int, default=8, help="support: channels per stage")
     ap.add_argument("--shallow-stage", type=int, default=2, help="lac: a shallow stage for C.5")
+    ap.add_argument("--history-lacs", nargs="*", default=[
+        "paper_objective_40_steps=6ee5380:src/adjinv/weights/efficientnet_lite0.lac.safetensors"],
+        help="lac: NAME=COMMIT:PATH checkpoints from this repository's history to report too")
     ap.add_argument("--crops", type=int, default=2, help="duality: crops per held-out photo")
     ap.add_argument("--pool", type=int, default=24, help="duality: channel pool size")
     ap.add_argument("--k", type=int, default=4, help="duality: subset size")

@@ -224,28 +224,31 @@ def duality(args: argparse.Namespace) -> dict:
     keep = (flat > 0).all(0)
     pool = [c for c, k in zip(cand, keep.tolist(), strict=True) if k]
     phi = phi[:, keep]
-    subsets = random_subsets(len(pool), args.k, args.subsets, seed=0)
     g = gap[:, pool]
     gc = g - g.mean(0)
     cov = gc.T @ gc / (g.shape[0] - 1)
-    greedy = sorted(covariance_volume_select(cov, args.k).order.tolist())
-    if greedy not in subsets:
-        subsets.append(greedy)
-    res = {}
-    for centred in (False, True):
-        r, vols, dets = duality_study(phi, g, subsets, centred=centred)
-        vt = torch.tensor(vols)
-        gi = subsets.index(greedy)
-        res["centred" if centred else "raw"] = {
-            **r.to_dict(),
-            "greedy_covvol_volume_rank": int((vt > vt[gi]).sum()) + 1,
-            "log_volume": {"min": min(vols), "max": max(vols)},
-            "gap_logdet": {"min": min(dets), "max": max(dets)}}
+    res: dict[str, dict] = {}
+    greedy_by_k: dict[str, list[int]] = {}
+    for k in args.k:
+        subsets = random_subsets(len(pool), k, args.subsets, seed=0)
+        greedy = sorted(covariance_volume_select(cov, k).order.tolist())
+        greedy_by_k[f"k{k}"] = greedy
+        if greedy not in subsets:
+            subsets.append(greedy)
+        for centred in (False, True):
+            r, vols, dets = duality_study(phi, g, subsets, centred=centred)
+            vt = torch.tensor(vols)
+            gi = subsets.index(greedy)
+            res[f"k{k}_{'centred' if centred else 'raw'}"] = {
+                **r.to_dict(),
+                "greedy_covvol_volume_rank": int((vt > vt[gi]).sum()) + 1,
+                "log_volume": {"min": min(vols), "max": max(vols)},
+                "gap_logdet": {"min": min(dets), "max": max(dets)}}
     return {"encoder": enc.name, "size": args.size, "lacs": src, "images": names,
             "stage": enc.infos[last].name, "pool_channels": pool,
             "pool_rule": "deepest channels live and unsaturated (0 < GAP < 6) on every image, "
                          "largest mean simplex weight, φ not constant on any image",
-            "greedy_subset": greedy, "results": res}
+            "greedy_subsets": greedy_by_k, "results": res}
 
 
 @part
@@ -293,7 +296,7 @@ def main() -> None:
         help="lac: NAME=COMMIT:PATH checkpoints from this repository's history to report too")
     ap.add_argument("--crops", type=int, default=2, help="duality: crops per held-out photo")
     ap.add_argument("--pool", type=int, default=24, help="duality: channel pool size")
-    ap.add_argument("--k", type=int, default=4, help="duality: subset size")
+    ap.add_argument("--k", type=int, nargs="+", default=[4, 8], help="duality: subset sizes")
     ap.add_argument("--subsets", type=int, default=500, help="duality: random subsets")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

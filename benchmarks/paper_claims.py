@@ -255,7 +255,7 @@ def duality(args: argparse.Namespace) -> dict:
 def depth(args: argparse.Namespace) -> dict:
     from scipy.stats import spearmanr
 
-    from adjinv.metrics.likeness import pearson_rgb
+    from adjinv.analysis.depth import depth_increases, depth_profile
 
     enc, lacs, src = _lite0()
     names, imgs = _heldout(args.size)
@@ -263,17 +263,14 @@ def depth(args: argparse.Namespace) -> dict:
     out: dict[str, dict] = {}
     for label, bank in (("bundled", lacs), ("identity", LACBank.for_encoder(enc))):
         inv = AdjointInverter(enc, bank)
-        per: dict[str, dict[str, float]] = {n: {} for n in names}
-        for n, xi in zip(names, x, strict=True):
-            res = inv.invert(xi[None])
-            for s, xh in res.x_hat.items():
-                per[n][enc.infos[s].name] = float(pearson_rgb(xh, xi[None])[0])
         stages = [i.name for i in enc.infos]
+        per: dict[str, dict[str, float]] = {}
+        for n, xi in zip(names, x, strict=True):
+            per[n] = {s: float(r[0]) for s, r in zip(stages, depth_profile(inv, xi[None]), strict=True)}
         mean = {s: sum(per[n][s] for n in names) / len(names) for s in stages}
         rho, pval = spearmanr(range(len(stages)), [mean[s] for s in stages])
-        drops = sum(mean[b] > mean[a] + 1e-12 for a, b in zip(stages, stages[1:], strict=False))
-        per_photo_monotone = {n: all(per[n][b] <= per[n][a] for a, b in zip(stages, stages[1:], strict=False))
-                              for n in names}
+        drops = depth_increases([mean[s] for s in stages])
+        per_photo_monotone = {n: depth_increases([per[n][s] for s in stages]) == 0 for n in names}
         out[label] = {"per_photo": per, "mean": mean, "spearman_depth_vs_r": float(rho),
                       "p_value": float(pval), "increases_with_depth": int(drops),
                       "monotone_per_photo": per_photo_monotone}

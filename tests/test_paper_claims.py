@@ -170,3 +170,18 @@ def test_duality_study_agrees_when_phi_is_built_from_gap():
     res2, _, _ = duality_study(phi, gap[:, perm], subsets)
     assert res2.spearman < 0.5 and not res2.same_maximiser
     assert len({tuple(s) for s in subsets}) == len(subsets) == 56
+
+
+# ----------------------------------------------------------------------------- source depth
+def test_depth_profile_one_value_per_stage(tiny_enc):
+    from adjinv.analysis.depth import depth_increases, depth_profile
+    from adjinv.metrics.likeness import pearson_rgb
+
+    x = tiny_enc.normalize(smooth_image(32, batch=2, seed=4)).double()
+    inv = AdjointInverter(tiny_enc, random_lacs(tiny_enc), chunk_size=8)
+    prof = depth_profile(inv, x)
+    assert len(prof) == tiny_enc.num_stages and all(p.shape == (2,) for p in prof)
+    want = pearson_rgb(inv.invert(x, stages=[1]).x_hat[1], x)
+    assert torch.allclose(prof[1], want)
+    assert depth_increases([0.6, 0.3, 0.3, 0.1]) == 0
+    assert depth_increases([0.6, 0.7, 0.2, 0.3]) == 2

@@ -1,0 +1,311 @@
+"""Measure the paper's claims that no experiment runner covers (issue 15).
+
+One part per claim; each writes ``<part>.json`` into ``--out`` (default
+``benchmarks/results/paper_claims``) with its settings and the environment:
+
+- ``crisis``: Crisis I / II (Eq. 1; Supp. A.1, Eq. 19–27) along the deepest pull-back of
+  the top channel seeds, raw VJP vs through the bundled LACs (``adjinv.analysis.crisis``);
+- ``support``: Remark 3, Theorem 1's support containment on random-init non-ReLU
+  networks (torchvision ConvNeXt-Tiny, GELU; EfficientNet-B0, SiLU) beside a ReLU
+  reference (ResNet-18), on full photos and on a photo patch in a blank canvas
+  (``adjinv.analysis.support``);
+- ``lac``: Lemma B.1 (trained γ/β) and Supp. C.5 (spread of ‖φ_c‖)
+  (``adjinv.analysis.lac_stats``);
+- ``duality``: Theorem 2 over random channel subsets (``adjinv.analysis.duality``);
+- ``depth``: source-depth monotonicity (Supp. A.5, Prop. B.8): Pearson r of x̂_l with the
+  photo against the stage l, bundled vs identity LACs.
+
+Everything runs on the embedded default, EfficientNet-Lite0, at ``--size`` px (96); the
+held-out photos of ``adjinv.data.photos`` are the evaluation set, the training photos
+are used only where a statistic of the training data is the reference (Lemma B.1's
+median). ``docs/paper-claims.md`` is generated from these files (benchmarks/docs_tables.py).
+
+    OMP_NUM_THREADS=1 python benchmarks/paper_claims.py crisis support lac duality depth
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from adjinv import load_encoder
+from adjinv.core.cascade import AdjointCascade
+from adjinv.core.inverter import AdjointInverter
+from adjinv.core.lac import LACBank
+from adjinv.core.simplex import simplex_measure
+from adjinv.data.images import random_crop, resize_center_crop
+from adjinv.data.photos import split_photos
+from adjinv.encoders.staged import StagedEncoder
+from adjinv.experiments.common import environment
+from adjinv.fileio import atomic_write_json
+from adjinv.pretrained import load_lacs
+
+log = logging.getLogger("paper_claims")
+REPO = Path(__file__).resolve().parent.parent
+PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {}
+
+
+def part(fn: Callable[[argparse.Namespace], dict]) -> Callable[[argparse.Namespace], dict]:
+    PARTS[fn.__name__] = fn
+    return fn
+
+
+def _lite0() -> tuple[StagedEncoder, LACBank, str]:
+    enc = load_encoder("efficientnet_lite0")
+    loaded = load_lacs(enc)
+    src = Path(loaded.source)
+    inside = src.is_absolute() and src.is_relative_to(REPO)
+    rel = src.relative_to(REPO).as_posix() if inside else loaded.source
+    return enc, loaded.lacs, rel
+
+
+def _heldout(size: int, crops: int = 1, seed: int = 0) -> tuple[list[str], torch.Tensor]:
+    """Held-out photos: the centre crop, then ``crops − 1`` fixed random crops each."""
+    names, imgs = [], []
+    for i, (n, img) in enumerate(split_photos("heldout").items()):
+        gen = torch.Generator().manual_seed(seed + i)
+        for k in range(crops):
+            names.append(n if k == 0 else f"{n}#{k}")
+            imgs.append(resize_center_crop(img, size) if k == 0 else random_crop(img, size, 0.5, gen))
+    return names, torch.stack(imgs)
+
+
+@part
+def crisis(args: argparse.Namespace) -> dict:
+    from adjinv.analysis.crisis import diagnose_path, eq1_bound_deg
+
+    enc, lacs, src = _lite0()
+    names, imgs = _heldout(args.size)
+    x = enc.normalize(imgs)
+    per: dict[str, list[dict]] = {}
+    for n, xi in zip(names, x, strict=True):
+        per[n] = diagnose_path(AdjointCascade(enc, lacs), xi[None], top_k=args.top_k)
+        log.info("crisis: %s done", n)
+    # mean over photos, per boundary and chain
+    mean: list[dict] = []
+    for i, row in enumerate(per[names[0]]):
+        m = {k: row[k] for k in ("stage", "name", "stride", "signal", "resolution")}
+        for chain in ("raw", "lac_in", "lac_out", "raw_source_period", "lac_source_period"):
+            if chain in row:
+                m[chain] = {k: sum(per[n][i][chain][k] for n in names) / len(names)
+                            for k in row[chain]}
+                m[chain]["eq1_bound_deg"] = eq1_bound_deg(m[chain]["n_perp_ratio"])
+        if "source_period" in row:
+            m["source_period"] = row["source_period"]
+        mean.append(m)
+    return {"encoder": enc.name, "size": args.size, "lacs": src, "photos": names,
+            "top_k": args.top_k, "mean": mean, "per_photo": per}
+
+
+@part
+def support(args: argparse.Namespace) -> dict:
+    import torchvision
+
+    from adjinv.analysis.support import support_leak
+    from adjinv.encoders.auto import encoder_from_module
+
+    names, imgs = _heldout(args.size)
+    names, imgs = names[:2], imgs[:2]
+    # a photo patch in a blank canvas: activity is local, so the receptive field of the
+    # positive positions does not cover the image at any depth
+    # (small and in a corner, so that deep stages' fields still leave pixels out)
+    canvas = torch.zeros_like(imgs[:1])
+    p, o = args.size // 12, args.size // 24
+    canvas[..., o: o + p, o: o + p] = resize_center_crop(imgs[0], p)
+    models = {"resnet18 (ReLU)": torchvision.models.resnet18,
+              "convnext_tiny (GELU)": torchvision.models.convnext_tiny,
+              "efficientnet_b0 (SiLU)": torchvision.models.efficientnet_b0}
+    out: dict[str, dict] = {}
+    for label, ctor in models.items():
+        torch.manual_seed(0)
+        model = ctor(weights=None).eval()
+        enc = encoder_from_module(model)
+        inputs = {n: enc.normalize(im[None]) for n, im in zip(names, imgs, strict=True)}
+        # zero outside the patch in encoder space (the canvas is blank after normalisation)
+        inputs["patch"] = torch.where(canvas.abs().sum(1, keepdim=True) > 0,
+                                      enc.normalize(canvas), torch.zeros_like(canvas))
+        stages = []
+        with enc.frozen():
+            for lvl, info in enumerate(enc.infos):
+                gen = torch.Generator().manual_seed(lvl)
+                ch = torch.randperm(info.channels, generator=gen)[: args.channels]
+
+                def feats(z: torch.Tensor, lvl: int = lvl, enc: StagedEncoder = enc) -> torch.Tensor:
+                    return enc.forward_stages(z, upto=lvl)[lvl]
+
+                row = {"stage": lvl, "name": info.name, "reduction": info.reduction}
+                for n, xi in inputs.items():
+                    row[n] = support_leak(feats, xi, ch).to_dict()
+                stages.append(row)
+        out[label] = {"stages": stages}
+        log.info("support: %s done", label)
+    return {"size": args.size, "weights": "random init (torchvision defaults, seed 0)",
+            "channels_per_stage": args.channels, "inputs": [*names, "patch"],
+            "patch": f"centre crop of {names[0]} at {p} px placed at ({o}, {o}) in a blank "
+                     f"{args.size} px canvas (zero in encoder space)", "models": out}
+
+
+def _git_lacs(enc: StagedEncoder, spec: str) -> LACBank:
+    """LACs from a checkpoint committed in this repository's history: ``<commit>:<path>``."""
+    import subprocess
+    import tempfile
+
+    blob = subprocess.run(["git", "-C", str(REPO), "show", spec], check=True, capture_output=True).stdout
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "lacs.safetensors"
+        path.write_bytes(blob)
+        return load_lacs(enc, path).lacs
+
+
+@part
+def lac(args: argparse.Namespace) -> dict:
+    from adjinv.analysis.lac_stats import inversion_norm_spread, lac_parameter_report, pixel_median
+
+    enc, lacs, src = _lite0()
+    train = split_photos("train")
+    xt = enc.normalize(torch.stack([resize_center_crop(v, args.size) for v in train.values()]))
+    med = pixel_median(xt)
+    names, imgs = _heldout(args.size)
+    x = enc.normalize(imgs)
+    inv = AdjointInverter(enc, lacs)
+    spread: dict[str, dict] = {}
+    for n, xi in zip(names, x, strict=True):
+        spread[n] = {}
+        for stage in (args.shallow_stage, enc.num_stages - 1):
+            with enc.frozen():
+                a = enc.forward_stages(xi[None], upto=stage)[stage]
+            live = (simplex_measure(a)[0] > 0).nonzero()[:, 0]
+            phi = inv.channel_inversions(xi[None], stage, live)[0]
+            spread[n][enc.infos[stage].name] = inversion_norm_spread(phi, lacs).to_dict()
+        log.info("lac: %s done", n)
+    # Lemma B.1 (i) concerns every β; the bundled (pixbias) LACs train only β_pix, so the
+    # paper-objective LACs bundled earlier (every β trained) are reported beside them
+    others = {name: {"source": f"git {spec}", "parameters": lac_parameter_report(_git_lacs(enc, spec))}
+              for name, spec in (item.split("=", 1) for item in args.history_lacs)}
+    return {"encoder": enc.name, "size": args.size, "lacs": src,
+            "parameters": lac_parameter_report(lacs), "history_lacs": others,
+            "train_pixel_median": [float(v) for v in med],
+            "train_pixel_mean": [float(v) for v in xt.double().mean((0, 2, 3))],
+            "normalisation": {"mean": [float(v) for v in enc.mean.flatten()],
+                              "std": [float(v) for v in enc.std.flatten()]},
+            "train_photos": list(train), "heldout": names, "norm_spread": spread}
+
+
+@part
+def duality(args: argparse.Namespace) -> dict:
+    from adjinv.analysis.covvol import covariance_volume_select
+    from adjinv.analysis.duality import duality_study, random_subsets
+    from adjinv.features import gap_features
+
+    enc, lacs, src = _lite0()
+    names, imgs = _heldout(args.size, crops=args.crops)
+    x = enc.normalize(imgs)
+    last = enc.num_stages - 1
+    with enc.frozen(), torch.no_grad():
+        gap = gap_features(enc, imgs).double()
+    # the pool: channels live on every image and never saturated (ReLU6 at 6 everywhere
+    # pulls back nothing), largest mean simplex weight first. A channel dead on one image
+    # has φ_c = Ψ(0) = β_pix there, which makes the Gram matrix of any subset holding two
+    # such channels singular (log Vol = −∞), so E log Vol is only finite on this pool.
+    usable = (gap != 0).all(0) & (gap < 6 - 1e-6).all(0)
+    with enc.frozen(), torch.no_grad():
+        w = simplex_measure(enc.forward_stages(x, upto=last)[last]).mean(0)
+    order = [int(c) for c in w.argsort(descending=True) if usable[c]]
+    inv = AdjointInverter(enc, lacs)
+    cand = order[: args.pool]
+    phi = torch.stack([inv.channel_inversions(xi[None], last, cand)[0] for xi in x])
+    log.info("duality: %d inversions done", phi.shape[0] * phi.shape[1])
+    flat = phi.flatten(-2).std(-1).amin(-1)  # (N, K): spatial std, smallest RGB channel
+    keep = (flat > 0).all(0)
+    pool = [c for c, k in zip(cand, keep.tolist(), strict=True) if k]
+    phi = phi[:, keep]
+    g = gap[:, pool]
+    gc = g - g.mean(0)
+    cov = gc.T @ gc / (g.shape[0] - 1)
+    res: dict[str, dict] = {}
+    greedy_by_k: dict[str, list[int]] = {}
+    for k in args.k:
+        subsets = random_subsets(len(pool), k, args.subsets, seed=0)
+        greedy = sorted(covariance_volume_select(cov, k).order.tolist())
+        greedy_by_k[f"k{k}"] = greedy
+        if greedy not in subsets:
+            subsets.append(greedy)
+        for centred in (False, True):
+            r, vols, dets = duality_study(phi, g, subsets, centred=centred)
+            vt = torch.tensor(vols)
+            gi = subsets.index(greedy)
+            res[f"k{k}_{'centred' if centred else 'raw'}"] = {
+                **r.to_dict(),
+                "greedy_covvol_volume_rank": int((vt > vt[gi]).sum()) + 1,
+                "log_volume": {"min": min(vols), "max": max(vols)},
+                "gap_logdet": {"min": min(dets), "max": max(dets)}}
+    return {"encoder": enc.name, "size": args.size, "lacs": src, "images": names,
+            "stage": enc.infos[last].name, "pool_channels": pool,
+            "pool_rule": "deepest channels live and unsaturated (0 < GAP < 6) on every image, "
+                         "largest mean simplex weight, φ not constant on any image",
+            "greedy_subsets": greedy_by_k, "results": res}
+
+
+@part
+def depth(args: argparse.Namespace) -> dict:
+    from scipy.stats import spearmanr
+
+    from adjinv.analysis.depth import depth_increases, depth_profile
+
+    enc, lacs, src = _lite0()
+    names, imgs = _heldout(args.size)
+    x = enc.normalize(imgs)
+    out: dict[str, dict] = {}
+    for label, bank in (("bundled", lacs), ("identity", LACBank.for_encoder(enc))):
+        inv = AdjointInverter(enc, bank)
+        stages = [i.name for i in enc.infos]
+        per: dict[str, dict[str, float]] = {}
+        for n, xi in zip(names, x, strict=True):
+            per[n] = {s: float(r[0]) for s, r in zip(stages, depth_profile(inv, xi[None]), strict=True)}
+        mean = {s: sum(per[n][s] for n in names) / len(names) for s in stages}
+        rho, pval = spearmanr(range(len(stages)), [mean[s] for s in stages])
+        drops = depth_increases([mean[s] for s in stages])
+        per_photo_monotone = {n: depth_increases([per[n][s] for s in stages]) == 0 for n in names}
+        out[label] = {"per_photo": per, "mean": mean, "spearman_depth_vs_r": float(rho),
+                      "p_value": float(pval), "increases_with_depth": int(drops),
+                      "monotone_per_photo": per_photo_monotone}
+        log.info("depth: %s done", label)
+    return {"encoder": enc.name, "size": args.size, "lacs": src, "photos": names,
+            "stages": [i.name for i in enc.infos], "metric": "Pearson r per RGB channel, mean",
+            "variants": out}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("parts", nargs="+", choices=sorted(PARTS))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "paper_claims"))
+    ap.add_argument("--size", type=int, default=96)
+    ap.add_argument("--top-k", type=int, default=8, help="crisis: channel seeds per photo")
+    ap.add_argument("--channels", type=int, default=8, help="support: channels per stage")
+    ap.add_argument("--shallow-stage", type=int, default=2, help="lac: a shallow stage for C.5")
+    ap.add_argument("--history-lacs", nargs="*", default=[
+        "paper_objective_40_steps=6ee5380:src/adjinv/weights/efficientnet_lite0.lac.safetensors"],
+        help="lac: NAME=COMMIT:PATH checkpoints from this repository's history to report too")
+    ap.add_argument("--crops", type=int, default=2, help="duality: crops per held-out photo")
+    ap.add_argument("--pool", type=int, default=24, help="duality: channel pool size")
+    ap.add_argument("--k", type=int, nargs="+", default=[4, 8], help="duality: subset sizes")
+    ap.add_argument("--subsets", type=int, default=500, help="duality: random subsets")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for name in args.parts:
+        t = time.perf_counter()
+        res = PARTS[name](args)
+        res["seconds"] = round(time.perf_counter() - t, 1)
+        res["environment"] = environment()
+        res["command"] = f"python benchmarks/paper_claims.py {name}"
+        path = atomic_write_json(Path(args.out) / f"{name}.json", res)
+        log.info("%s: %s (%.0f s)", name, path, res["seconds"])
+
+
+if __name__ == "__main__":
+    main()

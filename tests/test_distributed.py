@@ -88,10 +88,12 @@ def _dataset(folder):
     save_png(folder / "sub" / "deep.png", smooth_image(40, seed=20)[0].float())
 
 
-def _dataset_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+def _dataset_worker(rank: int, world: int, port: int, data: str, out: str, timeout_s: int = 600) -> None:
+    from datetime import timedelta
+
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
     try:
         _invert(data, out)
     finally:
@@ -140,3 +142,92 @@ def test_invert_dataset_one_process_equals_two_and_resumes(tmp_path):
     again = json.loads(_invert(data, tmp_path / "one").read_text())["images"]
     assert (shards / "shard-00000.json").stat().st_mtime_ns == kept
     assert sorted(again) == sorted(r1)
+
+
+# ------------------------------------------------------- invert-dataset: kill one rank, resume
+def _killable_worker(rank: int, world: int, port: int, data: str, out: str, hold: str) -> None:
+    """A rank of ``invert-dataset``; with ``hold`` set, rank 1 finishes its first shard, then
+    announces its second one (the file ``hold``) and stays inside it until it is killed."""
+    import time
+
+    import adjinv.experiments.invert_dataset as idm
+
+    if hold and rank == 1:
+        real, calls = idm.invert_shard, []
+
+        def stalled(*a, **k):
+            calls.append(1)
+            res = real(*a, **k)
+            if len(calls) == 2:  # mid-run: shard 1 is written, shard 3 computed, not written
+                open(hold, "w").close()
+                time.sleep(600)
+            return res
+
+        idm.invert_shard = stalled
+    # a short collective timeout bounds how long rank 0 can wait for the killed rank
+    _dataset_worker(rank, world, port, data, out, timeout_s=60)
+
+
+def test_invert_dataset_resumes_after_one_rank_is_killed(tmp_path):
+    import json
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    from adjinv.fileio import save_png
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _dataset(data)
+    for i in range(5, 9):  # 10 images in shards of 2: shards 0, 2, 4 on rank 0; 1, 3 on rank 1
+        save_png(data / f"more{i}.png", smooth_image(40, seed=30 + i)[0].float())
+    ref = json.loads(_invert(data, tmp_path / "one").read_text())["images"]
+    assert len(ref) == 10
+    out, hold = tmp_path / "two", tmp_path / "rank1-stalled"
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_killable_worker, args=(r, 2, port, str(data), str(out), str(hold)))
+             for r in range(2)]
+    try:
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + 120
+        while not hold.exists():
+            assert time.monotonic() < deadline, "rank 1 never reached its second shard"
+            assert procs[1].is_alive(), "rank 1 died before it was killed"
+            time.sleep(0.1)
+        os.kill(procs[1].pid, signal.SIGKILL)
+        procs[1].join(10)
+        procs[0].join(90)  # its barrier fails once rank 1's connection is gone
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(10)
+    assert procs[1].exitcode == -signal.SIGKILL
+    assert procs[0].exitcode != 0  # rank 0 did not finish alone: no results.json
+    shards = out / "shards"
+    assert not (out / "results.json").exists()
+    assert (shards / "shard-00001.json").is_file() and not (shards / "shard-00003.json").exists()
+    assert not list(shards.glob(".*.tmp"))  # no half-written file left behind
+    finished = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.json")}
+    assert {"shard-00000.json", "shard-00001.json", "shard-00002.json", "shard-00004.json"} <= set(finished)
+    assert len(finished) == 4  # only shard 3 (rank 1's second) is missing
+
+    # the same command again, two processes: only the missing shard is inverted
+    mp.spawn(_dataset_worker, args=(2, _free_port(), str(data), str(out)), nprocs=2, join=True)
+    for name, t in finished.items():
+        assert (shards / name).stat().st_mtime_ns == t, f"{name} was inverted twice"
+    rows = [r["file"] for i in range(5) for r in json.loads((shards / f"shard-{i:05d}.json").read_text())]
+    assert sorted(rows) == sorted(ref) and len(rows) == len(set(rows))  # none lost, none twice
+    two = json.loads((out / "results.json").read_text())["images"]
+    assert sorted(two) == sorted(ref)
+    for f in ref:
+        a, b = dict(ref[f]), dict(two[f])
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b, f
+    for i in range(5):
+        a = load_file(str(tmp_path / "one" / "shards" / f"shard-{i:05d}.safetensors"))
+        b = load_file(str(shards / f"shard-{i:05d}.safetensors"))
+        assert all(torch.equal(a[k], b[k]) for k in a), i

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -231,3 +232,121 @@ def test_invert_dataset_resumes_after_one_rank_is_killed(tmp_path):
         a = load_file(str(tmp_path / "one" / "shards" / f"shard-{i:05d}.safetensors"))
         b = load_file(str(shards / f"shard-{i:05d}.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a), i
+
+
+# ------------------------------------------------- experiment runners' per-image loops
+def test_share_work_in_one_process_does_nothing():
+    from adjinv.distributed import share_work
+
+    seen = []
+    assert share_work([1, 2, 3], seen.append) is True and seen == []  # the aggregation computes
+
+
+def _recon_setup(root):
+    from adjinv.checkpoint import save_checkpoint
+    from adjinv.experiments.reconstruction import ReconstructionConfig
+    from adjinv.fileio import save_png
+
+    for sub, names in (("train", ["t0", "t1"]), ("held", ["h0", "h1", "h2"])):
+        (root / sub).mkdir()
+        for i, n in enumerate(names):
+            save_png(root / sub / f"{n}.png", smooth_image(40, seed=50 + 10 * len(sub) + i)[0].float())
+    enc = staged_from_sequential(tiny_relu_cnn(seed=0))
+    from conftest import random_lacs
+
+    (root / "curve").mkdir()
+    save_checkpoint(root / "curve" / "step-00010.lac.safetensors", random_lacs(enc, 4), enc,
+                    meta={"step": 10})
+    lac = save_checkpoint(root / "lac.safetensors", random_lacs(enc, 3), enc, meta={"step": 20})
+    return ReconstructionConfig(
+        encoder="custom", lac=str(lac), curve=str(root / "curve"), train=str(root / "train"),
+        heldout=str(root / "held"), size=32, crops=1, partners=[1, 2], mv_steps=2, upconv_steps=2,
+        upconv_crops=1, reencoders=["tinyB"])
+
+
+def _recon(cfg, out):
+    from adjinv.experiments import reconstruction as rec
+
+    # the figures are not what is compared here, and drawing them is most of the time
+    figure, curve_plot = rec._figure, rec._curve_plot
+    rec._figure = rec._curve_plot = lambda *a: None
+    try:
+        return rec.run_reconstruction(cfg, out, encoder=staged_from_sequential(tiny_relu_cnn(seed=0)),
+                                      reencoders={"tinyB": staged_from_sequential(tiny_relu_cnn(seed=5))})
+    finally:
+        rec._figure, rec._curve_plot = figure, curve_plot
+
+
+def _recon_worker(rank: int, world: int, port: int, cfg, out: str) -> None:
+    from datetime import timedelta
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=300))
+    from adjinv.experiments import reconstruction as rec
+
+    real, computed = rec._Runner.compute, []
+
+    def counted(self, inv, method, name, k):
+        which = "main" if inv is self.inv else "identity" if inv is self.inv_id else "step10"
+        computed.append((which, method, name, k))
+        return real(self, inv, method, name, k)
+
+    rec._Runner.compute = counted
+    try:
+        res = _recon(cfg, out)
+        torch.save({"computed": computed, "results": res}, f"{out}.rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_reconstruction_two_processes_equal_one(tmp_path):
+    """The per-(photo, crop, method) outputs shared over two gloo ranks, rank 0 scoring them,
+    give the single process's results.json numbers."""
+    import copy
+    import json
+    import math
+
+    cfg = _recon_setup(tmp_path)
+    one = _recon(copy.deepcopy(cfg), tmp_path / "one")
+    mp.spawn(_recon_worker, args=(2, _free_port(), copy.deepcopy(cfg), str(tmp_path / "two")),
+             nprocs=2, join=True)
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    ranks = [torch.load(str(tmp_path / "two") + f".rank{r}.pt", weights_only=False) for r in range(2)]
+    assert json.dumps(ranks[1]["results"], sort_keys=True) == json.dumps(two, sort_keys=True)
+    one = json.loads((tmp_path / "one" / "results.json").read_text())
+    # the same outputs are cached, each computed exactly once, by one rank or the other
+    files = sorted(p.relative_to(tmp_path / "one" / "cache")
+                   for p in (tmp_path / "one" / "cache").rglob("*.safetensors"))
+    assert files == sorted(p.relative_to(tmp_path / "two" / "cache")
+                           for p in (tmp_path / "two" / "cache").rglob("*.safetensors"))
+    done = [ranks[0]["computed"], ranks[1]["computed"]]
+    assert min(map(len, done)) > 0 and len(done[0]) + len(done[1]) == len(files) == one["computed"]
+    assert not set(done[0]) & set(done[1])
+    assert set(one["cost_seconds"]) == set(two["cost_seconds"])  # the fits recorded once, by rank 0
+
+    worst = 0.0
+
+    def same(a, b, where):
+        nonlocal worst
+        if isinstance(a, dict):
+            assert set(a) == set(b), where
+            for k in a:
+                same(a[k], b[k], f"{where}.{k}")
+        elif isinstance(a, list):
+            assert len(a) == len(b), where
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                same(x, y, f"{where}[{i}]")
+        elif isinstance(a, float) and not isinstance(b, bool):
+            if math.isnan(a):
+                assert math.isnan(b), where
+            else:
+                worst = max(worst, abs(a - b) / max(1.0, abs(a)))
+                assert b == pytest.approx(a, rel=1e-5, abs=1e-6), where
+        else:
+            assert a == b, where
+
+    for key in ("per_photo", "summary", "feature_k", "curve", "verdicts", "heldout", "protocol"):
+        same(one[key], two[key], key)
+    print(f"largest relative difference, 1 vs 2 processes: {worst:.2e}")
+

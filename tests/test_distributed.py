@@ -350,3 +350,70 @@ def test_reconstruction_two_processes_equal_one(tmp_path):
         same(one[key], two[key], key)
     print(f"largest relative difference, 1 vs 2 processes: {worst:.2e}")
 
+
+def _interference(out):
+    from adjinv.experiments.fg_paradox import FGParadoxConfig, run_fg_paradox
+    from adjinv.experiments.superposition import SuperpositionConfig, run_superposition
+    from conftest import random_lacs
+
+    import adjinv.experiments.fg_paradox as fgm
+
+    enc = staged_from_sequential(tiny_relu_cnn(seed=0))
+    lacs = random_lacs(enc)
+    plots = fgm.plot_bars, fgm.plot_example  # not compared here; drawing is most of the time
+    fgm.plot_bars = fgm.plot_example = lambda *a: None
+    try:
+        fg = run_fg_paradox(FGParadoxConfig(size=32, max_images=5, randomize=[1]), out / "fg",
+                            encoders=[enc], lacs=[lacs])
+    finally:
+        fgm.plot_bars, fgm.plot_example = plots
+    sp = run_superposition(SuperpositionConfig(size=32, max_images=5, randomize=[1], figure_images=0,
+                                               max_channels=8), out / "sp", encoder=enc, lacs=lacs)
+    return fg, sp
+
+
+def _interference_worker(rank: int, world: int, port: int, out: str) -> None:
+    from pathlib import Path
+
+    from adjinv.experiments import fg_paradox, superposition
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    computed = []
+    for mod in (fg_paradox, superposition):  # count what each rank measures
+        def counted(*a, _real=mod.measure_image, _name=mod.__name__, **k):
+            computed.append(_name)
+            return _real(*a, **k)
+
+        mod.measure_image = counted
+    try:
+        fg, sp = _interference(Path(out))
+        torch.save({"computed": computed, "fg": fg, "sp": sp}, f"{out}.rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fg_paradox_and_superposition_two_processes_equal_one(tmp_path):
+    """The per-image loops of fg-paradox and superposition shared over two gloo ranks."""
+    import json
+
+    fg1, sp1 = _interference(tmp_path / "one")
+    mp.spawn(_interference_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+    ranks = [torch.load(str(tmp_path / "two") + f".rank{r}.pt", weights_only=False) for r in range(2)]
+    fg2 = json.loads((tmp_path / "two" / "fg" / "results.json").read_text())
+    sp2 = json.loads((tmp_path / "two" / "sp" / "results.json").read_text())
+    assert json.dumps(ranks[1]["fg"], sort_keys=True) == json.dumps(fg2, sort_keys=True)
+    assert json.dumps(ranks[1]["sp"], sort_keys=True) == json.dumps(sp2, sort_keys=True)
+    # the same numbers; 1 process: every image measured once (fg-paradox image 0 also for its
+    # example figure, by rank 0); 2 processes: the images 1-4 of fg-paradox and 0-4 of
+    # superposition are split between the ranks, each measured on exactly one
+    fg1, sp1 = json.loads(json.dumps(fg1)), json.loads(json.dumps(sp1))
+    assert json.dumps(fg1["encoders"][0]["images"]) == json.dumps(fg2["encoders"][0]["images"])
+    assert json.dumps(fg1["encoders"][0]["summary"]) == json.dumps(fg2["encoders"][0]["summary"])
+    assert json.dumps(sp1["images"]) == json.dumps(sp2["images"])
+    assert json.dumps(sp1["summary"]) == json.dumps(sp2["summary"])
+    fg_name, sp_name = "adjinv.experiments.fg_paradox", "adjinv.experiments.superposition"
+    c0, c1 = ranks[0]["computed"], ranks[1]["computed"]
+    assert c0.count(fg_name) + c1.count(fg_name) == 5 and c1.count(fg_name) == 2  # 4 shared + image 0
+    assert c0.count(sp_name) == 3 and c1.count(sp_name) == 2

@@ -352,11 +352,11 @@ def test_reconstruction_two_processes_equal_one(tmp_path):
 
 
 def _interference(out):
+    import adjinv.experiments.fg_paradox as fgm
+    from adjinv.experiments.cam_compare import CamCompareConfig, run_cam_compare
     from adjinv.experiments.fg_paradox import FGParadoxConfig, run_fg_paradox
     from adjinv.experiments.superposition import SuperpositionConfig, run_superposition
     from conftest import random_lacs
-
-    import adjinv.experiments.fg_paradox as fgm
 
     enc = staged_from_sequential(tiny_relu_cnn(seed=0))
     lacs = random_lacs(enc)
@@ -369,7 +369,10 @@ def _interference(out):
         fgm.plot_bars, fgm.plot_example = plots
     sp = run_superposition(SuperpositionConfig(size=32, max_images=5, randomize=[1], figure_images=0,
                                                max_channels=8), out / "sp", encoder=enc, lacs=lacs)
-    return fg, sp
+    cam = run_cam_compare(CamCompareConfig(data=["samples"], size=32, max_images=3, steps=4,
+                                           methods=["gradcam", "ours"], chunk_size=8), out / "cam",
+                          encoder=enc)
+    return fg, sp, cam
 
 
 def _interference_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -388,23 +391,32 @@ def _interference_worker(rank: int, world: int, port: int, out: str) -> None:
 
         mod.measure_image = counted
     try:
-        fg, sp = _interference(Path(out))
-        torch.save({"computed": computed, "fg": fg, "sp": sp}, f"{out}.rank{rank}.pt")
+        fg, sp, cam = _interference(Path(out))
+        torch.save({"computed": computed, "fg": fg, "sp": sp, "cam": cam}, f"{out}.rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_fg_paradox_and_superposition_two_processes_equal_one(tmp_path):
-    """The per-image loops of fg-paradox and superposition shared over two gloo ranks."""
+def test_fg_paradox_superposition_cam_compare_two_processes_equal_one(tmp_path):
+    """The per-image loops of fg-paradox, superposition and cam-compare shared over two
+    gloo ranks give the single process's numbers."""
     import json
 
-    fg1, sp1 = _interference(tmp_path / "one")
+    fg1, sp1, cam1 = _interference(tmp_path / "one")
     mp.spawn(_interference_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
     ranks = [torch.load(str(tmp_path / "two") + f".rank{r}.pt", weights_only=False) for r in range(2)]
     fg2 = json.loads((tmp_path / "two" / "fg" / "results.json").read_text())
     sp2 = json.loads((tmp_path / "two" / "sp" / "results.json").read_text())
     assert json.dumps(ranks[1]["fg"], sort_keys=True) == json.dumps(fg2, sort_keys=True)
     assert json.dumps(ranks[1]["sp"], sort_keys=True) == json.dumps(sp2, sort_keys=True)
+    cam2 = json.loads((tmp_path / "two" / "cam" / "results.json").read_text())
+    assert json.dumps(ranks[1]["cam"], sort_keys=True) == json.dumps(cam2, sort_keys=True)
+    rows1, rows2 = cam1["tables"]["samples"]["per_image"], cam2["tables"]["samples"]["per_image"]
+    assert sorted(rows1) == sorted(rows2) and len(rows1) == 3
+    for name, row in rows1.items():  # the same scores (the seconds are each run's own)
+        for m, r in row.items():
+            assert {k: v for k, v in r.items() if k != "seconds"} == \
+                {k: v for k, v in rows2[name][m].items() if k != "seconds"}, (name, m)
     # the same numbers; 1 process: every image measured once (fg-paradox image 0 also for its
     # example figure, by rank 0); 2 processes: the images 1-4 of fg-paradox and 0-4 of
     # superposition are split between the ranks, each measured on exactly one

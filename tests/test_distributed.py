@@ -355,6 +355,7 @@ def _interference(out):
     import adjinv.experiments.fg_paradox as fgm
     from adjinv.experiments.cam_compare import CamCompareConfig, run_cam_compare
     from adjinv.experiments.fg_paradox import FGParadoxConfig, run_fg_paradox
+    from adjinv.experiments.ood import OODConfig, run_ood
     from adjinv.experiments.superposition import SuperpositionConfig, run_superposition
     from conftest import random_lacs
 
@@ -372,7 +373,9 @@ def _interference(out):
     cam = run_cam_compare(CamCompareConfig(data=["samples"], size=32, max_images=3, steps=4,
                                            methods=["gradcam", "ours"], chunk_size=8), out / "cam",
                           encoder=enc)
-    return fg, sp, cam
+    ood = run_ood(OODConfig(size=32, max_images=6, corruptions=["gaussian_noise", "contrast"],
+                            severities=[1, 4], keep=4, max_iter=50, figure=False), out / "ood", encoder=enc)
+    return fg, sp, cam, ood
 
 
 def _interference_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -391,18 +394,18 @@ def _interference_worker(rank: int, world: int, port: int, out: str) -> None:
 
         mod.measure_image = counted
     try:
-        fg, sp, cam = _interference(Path(out))
-        torch.save({"computed": computed, "fg": fg, "sp": sp, "cam": cam}, f"{out}.rank{rank}.pt")
+        fg, sp, cam, ood = _interference(Path(out))
+        torch.save({"computed": computed, "fg": fg, "sp": sp, "cam": cam, "ood": ood}, f"{out}.rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_fg_paradox_superposition_cam_compare_two_processes_equal_one(tmp_path):
-    """The per-image loops of fg-paradox, superposition and cam-compare shared over two
-    gloo ranks give the single process's numbers."""
+def test_per_image_runners_two_processes_equal_one(tmp_path):
+    """The per-image loops of fg-paradox, superposition and cam-compare, and ood's feature
+    extraction, shared over two gloo ranks give the single process's numbers."""
     import json
 
-    fg1, sp1, cam1 = _interference(tmp_path / "one")
+    fg1, sp1, cam1, ood1 = _interference(tmp_path / "one")
     mp.spawn(_interference_worker, args=(2, _free_port(), str(tmp_path / "two")), nprocs=2, join=True)
     ranks = [torch.load(str(tmp_path / "two") + f".rank{r}.pt", weights_only=False) for r in range(2)]
     fg2 = json.loads((tmp_path / "two" / "fg" / "results.json").read_text())
@@ -411,6 +414,15 @@ def test_fg_paradox_superposition_cam_compare_two_processes_equal_one(tmp_path):
     assert json.dumps(ranks[1]["sp"], sort_keys=True) == json.dumps(sp2, sort_keys=True)
     cam2 = json.loads((tmp_path / "two" / "cam" / "results.json").read_text())
     assert json.dumps(ranks[1]["cam"], sort_keys=True) == json.dumps(cam2, sort_keys=True)
+    ood2 = json.loads((tmp_path / "two" / "ood" / "results.json").read_text())
+    assert json.dumps(ranks[1]["ood"], sort_keys=True) == json.dumps(ood2, sort_keys=True)
+    ood1 = json.loads(json.dumps(ood1))
+    for key in ("clean", "per_corruption", "mean_over_corruptions", "normalised", "covvol_subset",
+                "bandwidth", "ridge"):
+        assert ood1[key] == ood2[key], key
+    # each of the 6 feature sets (clean train/test, 2 corruptions x 2 severities) extracted once
+    sets = [p.parent for p in (tmp_path / "two" / "ood" / "cache").rglob("*") if p.is_file()]
+    assert len(set(sets)) == 6
     rows1, rows2 = cam1["tables"]["samples"]["per_image"], cam2["tables"]["samples"]["per_image"]
     assert sorted(rows1) == sorted(rows2) and len(rows1) == 3
     for name, row in rows1.items():  # the same scores (the seconds are each run's own)

@@ -235,6 +235,18 @@ def test_invert_dataset_resumes_after_one_rank_is_killed(tmp_path):
 
 
 # ------------------------------------------------- experiment runners' per-image loops
+def test_collective_timeout_setting(monkeypatch):
+    from adjinv.distributed import init_from_env
+    from adjinv.errors import AdjinvError
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("ADJINV_DIST_TIMEOUT_S", "a day")
+    with pytest.raises(AdjinvError, match="ADJINV_DIST_TIMEOUT_S"):
+        init_from_env()
+    assert not dist.is_initialized()
+
+
 def test_share_work_in_one_process_does_nothing():
     from adjinv.distributed import share_work
 

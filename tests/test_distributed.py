@@ -335,6 +335,7 @@ def test_reconstruction_two_processes_equal_one(tmp_path):
     done = [ranks[0]["computed"], ranks[1]["computed"]]
     assert min(map(len, done)) > 0 and len(done[0]) + len(done[1]) == len(files) == one["computed"]
     assert not set(done[0]) & set(done[1])
+    assert two["computed"] == one["computed"]  # summed over the ranks
     assert set(one["cost_seconds"]) == set(two["cost_seconds"])  # the fits recorded once, by rank 0
 
     worst = 0.0

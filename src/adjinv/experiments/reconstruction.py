@@ -67,7 +67,7 @@ from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
 from ..data.images import list_images, load_image, random_crop, resize_center_crop
-from ..distributed import barrier, init_from_env, is_main, rank_world, share_work
+from ..distributed import all_reduce_sum, barrier, init_from_env, is_main, rank_world, share_work
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -565,7 +565,11 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
         items += [(step, path, m, name, k) for step, path in curve if path != r.lac_path
                   for name in r.names for k in range(cfg.crops) for m in CURVE_METHODS
                   if not (path == "identity" and m == "trained")]
-        if not share_work(items, fill):
+        main = share_work(items, fill)
+        total = torch.tensor([float(r.cache.computed)], dtype=torch.float64)
+        all_reduce_sum([total])  # "computed" counts every rank's outputs
+        r.cache.computed = int(total.item())
+        if not main:
             barrier()  # rank 0 aggregates and writes the results
             return json.loads((out / "results.json").read_text())
 

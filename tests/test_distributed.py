@@ -79,6 +79,19 @@ def test_resume_with_another_world_size(tmp_path):
         torch.testing.assert_close(lacs.state_dict()[k], v, rtol=1e-5, atol=1e-7)
 
 
+def test_resume_on_more_processes(tmp_path):
+    """The other direction: one step in one process, the rest resumed on two."""
+    enc = staged_from_sequential(tiny_relu_cnn(seed=0).double())
+    ref, _, ref_loss = train_lacs(enc, _images(), TrainConfig(**CFG))
+    out = str(tmp_path / "w.safetensors")
+    train_lacs(enc, _images(), TrainConfig(**{**CFG, "steps": 1}), checkpoint=out)
+    _run(2, out, CFG, resume=True)
+    r0 = torch.load(out + ".rank0.pt", weights_only=True)
+    torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(ref_loss), rtol=1e-6, atol=0)
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(r0["lacs"][k].to(v), v, rtol=1e-5, atol=1e-7)
+
+
 # ----------------------------------------------------------------------------- invert-dataset
 def _dataset(folder):
     from adjinv.fileio import save_png

@@ -25,6 +25,7 @@ import torch
 
 from ..baselines.cam import CAM_LIBRARY, AdjointSaliency, CAMSaliency
 from ..core.inverter import AdjointInverter
+from ..distributed import barrier, init_from_env, is_main, share_work
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..fileio import atomic_write_json, atomic_write_text
@@ -32,7 +33,7 @@ from ..metrics.faithfulness import insertion_deletion
 from ..metrics.localisation import LocalisationMetric
 from ..state import to_module
 from .common import Log, environment, load_config, load_named_encoder, quiet_log, stderr_log, warnings_to_log
-from .evalsets import open_eval_set
+from .evalsets import EvalSet, open_eval_set
 from .fidelity import _key
 
 METHODS = ("gradcam", "gradcam++", "scorecam", "ours")
@@ -70,7 +71,9 @@ class CamCompareConfig:
 
 def run_cam_compare(cfg: CamCompareConfig, out: str | Path, *, encoder: StagedEncoder | None = None,
                     log: Log = quiet_log) -> dict:
-    """Run Table 3 for every data set; write ``results.json`` and ``table.md``."""
+    """Run Table 3 for every data set; write ``results.json`` and ``table.md``. Under
+    ``torchrun`` the ranks share each data set's images (filling ``out/cache``), then rank 0
+    aggregates and writes; every rank returns the results (docs/cluster.md)."""
     from tqdm import tqdm
 
     from ..pretrained import load_lacs
@@ -98,14 +101,15 @@ def run_cam_compare(cfg: CamCompareConfig, out: str | Path, *, encoder: StagedEn
         results["data"][spec] = es.description
         log(f"cam-compare: {enc.name} on {spec} ({len(es.test)} images, {cfg.size} px, "
             f"masks: {'yes' if es.masks is not None else 'no'})")
-        per_image: dict[str, dict] = {}
-        for name, img in tqdm(es.test.items(), desc=spec, leave=False, file=sys.stderr, disable=None):
+
+        def image_row(item: tuple[str, torch.Tensor], es: EvalSet = es) -> dict:
+            """One image's scores per method, from ``out/cache`` or computed (and cached)."""
+            name, img = item
             cache = out / "cache" / es.label / f"{name}.json"
             if cache.is_file():
                 saved = json.loads(cache.read_text())
                 if saved.get("key") == key:
-                    per_image[name] = saved["methods"]
-                    continue
+                    return saved["methods"]
             x = enc.normalize(to_module(img, enc))[None]
             with enc.frozen(), torch.no_grad():
                 target = enc(x).argmax(1)
@@ -125,14 +129,24 @@ def run_cam_compare(cfg: CamCompareConfig, out: str | Path, *, encoder: StagedEn
                     r.update({k: float(v[0]) for k, v in vals.items()})
                 row[m] = r
             atomic_write_json(cache, {"key": key, "methods": row})
-            per_image[name] = row
+            return row
+
+        # under torchrun the ranks share the images (filling out/cache); rank 0 aggregates
+        if not share_work(list(es.test.items()), image_row):
+            continue
+        per_image = {name: image_row((name, img)) for name, img in
+                     tqdm(es.test.items(), desc=spec, leave=False, file=sys.stderr, disable=None)}
         results["tables"][spec] = {"mean": _mean(per_image, list(methods)), "per_image": per_image,
                                    "masks": es.masks is not None}
+    if not is_main():  # under torchrun: wait for rank 0's results.json
+        barrier()
+        return json.loads((out / "results.json").read_text())
     results["seconds"] = round(time.perf_counter() - t_all, 2)
     results["environment"] = environment()
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", markdown_table(results))
     log(f"wrote {out}/results.json and table.md ({results['seconds']:.1f} s)")
+    barrier()  # under torchrun the other ranks wait for results.json
     return results
 
 
@@ -212,7 +226,9 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
             "encoder", "weights", "lac", "random_init", "data", "size", "max_images", "methods",
             "steps", "internal_batch_size", "score_batch_size", "chunk_size")}
         cfg = load_config(CamCompareConfig, args.config, over)
-        res = run_cam_compare(cfg, args.out, log=stderr_log)
-        print(f"wrote {args.out}/results.json and {args.out}/table.md in {res['seconds']:.1f} s")
+        init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
+        res = run_cam_compare(cfg, args.out, log=stderr_log if is_main() else quiet_log)
+        if is_main():
+            print(f"wrote {args.out}/results.json and {args.out}/table.md in {res['seconds']:.1f} s")
 
     p.set_defaults(func=run)

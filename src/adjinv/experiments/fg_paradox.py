@@ -12,6 +12,7 @@ small or O2 positive is for the numbers to say.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from ..analysis.controls import (
 from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..data.masks import MaskedDataset, open_masked
+from ..distributed import barrier, init_from_env, is_main, share_work
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..fileio import atomic_write_json, atomic_write_text
@@ -133,8 +135,10 @@ def _summary(recs: list[dict], levels: list[int], cfg: FGParadoxConfig) -> dict:
 
 
 def run_encoder(enc: StagedEncoder, lacs: LACBank, lac_source: str, ds: MaskedDataset,
-                cfg: FGParadoxConfig, out: Path, log: Log) -> dict:
-    """Every image of ``ds`` through one encoder; per-image records cached under ``out/cache``."""
+                cfg: FGParadoxConfig, out: Path, log: Log) -> dict | None:
+    """Every image of ``ds`` through one encoder; per-image records cached under ``out/cache``.
+    Under ``torchrun`` the ranks share the images (filling the cache) and only rank 0
+    aggregates; the other ranks return None."""
     t0 = time.perf_counter()
     levels = randomization_levels(cfg.randomize, enc.num_stages)
     inv = AdjointInverter(enc, lacs, chunk_size=cfg.chunk_size)
@@ -149,10 +153,27 @@ def run_encoder(enc: StagedEncoder, lacs: LACBank, lac_source: str, ds: MaskedDa
     base = {"v": 1, "encoder": enc.name, "weights": enc.weights_hash(), "lacs": lac_digest(lacs),
             "size": cfg.size, "mode": cfg.mode, "target": cfg.target, "levels": levels,
             "seed": cfg.seed}
+
+    def key_of(i: int) -> dict:
+        it, partner = items[i], items[(i + 1) % n]
+        return {**base, "image": tensor_digest(it.image, it.mask), "partner": tensor_digest(partner.image)}
+
+    def fill(i: int) -> None:
+        """Measure image ``i`` into the cache unless it is there."""
+        key = key_of(i)
+        if cache.get(key) is None:
+            it, partner = items[i], items[(i + 1) % n]
+            rec, _ = measure_image(inv, randomized, enc.normalize(it.image)[None],
+                                   enc.normalize(partner.image)[None], it.mask, cfg, keep=False)
+            cache.put(key, {**rec, "name": it.name})
+
+    # image 0 is measured again by the aggregation below (for the example figure)
+    if not share_work(list(range(1, n)), fill):
+        return None
     recs, computed, example = [], 0, {}
     for i in iter_with_bar(list(range(n)), f"fg-paradox {enc.name}"):
         it, partner = items[i], items[(i + 1) % n]
-        key = {**base, "image": tensor_digest(it.image, it.mask), "partner": tensor_digest(partner.image)}
+        key = key_of(i)
         rec = cache.get(key)
         first = i == 0
         if rec is None or first:
@@ -186,18 +207,22 @@ def run_fg_paradox(cfg: FGParadoxConfig, out: str | Path, *, log: Log = quiet_lo
     if cfg.mode not in MODES:
         raise AdjinvError(f"mode must be one of {MODES}, got {cfg.mode!r}")
     ds = open_masked(cfg.data, cfg.split, cfg.size)
-    per = []
+    shares: list[dict | None] = []
     if encoders is None:
         if not cfg.encoders:
             raise AdjinvError("give at least one encoder")
         for name in cfg.encoders:
             enc, bank, src = model_with_lacs(name, cfg.weights, cfg.random_init, cfg.lac, log)
-            per.append(run_encoder(enc, bank, src, ds, cfg, out, log))
+            shares.append(run_encoder(enc, bank, src, ds, cfg, out, log))
     else:
         for j, enc in enumerate(encoders):
             _, bank, src = model_with_lacs("", None, False, None, log, enc,
                                            lacs[j] if lacs is not None else None)
-            per.append(run_encoder(enc, bank, src, ds, cfg, out, log))
+            shares.append(run_encoder(enc, bank, src, ds, cfg, out, log))
+    if not is_main():  # under torchrun: wait for rank 0's results.json
+        barrier()
+        return json.loads((out / "results.json").read_text())
+    per = [p for p in shares if p is not None]
     o3 = [{"encoder": p["encoder"], "O2": p["summary"]["measured"]["O2"]} for p in per]
     means = [o["O2"]["mean"] for o in o3]
     mono = None
@@ -222,6 +247,7 @@ def run_fg_paradox(cfg: FGParadoxConfig, out: str | Path, *, log: Log = quiet_lo
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", table(results))
     plot_bars(results, out / "fg.png")
+    barrier()  # under torchrun the other ranks wait for results.json
     return results
 
 
@@ -344,7 +370,9 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
         if args.randomize is not None:
             over["randomize"] = parse_levels(args.randomize)
         cfg = load_config(FGParadoxConfig, args.config, over)
-        res = run_fg_paradox(cfg, args.out, log=stderr_log)
-        print(f"wrote {args.out}/results.json, table.md and fg.png in {res['seconds']:.1f} s")
+        init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
+        res = run_fg_paradox(cfg, args.out, log=stderr_log if is_main() else quiet_log)
+        if is_main():
+            print(f"wrote {args.out}/results.json, table.md and fg.png in {res['seconds']:.1f} s")
 
     p.set_defaults(func=run)

@@ -38,10 +38,12 @@ mean over corruptions), ``geometry_per_corruption.png``, ``reconstructions.png``
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -55,6 +57,7 @@ from ..analysis.geometry import (
 from ..analysis.probe import LinearProbe, ProbeConfig
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 from ..data.datasets import CorruptedDataset, first_per_class, open_dataset
+from ..distributed import barrier, init_from_env, is_main, share_work
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..fileio import atomic_write_json, atomic_write_text, save_png
@@ -118,7 +121,9 @@ class OODConfig:
 
 def run_ood(cfg: OODConfig, out: str | Path, *, encoder: StagedEncoder | None = None,
             log: Log = quiet_log) -> dict:
-    """Run the protocol; write results, table and figures to ``out``."""
+    """Run the protocol; write results, table and figures to ``out``. Under ``torchrun``
+    the ranks share the feature extraction (one clean or corrupted set each, into the
+    feature cache), then rank 0 computes and writes; every rank returns the results."""
     cfg.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,6 +144,14 @@ def run_ood(cfg: OODConfig, out: str | Path, *, encoder: StagedEncoder | None = 
         if cfg.max_images is not None:
             train_ds = first_per_class(train_ds, cfg.max_images)
             test_ds = first_per_class(test_ds, cfg.max_images)
+        # under torchrun the ranks share the feature sets (each one fills its cache folder);
+        # rank 0 alone then reads them all and computes the geometry (docs/cluster.md)
+        sets: list[tuple[str, Any]] = [("clean train", train_ds), ("clean test", test_ds)] + [
+            (f"{name} s{s}", CorruptedDataset(test_ds, name, s, seed=cfg.seed, spatial_scale=scale))
+            for name in cfg.corruptions for s in severities]
+        if not share_work(sets, lambda item: features(enc, item[1], item[0], cache, cfg.batch_size, log)):
+            barrier()  # wait for rank 0's results.json
+            return json.loads((out / "results.json").read_text())
         ftr = features(enc, train_ds, "clean train", cache, cfg.batch_size, log)
         fte = features(enc, test_ds, "clean test", cache, cfg.batch_size, log)
         c = ftr.features.shape[1]
@@ -213,6 +226,7 @@ def run_ood(cfg: OODConfig, out: str | Path, *, encoder: StagedEncoder | None = 
     plot_geometry(results, out / "geometry.png")
     plot_per_corruption(results, out / "geometry_per_corruption.png")
     log(f"wrote {out}/results.json, table.md, geometry.png ({times['total']:.1f} s)")
+    barrier()  # under torchrun the other ranks wait for results.json
     return results
 
 
@@ -427,8 +441,10 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
         if args.no_figure:
             over["figure"] = False
         cfg = load_config(OODConfig, args.config, over)
-        res = run_ood(cfg, args.out, log=stderr_log)
-        print(f"wrote {args.out}/results.json, {args.out}/table.md and figures in "
-              f"{res['seconds']['total']:.1f} s")
+        init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
+        res = run_ood(cfg, args.out, log=stderr_log if is_main() else quiet_log)
+        if is_main():
+            print(f"wrote {args.out}/results.json, {args.out}/table.md and figures in "
+                  f"{res['seconds']['total']:.1f} s")
 
     p.set_defaults(func=run)

@@ -67,6 +67,7 @@ from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
 from ..data.images import list_images, load_image, random_crop, resize_center_crop
+from ..distributed import all_reduce_sum, barrier, init_from_env, is_main, rank_world, share_work
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -216,10 +217,11 @@ def reinit_top_stage(encoder: StagedEncoder, seed: int = 0) -> StagedEncoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for m in enc.stages[-1].modules():
-            if m is not enc.stages[-1] and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-            if hasattr(m, "reset_running_stats"):
-                m.reset_running_stats()
+            reset, reset_stats = getattr(m, "reset_parameters", None), getattr(m, "reset_running_stats", None)
+            if m is not enc.stages[-1] and callable(reset):
+                reset()
+            if callable(reset_stats):
+                reset_stats()
     return enc
 
 
@@ -314,6 +316,8 @@ class _Runner:
         per-photo costs; stored in ``fit_seconds.json``)."""
         self.fit_wall += wall
         self.fit_cpu += cpu
+        if not is_main():  # under torchrun rank 0 fits first and records it (run_reconstruction)
+            return
         path = self.out / "fit_seconds.json"
         costs = json.loads(path.read_text()) if path.is_file() else {}
         if key not in costs:  # the first fit; a resumed run reloads (UpConvNet) or refits
@@ -503,7 +507,12 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
     ``table.md``, ``figure.png`` and ``curve.png`` under ``out_dir``; return the results.
 
     ``encoder`` and ``reencoders`` (name → encoder) replace the registry's networks named
-    in ``cfg`` (for your own models, and the tests)."""
+    in ``cfg`` (for your own models, and the tests).
+
+    Under ``torchrun`` (a process group of several ranks, sharing ``out_dir``), rank 0
+    first fits the training-photo baselines, then the ranks share the per-(photo, crop,
+    method) outputs, each filling the cache, and rank 0 alone scores them and writes the
+    results; every rank returns them (docs/cluster.md)."""
     if cfg.quick:
         cfg.apply_quick()
     cfg.validate()
@@ -519,7 +528,7 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
         if old != json.loads(json.dumps(proto)):
             raise AdjinvError(f"{ppath} records another protocol (other settings, photos or "
                               "checkpoints); use a new --out folder")
-    else:
+    elif is_main():
         atomic_write_json(ppath, proto)
     seen = _seen(r.lac_meta) & set(r.names)
     if seen:
@@ -528,16 +537,54 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
     log(f"reconstruction: {r.enc.name} at {cfg.size} px, {len(r.names)} held-out photos × "
         f"{cfg.crops} crops, {len(r.train)} training photos, LACs {r.lac_path}")
 
+    swaps = ["swapped"] + [f"swap{j}" for j in range(2, r.max_k + 1)]
+    main_methods = [*BASE_METHODS, *swaps[1:]]
+    curve_invs: dict[str, tuple[AdjointInverter, str]] = {}
+
+    def curve_inverter(step: int, path: str) -> tuple[AdjointInverter, str]:
+        if path == "identity":
+            return r.inv_id, "curve-identity"
+        if path not in curve_invs:
+            lacs, _ = load_checkpoint(path, r.enc, allow_other_weights=cfg.random_init)
+            curve_invs[path] = (AdjointInverter(r.enc, lacs, chunk_size=cfg.chunk_size),
+                                f"curve-step{step}")
+        return curve_invs[path]
+
+    # 0. under torchrun: the ranks share the per-(photo, crop, method) outputs (the cache),
+    # then rank 0 alone does steps 1-4, which only read the cache (docs/cluster.md)
+    if rank_world()[1] > 1:
+        if is_main():  # the training-photo fits, once, before the work is shared
+            r.vanilla_map()
+            r.upconv()
+        barrier()
+
+        def fill(item: tuple[int | None, str, str, str, int]) -> None:
+            step, path, m, name, k = item
+            inv, tag = (r.inv, "main") if step is None else curve_inverter(step, path)
+            r.output(inv, tag, m, name, k)
+
+        items: list[tuple[int | None, str, str, str, int]] = [
+            (None, "", m, name, k) for name in r.names for k in range(cfg.crops) for m in main_methods]
+        items += [(step, path, m, name, k) for step, path in curve if path != r.lac_path
+                  for name in r.names for k in range(cfg.crops) for m in CURVE_METHODS
+                  if not (path == "identity" and m == "trained")]
+        main = share_work(items, fill)
+        total = torch.tensor([float(r.cache.computed)], dtype=torch.float64)
+        all_reduce_sum([total])  # "computed" counts every rank's outputs
+        r.cache.computed = int(total.item())
+        if not main:
+            barrier()  # rank 0 aggregates and writes the results
+            return json.loads((out / "results.json").read_text())
+
     # 1. every method on every held-out crop (cached)
     cost: dict[str, float] = {}
     cpu_cost: dict[str, float] = {}
     per_crop: dict[str, list[dict[str, torch.Tensor]]] = {}
-    swaps = ["swapped"] + [f"swap{j}" for j in range(2, r.max_k + 1)]
     for name in r.names:
         per_crop[name] = []
         for k in range(cfg.crops):
             outs = {}
-            for m in [*BASE_METHODS, *swaps[1:], *[f"feature_k{j}" for j in r.ks]]:
+            for m in [*main_methods, *[f"feature_k{j}" for j in r.ks]]:
                 t0 = time.perf_counter()
                 o, sec, cpu = r.output(r.inv, "main", m, name, k)
                 outs[m] = o
@@ -562,13 +609,9 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
     # 3. learning curve on held-out photos
     curve_rows: list[dict] = []
     for step, path in curve:
-        if path == "identity":
-            cinv, tag = r.inv_id, "curve-identity"
-        else:
-            lacs, _ = load_checkpoint(path, r.enc, allow_other_weights=cfg.random_init)
-            cinv, tag = AdjointInverter(r.enc, lacs, chunk_size=cfg.chunk_size), f"curve-step{step}"
+        cinv, tag = curve_inverter(step, path)
         for name in r.names:
-            vals: dict[str, dict[str, float]] = {}
+            vals: dict[str, list[dict[str, float]]] = {}
             for k in range(cfg.crops):
                 outs = {}
                 for m in CURVE_METHODS:
@@ -580,19 +623,19 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
                         outs[m] = r.output(cinv, tag, m, name, k)[0]
                 sc = r.scores(outs, r.x[name][k: k + 1], {})
                 for m in CURVE_METHODS:
-                    vals.setdefault(m, []).append({c: sc[m][c] for c in CURVE_METRICS})  # type: ignore[arg-type]
+                    vals.setdefault(m, []).append({c: sc[m][c] for c in CURVE_METRICS})
             curve_rows.append({"step": step, "checkpoint": path, "photo": name,
-                               **{m: _mean(v) for m, v in vals.items()}})  # type: ignore[arg-type]
+                               **{m: _mean(v) for m, v in vals.items()}})
 
     # 4. verdicts, summary
     verdicts = _verdicts(r, per_photo, curve_rows, seen)
     unseen = [n for n in r.names if n not in seen]
-    summary = {}
+    summary: dict[str, dict[str, dict[str, float]]] = {}
     for m in r.methods:
         summary[m] = {}
         for c in per_photo[r.names[0]][m]:
-            vals = [per_photo[n][m][c] for n in unseen]
-            mean, lo, hi = bootstrap_ci(vals, seed=cfg.seed) if vals else (math.nan,) * 3
+            col = [per_photo[n][m][c] for n in unseen]
+            mean, lo, hi = bootstrap_ci(col, seed=cfg.seed) if col else (math.nan,) * 3
             summary[m][c] = {"mean": mean, "lo": lo, "hi": hi}
     feature_k = {str(k): {"pearson": summary[f"feature_k{k}"]["pearson"],
                           "ssim_affine": summary[f"feature_k{k}"]["ssim_affine"]} for k in r.ks}
@@ -617,6 +660,7 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
     _curve_plot([row for row in curve_rows if row["photo"] not in seen], out / "curve.png")
     for line in verdict_lines(results):
         log(line)
+    barrier()  # under torchrun the other ranks wait for results.json
     return results
 
 
@@ -794,6 +838,7 @@ EPILOG = """examples:
   adjinv experiment reconstruction --out runs/recon-q --quick       # minutes
   adjinv experiment reconstruction --out runs/c --lac new.lac.safetensors --curve ckpts/
   adjinv experiment reconstruction --out runs/mine --train photos/train --heldout photos/test
+  torchrun --nproc-per-node 4 -m adjinv experiment reconstruction --out runs/recon  # 4 processes
 """
 
 
@@ -832,7 +877,10 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
             "encoder", "weights", "lac", "curve", "train", "heldout", "size", "crops", "max_photos",
             "partners", "mv_steps", "upconv_steps", "chunk_size", "random_init", "quick")}
         cfg = load_config(ReconstructionConfig, args.config, over)
-        res = run_reconstruction(cfg, args.out, log=stderr_log)
+        init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
+        res = run_reconstruction(cfg, args.out, log=stderr_log if is_main() else quiet_log)
+        if not is_main():
+            return
         for line in verdict_lines(res):
             print(line)
         print(f"wrote {args.out}/results.json, table.md, figure.png, curve.png "

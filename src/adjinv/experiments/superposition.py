@@ -13,6 +13,7 @@ reconstructions ``x̂_l`` with ``x̂^(k)``, ``x̂^(k)_+``, ``x̂^(k)_-``.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
 from ..data.masks import open_masked
+from ..distributed import barrier, init_from_env, is_main, share_work
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..fileio import atomic_write_json, atomic_write_text
@@ -186,7 +188,10 @@ def _agg(recs: list[dict], get: object, cfg: SuperpositionConfig) -> dict:
 
 def run_superposition(cfg: SuperpositionConfig, out: str | Path, *, log: Log = quiet_log,
                       encoder: StagedEncoder | None = None, lacs: LACBank | None = None) -> dict:
-    """``results.json``, ``table.md`` and the Figure-3 panels in ``out``."""
+    """``results.json``, ``table.md`` and the Figure-3 panels in ``out``.
+
+    Under ``torchrun`` the ranks share the images (each filling ``out/cache``), then rank 0
+    aggregates and writes; every rank returns the results (docs/cluster.md)."""
     t0 = time.perf_counter()
     out = Path(out)
     enc, bank, src = model_with_lacs(cfg.encoder, cfg.weights, cfg.random_init, cfg.lac, log,
@@ -203,20 +208,32 @@ def run_superposition(cfg: SuperpositionConfig, out: str | Path, *, log: Log = q
     cache = ImageCache(out / "cache")
     base = {"v": 1, "encoder": enc.name, "weights": enc.weights_hash(), "lacs": lac_digest(bank),
             "size": cfg.size, "max_channels": cfg.max_channels, "levels": levels, "seed": cfg.seed}
-    recs, computed, figures = [], 0, []
-    for i in iter_with_bar(list(range(n)), "superposition"):
+    recs: list[dict] = []
+    figures: list = []
+    computed = [0]
+
+    def record(i: int) -> dict:
+        """Image ``i``'s record, from the cache or measured (and cached)."""
         it, partner = items[i], items[(i + 1) % n]
         key = {**base, "image": tensor_digest(it.image), "partner": tensor_digest(partner.image)}
-        x = enc.normalize(it.image)[None]
         rec = cache.get(key)
         if rec is None:
-            rec = measure_image(inv, randomized, x, enc.normalize(partner.image)[None], cfg)
+            rec = measure_image(inv, randomized, enc.normalize(it.image)[None],
+                                enc.normalize(partner.image)[None], cfg)
             cache.put(key, rec)
-            computed += 1
-        recs.append({**rec, "name": it.name})
+            computed[0] += 1
+        return rec
+
+    # under torchrun the ranks share the images (filling the cache); rank 0 aggregates
+    if not share_work(list(range(n)), record):
+        barrier()  # wait for rank 0's results.json
+        return json.loads((out / "results.json").read_text())
+    for i in iter_with_bar(list(range(n)), "superposition"):
+        it = items[i]
+        recs.append({**record(i), "name": it.name})
         if i < cfg.figure_images:
-            figures += figure_panels(inv, x, it.image, it.name, cfg, out)
-    log(f"  {n} images ({computed} computed, {n - computed} from cache)")
+            figures += figure_panels(inv, enc.normalize(it.image)[None], it.image, it.name, cfg, out)
+    log(f"  {n} images ({computed[0]} computed, {n - computed[0]} from cache)")
     summary = {"measured": _agg(recs, lambda r: r["measured"], cfg),
                "seed_zero": {q: bootstrap_ci([r["seed_zero"][q] for r in recs], cfg.n_boot, cfg.seed)
                              for q in ("energy_vs_mean_channel", "cos_u", "mean_cos_channels")},
@@ -245,6 +262,7 @@ def run_superposition(cfg: SuperpositionConfig, out: str | Path, *, log: Log = q
     results["seconds"] = round(time.perf_counter() - t0, 2)
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", table(results))
+    barrier()  # under torchrun the other ranks wait for results.json
     return results
 
 
@@ -319,8 +337,10 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
         if args.randomize is not None:
             over["randomize"] = parse_levels(args.randomize)
         cfg = load_config(SuperpositionConfig, args.config, over)
-        res = run_superposition(cfg, args.out, log=stderr_log)
-        print(f"wrote {args.out}/results.json, table.md and figures in {res['seconds']:.1f} s")
+        init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
+        res = run_superposition(cfg, args.out, log=stderr_log if is_main() else quiet_log)
+        if is_main():
+            print(f"wrote {args.out}/results.json, table.md and figures in {res['seconds']:.1f} s")
 
     p.set_defaults(func=run)
 

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from .memory import chunk_size_for
 from .precision import check_precision, compute_dtype, fp32_mode
 
 PullBack = Callable[[torch.Tensor], torch.Tensor]
+R = TypeVar("R")
 ENGINES = ("auto", "autograd")
 log = logging.getLogger(__name__)
 
@@ -243,10 +245,42 @@ def channel_seeds(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return onehot[:, None, :, None, None] * a.unsqueeze(0)
 
 
-def iter_chunks(idx: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
-    """Consecutive slices of ``idx`` of at most ``size`` entries."""
-    for s in range(0, idx.numel(), size):
-        yield idx[s: s + size]
+def chunked(idx: torch.Tensor, size: int,
+            work: Callable[[torch.Tensor], R]) -> Iterator[tuple[torch.Tensor, R]]:
+    """The one chunked pull-back loop (docs/method.md §3, [choice] batching): ``(ch, work(ch))``
+    for consecutive slices ``ch`` of ``idx`` of at most ``size`` entries.
+
+    A CUDA out-of-memory error inside ``work`` means the memory estimate was too
+    optimistic: the chunk is halved, the cache emptied and the same
+    channels retried; later chunks keep the smaller size. A single channel that does not
+    fit re-raises. ``work`` is therefore retried and must change nothing outside its
+    return value; the caller consumes the result after each ``yield``, where a failure is
+    not retried.
+
+    Args:
+        idx: 1-D tensor of the indices (channels, seeds) to process.
+        size: entries per chunk at first (at least 1).
+        work: maps one slice of ``idx`` to its result, e.g. ``Ψ_l`` of its seeds.
+
+    Returns:
+        An iterator of ``(slice, result)`` pairs covering ``idx`` in order.
+    """
+    size = max(1, size)
+    done = 0
+    while done < idx.numel():
+        ch = idx[done: done + size]
+        try:
+            out = work(ch)
+        except torch.cuda.OutOfMemoryError:
+            if ch.numel() == 1:
+                raise
+            size = max(1, size // 2)
+            log.info("out of memory with %d channels per chunk; retrying with %d",
+                     ch.numel(), size)
+            torch.cuda.empty_cache()
+            continue
+        yield ch, out
+        done += ch.numel()
 
 
 def auto_chunk(cascade: AdjointCascade, lin: Linearization, stage: int,

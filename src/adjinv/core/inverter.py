@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -19,7 +20,7 @@ from .anytime import (
     omitted_weight,
     select_channels,
 )
-from .cascade import AdjointCascade, Linearization, auto_chunk, channel_seeds
+from .cascade import AdjointCascade, Linearization, auto_chunk, channel_seeds, chunked
 from .lac import LACBank
 from .simplex import simplex_measure
 from .stagedict import StageDict
@@ -28,6 +29,7 @@ from .validate import check_input
 Progress = Callable[[int, int], None]
 WeightFn = Callable[[list[torch.Tensor], torch.Tensor], dict[str, torch.Tensor]]
 ChunkFn = Callable[[dict[str, torch.Tensor], torch.Tensor], None]
+R = TypeVar("R")
 
 
 @dataclass
@@ -102,6 +104,26 @@ class AdjointInverter:
             return self.chunk_size
         return auto_chunk(self.cascade, lin, stage, self.memory_budget)
 
+    def chunks(self, lin: Linearization, stage: int, idx: torch.Tensor,
+               work: Callable[[torch.Tensor], R]) -> Iterator[tuple[torch.Tensor, R]]:
+        """Run ``work`` on the chunks of ``idx`` this inverter's ``chunk_size`` or memory
+        budget allows at ``stage``, halving them on CUDA out-of-memory (docs/method.md §3,
+        [choice] batching; :func:`~adjinv.core.cascade.chunked`). Every chunked pull-back —
+        Eq. 8's synthesis, LAC training (Eq. 9, §4), readouts (§12) — goes through here.
+
+        Args:
+            lin: the linearisation ``work`` pulls back through.
+            stage: the stage whose seeds are pulled back (sizes the chunks).
+            idx: 1-D tensor of the channels (or seeds) to process.
+            work: maps one slice of ``idx`` to its result, typically
+                ``self.cascade.pull_back(lin, stage, seeds)``; it is retried after an
+                out-of-memory error, so it must not change anything outside its result.
+
+        Returns:
+            An iterator of ``(slice, work(slice))`` pairs covering ``idx`` in order.
+        """
+        return chunked(idx, self._chunk(lin, stage), work)
+
     def _stage_index(self, stage: int) -> int:
         n = self.encoder.num_stages
         s = stage + n if stage < 0 else stage
@@ -151,18 +173,12 @@ class AdjointInverter:
         kept = None
         if keep is not None:
             kept = lin.x.new_zeros(bsz, keep.shape[1], *lin.x.shape[1:])
-        chunk = self._chunk(lin, stage)
+
+        def pull(ch: torch.Tensor) -> torch.Tensor:  # (n, B, 3, H, W)
+            return self.cascade.pull_back(lin, stage, channel_seeds(a, ch))
+
         done = 0
-        while done < idx.numel():
-            ch = idx[done: done + chunk]
-            try:
-                phi = self.cascade.pull_back(lin, stage, channel_seeds(a, ch))  # (n, B, 3, H, W)
-            except torch.cuda.OutOfMemoryError:
-                if chunk == 1:
-                    raise
-                chunk = max(1, chunk // 2)  # the estimate was too optimistic: halve, retry
-                torch.cuda.empty_cache()
-                continue
+        for ch, phi in self.chunks(lin, stage, idx, pull):
             for k, w in weight_sets.items():
                 out[k] = out[k] + torch.einsum("bn,nbchw->bchw", w[:, ch].to(phi.dtype), phi)
             if kept is not None:

@@ -66,6 +66,40 @@ def test_pet_trimaps(tmp_path):
     assert len(open_masked(f"oxford_pet:{tmp_path}", "train", 40)) == 1
 
 
+def test_pet_foreground_is_one_definition(tmp_path):
+    """Trimap 1 = pet, 2 = background, 3 = border: the masked datasets and the evaluation
+    sets of the runners read the same foreground (the pet alone) from the same files."""
+    from adjinv.data.masks import pet_foreground, read_pet_trimap
+    from adjinv.experiments.evalsets import open_eval_set
+
+    t = torch.tensor([[1, 2, 3]])
+    assert pet_foreground(t).tolist() == [[True, False, False]]
+    assert pet_foreground(t, boundary=True).tolist() == [[True, False, True]]
+    ann = tmp_path / "annotations"
+    ann.mkdir()
+    (ann / "test.txt").write_text("Birman_1 1 1 1\nbeagle_2 2 2 1\n")
+    (ann / "trainval.txt").write_text("Birman_3 1 1 1\nbeagle_4 2 2 1\n")
+    tri = np.full((40, 60), 2)
+    tri[8:32, 10:50] = 3
+    tri[12:28, 14:46] = 1
+    for i, n in enumerate(("Birman_1", "beagle_2", "Birman_3", "beagle_4")):
+        _img(tmp_path / "images" / f"{n}.jpg", seed=i)
+        _mask(ann / "trimaps" / f"{n}.png", tri)
+    # a palette trimap: the values are labels, read as they are (not as grey levels)
+    pal = Image.fromarray(tri.astype(np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 255, 255, 255, 0, 0, 255, 255, 0, 0] + [0] * 756)
+    pal.save(ann / "trimaps" / "beagle_2.png")
+    assert torch.equal(read_pet_trimap(ann / "trimaps" / "beagle_2.png"), torch.from_numpy(tri))
+    ds = OxfordPetMasks(tmp_path, "test", size=32)
+    ev = open_eval_set(f"oxford_pet:{tmp_path}", 32, train_images=1)
+    assert ev.masks is not None and set(ev.masks) == {"Birman_1", "beagle_2"}
+    for item in (ds[0], ds[1]):
+        assert torch.equal(ev.masks[item.name], item.mask)
+    # the border is out: the pet's 16 x 32 px, scaled by 32/40 into the 32 x 32 crop (the
+    # border band would make it 24 x 40)
+    assert ds[0].mask.float().mean() == pytest.approx(16 * 0.8 * 32 * 0.8 / 32**2, abs=0.03)
+
+
 def test_image_mask_folder(tmp_path):
     for i in range(2):
         _img(tmp_path / "im" / f"p{i}.jpg", seed=i)

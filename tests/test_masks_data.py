@@ -47,17 +47,25 @@ def test_cub_layout(tmp_path):
     assert test.classes[1] == "002.Laysan_Albatross"
 
 
-def test_pet_trimaps(tmp_path):
-    ann = tmp_path / "annotations"
+def _pet_layout(root, test, trainval, tri):
+    """A fake Oxford-IIIT Pet: the split files (lines ``name class-id species breed-id``),
+    a photo and the trimap ``tri`` for every image listed."""
+    ann = root / "annotations"
     ann.mkdir()
-    (ann / "test.txt").write_text("Birman_1 7 1 4\nbeagle_2 12 2 3\n")
-    (ann / "trainval.txt").write_text("Birman_3 7 1 4\n")
+    (ann / "test.txt").write_text(test)
+    (ann / "trainval.txt").write_text(trainval)
+    for i, line in enumerate((test + trainval).splitlines()):
+        n = line.split()[0]
+        _img(root / "images" / f"{n}.jpg", seed=i)
+        _mask(ann / "trimaps" / f"{n}.png", tri)
+    return ann
+
+
+def test_pet_trimaps(tmp_path):
     tri = np.full((40, 60), 2)
     tri[10:30, 10:50] = 1
     tri[10, 10:50] = 3
-    for n in ("Birman_1", "beagle_2", "Birman_3"):
-        _img(tmp_path / "images" / f"{n}.jpg")
-        _mask(ann / "trimaps" / f"{n}.png", tri)
+    _pet_layout(tmp_path, "Birman_1 7 1 4\nbeagle_2 12 2 3\n", "Birman_3 7 1 4\n", tri)
     ds = OxfordPetMasks(tmp_path, "test", size=40)
     s = ds[0]
     assert s.label == 6 and ds.classes[6] == "Birman" and s.name == "Birman_1"
@@ -75,16 +83,10 @@ def test_pet_foreground_is_one_definition(tmp_path):
     t = torch.tensor([[1, 2, 3]])
     assert pet_foreground(t).tolist() == [[True, False, False]]
     assert pet_foreground(t, boundary=True).tolist() == [[True, False, True]]
-    ann = tmp_path / "annotations"
-    ann.mkdir()
-    (ann / "test.txt").write_text("Birman_1 1 1 1\nbeagle_2 2 2 1\n")
-    (ann / "trainval.txt").write_text("Birman_3 1 1 1\nbeagle_4 2 2 1\n")
     tri = np.full((40, 60), 2)
     tri[8:32, 10:50] = 3
     tri[12:28, 14:46] = 1
-    for i, n in enumerate(("Birman_1", "beagle_2", "Birman_3", "beagle_4")):
-        _img(tmp_path / "images" / f"{n}.jpg", seed=i)
-        _mask(ann / "trimaps" / f"{n}.png", tri)
+    ann = _pet_layout(tmp_path, "Birman_1 1 1 1\nbeagle_2 2 2 1\n", "Birman_3 1 1 1\nbeagle_4 2 2 1\n", tri)
     # a palette trimap: the values are labels, read as they are (not as grey levels)
     pal = Image.fromarray(tri.astype(np.uint8), mode="P")
     pal.putpalette([0, 0, 0, 255, 255, 255, 0, 0, 255, 255, 0, 0] + [0] * 756)

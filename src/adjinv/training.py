@@ -50,6 +50,7 @@ from .distributed import all_reduce_sum, rank_world
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
 from .fileio import atomic_write_bytes, atomic_write_json
+from .state import module_device
 
 log = logging.getLogger(__name__)
 
@@ -412,8 +413,7 @@ def train_lacs(
             best = {k[5:]: v for k, v in ck.extras.items() if k.startswith("best.")}
         if any(k.startswith("last.") for k in ck.extras):  # a finished run saved its best LACs
             lacs.load_state_dict({k[5:]: v for k, v in ck.extras.items() if k.startswith("last.")})
-    p = next(iter(encoder.parameters()))
-    lacs.to(p.device)
+    lacs.to(module_device(encoder))
     x_val = _validation_batch(encoder, validation, config.size) if validation else None
     stopped = bool(resume and history and history[-1].get("stopped"))
 
@@ -503,7 +503,7 @@ def train_lacs(
         if best is not None:
             final = LACBank.for_encoder(encoder, eps=lacs.pix.eps, eps_mode=lacs.pix.eps_mode)
             final.load_state_dict(best)
-            final.to(p.device)
+            final.to(module_device(encoder))
         vanilla = fit_vanilla(encoder, AdjointInverter(encoder, final, chunk_size=chunk_size),
                               images, config.size)
     save(step, vanilla, final if final is not lacs else None)

@@ -10,6 +10,7 @@ import torch
 
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
+from ..state import module_device
 from .anytime import (
     Preview,
     PreviewFn,
@@ -89,9 +90,7 @@ class AdjointInverter:
                                   f"got {v!r}")
         self.encoder = encoder
         self.lacs = lacs if lacs is not None else LACBank.for_encoder(encoder)
-        p = next(iter(encoder.parameters()), None)
-        if p is not None:
-            self.lacs.to(p.device)
+        self.lacs.to(module_device(encoder))
         self.cascade = AdjointCascade(encoder, self.lacs, engine=engine, precision=precision,
                                       channels_last=channels_last, verify=verify,
                                       kernels=kernels)

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..core.inverter import AdjointInverter
 from ..core.simplex import simplex_measure
-from ..errors import AdjinvError
+from ..errors import AdjinvError, captured_warnings
 from .auto import encoder_from_module
 
 log = logging.getLogger(__name__)
@@ -148,8 +148,7 @@ def _compare(model: nn.Module, enc: nn.Module, size: int, top_k: int, seed: int)
         logits = enc(x)
         out["logits_rel_err"] = _rel(logits, ref_logits)
     last = enc.num_stages - 1
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with captured_warnings() as caught:
         auto = AdjointInverter(enc, chunk_size=top_k)
         with enc.frozen(), torch.no_grad():
             lin = auto.cascade.linearize(x)

@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._optional import require
 from .errors import AdjinvError, captured_warnings
@@ -34,7 +34,7 @@ class RunFailed(Exception):
 class _Parser(argparse.ArgumentParser):
     """One-line usage errors (exit 2), and ``--debug`` accepted on every (sub)command."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                           help="show tracebacks on errors (accepted anywhere)")

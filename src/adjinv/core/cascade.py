@@ -7,13 +7,13 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
 from torch.func import vjp, vmap
 
-from ..encoders.staged import StagedEncoder
+from ..encoders.staged import Stage, StagedEncoder
 from ..errors import AdjinvError
 from .adjoint import StageAdjoint, build_stage_adjoint, known_type
 from .lac import LACBank, LocalAdjointCorrector
@@ -55,6 +55,13 @@ class Linearization:
     def upto(self) -> int:
         """Deepest stage linearised."""
         return len(self.acts) - 1
+
+
+def _vjp(stage: nn.Module, a: torch.Tensor
+         ) -> tuple[torch.Tensor, Callable[[torch.Tensor], tuple[torch.Tensor]]]:
+    """``torch.func.vjp`` of one stage (no auxiliary output): ``(f(a), u ↦ (J_fᵀ u,))``."""
+    y, fn = vjp(stage, a)[:2]
+    return y, fn
 
 
 def _vmapped(fn: Callable[[torch.Tensor], tuple[torch.Tensor]]) -> PullBack:
@@ -125,8 +132,8 @@ class AdjointCascade:
         acts, pbs, errs = [], [], []
         a = x
         with fp32_mode("float32"):
-            for k, st in enumerate(self.encoder.stages[: last + 1]):
-                built = None
+            for k, st in enumerate(cast(list[Stage], self.encoder.stages[: last + 1])):
+                built: tuple[torch.Tensor, PullBack] | None = None
                 err = None
                 if self.engine == "auto":
                     built = build_stage_adjoint(st.body, a, channels_last=cl, dtype=dtype,
@@ -134,7 +141,7 @@ class AdjointCascade:
                 if built is not None and self.verify:
                     built, err = self._verified(k, st, a, built, dtype)
                 if built is None:
-                    a, fn = vjp(st, a)
+                    a, fn = _vjp(st, a)
                     pbs.append(_vmapped(fn))
                 else:
                     a, pb = built
@@ -143,13 +150,13 @@ class AdjointCascade:
                 errs.append(err)
         return Linearization(x=x, acts=acts, pullbacks=pbs, check_errors=errs)
 
-    def _verified(self, k: int, st: nn.Module, a: torch.Tensor,
-                  built: tuple[torch.Tensor, StageAdjoint], dtype: torch.dtype
+    def _verified(self, k: int, st: Stage, a: torch.Tensor,
+                  built: tuple[torch.Tensor, PullBack], dtype: torch.dtype
                   ) -> tuple[tuple[torch.Tensor, PullBack], float]:
         """The explicit stage ``built`` if it matches autograd on one random cotangent,
         else stage ``k``'s autograd pull-back (with a warning); and the relative error."""
         y, pb = built
-        y_ref, fn = vjp(st, a)
+        y_ref, fn = _vjp(st, a)
         gen = torch.Generator(device=y_ref.device).manual_seed(k)
         u = torch.randn(y_ref.shape, generator=gen, device=y_ref.device, dtype=y_ref.dtype)
         got = pb(u.unsqueeze(0))[0]
@@ -214,8 +221,9 @@ class AdjointCascade:
         sizes = [lin.x[0].numel()] + [a[0].numel() for a in lin.acts[: stage + 1]]
         b = lin.x.shape[0]
         pbs = lin.pullbacks[: stage + 1]
-        if all(isinstance(pb, StageAdjoint) for pb in pbs):
-            return int(3 * max(sizes + [pb.widest for pb in pbs]) * b * lin.x.element_size())
+        explicit = [pb for pb in pbs if isinstance(pb, StageAdjoint)]
+        if len(explicit) == len(pbs):
+            return int(3 * max(sizes + [pb.widest for pb in explicit]) * b * lin.x.element_size())
         return int(8 * max(sizes) * b * lin.x.element_size())
 
 

@@ -180,7 +180,7 @@ class AdjointInverter:
         for ch, phi in self.chunks(lin, stage, idx, pull):
             for k, w in weight_sets.items():
                 out[k] = out[k] + torch.einsum("bn,nbchw->bchw", w[:, ch].to(phi.dtype), phi)
-            if kept is not None:
+            if keep is not None and kept is not None:
                 match = keep[:, :, None] == ch[None, None, :]  # (B, K, n)
                 has = match.any(-1)
                 pos = match.to(torch.int8).argmax(-1)
@@ -206,7 +206,7 @@ class AdjointInverter:
         image's own channels, so that ``progress`` counts on over the whole batch, and
         ``on_chunk`` sees the whole batch (finished images, the partial one, zeros)."""
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in weight_sets}
-        kept = []
+        kept: list[torch.Tensor] = []
         bsz, c = lin.x.shape[0], lin.acts[stage].shape[1]
         for b in range(bsz):
             image_progress = image_chunk = None
@@ -230,7 +230,8 @@ class AdjointInverter:
                 order=None if order is None else order[b: b + 1], on_chunk=image_chunk)
             for k, v in sums.items():
                 outs[k].append(v)
-            kept.append(k_b)
+            if k_b is not None:
+                kept.append(k_b)
         cat = {k: torch.cat(v) for k, v in outs.items()}
         return cat, (torch.cat(kept) if keep is not None else None)
 
@@ -301,7 +302,7 @@ class AdjointInverter:
                     res.x_hat[s] = self._bound(res, s, sums.pop("x_hat"), w, chosen, radius)
                 for k, v in sums.items():
                     res.extra[k] = self._bound(res, k, v, extra[k], chosen, radius)
-                if keep is not None:
+                if keep is not None and kept is not None:
                     res.channels[s], res.phi[s] = keep, kept
         return res
 
@@ -341,6 +342,8 @@ class AdjointInverter:
         with self.encoder.frozen():
             lin = self.cascade.linearize(x, s)
             _, kept = self.synthesize(lin, s, {}, keep=keep)
+        if kept is None:  # synthesize keeps φ whenever keep is given
+            raise RuntimeError("no per-channel inversions were kept")
         return kept
 
     @torch.no_grad()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -231,7 +232,7 @@ def encoder_from_module(
     with eval_mode(model):
         probe = torch.randn(1, 3, probe_size, probe_size, generator=torch.Generator().manual_seed(0))
         probe = to_module(probe, model)
-        kw = {"mean": mean, "std": std, "name": name or type(model).__name__.lower(),
+        kw: dict[str, Any] = {"mean": mean, "std": std, "name": name or type(model).__name__.lower(),
               "categories": categories, "probe_size": min(probe_size, 128)}
 
         def build(stage_mods: Sequence[nn.Module], hd: nn.Module, names: list[str] | None,

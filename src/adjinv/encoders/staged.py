@@ -106,6 +106,8 @@ class ModuleHead(nn.Module):
     the model's forward. Class-directional weights then come from the logit's gradient
     (:func:`adjinv.analysis.class_directional.class_directional_weights`)."""
 
+    module: nn.Module
+
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         if isinstance(module, ModuleHead):

@@ -217,10 +217,11 @@ def reinit_top_stage(encoder: StagedEncoder, seed: int = 0) -> StagedEncoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for m in enc.stages[-1].modules():
-            if m is not enc.stages[-1] and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
-            if hasattr(m, "reset_running_stats"):
-                m.reset_running_stats()
+            reset, reset_stats = getattr(m, "reset_parameters", None), getattr(m, "reset_running_stats", None)
+            if m is not enc.stages[-1] and callable(reset):
+                reset()
+            if callable(reset_stats):
+                reset_stats()
     return enc
 
 
@@ -560,7 +561,7 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
             lacs, _ = load_checkpoint(path, r.enc, allow_other_weights=cfg.random_init)
             cinv, tag = AdjointInverter(r.enc, lacs, chunk_size=cfg.chunk_size), f"curve-step{step}"
         for name in r.names:
-            vals: dict[str, dict[str, float]] = {}
+            vals: dict[str, list[dict[str, float]]] = {}
             for k in range(cfg.crops):
                 outs = {}
                 for m in CURVE_METHODS:
@@ -572,19 +573,19 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
                         outs[m] = r.output(cinv, tag, m, name, k)[0]
                 sc = r.scores(outs, r.x[name][k: k + 1], {})
                 for m in CURVE_METHODS:
-                    vals.setdefault(m, []).append({c: sc[m][c] for c in CURVE_METRICS})  # type: ignore[arg-type]
+                    vals.setdefault(m, []).append({c: sc[m][c] for c in CURVE_METRICS})
             curve_rows.append({"step": step, "checkpoint": path, "photo": name,
-                               **{m: _mean(v) for m, v in vals.items()}})  # type: ignore[arg-type]
+                               **{m: _mean(v) for m, v in vals.items()}})
 
     # 4. verdicts, summary
     verdicts = _verdicts(r, per_photo, curve_rows, seen)
     unseen = [n for n in r.names if n not in seen]
-    summary = {}
+    summary: dict[str, dict[str, dict[str, float]]] = {}
     for m in r.methods:
         summary[m] = {}
         for c in per_photo[r.names[0]][m]:
-            vals = [per_photo[n][m][c] for n in unseen]
-            mean, lo, hi = bootstrap_ci(vals, seed=cfg.seed) if vals else (math.nan,) * 3
+            unseen_vals = [per_photo[n][m][c] for n in unseen]
+            mean, lo, hi = bootstrap_ci(unseen_vals, seed=cfg.seed) if unseen_vals else (math.nan,) * 3
             summary[m][c] = {"mean": mean, "lo": lo, "hi": hi}
     feature_k = {str(k): {"pearson": summary[f"feature_k{k}"]["pearson"],
                           "ssim_affine": summary[f"feature_k{k}"]["ssim_affine"]} for k in r.ks}

@@ -12,7 +12,7 @@ from torch import nn
 
 from adjinv import load_encoder
 from adjinv.core.adjoint import _and_bits, _mask_bits, _Op, _store_weight, _to_polyphase, build_stage_adjoint
-from adjinv.core.cascade import AdjointCascade
+from adjinv.core.cascade import AdjointCascade, chunked
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank
 from adjinv.core.precision import fp32_mode
@@ -309,6 +309,27 @@ def test_out_of_memory_halves_the_chunk(tiny_enc, monkeypatch):
     out = inv.invert(x, stages=[last]).x_hat[last]
     assert sizes[1:3] == [8, 4] and max(sizes[3:]) <= 2
     assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_halves_on_out_of_memory_and_raises_for_one_channel():
+    seen = []
+
+    def work(ch):
+        seen.append(ch.numel())
+        if ch.numel() > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return ch * 10
+
+    out = list(chunked(torch.arange(7), 5, work))
+    assert seen == [5, 2, 2, 2, 1]  # halved once, the smaller size kept
+    assert torch.equal(torch.cat([ch for ch, _ in out]), torch.arange(7))
+    assert all(torch.equal(r, ch * 10) for ch, r in out)
+
+    def never(ch):
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        list(chunked(torch.arange(4), 4, never))
 
 
 def test_images_split_when_live_sets_differ_gives_the_same_result(tiny_enc, monkeypatch):

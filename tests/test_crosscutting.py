@@ -100,3 +100,32 @@ def test_library_reports_through_logging(caplog, capsys):
                for r in caplog.records)
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""  # nothing printed
+
+
+def test_captured_warnings_reports_each_once_and_only_on_success():
+    import warnings
+
+    from adjinv.errors import captured_warnings
+
+    seen = []
+    with captured_warnings(seen.append) as caught:
+        warnings.warn("first", stacklevel=1)
+        warnings.warn("first", stacklevel=1)  # "always": a repeat is not swallowed
+        warnings.warn("second", UserWarning, stacklevel=1)
+    assert seen == ["first", "first", "second"] and len(caught) == 3
+    seen.clear()
+    with pytest.raises(RuntimeError), captured_warnings(seen.append):
+        warnings.warn("lost with the error", stacklevel=1)
+        raise RuntimeError
+    assert seen == []
+
+
+def test_ssim_window_is_the_shared_gaussian():
+    from adjinv.metrics.reconstruction import ssim
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(2, 1, 3, 16, 16, generator=g, dtype=torch.float64)
+    assert float(ssim(a, a)[0]) == pytest.approx(1.0)
+    assert float(ssim(a, b)[0]) < 0.5
+    with pytest.raises(ValueError, match="odd"):
+        ssim(a, b, win_size=10)

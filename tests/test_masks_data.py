@@ -47,23 +47,59 @@ def test_cub_layout(tmp_path):
     assert test.classes[1] == "002.Laysan_Albatross"
 
 
-def test_pet_trimaps(tmp_path):
-    ann = tmp_path / "annotations"
+def _pet_layout(root, test, trainval, tri):
+    """A fake Oxford-IIIT Pet: the split files (lines ``name class-id species breed-id``),
+    a photo and the trimap ``tri`` for every image listed."""
+    ann = root / "annotations"
     ann.mkdir()
-    (ann / "test.txt").write_text("Birman_1 7 1 4\nbeagle_2 12 2 3\n")
-    (ann / "trainval.txt").write_text("Birman_3 7 1 4\n")
+    (ann / "test.txt").write_text(test)
+    (ann / "trainval.txt").write_text(trainval)
+    for i, line in enumerate((test + trainval).splitlines()):
+        n = line.split()[0]
+        _img(root / "images" / f"{n}.jpg", seed=i)
+        _mask(ann / "trimaps" / f"{n}.png", tri)
+    return ann
+
+
+def test_pet_trimaps(tmp_path):
     tri = np.full((40, 60), 2)
     tri[10:30, 10:50] = 1
     tri[10, 10:50] = 3
-    for n in ("Birman_1", "beagle_2", "Birman_3"):
-        _img(tmp_path / "images" / f"{n}.jpg")
-        _mask(ann / "trimaps" / f"{n}.png", tri)
+    _pet_layout(tmp_path, "Birman_1 7 1 4\nbeagle_2 12 2 3\n", "Birman_3 7 1 4\n", tri)
     ds = OxfordPetMasks(tmp_path, "test", size=40)
     s = ds[0]
     assert s.label == 6 and ds.classes[6] == "Birman" and s.name == "Birman_1"
     with_border = OxfordPetMasks(tmp_path, "test", size=40, boundary=True)[0]
     assert with_border.mask.sum() > s.mask.sum()
     assert len(open_masked(f"oxford_pet:{tmp_path}", "train", 40)) == 1
+
+
+def test_pet_foreground_is_one_definition(tmp_path):
+    """Trimap 1 = pet, 2 = background, 3 = border: the masked datasets and the evaluation
+    sets of the runners read the same foreground (the pet alone) from the same files."""
+    from adjinv.data.masks import pet_foreground, read_pet_trimap
+    from adjinv.experiments.evalsets import open_eval_set
+
+    t = torch.tensor([[1, 2, 3]])
+    assert pet_foreground(t).tolist() == [[True, False, False]]
+    assert pet_foreground(t, boundary=True).tolist() == [[True, False, True]]
+    tri = np.full((40, 60), 2)
+    tri[8:32, 10:50] = 3
+    tri[12:28, 14:46] = 1
+    ann = _pet_layout(tmp_path, "Birman_1 1 1 1\nbeagle_2 2 2 1\n", "Birman_3 1 1 1\nbeagle_4 2 2 1\n", tri)
+    # a palette trimap: the values are labels, read as they are (not as grey levels)
+    pal = Image.fromarray(tri.astype(np.uint8), mode="P")
+    pal.putpalette([0, 0, 0, 255, 255, 255, 0, 0, 255, 255, 0, 0] + [0] * 756)
+    pal.save(ann / "trimaps" / "beagle_2.png")
+    assert torch.equal(read_pet_trimap(ann / "trimaps" / "beagle_2.png"), torch.from_numpy(tri))
+    ds = OxfordPetMasks(tmp_path, "test", size=32)
+    ev = open_eval_set(f"oxford_pet:{tmp_path}", 32, train_images=1)
+    assert ev.masks is not None and set(ev.masks) == {"Birman_1", "beagle_2"}
+    for item in (ds[0], ds[1]):
+        assert torch.equal(ev.masks[item.name], item.mask)
+    # the border is out: the pet's 16 x 32 px, scaled by 32/40 into the 32 x 32 crop (the
+    # border band would make it 24 x 40)
+    assert ds[0].mask.float().mean() == pytest.approx(16 * 0.8 * 32 * 0.8 / 32**2, abs=0.03)
 
 
 def test_image_mask_folder(tmp_path):

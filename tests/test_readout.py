@@ -193,3 +193,25 @@ def test_dtype_and_device_follow_the_input(tiny_model, dtype):
             t = getattr(res, f)
             assert t.dtype == dtype and t.device.type == dev, f
             assert torch.isfinite(t).all(), f
+
+
+def test_readouts_recover_from_out_of_memory(tiny_enc, monkeypatch):
+    lacs = random_lacs(tiny_enc)
+    x = _x(tiny_enc, batch=2)
+    outs = {f"k{k}": LogitReadout(tiny_enc.head, k) for k in range(4)}
+    ref = invert_readouts(tiny_enc, lacs, x, outs, chunk_size=4)
+    real, sizes = AdjointInverter.chunks, []
+
+    def tight_chunks(self, lin, stage, idx, work):
+        def guarded(ch):
+            sizes.append(ch.numel())
+            if ch.numel() > 1:
+                raise torch.cuda.OutOfMemoryError("simulated")
+            return work(ch)
+        return real(self, lin, stage, idx, guarded)
+
+    monkeypatch.setattr(AdjointInverter, "chunks", tight_chunks)
+    got = invert_readouts(tiny_enc, lacs, x, outs, chunk_size=4)
+    assert sizes == [4, 2, 1, 1, 1, 1]
+    for k in outs:
+        torch.testing.assert_close(got[k].psi, ref[k].psi, rtol=1e-5, atol=1e-7)

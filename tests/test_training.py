@@ -101,6 +101,32 @@ def test_contrastive_step_pushes_swapped_reconstruction_away(tiny_enc):
         TrainConfig(objective="contrastive", batch_size=1).check()
 
 
+def test_step_recovers_from_out_of_memory_with_the_same_gradient(tiny_enc, monkeypatch):
+    """The training backward goes through the inverter's one chunked loop: a chunk that runs
+    out of memory mid-chunk (after the first term's gradient) is halved and retried, and
+    nothing is counted twice."""
+    x = tiny_enc.normalize(smooth_image(32, batch=2, dtype=torch.float64))
+    lacs = random_lacs(tiny_enc, 2)
+    with tiny_enc.frozen():
+        lac_step(AdjointInverter(tiny_enc, lacs, chunk_size=1), x, objective="contrastive")
+        ref = _grads(lacs)
+        lacs.zero_grad(set_to_none=True)
+        inv = AdjointInverter(tiny_enc, lacs, chunk_size=16)
+        real, sizes = inv.cascade.pull_back, []
+
+        def tight(lin, stage, cot):
+            if torch.is_grad_enabled():  # the backward pass: terms alternate, own then swapped
+                sizes.append(cot.shape[0])
+                if cot.shape[0] > 3 and len(sizes) % 2 == 0:
+                    raise torch.cuda.OutOfMemoryError("simulated")
+            return real(lin, stage, cot)
+
+        monkeypatch.setattr(inv.cascade, "pull_back", tight)
+        lac_step(inv, x, objective="contrastive")
+    assert sizes[0] == sizes[1] > 3 and max(sizes[-4:]) <= 3  # the OOM came after term 1
+    torch.testing.assert_close(_grads(lacs), ref, rtol=1e-5, atol=1e-7)  # float32 encoder
+
+
 @pytest.mark.parametrize("kw, msg", [({"steps": 0}, "steps"), ({"lr": float("nan")}, "lr"),
                                      ({"batch_size": 0}, "batch_size"),
                                      ({"checkpoint_every": 0}, "checkpoint_every"),

@@ -29,6 +29,7 @@ from .encoders.registry import load_encoder
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
 from .pretrained import IDENTITY_SOURCE, LoadedLACs, load_lacs
+from .state import to_module
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +88,7 @@ class Inverter(nn.Module):
                 raise AdjinvError(f"normalize=True expects images in [0, 1], got values in "
                                   f"[{lo:.3g}, {hi:.3g}]; scale the images to [0, 1], or build "
                                   "the Inverter with normalize=False for normalised inputs")
-            p = next(iter(self.encoder.parameters()), None)
-            if p is not None:
-                x = x.to(device=p.device, dtype=p.dtype)
-            x = self.encoder.normalize(x)
+            x = self.encoder.normalize(to_module(x, self.encoder))
         return self.inverter.prepare(x)
 
     def to_display(self, x: torch.Tensor) -> torch.Tensor:

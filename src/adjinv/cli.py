@@ -10,13 +10,12 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._optional import require
-from .errors import AdjinvError
+from .errors import AdjinvError, captured_warnings
 
 if TYPE_CHECKING:
     from .encoders.staged import StagedEncoder
@@ -35,7 +34,7 @@ class RunFailed(Exception):
 class _Parser(argparse.ArgumentParser):
     """One-line usage errors (exit 2), and ``--debug`` accepted on every (sub)command."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                           help="show tracebacks on errors (accepted anywhere)")
@@ -132,11 +131,8 @@ def _load_encoder(args: argparse.Namespace):
     """The encoder, its warnings printed as one line each; says when --random-init is moot."""
     from .encoders import load_encoder
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with captured_warnings(_warn) as caught:
         enc = load_encoder(args.encoder, args.weights, random_init=args.random_init)
-    for w in caught:
-        _warn(w.message)
     if args.random_init and not any("randomly initialised" in str(w.message) for w in caught):
         _warn(f"--random-init ignored: {args.encoder} has weights "
               f"({'--weights' if args.weights else 'bundled or cached'}), which are used")
@@ -151,12 +147,9 @@ def _load(args: argparse.Namespace):
     from .pretrained import load_lacs
 
     enc = _load_encoder(args)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with captured_warnings(_warn):
         lacs, vanilla, source = load_lacs(enc, args.lac,
                                           allow_other_weights=args.allow_other_weights)
-    for w in caught:
-        _warn(w.message)
     return enc, lacs, vanilla, source
 
 
@@ -304,12 +297,9 @@ def cmd_invert(args: argparse.Namespace) -> None:
     """``adjinv invert``."""
     from .data.images import load_image
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with captured_warnings(_warn):
         images = {n: load_image(p, mode="convert", max_pixels=args.max_pixels)
                   for n, p in _unique_names(args.images).items()}
-    for w in caught:
-        _warn(w.message)
     _run_report(args, images, "adjinv inversion report")
 
 
@@ -345,11 +335,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         _check_checkpoint_path(args.export, "--export")
     def folder(d: str) -> tuple[list, list[str]]:
         files = list_images(d)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with captured_warnings(_warn):
             imgs = [load_image(f, mode="convert", max_pixels=args.max_pixels) for f in files]
-        for w in caught:
-            _warn(w.message)
         return imgs, [str(f) for f in files]
 
     validation = None

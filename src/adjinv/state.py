@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -24,8 +25,11 @@ def to_module(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
     return x.to(device=module_device(module), dtype=dt if x.is_floating_point() else x.dtype)
 
 
+M = TypeVar("M", bound=nn.Module)
+
+
 @contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(module: M) -> Iterator[M]:
     """``module`` in eval mode inside; every submodule's previous mode outside, even on error."""
     modes = [(m, m.training) for m in module.modules()]
     try:
@@ -37,7 +41,7 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def frozen(module: nn.Module) -> Iterator[nn.Module]:
+def frozen(module: M) -> Iterator[M]:
     """Eval mode and ``requires_grad=False`` inside; the previous modes and flags outside."""
     flags = [(p, p.requires_grad) for p in module.parameters()]
     try:

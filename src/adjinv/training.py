@@ -45,7 +45,7 @@ import torch
 
 from .baselines.vanilla import VanillaMap, fit_vanilla_map
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from .core.cascade import Linearization, channel_seeds, iter_chunks
+from .core.cascade import Linearization, channel_seeds
 from .core.inverter import AdjointInverter
 from .core.lac import LACBank
 from .core.simplex import simplex_measure
@@ -55,6 +55,7 @@ from .distributed import all_reduce_sum, rank_world
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
 from .fileio import atomic_write_bytes, atomic_write_json
+from .state import module_device
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +160,19 @@ def sample_weights(w: torch.Tensor, fraction: float, gen: torch.Generator | None
 
 def _backward(inverter: AdjointInverter, lin: Linearization, stage: int,
               terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
-    """Accumulate ``∂/∂(γ,β) Σ_terms ⟨Σ_c W_{b,c} Ψ(E_c ⊙ source), cot⟩``: each term is
-    ``(source (B,C,h,w), W (B,C), cot (B,3,H,W))``; chunked so memory stays at one chunk."""
+    """Accumulate ``∂/∂(γ,β) Σ_terms ⟨Σ_c W_{b,c} Ψ(E_c ⊙ source), cot⟩`` into the ``.grad``
+    of the trainable LAC parameters: each term is ``(source (B,C,h,w), W (B,C), cot
+    (B,3,H,W))``; chunked so memory stays at one chunk (:meth:`AdjointInverter.chunks`,
+    docs/method.md §3). A chunk's gradients are added only once all its terms are
+    through, so a chunk retried after out-of-memory is never counted twice."""
     live = torch.zeros(terms[0][1].shape[1], dtype=torch.bool, device=lin.x.device)
     for _, w, _ in terms:
         live |= (w != 0).any(0)
     idx = live.nonzero().flatten()
-    for ch in iter_chunks(idx, inverter._chunk(lin, stage)):
+    params = [p for p in inverter.lacs.parameters() if p.requires_grad]
+
+    def grads(ch: torch.Tensor) -> list[tuple[torch.Tensor | None, ...]]:
+        out: list[tuple[torch.Tensor | None, ...]] = []
         for src, w, cot in terms:
             wc = w[:, ch]
             if not bool((wc != 0).any()):
@@ -173,7 +180,14 @@ def _backward(inverter: AdjointInverter, lin: Linearization, stage: int,
             phi = inverter.cascade.pull_back(lin, stage, channel_seeds(src, ch))
             part = torch.einsum("bn,nbchw->bchw", wc.to(phi.dtype), phi)
             with inverter.cascade.precision_context():
-                (part * cot).sum().backward()
+                out.append(torch.autograd.grad((part * cot).sum(), params, allow_unused=True))
+        return out
+
+    for _, per_term in inverter.chunks(lin, stage, idx, grads):
+        for gs in per_term:  # in the order .backward() would have accumulated them
+            for p, g in zip(params, gs, strict=True):
+                if g is not None:
+                    p.grad = torch.empty_like(p).copy_(g) if p.grad is None else p.grad.add_(g)
 
 
 @dataclass
@@ -415,8 +429,7 @@ def train_lacs(
             best = {k[5:]: v for k, v in ck.extras.items() if k.startswith("best.")}
         if any(k.startswith("last.") for k in ck.extras):  # a finished run saved its best LACs
             lacs.load_state_dict({k[5:]: v for k, v in ck.extras.items() if k.startswith("last.")})
-    p = next(iter(encoder.parameters()))
-    lacs.to(p.device)
+    lacs.to(module_device(encoder))
     x_val = _validation_batch(encoder, validation, config.size) if validation else None
     stopped = bool(resume and history and history[-1].get("stopped"))
 
@@ -507,7 +520,7 @@ def train_lacs(
             final = LACBank.for_encoder(encoder, eps=lacs.pix.eps, eps_mode=lacs.pix.eps_mode,
                                         linearize_at=lacs.linearize_at)
             final.load_state_dict(best)
-            final.to(p.device)
+            final.to(module_device(encoder))
         vanilla = fit_vanilla(encoder, AdjointInverter(encoder, final, chunk_size=chunk_size),
                               images, config.size)
     save(step, vanilla, final if final is not lacs else None)

@@ -23,7 +23,7 @@ from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..fileio import atomic_write_bytes
 from ..filters import gaussian_blur
-from ..state import eval_mode, module_device
+from ..state import eval_mode, module_device, to_module
 
 HEAD_FORMAT = "adjinv-head/1"
 
@@ -169,8 +169,7 @@ def deepest_features(encoder: StagedEncoder, images: torch.Tensor, batch_size: i
             if progress is not None:
                 progress(min(s + batch_size, images.shape[0]), images.shape[0])
     if not out:
-        p = next(iter(encoder.parameters()))
-        return p.new_zeros(0, encoder.infos[-1].channels, 1, 1)
+        return to_module(torch.zeros(0, encoder.infos[-1].channels, 1, 1), encoder)
     return torch.cat(out)
 
 

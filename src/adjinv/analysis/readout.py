@@ -25,7 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..core.cascade import iter_chunks
 from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
@@ -214,8 +213,9 @@ def invert_readouts(encoder: StagedEncoder, lacs: LACBank | None, images: torch.
         stacked = torch.stack([seeds[n][1] for n in names])  # (N, B, C, h, w)
         psi = torch.empty(len(names), *x.shape, dtype=x.dtype, device=x.device)
         idx = torch.arange(len(names), device=x.device)
-        for ch in iter_chunks(idx, inverter._chunk(lin, last)):
-            psi[ch] = inverter.cascade.pull_back(lin, last, stacked[ch])
+        for ch, phi in inverter.chunks(lin, last, idx,
+                                       lambda ch: inverter.cascade.pull_back(lin, last, stacked[ch])):
+            psi[ch] = phi
         w = simplex_measure(a) if split else None
         for i, n in enumerate(names):
             value, g = seeds[n]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import operator
 import weakref
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +84,7 @@ class Unsupported(Exception):
 
 def _same_padding(m: nn.Conv2d, kind: type, h: int, w: int) -> tuple[int, int, int, int] | None:
     """(left, right, top, bottom) input padding of a TF-"SAME" convolution, if ``m`` is one."""
-    return m.same_padding(h, w) if kind is Conv2dSame else None
+    return cast(Conv2dSame, m).same_padding(h, w) if kind is Conv2dSame else None
 
 
 def _conv_ok(m: nn.Conv2d) -> bool:
@@ -179,10 +180,10 @@ class StageAdjoint:
                     grads[src] = (gs.add_(acc), True)
                 else:
                     grads[src] = (acc + gs, True)
-        gx = grads.get(self._placeholder)
-        if gx is None:  # the stage ignores its input: its Jacobian is zero
+        got = grads.get(self._placeholder)
+        if got is None:  # the stage ignores its input: its Jacobian is zero
             return u.new_zeros(n, b, *self._in_shape[1:])
-        gx = _out_of_compute(gx[0], scale, out_dtype, self._fmt)
+        gx = _out_of_compute(got[0], scale, out_dtype, self._fmt)
         return gx.reshape(n, b, *gx.shape[1:])
 
     @staticmethod
@@ -266,17 +267,27 @@ def _out_of_compute(gx: torch.Tensor, scale: torch.Tensor | None, dtype: torch.d
 
 
 def _relu_bounds(node: fx.Node, module: nn.Module | None) -> tuple[float, float | None]:
-    if module is not None:
-        if isinstance(module, nn.ReLU):
-            return 0.0, None
-        return float(module.min_val), float(module.max_val)  # Hardtanh, ReLU6
-    if node.target in _RELU_FNS:
+    if isinstance(module, nn.ReLU):
+        return 0.0, None
+    if isinstance(module, nn.Hardtanh):  # and ReLU6
+        return float(module.min_val), float(module.max_val)
+    if module is None and node.target in _RELU_FNS:
         return _RELU_FNS[node.target]
-    if node.target is F.hardtanh:
+    if module is None and node.target is F.hardtanh:
         lo = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
         hi = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        if not isinstance(lo, int | float) or not isinstance(hi, int | float):
+            raise Unsupported("hardtanh with bounds computed in the graph")
         return float(lo), float(hi)
-    raise AssertionError(f"not a clamp: {node.target}")
+    raise AssertionError(f"not a clamp: {module if module is not None else node.target}")
+
+
+def _src(node: fx.Node) -> fx.Node:
+    """The node an op reads its (first) input from."""
+    src = node.args[0] if node.args else None
+    if not isinstance(src, fx.Node):
+        raise Unsupported(f"{node.op} {node.target} on a constant")
+    return src
 
 
 def _mask(x: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
@@ -312,7 +323,7 @@ def build_stage_adjoint(body: nn.Module, x: torch.Tensor, *, channels_last: bool
 def _build(body: nn.Module, graph: fx.Graph, x: torch.Tensor, channels_last: bool,
            dtype: torch.dtype) -> tuple[torch.Tensor, StageAdjoint]:
     modules = dict(body.named_modules())
-    env: dict[fx.Node, object] = {}
+    env: dict[fx.Node, Any] = {}
     ops: dict[fx.Node, _Op] = {}
     placeholder = output = None
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -337,10 +348,10 @@ def _build(body: nn.Module, graph: fx.Graph, x: torch.Tensor, channels_last: boo
             env[node] = _function_op(node, args, ops, dtype)
         elif node.op == "call_method" and node.target in _PASS_METHODS:
             env[node] = getattr(args[0], node.target)()
-            ops[node] = _Op("fanout", (node.args[0],), {})
+            ops[node] = _Op("fanout", (_src(node),), {})
         elif node.op == "call_method" and node.target in _RELU_METHODS:
             src = args[0]
-            ops[node] = _Op("mask", (node.args[0],), {"mask": _mask(src, 0.0, None).to(dtype)})
+            ops[node] = _Op("mask", (_src(node),), {"mask": _mask(src, 0.0, None).to(dtype)})
             env[node] = torch.relu(src)
         else:
             raise Unsupported(f"{node.op} {node.target}")
@@ -362,7 +373,7 @@ def _module_op(node: fx.Node, m: nn.Module, args: tuple, ops: dict[fx.Node, _Op]
     kind = known_type(m)
     if kind is None:
         raise Unsupported(type(m).__name__)
-    if kind in (nn.Conv2d, Conv2dSame):
+    if kind in (nn.Conv2d, Conv2dSame) and isinstance(m, nn.Conv2d):
         if not _conv_ok(m):
             raise Unsupported("convolution with non-zero padding mode or string padding")
         h, w = a.shape[-2:]
@@ -381,7 +392,7 @@ def _module_op(node: fx.Node, m: nn.Module, args: tuple, ops: dict[fx.Node, _Op]
             crop = (pad[0], pad[2], w, h)
         else:
             hin, win = h, w
-            ph, pw = m.padding
+            ph, pw = cast(tuple[int, int], m.padding)  # _conv_ok refused string padding
             crop = None
         oh, ow = y.shape[-2:]
         op_h = hin - ((oh - 1) * sh - 2 * ph + dh * (kh - 1) + 1)
@@ -391,8 +402,8 @@ def _module_op(node: fx.Node, m: nn.Module, args: tuple, ops: dict[fx.Node, _Op]
             "output_padding": (op_h, op_w), "groups": m.groups, "dilation": m.dilation,
             "crop": crop, "dtype": dtype, "fmt": fmt, "in_size": (h, w)})
         return y
-    if kind is nn.BatchNorm2d:
-        if m.training or m.running_var is None:
+    if kind is nn.BatchNorm2d and isinstance(m, nn.BatchNorm2d):
+        if m.training or m.running_var is None or m.running_mean is None:
             raise Unsupported("BatchNorm in training mode has no fixed linearisation here")
         scale = torch.rsqrt(m.running_var + m.eps)
         if m.weight is not None:
@@ -404,7 +415,7 @@ def _module_op(node: fx.Node, m: nn.Module, args: tuple, ops: dict[fx.Node, _Op]
         ops[node] = _Op("mask", (src,), {"mask": _mask(a, lo, hi).to(dtype)})
         # an in-place activation must not overwrite a map another node still reads
         return m(a.clone()) if getattr(m, "inplace", False) else m(a)
-    if kind is nn.MaxPool2d:
+    if kind is nn.MaxPool2d and isinstance(m, nn.MaxPool2d):
         if m.return_indices:
             raise Unsupported("max-pool returning indices")
         y, idx = F.max_pool2d(a, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
@@ -425,7 +436,7 @@ def _function_op(node: fx.Node, args: tuple, ops: dict[fx.Node, _Op],
     if t in _RELU_FNS or t is F.hardtanh:
         lo, hi = _relu_bounds(node, None)
         a = args[0]
-        ops[node] = _Op("mask", (node.args[0],), {"mask": _mask(a, lo, hi).to(dtype)})
+        ops[node] = _Op("mask", (_src(node),), {"mask": _mask(a, lo, hi).to(dtype)})
         return torch.clamp(a, lo, hi) if hi is not None else torch.relu(a)
     if t in _ADD_FNS:
         if node.kwargs or len(args) != 2:
@@ -440,10 +451,11 @@ def _function_op(node: fx.Node, args: tuple, ops: dict[fx.Node, _Op],
     if t is torch.cat:
         seq = node.args[0]
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if dim not in (1, -3) or not all(isinstance(a, fx.Node) for a in seq):
+        srcs = tuple(a for a in seq if isinstance(a, fx.Node)) if isinstance(seq, list | tuple) else ()
+        if dim not in (1, -3) or not isinstance(seq, list | tuple) or len(srcs) != len(seq):
             raise Unsupported("concatenation other than along channels")
         parts = list(args[0])
-        ops[node] = _Op("split", tuple(seq), {"sizes": [p.shape[1] for p in parts]})
+        ops[node] = _Op("split", srcs, {"sizes": [p.shape[1] for p in parts]})
         return torch.cat(parts, 1)
     raise Unsupported(str(t))
 

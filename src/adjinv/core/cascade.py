@@ -7,12 +7,13 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
 from torch.func import vjp, vmap
 
-from ..encoders.staged import StagedEncoder
+from ..encoders.staged import Stage, StagedEncoder
 from ..errors import AdjinvError
 from .adjoint import StageAdjoint, build_stage_adjoint, known_type
 from .lac import LACBank, LocalAdjointCorrector
@@ -20,6 +21,7 @@ from .memory import chunk_size_for
 from .precision import check_precision, compute_dtype, fp32_mode
 
 PullBack = Callable[[torch.Tensor], torch.Tensor]
+R = TypeVar("R")
 ENGINES = ("auto", "autograd")
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,13 @@ class Linearization:
     def upto(self) -> int:
         """Deepest stage linearised."""
         return len(self.acts) - 1
+
+
+def _vjp(stage: nn.Module, a: torch.Tensor
+         ) -> tuple[torch.Tensor, Callable[[torch.Tensor], tuple[torch.Tensor]]]:
+    """``torch.func.vjp`` of one stage (no auxiliary output): ``(f(a), u ↦ (J_fᵀ u,))``."""
+    y, fn = vjp(stage, a)[:2]
+    return y, fn
 
 
 def _vmapped(fn: Callable[[torch.Tensor], tuple[torch.Tensor]]) -> PullBack:
@@ -123,8 +132,8 @@ class AdjointCascade:
         acts, pbs, errs = [], [], []
         a = x
         with fp32_mode("float32"):
-            for k, st in enumerate(self.encoder.stages[: last + 1]):
-                built = None
+            for k, st in enumerate(cast(list[Stage], self.encoder.stages[: last + 1])):
+                built: tuple[torch.Tensor, PullBack] | None = None
                 err = None
                 if self.engine == "auto":
                     built = build_stage_adjoint(st.body, a, channels_last=cl, dtype=dtype,
@@ -132,7 +141,7 @@ class AdjointCascade:
                 if built is not None and self.verify:
                     built, err = self._verified(k, st, a, built, dtype)
                 if built is None:
-                    a, fn = vjp(st, a)
+                    a, fn = _vjp(st, a)
                     pbs.append(_vmapped(fn))
                 else:
                     a, pb = built
@@ -141,13 +150,13 @@ class AdjointCascade:
                 errs.append(err)
         return Linearization(x=x, acts=acts, pullbacks=pbs, check_errors=errs)
 
-    def _verified(self, k: int, st: nn.Module, a: torch.Tensor,
-                  built: tuple[torch.Tensor, StageAdjoint], dtype: torch.dtype
+    def _verified(self, k: int, st: Stage, a: torch.Tensor,
+                  built: tuple[torch.Tensor, PullBack], dtype: torch.dtype
                   ) -> tuple[tuple[torch.Tensor, PullBack], float]:
         """The explicit stage ``built`` if it matches autograd on one random cotangent,
         else stage ``k``'s autograd pull-back (with a warning); and the relative error."""
         y, pb = built
-        y_ref, fn = vjp(st, a)
+        y_ref, fn = _vjp(st, a)
         gen = torch.Generator(device=y_ref.device).manual_seed(k)
         u = torch.randn(y_ref.shape, generator=gen, device=y_ref.device, dtype=y_ref.dtype)
         got = pb(u.unsqueeze(0))[0]
@@ -212,8 +221,9 @@ class AdjointCascade:
         sizes = [lin.x[0].numel()] + [a[0].numel() for a in lin.acts[: stage + 1]]
         b = lin.x.shape[0]
         pbs = lin.pullbacks[: stage + 1]
-        if all(isinstance(pb, StageAdjoint) for pb in pbs):
-            return int(3 * max(sizes + [pb.widest for pb in pbs]) * b * lin.x.element_size())
+        explicit = [pb for pb in pbs if isinstance(pb, StageAdjoint)]
+        if len(explicit) == len(pbs):
+            return int(3 * max(sizes + [pb.widest for pb in explicit]) * b * lin.x.element_size())
         return int(8 * max(sizes) * b * lin.x.element_size())
 
 
@@ -243,10 +253,42 @@ def channel_seeds(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return onehot[:, None, :, None, None] * a.unsqueeze(0)
 
 
-def iter_chunks(idx: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
-    """Consecutive slices of ``idx`` of at most ``size`` entries."""
-    for s in range(0, idx.numel(), size):
-        yield idx[s: s + size]
+def chunked(idx: torch.Tensor, size: int,
+            work: Callable[[torch.Tensor], R]) -> Iterator[tuple[torch.Tensor, R]]:
+    """The one chunked pull-back loop (docs/method.md §3, [choice] batching): ``(ch, work(ch))``
+    for consecutive slices ``ch`` of ``idx`` of at most ``size`` entries.
+
+    A CUDA out-of-memory error inside ``work`` means the memory estimate was too
+    optimistic: the chunk is halved, the cache emptied and the same
+    channels retried; later chunks keep the smaller size. A single channel that does not
+    fit re-raises. ``work`` is therefore retried and must change nothing outside its
+    return value; the caller consumes the result after each ``yield``, where a failure is
+    not retried.
+
+    Args:
+        idx: 1-D tensor of the indices (channels, seeds) to process.
+        size: entries per chunk at first (at least 1).
+        work: maps one slice of ``idx`` to its result, e.g. ``Ψ_l`` of its seeds.
+
+    Returns:
+        An iterator of ``(slice, result)`` pairs covering ``idx`` in order.
+    """
+    size = max(1, size)
+    done = 0
+    while done < idx.numel():
+        ch = idx[done: done + size]
+        try:
+            out = work(ch)
+        except torch.cuda.OutOfMemoryError:
+            if ch.numel() == 1:
+                raise
+            size = max(1, size // 2)
+            log.info("out of memory with %d channels per chunk; retrying with %d",
+                     ch.numel(), size)
+            torch.cuda.empty_cache()
+            continue
+        yield ch, out
+        done += ch.numel()
 
 
 def auto_chunk(cascade: AdjointCascade, lin: Linearization, stage: int,

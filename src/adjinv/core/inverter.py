@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
+from ..state import module_device
 from .anytime import (
     Preview,
     PreviewFn,
@@ -19,7 +21,7 @@ from .anytime import (
     omitted_weight,
     select_channels,
 )
-from .cascade import AdjointCascade, Linearization, auto_chunk, channel_seeds
+from .cascade import AdjointCascade, Linearization, auto_chunk, channel_seeds, chunked
 from .lac import LACBank
 from .simplex import simplex_measure
 from .stagedict import StageDict
@@ -28,6 +30,7 @@ from .validate import check_input
 Progress = Callable[[int, int], None]
 WeightFn = Callable[[list[torch.Tensor], torch.Tensor], dict[str, torch.Tensor]]
 ChunkFn = Callable[[dict[str, torch.Tensor], torch.Tensor], None]
+R = TypeVar("R")
 
 
 @dataclass
@@ -93,9 +96,7 @@ class AdjointInverter:
                                   f"got {v!r}")
         self.encoder = encoder
         self.lacs = lacs if lacs is not None else LACBank.for_encoder(encoder)
-        p = next(iter(encoder.parameters()), None)
-        if p is not None:
-            self.lacs.to(p.device)
+        self.lacs.to(module_device(encoder))
         self.cascade = AdjointCascade(encoder, self.lacs, engine=engine, precision=precision,
                                       channels_last=channels_last, verify=verify,
                                       kernels=kernels)
@@ -127,6 +128,26 @@ class AdjointInverter:
         if self.chunk_size is not None:
             return self.chunk_size
         return auto_chunk(self.cascade, lin, stage, self.memory_budget)
+
+    def chunks(self, lin: Linearization, stage: int, idx: torch.Tensor,
+               work: Callable[[torch.Tensor], R]) -> Iterator[tuple[torch.Tensor, R]]:
+        """Run ``work`` on the chunks of ``idx`` this inverter's ``chunk_size`` or memory
+        budget allows at ``stage``, halving them on CUDA out-of-memory (docs/method.md §3,
+        [choice] batching; :func:`~adjinv.core.cascade.chunked`). Every chunked pull-back —
+        Eq. 8's synthesis, LAC training (Eq. 9, §4), readouts (§12) — goes through here.
+
+        Args:
+            lin: the linearisation ``work`` pulls back through.
+            stage: the stage whose seeds are pulled back (sizes the chunks).
+            idx: 1-D tensor of the channels (or seeds) to process.
+            work: maps one slice of ``idx`` to its result, typically
+                ``self.cascade.pull_back(lin, stage, seeds)``; it is retried after an
+                out-of-memory error, so it must not change anything outside its result.
+
+        Returns:
+            An iterator of ``(slice, work(slice))`` pairs covering ``idx`` in order.
+        """
+        return chunked(idx, self._chunk(lin, stage), work)
 
     def _stage_index(self, stage: int) -> int:
         n = self.encoder.num_stages
@@ -177,21 +198,15 @@ class AdjointInverter:
         kept = None
         if keep is not None:
             kept = lin.x.new_zeros(bsz, keep.shape[1], *lin.x.shape[1:])
-        chunk = self._chunk(lin, stage)
+
+        def pull(ch: torch.Tensor) -> torch.Tensor:  # (n, B, 3, H, W)
+            return self.cascade.pull_back(lin, stage, channel_seeds(a, ch))
+
         done = 0
-        while done < idx.numel():
-            ch = idx[done: done + chunk]
-            try:
-                phi = self.cascade.pull_back(lin, stage, channel_seeds(a, ch))  # (n, B, 3, H, W)
-            except torch.cuda.OutOfMemoryError:
-                if chunk == 1:
-                    raise
-                chunk = max(1, chunk // 2)  # the estimate was too optimistic: halve, retry
-                torch.cuda.empty_cache()
-                continue
+        for ch, phi in self.chunks(lin, stage, idx, pull):
             for k, w in weight_sets.items():
                 out[k] = out[k] + torch.einsum("bn,nbchw->bchw", w[:, ch].to(phi.dtype), phi)
-            if kept is not None:
+            if keep is not None and kept is not None:
                 match = keep[:, :, None] == ch[None, None, :]  # (B, K, n)
                 has = match.any(-1)
                 pos = match.to(torch.int8).argmax(-1)
@@ -217,7 +232,7 @@ class AdjointInverter:
         image's own channels, so that ``progress`` counts on over the whole batch, and
         ``on_chunk`` sees the whole batch (finished images, the partial one, zeros)."""
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in weight_sets}
-        kept = []
+        kept: list[torch.Tensor] = []
         bsz, c = lin.x.shape[0], lin.acts[stage].shape[1]
         for b in range(bsz):
             image_progress = image_chunk = None
@@ -241,7 +256,8 @@ class AdjointInverter:
                 order=None if order is None else order[b: b + 1], on_chunk=image_chunk)
             for k, v in sums.items():
                 outs[k].append(v)
-            kept.append(k_b)
+            if k_b is not None:
+                kept.append(k_b)
         cat = {k: torch.cat(v) for k, v in outs.items()}
         return cat, (torch.cat(kept) if keep is not None else None)
 
@@ -313,7 +329,7 @@ class AdjointInverter:
                     res.x_hat[s] = self._bound(res, s, sums.pop("x_hat"), w, chosen, radius)
                 for k, v in sums.items():
                     res.extra[k] = self._bound(res, k, v, extra[k], chosen, radius)
-                if keep is not None:
+                if keep is not None and kept is not None:
                     res.channels[s], res.phi[s] = keep, kept
         return res
 
@@ -353,6 +369,8 @@ class AdjointInverter:
         with self.encoder.frozen():
             lin, acts = self.linearize(x, s)
             _, kept = self.synthesize(lin, s, {}, keep=keep, source=self._source(acts, s))
+        if kept is None:  # synthesize keeps φ whenever keep is given
+            raise RuntimeError("no per-channel inversions were kept")
         return kept
 
     @torch.no_grad()

@@ -78,10 +78,10 @@ def _high_depth_gray(im: Image.Image, src: str) -> np.ndarray:
     if im.mode.startswith("I;16"):
         return arr.astype(np.float32) / 65535.0
     if im.mode == "I":  # 16-bit PNG/TIFF data in a 32-bit container, as Pillow reads it
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo >= 0 and hi <= 65535:
+        imin, imax = int(arr.min()), int(arr.max())
+        if imin >= 0 and imax <= 65535:
             return arr.astype(np.float32) / 65535.0
-        raise AdjinvError(f"{src} is a 32-bit integer image with values {lo}..{hi}, outside the "
+        raise AdjinvError(f"{src} is a 32-bit integer image with values {imin}..{imax}, outside the "
                           "16-bit range [0, 65535]; scale it to 8 or 16 bits and save it as PNG")
     arr = arr.astype(np.float32)
     lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))

@@ -12,8 +12,8 @@ bilinearly and thresholded at 0.5.
   [choice] CUB masks are soft (several annotators); foreground is ``≥ 0.5``.
 - :class:`OxfordPetMasks` — Oxford-IIIT Pet (Parkhi et al. 2012): ``images/*.jpg``,
   ``annotations/{trainval,test}.txt`` and ``annotations/trimaps/<name>.png``
-  (1 = pet, 2 = background, 3 = border). [choice] foreground = 1; ``boundary=True``
-  counts the border as foreground too.
+  (1 = pet, 2 = background, 3 = border). [choice] foreground = 1 (:func:`pet_foreground`,
+  shared with the evaluation sets); ``boundary=True`` counts the border as foreground too.
 - :class:`ImageMaskFolder` — any ``images/`` folder with a ``masks/`` folder holding
   one mask per image with the same file stem (non-zero = foreground, any format).
 - :class:`CompositeMasks` — the embedded sample set: see :mod:`adjinv.data.composites`.
@@ -182,6 +182,41 @@ class CUB200(MaskedDataset):
                 "mask": "segmentation >= 0.5"}
 
 
+# The Oxford-IIIT Pet trimap values (the dataset's README): 1 = pet, 2 = background,
+# 3 = border ("not classified", the band where pet and background meet).
+PET_TRIMAP_PET, PET_TRIMAP_BACKGROUND, PET_TRIMAP_BORDER = 1, 2, 3
+
+
+def read_pet_trimap(path: str | os.PathLike) -> torch.Tensor:
+    """An Oxford-IIIT Pet trimap file as its raw values (H, W) int64 (no colour conversion:
+    the values are labels, not intensities)."""
+    from PIL import Image
+
+    p = Path(path)
+    if not p.is_file():
+        raise AdjinvError(f"trimap {str(p)!r} does not exist (trimaps are matched by image name)")
+    with Image.open(p) as im:
+        t = torch.from_numpy(np.asarray(im).astype(np.int64))
+    return t[..., 0] if t.dim() == 3 else t
+
+
+def pet_foreground(trimap: torch.Tensor, boundary: bool = False) -> torch.Tensor:
+    """The one Oxford-IIIT Pet foreground definition (Sec. 3.2.1, Supp. C.2).
+
+    [choice] foreground = the pet, trimap value 1, as the dataset's convention names it;
+    the border (3) is neither pet nor background and stays out unless ``boundary=True``.
+
+    Args:
+        trimap: integer trimap values (H, W), as :func:`read_pet_trimap` returns them.
+        boundary: count the border (3) as foreground too.
+
+    Returns:
+        A boolean (H, W) foreground mask.
+    """
+    fg = trimap == PET_TRIMAP_PET
+    return fg | (trimap == PET_TRIMAP_BORDER) if boundary else fg
+
+
 class OxfordPetMasks(MaskedDataset):
     """Oxford-IIIT Pet with trimaps; ``split="train"`` reads ``trainval.txt``."""
 
@@ -211,13 +246,7 @@ class OxfordPetMasks(MaskedDataset):
         self.root, self.split, self.boundary = r.resolve(), split, boundary
 
     def _mask(self, i: int) -> torch.Tensor:
-        from PIL import Image
-
-        with Image.open(self.items[i][2]) as im:
-            t = torch.from_numpy(np.asarray(im).astype(np.int64))
-        if t.dim() == 3:
-            t = t[..., 0]
-        return (t == 1) | (t == 3) if self.boundary else t == 1
+        return pet_foreground(read_pet_trimap(self.items[i][2]), self.boundary)
 
     def describe(self) -> dict:
         """Root, split, size, boundary rule."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import fx, nn
 
 from ..errors import AdjinvError
-from ..state import eval_mode
+from ..state import eval_mode, to_module
 from .graph import HEAD_NAMES, split_graph
 from .staged import IMAGENET_MEAN, IMAGENET_STD, LinearHead, ModuleHead, StagedEncoder
 
@@ -229,12 +230,9 @@ def encoder_from_module(
     ``requires_grad`` flags are restored after every adjinv call.
     """
     with eval_mode(model):
-        p = next(iter(model.parameters()), None)
-        dev = p.device if p is not None else torch.device("cpu")
         probe = torch.randn(1, 3, probe_size, probe_size, generator=torch.Generator().manual_seed(0))
-        dt = p.dtype if p is not None and p.is_floating_point() else torch.float32
-        probe = probe.to(device=dev, dtype=dt)
-        kw = {"mean": mean, "std": std, "name": name or type(model).__name__.lower(),
+        probe = to_module(probe, model)
+        kw: dict[str, Any] = {"mean": mean, "std": std, "name": name or type(model).__name__.lower(),
               "categories": categories, "probe_size": min(probe_size, 128)}
 
         def build(stage_mods: Sequence[nn.Module], hd: nn.Module, names: list[str] | None,

@@ -28,8 +28,9 @@ from torch import nn
 
 from ..core.inverter import AdjointInverter
 from ..core.simplex import simplex_measure
-from ..errors import AdjinvError
+from ..errors import AdjinvError, captured_warnings
 from .auto import encoder_from_module
+from .staged import StagedEncoder
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ def build(name: str, seed: int = 0) -> nn.Module:
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
+            if (isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None
+                    and m.running_mean is not None):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
                 if m.weight is not None:
@@ -139,7 +141,7 @@ def check_model(name: str, *, size: int | None = None, top_k: int = 4, seed: int
     return rec
 
 
-def _compare(model: nn.Module, enc: nn.Module, size: int, top_k: int, seed: int) -> dict:
+def _compare(model: nn.Module, enc: StagedEncoder, size: int, top_k: int, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 3, size, size, generator=g, dtype=torch.float64)
     out: dict = {}
@@ -148,8 +150,7 @@ def _compare(model: nn.Module, enc: nn.Module, size: int, top_k: int, seed: int)
         logits = enc(x)
         out["logits_rel_err"] = _rel(logits, ref_logits)
     last = enc.num_stages - 1
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with captured_warnings() as caught:
         auto = AdjointInverter(enc, chunk_size=top_k)
         with enc.frozen(), torch.no_grad():
             lin = auto.cascade.linearize(x)

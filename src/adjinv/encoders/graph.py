@@ -95,7 +95,7 @@ def _cuts(nodes: list[fx.Node]) -> list[int]:
 
 def _is_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
-        return "pool" in type(modules[node.target]).__name__.lower()
+        return "pool" in type(modules[str(node.target)]).__name__.lower()
     name = getattr(node.target, "__name__", str(node.target))
     return any(p in name for p in _POOL_FUNCTIONS)
 
@@ -192,9 +192,9 @@ def split_graph(model: nn.Module, probe: torch.Tensor, *, stage_nodes: Sequence[
             ends.append(a_last)
         else:
             ends = _by_resolution(nodes, [c for c in cuts if c <= a_last])
-    stages, starts = [], [0, *ends[:-1]]
-    for s, e in zip(starts, ends, strict=True):
-        stages.append(_piece(model, nodes, nodes[s], e, s + 1, graph_out=False))
+    stages: list[nn.Module] = []
+    for start, end in zip([0, *ends[:-1]], ends, strict=True):
+        stages.append(_piece(model, nodes, nodes[start], end, start + 1, graph_out=False))
     head = _piece(model, nodes, nodes[a_last], len(nodes) - 1, a_last + 1, graph_out=True)
     return GraphSplit(stages, [describe(i) for i in ends], head)
 

@@ -6,6 +6,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
@@ -110,7 +111,7 @@ def _lite(variant: int) -> dict:
             "stage": stage_efficientnet_lite}
 
 
-def _tv(builder: Callable[[], nn.Module], weights_enum: object,
+def _tv(builder: Callable[[], nn.Module], weights_enum: Any,
         stager: Callable[[nn.Module, str], StagedEncoder], fix: Callable | None = None) -> dict:
     return {"build": builder, "url": weights_enum.url, "stage": stager, "fix": fix}
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import AdjinvError
-from ..state import frozen
+from ..state import frozen, to_module
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -106,6 +106,8 @@ class ModuleHead(nn.Module):
     the model's forward. Class-directional weights then come from the logit's gradient
     (:func:`adjinv.analysis.class_directional.class_directional_weights`)."""
 
+    module: nn.Module
+
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         if isinstance(module, ModuleHead):
@@ -186,10 +188,7 @@ class StagedEncoder(nn.Module):
 
     # ------------------------------------------------------------------ layout
     def _probe(self, names: list[str], size: int) -> list[StageInfo]:
-        p = next(iter(self.parameters()), None)
-        dev = p.device if p is not None else torch.device("cpu")
-        dt = p.dtype if p is not None and p.is_floating_point() else torch.float32
-        x = torch.zeros(1, 3, size, size, device=dev, dtype=dt)
+        x = to_module(torch.zeros(1, 3, size, size), self)
         infos = []
         with self.frozen(), torch.no_grad():
             for i, st in enumerate(self.stages):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,6 +22,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise AdjinvError(f"weights file {str(p)!r} does not exist; pass the path of a local file")
+    sd: Any
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 
 from ..encoders.staged import StagedEncoder
-from ..errors import AdjinvError
+from ..errors import AdjinvError, captured_warnings
 from ..features import FeatureSet, extract_gap_features
 
 Log = Callable[[str], None]
@@ -61,11 +60,8 @@ def load_config(cls: type, path: str | os.PathLike | None, overrides: dict[str, 
 def warnings_to_log(log: Log) -> Iterator[None]:
     """Warnings raised inside the block (identity LACs, random weights, …) become
     ``"warning: …"`` log lines when it ends, each one, instead of going to stderr."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with captured_warnings(lambda msg: log(f"warning: {msg}")):
         yield
-    for w in caught:
-        log(f"warning: {w.message}")
 
 
 def load_named_encoder(name: str, weights: str | None, random_init: bool, log: Log) -> StagedEncoder:

@@ -33,7 +33,7 @@ from ..core.simplex import simplex_measure
 from ..data.composites import composite_set
 from ..data.images import list_images, load_image, resize_center_crop
 from ..data.masks import load_mask, resize_center_crop_pair
-from ..encoders.staged import StagedEncoder
+from ..encoders.staged import LinearHead, StagedEncoder
 from ..errors import AdjinvError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..viz.display import robust_minmax
@@ -146,6 +146,11 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
     k = int(ref_logits.argmax()) if cfg.target is None else int(cfg.target)
     if not 0 <= k < enc.head.num_classes:
         raise AdjinvError(f"--class {k} out of range for {enc.head.num_classes} classes")
+    head = enc.head
+    if not isinstance(head, LinearHead):
+        raise AdjinvError(f"the ECR ablation removes GAP channels before a linear classifier "
+                          f"(docs/method.md §10); {enc.name} has a {type(head).__name__}; use an "
+                          "encoder whose head is GAP + Linear")
     cache = ImageCache(out / "cache")
     base = {"v": 1, "encoder": enc.name, "weights": enc.weights_hash(), "lacs": lac_digest(bank),
             "size": cfg.size, "reference": tensor_digest(ref, reg), "seed": cfg.seed}
@@ -190,7 +195,7 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
         cache.put_tensors(key, {"ecr": e})
     z = seed_zero(inv, x)
     ecr_zero = energy_concentration_ratio(z, reg.to(z.device))[0]
-    curves = {lab: ecr_ablation(enc.head, g, k, e.to(g.device), cfg.fractions,
+    curves = {lab: ecr_ablation(head, g, k, e.to(g.device), cfg.fractions,
                                 cfg.random_seeds if lab == "measured" else 1, cfg.seed)
               for lab, e in rankings.items()}
     real = rankings["measured"]

@@ -10,8 +10,8 @@ Spec strings (``--data``):
 - ``KIND:ROOT`` — a dataset of :func:`adjinv.data.datasets.open_dataset` (``oxford_pet``,
   ``stanford_dogs``, ``cifar100``, ``imagefolder``, or ``lfw``): its test split (first
   ``max_images``, classes interleaved) and train split. For ``oxford_pet`` the masks are
-  the official trimaps ``annotations/trimaps/<name>.png``; [choice] foreground = trimap
-  values 1 (pet) and 3 (boundary).
+  the official trimaps ``annotations/trimaps/<name>.png``; [choice] foreground = the pet,
+  trimap value 1 (:func:`adjinv.data.masks.pet_foreground`, as for the masked datasets).
 - any spec with ``@MASKDIR`` appended: masks from ``MASKDIR/<image stem>.png`` (any
   non-zero pixel is foreground), resized and cropped like the image.
 """
@@ -28,6 +28,7 @@ import torch
 from ..data.datasets import first_per_class, open_dataset
 from ..data.images import list_images, load_image, resize_center_crop
 from ..data.labelled import embedded_labelled_set
+from ..data.masks import pet_foreground, read_pet_trimap
 from ..data.samples import SAMPLE_NAMES, sample_images
 from ..errors import AdjinvError
 
@@ -53,13 +54,14 @@ def slug(spec: str) -> str:
 def _mask_file(path: Path, size: int, trimap: bool) -> torch.Tensor:
     from PIL import Image
 
-    if not path.is_file():
-        raise AdjinvError(f"mask {str(path)!r} does not exist (masks are matched by image name)")
-    with Image.open(path) as im:
-        arr = np.array(im.convert("L"))
-    fg = np.isin(arr, (1, 3)) if trimap else arr > 0
-    m = torch.from_numpy(fg.astype(np.float32))[None]
-    return resize_center_crop(m, size)[0] > 0.5
+    if trimap:
+        fg = pet_foreground(read_pet_trimap(path))
+    else:
+        if not path.is_file():
+            raise AdjinvError(f"mask {str(path)!r} does not exist (masks are matched by image name)")
+        with Image.open(path) as im:
+            fg = torch.from_numpy(np.array(im.convert("L")) > 0)
+    return resize_center_crop(fg.float()[None], size)[0] > 0.5
 
 
 def open_eval_set(spec: str, size: int, *, max_images: int | None = None,
@@ -104,7 +106,7 @@ def open_eval_set(spec: str, size: int, *, max_images: int | None = None,
         if base.startswith("oxford_pet:") and not mask_dir:
             tri = Path(base.partition(":")[2]) / "annotations" / "trimaps"
             masks = {n: _mask_file(tri / f"{s}.png", size, True) for n, s in stems.items()}
-            desc += "; masks: official trimaps (foreground = pet + boundary)"
+            desc += "; masks: official trimaps (foreground = pet, trimap value 1)"
     if mask_dir:
         md = Path(mask_dir)
         masks = {n: _mask_file(md / f"{s}.png", size, False) for n, s in stems.items()}

@@ -58,6 +58,7 @@ from typing import Any
 
 import torch
 
+from ..analysis.ecr import spearman
 from ..baselines.guided import modified_gradient
 from ..baselines.mahendran import MVConfig, mahendran_vedaldi
 from ..baselines.upconv import UpConvConfig, train_upconv, upconv_reconstruct
@@ -457,12 +458,6 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
 
 
-def _spearman(xs: list[float], ys: list[float]) -> float:
-    from scipy.stats import spearmanr
-
-    if len(xs) < 3 or len(set(ys)) < 2:
-        return float("nan")
-    return float(spearmanr(xs, ys).statistic)
 
 
 def _protocol(cfg: ReconstructionConfig, r: _Runner, curve: list[tuple[int, str]]) -> dict:
@@ -679,7 +674,7 @@ def _verdicts(r: _Runner, per_photo: dict, curve_rows: list[dict], seen: set[str
         pts = sorted((row["step"], row) for row in curve_rows if row["photo"] == name)
         steps = [s for s, _ in pts]
         gain = [row["trained"]["pearson"] - pts[0][1]["trained"]["pearson"] for _, row in pts]
-        rho = _spearman(steps, gain)
+        rho = spearman(torch.tensor(steps), torch.tensor(gain)) if len(pts) >= 3 else float("nan")
         grows = None
         if len(pts) >= 3:
             grows = bool(rho > 0 and gain[-1] > gain[0])

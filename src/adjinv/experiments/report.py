@@ -22,6 +22,7 @@ from ..encoders.staged import StagedEncoder
 from ..fileio import atomic_write_json, atomic_write_text, publish_dir, save_png, staging_dir
 from ..metrics.likeness import affine_fit, pearson_rgb
 from ..metrics.reconstruction import psnr, ssim
+from ..state import module_device
 from ..viz.display import robust_minmax
 from ..viz.html import figure, page, table
 
@@ -61,7 +62,7 @@ def _likeness(rec: torch.Tensor, img: torch.Tensor) -> dict[str, float]:
 def deepest_acts(encoder: StagedEncoder, image: torch.Tensor, size: int) -> torch.Tensor:
     """``A_L`` (1, C, h, w) of one image (3, H, W) in [0, 1] at the report's size: a
     partner's features for the swapped-seed control of another image."""
-    x = encoder.normalize(resize_center_crop(image, size).to(encoder.mean.device))[None]
+    x = encoder.normalize(resize_center_crop(image, size).to(module_device(encoder)))[None]
     with torch.no_grad(), encoder.frozen():
         return encoder.forward_stages(x)[-1]
 
@@ -82,7 +83,7 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
     The files are written into a hidden sibling folder that replaces ``out`` only once
     all of them are complete, so an interrupted run leaves no half-filled folder."""
     t0 = time.perf_counter()
-    img = resize_center_crop(image, cfg.size).to(encoder.mean.device)
+    img = resize_center_crop(image, cfg.size).to(module_device(encoder))
     x = encoder.normalize(img)[None]
     inv = AdjointInverter(encoder, lacs, chunk_size=cfg.chunk_size, precision=cfg.precision)
     x = inv.prepare(x)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..encoders.staged import StagedEncoder
+from ..state import to_module
 from .reconstruction import psnr, ssim
 
 
@@ -90,8 +91,7 @@ def reencoding_agreement(encoder: StagedEncoder, pred: torch.Tensor, target: tor
     the deepest stage. Both images are resized (bilinear, antialiased) to ``size``
     (default: unchanged). Returns ``{"top5": (B,), "cosine": (B,)}`` (key ``top{k}``)."""
     _check(pred, target)
-    p = next(iter(encoder.parameters()))
-    both = torch.cat([pred, target]).clamp(0, 1).to(p)
+    both = to_module(torch.cat([pred, target]).clamp(0, 1), encoder)
     if size is not None and both.shape[-1] != size:
         both = F.interpolate(both, size=(size, size), mode="bilinear", antialias=True,
                              align_corners=False)

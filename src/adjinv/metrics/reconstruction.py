@@ -5,12 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def _gauss_window(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    ax = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    g = torch.exp(-(ax**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return g
+from ..filters import gaussian_kernel1d
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, win_size: int = 11,
@@ -22,9 +17,11 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0, win_size:
     if a.shape != b.shape or a.dim() != 4:
         raise ValueError(f"ssim needs two (B, C, H, W) tensors of one shape, got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if win_size < 1 or win_size % 2 == 0:
+        raise ValueError(f"ssim needs an odd window size (as scikit-image), got {win_size}")
     a, b = a.double(), b.double()
     c = a.shape[1]
-    g = _gauss_window(win_size, sigma, a.dtype, a.device)
+    g = gaussian_kernel1d(sigma, win_size // 2, dtype=a.dtype, device=a.device)
     kx = g.view(1, 1, 1, -1).expand(c, 1, 1, win_size)
     ky = g.view(1, 1, -1, 1).expand(c, 1, win_size, 1)
 

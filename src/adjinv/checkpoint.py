@@ -128,9 +128,11 @@ def load_checkpoint(path: str | os.PathLike, encoder: StagedEncoder, *,
     return lacs, LACCheckpoint(meta=meta, extras=extras)
 
 
-def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, *,
+                      variant: str | None = None) -> Path:
     """Copy a training checkpoint without its optimiser state: only LAC γ/β, the
-    fitted vanilla map and the metadata (what the package bundles)."""
+    fitted vanilla map and the metadata (what the package bundles). ``variant`` names the
+    training run in the metadata (its log is ``benchmarks/results/training/<variant>.log.json``)."""
     from safetensors.torch import save
 
     meta, tensors = read_checkpoint(src)
@@ -142,6 +144,8 @@ def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         step = meta.get("early_stopping", {}).get("best_step") if last else meta.get("step")
     meta = {k: v for k, v in meta.items() if k not in ("history", "losses")}  # the log has them
     meta = {**meta, "exported_from_step": step, "step": step}
+    if variant is not None:
+        meta["variant"] = variant
     return atomic_write_bytes(dst, save(keep, metadata={"adjinv": json.dumps(meta)}))
 
 

@@ -10,10 +10,12 @@ lint:
 # Re-creates the bundled LAC checkpoint (see README, "The bundled LACs"): the embedded
 # training split, validation photos for the schedule and the best checkpoint.
 lac:
-	python3 benchmarks/train_embedded.py --objective pixbias --steps 150 --validate-every 15 \
-	  --patience 3 --keep-every 15 --threads 1 --out lac-train/pixbias.lac.safetensors
+	python3 benchmarks/train_embedded.py --objective paper --photos colour --steps 150 \
+	  --validate-every 15 --patience 3 --keep-every 15 --threads 1 \
+	  --out lac-train/paper-colour.lac.safetensors
 	python3 -c "from adjinv.checkpoint import export_checkpoint as e; \
-	  e('lac-train/pixbias.lac.safetensors', 'src/adjinv/weights/efficientnet_lite0.lac.safetensors')"
+	  e('lac-train/paper-colour.lac.safetensors', \
+	    'src/adjinv/weights/efficientnet_lite0.lac.safetensors', variant='paper-colour')"
 # Every torchvision classification builder and the timm families (long); then the results
 # file and docs/compatibility.md from a fresh run.
 conformance:

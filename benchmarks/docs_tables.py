@@ -90,7 +90,8 @@ def default_table() -> str:
     """The shipped LACs on the held-out photos: x̂_L beside its controls (benchmarks/leakage.py)."""
     meta = _bundled_meta()
     objective = meta["training"]["objective"]
-    r = _json(f"leakage/{objective}.json")
+    variant = meta.get("variant", objective)
+    r = _json(f"leakage/{variant}.json")
     v = r["variant"]
     photos = list(v["per_photo"])
     rows = [("trained", "x̂_L, shipped LACs"), ("identity", "x̂_L, identity LACs"),
@@ -98,7 +99,7 @@ def default_table() -> str:
             ("random_seed", "random Gaussian seeds")]
     feat = max((m for m in v["mean"] if m.startswith("feature_k")), key=lambda m: int(m[9:]))
     rows.append((feat, f"feature-specific view, x̂ − mean of {feat[9:]} swapped"))
-    lines = [f"Shipped LACs: objective `{objective}`, weights of step {meta.get('step')} "
+    lines = [f"Shipped LACs: `{variant}` (objective `{objective}`), weights of step {meta.get('step')} "
              f"(chosen on the validation photos). EfficientNet-Lite0 at {r['size']} px, "
              f"{r['crops']} crop(s) per held-out photo; cells: Pearson r / affine SSIM "
              "(generated from `benchmarks/results/leakage/`).", "",
@@ -129,15 +130,25 @@ def paper_summary() -> str:
             "it — not from the features.")
 
 
+VARIANT_ORDER = ("paper", "pixbias", "contrastive", "paper-colour", "reference")
+
+
+def _variants() -> list[str]:
+    """The LAC variants with a committed leakage evaluation, in table order."""
+    have = {p.stem for p in (RESULTS / "leakage").glob("*.json")}
+    return [v for v in VARIANT_ORDER if v in have] + sorted(have - set(VARIANT_ORDER))
+
+
 def heldout_l1() -> str:
     """ℓ1(x̂_L, x) on the photos neither the old nor the new LACs saw (96 px centre crops)."""
     old = _json("reconstruction/results.json")
     photos = [n for n in old["heldout"] if n not in old["seen_by_lacs"]]
     rows = [("LACs bundled before (paper objective, 40 steps)",
              {n: old["per_photo"][n]["trained"]["l1"] for n in photos})]
-    for v in ("paper", "pixbias", "contrastive"):
+    for v in _variants():
         r = _json(f"leakage/{v}.json")["variant"]
-        rows.append((f"{v} (this training run)", {n: r["per_photo"][n]["trained"]["l1"] for n in photos}))
+        rows.append((f"{v} (trained on the training split)",
+                     {n: r["per_photo"][n]["trained"]["l1"] for n in photos}))
     ident = _json("leakage/pixbias.json")["variant"]["per_photo"]
     rows.append(("identity LACs", {n: ident[n]["identity"]["l1"] for n in photos}))
     lines = ["| LACs | " + " | ".join(photos) + " | mean |", "|---|" + "---|" * (len(photos) + 1)]
@@ -183,7 +194,8 @@ def training_summary() -> str:
     """The shipped LACs' training run, from its committed log."""
     meta = _bundled_meta()
     t = meta["training"]
-    log = json.loads((RESULTS / "training" / f"{t['objective']}.log.json").read_text())
+    variant = meta.get("variant", t["objective"])
+    log = json.loads((RESULTS / "training" / f"{variant}.log.json").read_text())
     val = [r for r in log if "val_l1" in r]
     secs = sum(r["seconds"] for r in log)
     return (f"`{t['objective']}` objective, {len(log)} steps of batch {t['batch_size']} at "
@@ -192,7 +204,7 @@ def training_summary() -> str:
             f"{val[0]['val_l1']:.4f} at step {val[0]['step']} → "
             f"{min(r['val_l1'] for r in val):.4f} at best; shipped weights from step "
             f"{meta.get('step')}; {secs / 60:.0f} min of wall time for the steps on a shared "
-            f"2-core machine. Log: `benchmarks/results/training/{t['objective']}.log.json` "
+            f"2-core machine. Log: `benchmarks/results/training/{variant}.log.json` "
             "(and `.csv`, `.loss.png`).")
 
 
@@ -371,7 +383,7 @@ def paper_claims() -> str:
     rows = [*_crisis_rows(), *_support_rows(), *_lac_rows(), *_duality_rows(), *_depth_rows(),
             *_table1_rows()]
     sizes = {_pc(n)["size"] for n in ("crisis", "lac", "duality", "depth")}
-    lines = [f"EfficientNet-Lite0 at {', '.join(map(str, sorted(sizes)))} px with the bundled LACs, "
+    lines = [f"EfficientNet-Lite0 at {', '.join(map(str, sorted(sizes)))} px with the bundled `pixbias` LACs, "
              "held-out photos (generated from `benchmarks/results/paper_claims/`).", "",
              "| paper element | command | our number | the paper's | status |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 import adjinv
-from adjinv.checkpoint import bundled_checkpoint, read_checkpoint
+from adjinv.checkpoint import bundled_checkpoint, bundled_variants, read_checkpoint
 from adjinv.core.lac import LACBank
 from adjinv.data.images import resize_center_crop
-from adjinv.data.photos import HELDOUT, TRAIN, VALIDATION, photo
+from adjinv.data.photos import HELDOUT, TRAIN, VALIDATION, is_greyscale, photo
 
 
 def test_bundled_checkpoint_is_small_loads_and_never_saw_the_heldout_photos():
@@ -18,7 +18,8 @@ def test_bundled_checkpoint_is_small_loads_and_never_saw_the_heldout_photos():
     assert not any(k.startswith(("extra.adam.", "extra.last.", "extra.best.")) for k in tensors)
     assert meta["complete"]
     trained_on = {name.split(":", 1)[-1] for name in meta["training"]["images"]}
-    assert trained_on == set(TRAIN)
+    # the training split's colour photos (benchmarks/train_embedded.py --photos colour)
+    assert trained_on == {n for n in TRAIN if not is_greyscale(photo(n))}
     assert not trained_on & (set(HELDOUT) | set(VALIDATION))
     # the shipped weights are the best validation checkpoint of the run
     assert meta["step"] == meta["early_stopping"]["best_step"]
@@ -29,13 +30,17 @@ def test_bundled_checkpoint_is_small_loads_and_never_saw_the_heldout_photos():
                zip(lacs.parameters(), LACBank.for_encoder(enc).parameters(), strict=True))
 
 
-def test_bundled_objective_limits_leakage():
-    """β only at the pixels: the seed-zero cascade is the constant image β_pix, so no
-    likeness can come from biases pulled back through the photo's Jacobians."""
-    meta, _ = read_checkpoint(bundled_checkpoint("efficientnet_lite0"))
-    assert meta["training"]["objective"] == "pixbias"
+def test_bundled_variants_are_named_and_the_pixbias_one_limits_leakage():
+    """The ``pixbias`` variant has β only at the pixels: the seed-zero cascade is the
+    constant image β_pix, so no likeness can come from biases pulled back through the
+    photo's Jacobians."""
+    assert {"paper", "pixbias"} <= set(bundled_variants("efficientnet_lite0"))
+    for v in ("paper", "pixbias"):
+        meta, _ = read_checkpoint(bundled_checkpoint("efficientnet_lite0", v))
+        assert meta["variant"] == v and meta["training"]["objective"] == v
+    assert read_checkpoint(bundled_checkpoint("efficientnet_lite0"))[0]["variant"] == "paper-colour"
     enc = adjinv.load_encoder("efficientnet_lite0")
-    lacs = adjinv.load_lacs(enc).lacs
+    lacs = adjinv.load_lacs(enc, "pixbias").lacs
     for name, lac in lacs.lacs.items():
         if name != "pix":
             assert torch.equal(lac.beta, torch.zeros_like(lac.beta))

@@ -196,11 +196,78 @@ def training_summary() -> str:
             "(and `.csv`, `.loss.png`).")
 
 
+def _adjinv() -> None:
+    """Import the runners' own table renderers from this checkout's ``src``."""
+    src = str(REPO / "src")
+    if src not in sys.path:
+        sys.path.insert(0, src)
+
+
+def _run_line(r: dict, extra: str = "") -> str:
+    env = r.get("environment", {})
+    return (f"Written by the runner to `benchmarks/results/interference/{extra}results.json`: "
+            f"{r['dataset']['dataset']} ({r['dataset'].get('subset', '')}), "
+            f"{r['n_images']} images at {r['dataset']['size']} px, {r['seconds']:.0f} s wall on "
+            f"{env.get('cpus', '?')} shared CPUs, {env.get('threads', '?')} torch thread(s).")
+
+
+def interference_fg() -> str:
+    """FG, O1, O2: measured, shuffled heads, swapped seed, randomised; raw / zero-mean / Ψ(0)-projected."""
+    _adjinv()
+    from adjinv.experiments.fg_paradox import encoder_table
+
+    r = _json("interference/fg-paradox/results.json")
+    lines = [_run_line(r, "fg-paradox/")]
+    for p in r["encoders"]:
+        s, lp = p["summary"], p["lac_pix"]
+        lines += ["", f"{p['encoder']}, LACs `{p['lacs']}`; mask area ratio "
+                      f"{_ci(s['area_ratio'])}; swapped-seed partners: {p['partner_rule']}; LAC_pix "
+                      f"γ = ({', '.join(f'{v:.3f}' for v in lp['gamma'])}), β = "
+                      f"({', '.join(f'{v:.3f}' for v in lp['beta'])}), bias share of every φ_c "
+                      f"Σβ²/(Σβ²+Σγ²) = {lp['bias_share']:.3f}; intervals: bootstrap over "
+                      f"{s['measured']['raw']['full'].get('n_groups', '?')} source photos.", ""]
+        lines += encoder_table(p)
+    return "\n".join(lines)
+
+
+def _ci(s: dict) -> str:
+    if s.get("mean") is None:
+        return "undefined"
+    if s.get("lo") is None:
+        return f"{s['mean']:.3f}"
+    return f"{s['mean']:.3f} [{s['lo']:.3f}, {s['hi']:.3f}]"
+
+
+def interference_h1() -> str:
+    """H1 statistics raw / zero-mean / Ψ(0)-projected with the floor."""
+    _adjinv()
+    from adjinv.experiments.superposition import h1_table
+
+    r = _json("interference/superposition/results.json")
+    z = r["summary"]["seed_zero"]
+    lines = [_run_line(r, "superposition/") + f" LACs `{r['lacs']}`; at most "
+             f"{r['config']['max_channels']} live channels per image (largest simplex weight); "
+             f"swapped-seed partners: {r['partner_rule']}.", ""]
+    lines += h1_table(r)
+    lines += ["", f"Seed-zero: ‖Ψ_L(0)‖² / mean ‖φ_c‖² = {_ci(z['energy_vs_mean_channel'])}, "
+                  f"|cos(Ψ_L(0), u)| = {_ci(z['cos_u'])}."]
+    return "\n".join(lines)
+
+
+def interference_h2() -> str:
+    """B1 / B2 for the head and the shuffled heads."""
+    _adjinv()
+    from adjinv.experiments.superposition import h2_table
+
+    return "\n".join(h2_table(_json("interference/superposition/results.json")))
+
+
 BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
           "leakage-table": leakage_table, "default-table": default_table,
           "training-summary": training_summary, "paper-summary": paper_summary,
           "heldout-l1": heldout_l1, "gradient-variance": gradient_variance,
-          "scaling": scaling}
+          "scaling": scaling, "interference-fg": interference_fg,
+          "interference-h1": interference_h1, "interference-h2": interference_h2}
 
 
 def render(text: str) -> str:

@@ -86,7 +86,13 @@ def test_ecr_runner_with_files(tiny32, tmp_path):
     c = res["curves"]["measured"]
     assert c["descending"][0] == c["ascending"][0] == c["random_mean"][0]
     assert c["descending"][-1] == pytest.approx(c["random_mean"][-1])
-    assert {"seed_zero", "swapped_seed", "random_top1"} <= set(res["controls"])
+    assert {"seed_zero", "swapped_seed", "random_top1", "energy", "abs_alpha"} <= set(res["controls"])
+    assert res["live_fraction"] == pytest.approx(res["live_channels"] / res["channels"])
+    ti = res["test_images"]
+    assert 0 <= ti["classified_as_class"] <= 3 and 0 <= ti["mean_p_before"] <= 1
+    if 0 < ti["classified_as_class"] < 3:  # only the correctly classified images are ablated
+        assert ti["mean_p_before_used"] != ti["mean_p_before"]
+    assert "Descending = Ascending" in (tmp_path / "out" / "table.md").read_text()
     for f in ("results.json", "table.md", "ablation.png", "reference.png"):
         assert (tmp_path / "out" / f).is_file()
 

@@ -162,3 +162,19 @@ def test_bootstrap_by_group():
     wide = bootstrap_ci(vals, groups=[0, 0, 0, 1, 1, 1])
     narrow = bootstrap_ci(vals)
     assert wide["hi"] - wide["lo"] > narrow["hi"] - narrow["lo"]
+
+
+def test_variants_zero_a_dead_seeds_residue():
+    from adjinv.analysis.superposition import variants
+
+    b = torch.tensor([0.1, -0.3, 0.7], dtype=torch.float32).view(3, 1, 1).expand(3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    live = centre_rgb(torch.randn(2, 3, 8, 8, generator=g)) + b
+    phi = torch.stack([live[0], b.clone(), live[1], b.clone()])  # rows 1, 3: dead seeds, φ = Ψ(0)
+    v = variants(phi, b)
+    for name in ("zero_mean", "psi0_projected"):
+        t = v[name]
+        assert t is not None
+        assert float(t[1].abs().max()) == 0 and float(t[3].abs().max()) == 0
+        assert float(t[0].abs().max()) > 0.1
+    assert torch.equal(v["raw"], phi)

@@ -161,7 +161,19 @@ def project_out(x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor | None
 def variants(x: torch.Tensor, psi0: torch.Tensor) -> dict[str, torch.Tensor | None]:
     """``{"raw", "zero_mean", "psi0_projected"}`` of ``x`` (docs/method.md §15): the
     three ways the H1 and FG statistics are reported."""
-    return {"raw": x, "zero_mean": centre_rgb(x), "psi0_projected": project_out(x, psi0)}
+    out = {"raw": x, "zero_mean": centre_rgb(x), "psi0_projected": project_out(x, psi0)}
+    return {k: (v if k == "raw" or v is None else _zero_residue(v, x)) for k, v in out.items()}
+
+
+def _zero_residue(v: torch.Tensor, x: torch.Tensor, rel: float = 1e-10) -> torch.Tensor:
+    """Images whose energy after centring or projection is below ``rel`` of their raw
+    energy are set to exactly zero: a dead seed gives ``φ_c = Ψ(0)``, which centring turns
+    into rounding residue (float32 means), and residues of constant images are constant
+    images whose pairwise cosines are 1 — an artefact, not structure."""
+    e_v = v.detach().pow(2).flatten(-3).sum(-1)
+    e_x = x.detach().pow(2).flatten(-3).sum(-1).to(e_v.dtype)
+    dead = (e_v <= rel * e_x)[..., None, None, None]
+    return torch.where(dead, torch.zeros_like(v), v)
 
 
 def lac_pix_floor(gamma: torch.Tensor, beta: torch.Tensor) -> dict[str, float]:

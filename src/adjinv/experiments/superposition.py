@@ -279,7 +279,7 @@ def run_superposition(cfg: SuperpositionConfig, out: str | Path, *, log: Log = q
     items = [ds[i] for i in range(n)]
     partners, rule = partner_derangement([it.label for it in items])
     cache = ImageCache(out / "cache")
-    base = {"v": 2, "encoder": enc.name, "weights": enc.weights_hash(), "lacs": lac_digest(bank),
+    base = {"v": 3, "encoder": enc.name, "weights": enc.weights_hash(), "lacs": lac_digest(bank),
             "size": cfg.size, "max_channels": cfg.max_channels, "levels": levels, "seed": cfg.seed}
     recs, computed, figures = [], 0, []
     for i in iter_with_bar(list(range(n)), "superposition"):

@@ -262,12 +262,75 @@ def interference_h2() -> str:
     return "\n".join(h2_table(_json("interference/superposition/results.json")))
 
 
+def interference_ecr() -> str:
+    """The ECR ablation table as the runner renders it, without its title and notes."""
+    _adjinv()
+    from adjinv.experiments.ecr import table
+
+    r = _json("interference/ecr/results.json")
+    body = table(r).split("\n")[2:]
+    body = body[: next(i for i, line in enumerate(body) if line.startswith("- "))]
+    env = r.get("environment", {})
+    head = (f"Written by the runner to `benchmarks/results/interference/ecr/results.json` "
+            f"({r['seconds']:.0f} s wall on {env.get('cpus', '?')} shared CPUs, "
+            f"{env.get('threads', '?')} torch thread(s)); LACs `{r['lacs']}`.")
+    return "\n".join([head, "", *body]).strip()
+
+
+def _runner_block(rel: str, module: str, command: str) -> str:
+    """A runner's own ``table.md`` rendering of its committed ``results.json``: the title
+    dropped, headings demoted under the doc's, and a line saying where it came from."""
+    import importlib
+
+    _adjinv()
+    r = _json(rel)
+    text = importlib.import_module(module).markdown_table(r)
+    body = []
+    for line in text.strip().splitlines()[1:]:
+        body.append("#### " + line.lstrip("#").strip() if line.startswith("#") else line)
+    env = r.get("environment", {})
+    secs = r.get("seconds")
+    total = secs.get("total") if isinstance(secs, dict) else secs
+    head = (f"`{command}` wrote `benchmarks/results/{rel}` ({total:.0f} s wall on "
+            f"{env.get('cpus', '?')} shared CPUs, {env.get('threads', '?')} torch thread(s)).")
+    return "\n".join([head, *body]).strip()
+
+
+def cam_table() -> str:
+    """Table 3 with the sanity rows (adjinv experiment cam-compare)."""
+    return _runner_block("cam-compare/results.json", "adjinv.experiments.cam_compare",
+                         "adjinv experiment cam-compare --data composites --max-images 4 --size 96 "
+                         "--steps 50 --threads 1")
+
+
+def fidelity_table() -> str:
+    """Table 1 (adjinv experiment fidelity)."""
+    return _runner_block("fidelity/results.json", "adjinv.experiments.fidelity",
+                         "adjinv experiment fidelity --size 96 --threads 1")
+
+
+def ood_table() -> str:
+    """OOD geometry with its controls (adjinv experiment ood)."""
+    return _runner_block("ood/results.json", "adjinv.experiments.ood",
+                         "adjinv experiment ood --corruptions gaussian_noise defocus_blur zoom_blur "
+                         "frost brightness contrast --no-figure --threads 1")
+
+
+def compression_table() -> str:
+    """Compression probes (adjinv experiment compression)."""
+    return _runner_block("compression/results.json", "adjinv.experiments.compression",
+                         "adjinv experiment compression --threads 1")
+
+
 BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
           "leakage-table": leakage_table, "default-table": default_table,
           "training-summary": training_summary, "paper-summary": paper_summary,
           "heldout-l1": heldout_l1, "gradient-variance": gradient_variance,
           "scaling": scaling, "interference-fg": interference_fg,
-          "interference-h1": interference_h1, "interference-h2": interference_h2}
+          "interference-h1": interference_h1, "interference-h2": interference_h2,
+          "interference-ecr": interference_ecr, "cam-table": cam_table,
+          "fidelity-table": fidelity_table, "ood-table": ood_table,
+          "compression-table": compression_table}
 
 
 def render(text: str) -> str:

@@ -76,6 +76,7 @@ from .common import (
     timer,
     warnings_to_log,
 )
+from .interference_common import portable_path
 
 INDICATORS = ("accuracy", "logdet_subset", "effective_rank", "trace", "mmd2",
               "logdet_corr_subset", "mean_norm", "logdet_random_subset", "logdet_corr_random_subset")
@@ -253,6 +254,7 @@ def reconstructions(enc: StagedEncoder, probe: LinearProbe, test_ds: object, cfg
                         for s in sev])
     with warnings_to_log(log):
         lacs, _, source = load_lacs(enc, cfg.lac)
+    source = portable_path(source)
     w_eff, _ = probe.effective_weights()
     wk = to_module(w_eff[label], enc)
 

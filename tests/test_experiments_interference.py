@@ -86,7 +86,9 @@ def test_ecr_runner_with_files(tiny32, tmp_path):
     c = res["curves"]["measured"]
     assert c["descending"][0] == c["ascending"][0] == c["random_mean"][0]
     assert c["descending"][-1] == pytest.approx(c["random_mean"][-1])
-    assert {"seed_zero", "swapped_seed", "random_top1", "energy", "abs_alpha"} <= set(res["controls"])
+    assert {"seed_zero", "swapped_seed", "random_top1", "energy", "abs_alpha",
+            "zero_mean"} <= set(res["controls"])
+    assert 0 <= res["ecr_zero_mean"]["mean"] <= 1
     assert res["live_fraction"] == pytest.approx(res["live_channels"] / res["channels"])
     ti = res["test_images"]
     assert 0 <= ti["classified_as_class"] <= 3 and 0 <= ti["mean_p_before"] <= 1

@@ -28,6 +28,7 @@ from ..analysis.controls import (
     swapped_channel_inversions,
 )
 from ..analysis.ecr import ecr_ablation, energy_concentration_ratio, spearman
+from ..analysis.superposition import centre_rgb
 from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
@@ -110,6 +111,15 @@ def load_inputs(cfg: ECRConfig) -> tuple[torch.Tensor, torch.Tensor, list[tuple[
     if not tests:
         raise AdjinvError("no test images")
     return ref, reg, tests, desc
+
+
+def _spread(e: torch.Tensor | None) -> dict | None:
+    if e is None:
+        return None
+    f = e[torch.isfinite(e)].double()
+    if f.numel() == 0:
+        return None
+    return {"mean": float(f.mean()), "p5": float(f.quantile(0.05)), "p95": float(f.quantile(0.95))}
 
 
 def channel_ecr(inv: AdjointInverter, x: torch.Tensor, region: torch.Tensor,
@@ -211,6 +221,13 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
     dead = simplex_measure(a_ref[None])[0].cpu() == 0
     energy = a_ref.double().pow(2).mean(dim=(-2, -1)).cpu()
     abs_alpha = (wk.detach().double().cpu() * g_ref.double().cpu()).abs()
+    if phi_ref is not None:
+        # ECR without the LAC_pix bias (docs/method.md §15): on per-RGB zero-mean φ_c
+        live_idx = torch.isfinite(rankings["measured"]).nonzero().flatten()
+        zm = torch.full_like(rankings["measured"], float("nan"))
+        e_zm = energy_concentration_ratio(centre_rgb(phi_ref), reg.to(phi_ref.device))
+        zm[live_idx] = e_zm.cpu().to(zm.dtype)
+        rankings["zero_mean"] = zm
     rankings["energy"] = torch.where(dead, torch.nan, energy)
     rankings["abs_alpha"] = torch.where(dead, torch.nan, abs_alpha)
     z = seed_zero(inv, x)
@@ -235,6 +252,7 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
         "ecr_measured": {"mean": float(fin.mean()), "p5": float(fin.quantile(0.05)),
                          "p95": float(fin.quantile(0.95)), "min": float(fin.min()),
                          "max": float(fin.max())},
+        "ecr_zero_mean": _spread(rankings.get("zero_mean")),
         "curves": {"measured": curves["measured"].to_dict()},
         "controls": {
             "seed_zero": {"ecr_of_psi0": nan_to_none(ecr_zero),
@@ -256,6 +274,9 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
             f"reference, so above {fin.numel() / real.numel():.2f} ablated both ranked orders have "
             "removed every live channel and differ only in dead ones: Descending equals Ascending "
             "there by construction.",
+            "zero_mean: the ECR ranking on per-RGB zero-mean phi_c, without the LAC_pix bias "
+            "(docs/method.md section 15), which otherwise puts the region's area ratio into every "
+            "channel's ECR.",
             "competing orders: 'energy' ranks channels by plain activation energy mean A_c^2 on the "
             "reference, 'abs_alpha' by |W_k,c g_c|; neither needs an inversion. An ECR ranking that "
             "does no better than these adds nothing.",
@@ -298,6 +319,10 @@ def table(results: dict) -> str:
     lines += ["", f"Measured ECR over live channels: mean {e['mean']:.3f}, 5–95 % "
                   f"[{e['p5']:.3f}, {e['p95']:.3f}]; seed-zero ECR(Ψ_L(0)) = "
                   f"{fmt(results['controls']['seed_zero']['ecr_of_psi0'])}."]
+    z = results.get("ecr_zero_mean")
+    if z:
+        lines.append(f"ECR on per-RGB zero-mean φ_c (no LAC_pix bias): mean {z['mean']:.3f}, 5–95 % "
+                     f"[{z['p5']:.3f}, {z['p95']:.3f}].")
     for k, v in results["controls"].items():
         if k != "seed_zero":
             lines.append(f"Spearman({k}, measured) = {fmt(v['spearman_with_measured'])}.")

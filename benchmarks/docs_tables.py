@@ -419,7 +419,11 @@ def ood_verdicts() -> str:
         "",
         "Rule: the geometric claim (shift collapses the feature volume) survives its controls "
         "only as far as the correlation form also falls and the CovVol decline exceeds the "
-        "random-subset one; the rest is activation scale and selection."])
+        "random-subset one; the rest is activation scale and selection.",
+        "",
+        f"Here the correlation form falls: {'yes' if d_cs < 0 else 'no'}; the CovVol decline "
+        f"exceeds the random-subset decline: {'yes' if d_sub < d_rnd else 'no'} (by "
+        f"{abs(d_sub - d_rnd):.1f}, {100 * abs(d_sub - d_rnd) / abs(d_sub):.0f} % of it)."])
 
 
 def cam_verdicts() -> str:

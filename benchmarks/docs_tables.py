@@ -370,9 +370,11 @@ def _runner_block(rel: str, module: str, command: str) -> str:
 
 def cam_table() -> str:
     """Table 3 with the sanity rows (adjinv experiment cam-compare)."""
-    return _runner_block("cam-compare/results.json", "adjinv.experiments.cam_compare",
-                         "adjinv experiment cam-compare --data composites --max-images 4 --size 96 "
-                         "--steps 50 --threads 1")
+    c = _json("cam-compare/results.json")["config"]
+    cmd = ("adjinv experiment cam-compare " + " ".join(f"--data {d}" for d in c["data"])
+           + (f" --max-images {c['max_images']}" if c.get("max_images") is not None else "")
+           + f" --size {c['size']} --steps {c['steps']} --methods {' '.join(c['methods'])} --threads 1")
+    return _runner_block("cam-compare/results.json", "adjinv.experiments.cam_compare", cmd)
 
 
 def fidelity_table() -> str:

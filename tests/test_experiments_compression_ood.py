@@ -56,7 +56,10 @@ def test_ood_runner(tiny32, tmp_path):
         assert (tmp_path / f).is_file(), f
     rows = res["per_corruption"]["gaussian_noise"]
     assert [r["severity"] for r in rows] == [0, 1, 4]
-    assert set(rows[1]) >= {"accuracy", "logdet_subset", "effective_rank", "trace", "mmd2"}
+    assert set(rows[1]) >= {"accuracy", "logdet_subset", "effective_rank", "trace", "mmd2",
+                            "logdet_corr_subset", "mean_norm", "logdet_random_subset"}
+    assert all(r["logdet_corr_subset"] <= 1e-9 for r in rows)  # a correlation matrix has det ≤ 1
+    assert "log det corr" in (tmp_path / "table.md").read_text()
     n0 = res["normalised"][0]
     assert n0["accuracy"] == 1 and n0["volume"] == 1 and n0["effective_rank"] == 1
     # the clean test split is closer to the clean train split than heavy noise is

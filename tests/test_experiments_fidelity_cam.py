@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from adjinv.cli import build_parser
@@ -55,19 +56,28 @@ def write_masked_folder(root, n=3, size=40):
 def test_cam_compare_runner_with_masks(tiny32, tmp_path):
     write_masked_folder(tmp_path)
     spec = f"images:{tmp_path / 'img'}@{tmp_path / 'mask'}"
-    cfg = CamCompareConfig(data=[spec, "samples"], size=32, max_images=2, steps=4, score_batch_size=8,
-                           chunk_size=8)
+    cfg = CamCompareConfig(data=[spec, "samples", "composites"], size=32, max_images=2, steps=4,
+                           score_batch_size=8, chunk_size=8, randomize=[1])
     res = run_cam_compare(cfg, tmp_path / "out", encoder=tiny32)
     assert res["lacs"].startswith("identity")
     masked = res["tables"][spec]
-    assert masked["masks"] and set(masked["mean"]) == {"gradcam", "gradcam++", "scorecam", "ours"}
+    assert masked["masks"] and set(masked["mean"]) == {"gradcam", "gradcam++", "scorecam", "ours",
+                                                       "ours_zero_mean", "random", "edge"}
     for v in masked["mean"].values():
-        assert 0 <= v["insertion"] <= 1 and 0 <= v["deletion"] <= 1 and v["seconds"] > 0
+        assert 0 <= v["insertion"] <= 1 and 0 <= v["deletion"] <= 1 and v["seconds"] >= 0
+        assert 0 <= v["deletion_blur"] <= 1
         assert 0 <= v["miou"] <= 1 and v["pointing"] in (0.0, 0.5, 1.0) and v["n"] == 2
+    # sanity rows: the edge map ignores the model (ρ = 1 after re-initialisation); a fresh
+    # random map is uncorrelated with the previous one
+    assert masked["mean"]["edge"]["rank_corr_top1"] == pytest.approx(1.0)
+    assert abs(masked["mean"]["random"]["rank_corr_top1"]) < 0.3
+    comp = res["tables"]["composites"]
+    assert comp["masks"] and 0 <= comp["mean"]["ours"]["miou"] <= 1
     plain = res["tables"]["samples"]
     assert not plain["masks"] and "miou" not in plain["mean"]["ours"]
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| S-CAM |" in table and "mIoU" in table and "localisation not computed" in table
+    assert "sanity: random map" in table and "Del onto blur" in table
     assert "ReLU" in json.dumps(res["postprocess"])
 
 
@@ -77,3 +87,15 @@ def test_cli_help_and_registration(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(["experiment", name, "--help"])
         assert "examples:" in capsys.readouterr().out
+
+
+def test_sobel_edges():
+    from adjinv.baselines.cam import sobel_magnitude
+
+    flat = torch.full((1, 3, 16, 16), 0.3)
+    assert float(sobel_magnitude(flat).abs().max()) == 0
+    step = torch.zeros(1, 3, 16, 16)
+    step[..., 8:] = 1.0
+    e = sobel_magnitude(step)[0]
+    assert float(e[:, :6].abs().max()) == 0 and float(e[:, 10:].abs().max()) == 0
+    assert float(e[:, 7:9].min()) > 0

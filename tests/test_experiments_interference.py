@@ -27,13 +27,24 @@ def test_fg_paradox_runner_and_cache(tiny32, tmp_path):
     res = run_fg_paradox(cfg, tmp_path, encoders=[enc], lacs=[lacs])
     for f in ("results.json", "table.md", "fg.png", "example_custom.png"):
         assert (tmp_path / f).is_file(), f
-    rec = res["encoders"][0]["images"][0]
-    m = rec["measured"]
-    assert m["O1"] == pytest.approx(abs(m["pos"] - m["neg"]))
-    assert m["O2"] == pytest.approx(m["full"] - max(m["pos"], m["neg"]))
+    per = res["encoders"][0]
+    rec = per["images"][0]
+    for row in ("measured", "head_permuted", "head_random", "swapped_seed"):
+        for v in ("raw", "zero_mean", "psi0_projected"):
+            m = rec[row][v]
+            assert m["O1"] == pytest.approx(abs(m["pos"] - m["neg"]))
+            assert m["O2"] == pytest.approx(m["full"] - max(m["pos"], m["neg"]))
+    # the shuffled heads change the hemispheres, not the features
+    assert rec["head_permuted"]["raw"]["pos"] != rec["measured"]["raw"]["pos"]
     assert set(rec["randomized"]) == {"1", "4"} and rec["seed_zero"]["fg"] is not None
-    s = res["encoders"][0]["summary"]["measured"]["full"]
-    assert s["n"] == 3 and s["lo"] <= s["mean"] <= s["hi"]
+    # partners never share the source photo (composites 0, 1 are one photo; 2 another)
+    groups = {r["name"]: r["group"] for r in per["images"]}
+    assert all(groups[r["partner"]] != r["group"] for r in per["images"])
+    assert "another group" in per["partner_rule"]
+    assert 0 < per["lac_pix"]["bias_share"] < 1
+    s = per["summary"]["measured"]["raw"]["full"]
+    assert s["n"] == 3 and s["n_groups"] == 2 and s["lo"] <= s["mean"] <= s["hi"]
+    assert "zero-mean" in (tmp_path / "table.md").read_text()
     again = run_fg_paradox(cfg, tmp_path, encoders=[enc], lacs=[lacs])
     assert again["encoders"][0]["summary"] == res["encoders"][0]["summary"]
 
@@ -45,8 +56,16 @@ def test_superposition_runner(tiny32, tmp_path):
     assert res["images"][0]["channels"] <= 8
     assert (tmp_path / res["figures"][0]).is_file() and (tmp_path / res["figures"][1]).is_file()
     m = res["summary"]["measured"]
-    assert 0 < m["energy_fraction"]["mean"] <= 1
-    assert "cos_u" in res["summary"]["swapped_seed"]
+    assert 0 < m["raw"]["energy_fraction"]["mean"] <= 1
+    assert "cos_u" in res["summary"]["swapped_seed"]["zero_mean"]
+    for r in res["images"]:  # the exact floor is a lower bound on every image
+        assert r["measured"]["raw"]["energy_fraction"] >= r["floor"]["measured"] - 1e-9
+        assert r["partner"] != r["name"]
+    h2 = res["summary"]["h2"]
+    assert set(h2) == {"measured", "head_permuted", "head_random"}
+    b1 = h2["measured"]["raw"]["B1"]["mean"]
+    assert b1 is None or 0 <= b1 <= 1
+    assert "B1" in (tmp_path / "table.md").read_text()
 
 
 def test_ecr_runner_with_files(tiny32, tmp_path):
@@ -67,7 +86,15 @@ def test_ecr_runner_with_files(tiny32, tmp_path):
     c = res["curves"]["measured"]
     assert c["descending"][0] == c["ascending"][0] == c["random_mean"][0]
     assert c["descending"][-1] == pytest.approx(c["random_mean"][-1])
-    assert {"seed_zero", "swapped_seed", "random_top1"} <= set(res["controls"])
+    assert {"seed_zero", "swapped_seed", "random_top1", "energy", "abs_alpha",
+            "zero_mean"} <= set(res["controls"])
+    assert 0 <= res["ecr_zero_mean"]["mean"] <= 1
+    assert res["live_fraction"] == pytest.approx(res["live_channels"] / res["channels"])
+    ti = res["test_images"]
+    assert 0 <= ti["classified_as_class"] <= 3 and 0 <= ti["mean_p_before"] <= 1
+    if 0 < ti["classified_as_class"] < 3:  # only the correctly classified images are ablated
+        assert ti["mean_p_before_used"] != ti["mean_p_before"]
+    assert "Descending = Ascending" in (tmp_path / "out" / "table.md").read_text()
     for f in ("results.json", "table.md", "ablation.png", "reference.png"):
         assert (tmp_path / "out" / f).is_file()
 

@@ -145,3 +145,26 @@ def test_mmd_subsampling_bounds_memory():
     sub, _ = mmd2_unbiased(x, y, bandwidth=h, max_samples=100)
     assert sub == pytest.approx(full, rel=0.3)
     assert mmd2_unbiased(x, y, max_samples=100) == mmd2_unbiased(x, y, max_samples=100)
+
+
+def test_ood_controls_are_scale_free_where_they_should_be():
+    from adjinv.analysis.covvol import subset_logdet
+    from adjinv.analysis.geometry import correlation_logdet, random_subsets, shift_controls
+
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(60, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 12, generator=g,
+                                                                           dtype=torch.float64)
+    sub = torch.tensor([0, 3, 5, 7])
+    rand = random_subsets(12, 4, 5, seed=1)
+    assert all(len(set(r.tolist())) == 4 for r in rand)
+    a, b = shift_controls(f, sub, rand), shift_controls(0.1 * f, sub, rand)
+    # shrinking the activations lowers the log det by 2 k log 10 and the norm tenfold ...
+    assert subset_logdet(torch.cov(f.T), sub) - subset_logdet(torch.cov((0.1 * f).T), sub) == \
+        pytest.approx(2 * 4 * math.log(10))
+    assert b["mean_norm"] == pytest.approx(0.1 * a["mean_norm"])
+    assert b["logdet_random_subset"] == pytest.approx(a["logdet_random_subset"] - 8 * math.log(10))
+    # ... but leaves the correlation log det unchanged
+    assert b["logdet_corr_subset"] == pytest.approx(a["logdet_corr_subset"], abs=1e-9)
+    assert b["logdet_corr_random_subset"] == pytest.approx(a["logdet_corr_random_subset"], abs=1e-9)
+    eye = torch.eye(4, dtype=torch.float64) * 7.0
+    assert correlation_logdet(eye, [0, 1, 2]) == pytest.approx(0.0, abs=1e-12)

@@ -156,3 +156,80 @@ def nan_to_none(v: float | torch.Tensor) -> float | None:
     """JSON-ready float (NaN/inf → None)."""
     v = float(v)
     return v if math.isfinite(v) else None
+
+
+def partner_derangement(groups: list[int] | list[str]) -> tuple[list[int], str]:
+    """The swapped-seed partner of every image: a permutation in which no image is
+    paired with an image of its own group (docs/method.md §15).
+
+    ``groups``: the source photo of each image (the embedded composites: the same photo
+    pasted on other backgrounds is the *same* photo), or its class where labels exist.
+    Sort by group and shift by the largest group's size ``m``; when ``m ≤ n − m`` this is a
+    derangement with every partner in another group, each image used as a partner once.
+    Otherwise (one group holds more than half the images) each image takes the next
+    image of another group, cyclically; with a single group there is none and the
+    partner is the next image. Returns ``(partners, rule)`` with the rule applied."""
+    n = len(groups)
+    if n < 2:
+        raise AdjinvError("the swapped-seed control needs at least two images")
+    order = sorted(range(n), key=lambda i: (str(groups[i]), i))
+    sizes: dict[str, int] = {}
+    for g in groups:
+        sizes[str(g)] = sizes.get(str(g), 0) + 1
+    m = max(sizes.values())
+    if len(sizes) == 1:
+        return [(i + 1) % n for i in range(n)], "single group: next image (not a derangement by group)"
+    partner = [0] * n
+    if m <= n - m:
+        for pos, i in enumerate(order):
+            partner[i] = order[(pos + m) % n]
+        return partner, "derangement by group (sorted by group, shifted by the largest group size)"
+    for i in range(n):
+        partner[i] = next(j for j in ((i + d) % n for d in range(1, n)) if str(groups[j]) != str(groups[i]))
+    return partner, "next image of another group (a group holds more than half the images)"
+
+
+HEAD_CONTROLS = ("permuted", "random")
+
+
+def shuffled_head_row(wk: torch.Tensor, kind: str, seed: int = 0) -> torch.Tensor:
+    """A control class row ``W'_k`` for the shuffled-head control (docs/method.md §15).
+
+    ``"permuted"``: ``W_k`` permuted across channels (the same multiset of weights, the
+    channel assignment destroyed); ``"random"``: a Gaussian row rescaled to ``W_k``'s
+    norm (the head's row norms matched). ``wk`` (..., C); the permutation / draw depends
+    only on ``seed`` and ``C``, so every image of a run gets the same control head."""
+    if kind not in HEAD_CONTROLS:
+        raise AdjinvError(f"head control must be one of {HEAD_CONTROLS}, got {kind!r}")
+    c = wk.shape[-1]
+    g = torch.Generator().manual_seed(seed)
+    if kind == "permuted":
+        perm = torch.randperm(c, generator=g).to(wk.device)
+        return wk[..., perm]
+    r = torch.randn(c, generator=g, dtype=torch.float64).to(wk.device, wk.dtype).expand_as(wk)
+    return r * (wk.norm(dim=-1, keepdim=True) / r.norm(dim=-1, keepdim=True))
+
+
+def head_row(encoder: StagedEncoder, a_last: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``W_{k,c}`` (B, C) of each image's class ``target[b]``: the head's exact per-image
+    linear form, or for any other head the summed logit gradient (docs/method.md §6)."""
+    from ..encoders.staged import LinearHead
+    from .class_directional import logit_gradient
+
+    if isinstance(encoder.head, LinearHead):
+        w_eff, _ = encoder.head.effective_weights(a_last.mean(dim=(-2, -1)))
+        return w_eff[torch.arange(a_last.shape[0], device=a_last.device), target]
+    return logit_gradient(encoder.head, a_last, target).sum(dim=(-2, -1))
+
+
+def shuffled_head_weights(encoder: StagedEncoder, a_last: torch.Tensor, target: torch.Tensor,
+                          kind: str, mode: str = "contribution", seed: int = 0
+                          ) -> dict[str, torch.Tensor]:
+    """:func:`~adjinv.analysis.class_directional.class_directional_weights` with the class
+    row replaced by :func:`shuffled_head_row`: ``α'_c = W'_{k,c} g_c`` (contribution),
+    ``W'_{k,c}`` (weight) or ``W'_{k,c} w_{L,c}``; the hemispheres split by the sign of
+    ``W'``. Keys ``"class"``, ``"class+"``, ``"class-"`` as there (docs/method.md §6, §15)."""
+    from .class_directional import _alphas
+
+    wk = shuffled_head_row(head_row(encoder, a_last, target), kind, seed)
+    return _alphas(wk, wk * a_last.mean(dim=(-2, -1)), a_last, mode)

@@ -137,3 +137,42 @@ def normalised_volume(logdet: float, logdet_ref: float, k: int) -> float:
     if not (math.isfinite(logdet) and math.isfinite(logdet_ref)):
         return math.nan
     return math.exp((logdet - logdet_ref) / k)
+
+
+def correlation_logdet(cov: torch.Tensor, subset: torch.Tensor | list[int], *, ridge: float = 0.0) -> float:
+    """``log det`` of the correlation matrix of ``Σ_S + λI``: scale-free, so it does not
+    fall merely because the activations shrink (docs/method.md §9, controls). ``≤ 0``;
+    0 for uncorrelated channels."""
+    idx = torch.as_tensor(subset, dtype=torch.long, device=cov.device)
+    sub = cov.to(torch.float64)[idx][:, idx] + ridge * torch.eye(idx.numel(), dtype=torch.float64,
+                                                                  device=cov.device)
+    d = sub.diagonal().clamp_min(1e-300).rsqrt()
+    sign, val = torch.linalg.slogdet(d[:, None] * sub * d[None, :])
+    if sign == 0:
+        return -math.inf
+    return float(val) if sign > 0 else math.nan
+
+
+def random_subsets(c: int, k: int, n: int, seed: int = 0) -> list[torch.Tensor]:
+    """``n`` random ``k``-subsets of ``C`` channels from a private generator (the random-subset
+    control of docs/method.md §9)."""
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randperm(c, generator=g)[:k] for _ in range(n)]
+
+
+def shift_controls(features: torch.Tensor, subset: torch.Tensor, random: list[torch.Tensor], *,
+                   ridge: float = 0.0) -> dict[str, float]:
+    """The controls beside the OOD indicators (docs/method.md §9): ``logdet_corr_subset``
+    (scale-free log det on the CovVol subset), ``mean_norm`` (mean ‖g‖ of the features:
+    log det and trace fall when activations shrink), and the mean over ``random`` subsets
+    of the same size of ``log det(Σ_R + λI)`` and of its correlation form (the CovVol
+    subset maximises the *clean* log det, so any shift lowers it; a random subset has no
+    such selection effect)."""
+    cov = covariance(features)
+    g = _features(features)
+    rl = [subset_logdet(cov, r, ridge=ridge) for r in random]
+    rc = [correlation_logdet(cov, r, ridge=ridge) for r in random]
+    return {"logdet_corr_subset": correlation_logdet(cov, subset, ridge=ridge),
+            "mean_norm": float(g.norm(dim=1).mean()),
+            "logdet_random_subset": sum(rl) / len(rl) if rl else math.nan,
+            "logdet_corr_random_subset": sum(rc) / len(rc) if rc else math.nan}

@@ -69,6 +69,65 @@ class AdjointSaliency:
         return cd.x_class.abs().sum(1)
 
 
+class CentredAdjointSaliency(AdjointSaliency):
+    """``Σ_rgb |x̂^(k) − mean_rgb x̂^(k)|``: :class:`AdjointSaliency` on the per-RGB zero-mean
+    reconstruction, without the uniform ``(Σ α) β_pix`` term (docs/method.md §15)."""
+
+    def __init__(self, inverter: AdjointInverter, mode: str = "contribution") -> None:
+        super().__init__(inverter, mode)
+        self.name = "ours_zero_mean"
+        self.postprocess = "sum over RGB of |x̂^(k) minus its per-RGB spatial mean|"
+
+    def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Saliency (B, H, W) for class ``target`` (default top-1)."""
+        cd = class_directional_inversion(self.inverter, x, target, self.mode)
+        xc = cd.x_class
+        return (xc - xc.mean(dim=(-2, -1), keepdim=True)).abs().sum(1)
+
+
+class RandomSaliency:
+    """Sanity row (docs/method.md §11): a map of independent uniform noise, seeded per call
+    count, that knows nothing about the image or the model."""
+
+    postprocess = "uniform noise in [0, 1)"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.name = "random"
+        self.seed = seed
+        self.calls = 0
+
+    def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Noise (B, H, W), a new draw for every call, reproducible from ``seed``."""
+        g = torch.Generator().manual_seed(self.seed + self.calls)
+        self.calls += 1
+        return torch.rand(x.shape[0], *x.shape[-2:], generator=g).to(x.device)
+
+
+class EdgeSaliency:
+    """Sanity row (docs/method.md §11): the Sobel gradient magnitude of the input, summed
+    over RGB: an edge detector that uses no model at all (Adebayo et al. 2018)."""
+
+    postprocess = "sum over RGB of the Sobel gradient magnitude of the normalised input"
+
+    def __init__(self) -> None:
+        self.name = "edge"
+
+    def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Edge map (B, H, W)."""
+        return sobel_magnitude(x)
+
+
+def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """``Σ_rgb sqrt(Gx² + Gy²)`` with 3×3 Sobel kernels and replicate padding: (B, C, H, W) → (B, H, W)."""
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=x.dtype,
+                      device=x.device)
+    k = torch.stack([kx, kx.T])[:, None]  # (2, 1, 3, 3)
+    b, c, h, w = x.shape
+    xp = torch.nn.functional.pad(x.reshape(b * c, 1, h, w), (1, 1, 1, 1), mode="replicate")
+    g = torch.nn.functional.conv2d(xp, k)  # (B·C, 2, H, W)
+    return g.pow(2).sum(1).sqrt().reshape(b, c, h, w).sum(1)
+
+
 class CAMSaliency:
     """Grad-CAM / Grad-CAM++ / Score-CAM through ``pytorch-grad-cam`` on ``encoder``.
 

@@ -23,7 +23,16 @@ from pathlib import Path
 
 import torch
 
-from ..baselines.cam import CAM_LIBRARY, AdjointSaliency, CAMSaliency
+from ..analysis.controls import randomization_levels, randomized_encoder
+from ..analysis.ecr import spearman
+from ..baselines.cam import (
+    CAM_LIBRARY,
+    AdjointSaliency,
+    CAMSaliency,
+    CentredAdjointSaliency,
+    EdgeSaliency,
+    RandomSaliency,
+)
 from ..core.inverter import AdjointInverter
 from ..distributed import barrier, init_from_env, is_main, share_work
 from ..encoders.staged import StagedEncoder
@@ -35,9 +44,12 @@ from ..state import to_module
 from .common import Log, environment, load_config, load_named_encoder, quiet_log, stderr_log, warnings_to_log
 from .evalsets import EvalSet, open_eval_set
 from .fidelity import _key
+from .interference_common import parse_levels, portable_path
 
-METHODS = ("gradcam", "gradcam++", "scorecam", "ours")
-LABELS = {"gradcam": "G-CAM", "gradcam++": "G-CAM++", "scorecam": "S-CAM", "ours": "Ours"}
+METHODS = ("gradcam", "gradcam++", "scorecam", "ours", "ours_zero_mean", "random", "edge")
+LABELS = {"gradcam": "G-CAM", "gradcam++": "G-CAM++", "scorecam": "S-CAM", "ours": "Ours",
+          "ours_zero_mean": "Ours, per-RGB zero-mean x̂", "random": "sanity: random map",
+          "edge": "sanity: Sobel edges of the input"}
 
 
 @dataclass
@@ -48,7 +60,7 @@ class CamCompareConfig:
     weights: str | None = None
     lac: str | None = None
     random_init: bool = False
-    data: list[str] = field(default_factory=lambda: ["samples"])
+    data: list[str] = field(default_factory=lambda: ["samples", "composites"])
     size: int = 128
     max_images: int | None = None
     methods: list[str] = field(default_factory=lambda: list(METHODS))
@@ -59,6 +71,8 @@ class CamCompareConfig:
     tolerance: float = 15.0
     chunk_size: int | None = None
     seed: int = 0
+    randomize: list = field(default_factory=lambda: [1, 3])
+    blurred_deletion: bool = True
 
     def validate(self) -> None:
         """Reject impossible settings."""
@@ -87,13 +101,35 @@ def run_cam_compare(cfg: CamCompareConfig, out: str | Path, *, encoder: StagedEn
     with warnings_to_log(log):
         lacs, _, source = load_lacs(enc, cfg.lac)
     inv = AdjointInverter(enc, lacs, chunk_size=cfg.chunk_size)
-    methods = {m: (AdjointSaliency(inv, cfg.mode) if m == "ours"
-                   else CAMSaliency(enc, m, score_batch_size=cfg.score_batch_size))
-               for m in cfg.methods}
+
+    def build(e: StagedEncoder, a: AdjointInverter, level: int = 0) -> dict:
+        made: dict = {}
+        for m in cfg.methods:
+            if m == "ours":
+                made[m] = AdjointSaliency(a, cfg.mode)
+            elif m == "ours_zero_mean":
+                made[m] = CentredAdjointSaliency(a, cfg.mode)
+            elif m == "random":
+                made[m] = RandomSaliency(cfg.seed + 100_003 * level)  # a fresh draw per level
+            elif m == "edge":
+                made[m] = EdgeSaliency()
+            else:
+                made[m] = CAMSaliency(e, m, score_batch_size=cfg.score_batch_size)
+        return made
+
+    methods = build(enc, inv)
+    levels = randomization_levels(cfg.randomize, enc.num_stages) if cfg.randomize else []
+    # cascading model randomisation (Adebayo et al. 2018): the same methods on a copy whose
+    # top n stages are re-initialised; same head, LACs and class index
+    rand_methods = {}
+    for n in levels:
+        enc_r = randomized_encoder(enc, n, cfg.seed)
+        rand_methods[n] = build(enc_r, AdjointInverter(enc_r, lacs, chunk_size=cfg.chunk_size), n)
     key = _key({"cfg": {k: v for k, v in asdict(cfg).items() if k not in ("data", "max_images")},
-                "encoder": enc.weights_hash(), "lacs": source})
+                "encoder": enc.weights_hash(), "lacs": source, "v": 2})
     results: dict = {"experiment": "cam-compare", "config": asdict(cfg), "encoder": enc.name,
-                     "lacs": source, "cam_library": CAM_LIBRARY,
+                     "lacs": portable_path(source), "cam_library": CAM_LIBRARY,
+                     "randomize_levels": levels,
                      "postprocess": {m: s.postprocess for m, s in methods.items()},
                      "data": {}, "tables": {}}
     for spec in cfg.data:
@@ -120,9 +156,15 @@ def run_cam_compare(cfg: CamCompareConfig, out: str | Path, *, encoder: StagedEn
                 secs = time.perf_counter() - t0
                 with enc.frozen():
                     f = insertion_deletion(enc, x, s, target=target, steps=cfg.steps,
-                                           internal_batch_size=cfg.internal_batch_size)
+                                           internal_batch_size=cfg.internal_batch_size,
+                                           blurred_deletion=cfg.blurred_deletion)
                 r = {"insertion": float(f.insertion[0]), "deletion": float(f.deletion[0]),
                      "seconds": secs, "target": int(target[0])}
+                if f.deletion_blur is not None:
+                    r["deletion_blur"] = float(f.deletion_blur[0])
+                for n, rm in rand_methods.items():
+                    s_r = rm[m].attribute(x, target)
+                    r[f"rank_corr_top{n}"] = spearman(s.detach().flatten(), s_r.detach().flatten())
                 if es.masks is not None:
                     loc = LocalisationMetric(tolerance=cfg.tolerance)
                     vals = loc.update(s, es.masks[name][None].to(s.device))
@@ -171,16 +213,25 @@ def markdown_table(results: dict) -> str:
              "and min-max normalised by the library. Ours: Σ_rgb |x̂^(k)| for the class predicted on "
              "the clean image.", ""]
     for spec, t in results["tables"].items():
+        first = next(iter(t["mean"].values()))
         cols = [("insertion", "Ins ↑"), ("deletion", "Del ↓")]
+        if "deletion_blur" in first:
+            cols.append(("deletion_blur", "Del onto blur ↓"))
         if t["masks"]:
             cols += [("miou", "mIoU ↑"), ("map", "mAP ↑"), ("pacc", "pAcc ↑"), ("pointing", "Point ↑")]
+        cols += [(k, f"ρ(map, map of random top {k[13:]})") for k in first if k.startswith("rank_corr_top")]
         cols.append(("seconds", "s / image"))
-        n = next(iter(t["mean"].values()))["n"]
+        n = first["n"]
         lines += [f"## {spec} ({n} images)", "", "| Method | " + " | ".join(c[1] for c in cols) + " |",
                   "|---|" + "---|" * len(cols)]
         for m, v in t["mean"].items():
             lines.append(f"| {LABELS[m]} | " + " | ".join(
                 f"{v[k]:.2f}" if k == "seconds" else f"{v[k]:.3f}" for k, _ in cols) + " |")
+        if any(k.startswith("rank_corr") for k, _ in cols):
+            lines += ["", "ρ: Spearman rank correlation of each method's map with the same method's "
+                          "map on a copy of the encoder whose top n stages are re-initialised "
+                          "(cascading, Adebayo et al. 2018): a map that does not change (ρ near 1) "
+                          "does not depend on what those stages learned."]
         if not t["masks"]:
             lines += ["", "No foreground masks for this data set: localisation not computed."]
         lines += ["", f"Data: {results['data'][spec]}", ""]
@@ -217,6 +268,8 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
     p.add_argument("--internal-batch-size", type=int, help="perturbed images per forward (64)")
     p.add_argument("--score-batch-size", type=int, help="Score-CAM forward batch (default 32)")
     p.add_argument("--chunk-size", type=int, help="channels per batched cascade pass")
+    p.add_argument("--randomize", nargs="+", help="stage counts re-initialised for the model-"
+                                                  "randomisation sanity check (default 1 3; 'none')")
     p.add_argument("--threads", type=int, help="torch CPU threads")
 
     def run(args: argparse.Namespace) -> None:
@@ -225,6 +278,8 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
         over = {k: getattr(args, k) for k in (
             "encoder", "weights", "lac", "random_init", "data", "size", "max_images", "methods",
             "steps", "internal_batch_size", "score_batch_size", "chunk_size")}
+        if args.randomize is not None:
+            over["randomize"] = [] if args.randomize == ["none"] else parse_levels(args.randomize)
         cfg = load_config(CamCompareConfig, args.config, over)
         init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
         res = run_cam_compare(cfg, args.out, log=stderr_log if is_main() else quiet_log)

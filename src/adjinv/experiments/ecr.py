@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..analysis.controls import (
+    head_row,
     nan_to_none,
     randomization_levels,
     randomized_encoder,
@@ -27,6 +28,7 @@ from ..analysis.controls import (
     swapped_channel_inversions,
 )
 from ..analysis.ecr import ecr_ablation, energy_concentration_ratio, spearman
+from ..analysis.superposition import centre_rgb
 from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
@@ -70,6 +72,7 @@ class ECRConfig:
     random_seeds: int = 50
     randomize: list = field(default_factory=lambda: [1, 3])
     max_images: int | None = None
+    correct_only: bool = True
     seed: int = 0
     chunk_size: int | None = None
 
@@ -108,6 +111,15 @@ def load_inputs(cfg: ECRConfig) -> tuple[torch.Tensor, torch.Tensor, list[tuple[
     if not tests:
         raise AdjinvError("no test images")
     return ref, reg, tests, desc
+
+
+def _spread(e: torch.Tensor | None) -> dict | None:
+    if e is None:
+        return None
+    f = e[torch.isfinite(e)].double()
+    if f.numel() == 0:
+        return None
+    return {"mean": float(f.mean()), "p5": float(f.quantile(0.05)), "p95": float(f.quantile(0.95))}
 
 
 def channel_ecr(inv: AdjointInverter, x: torch.Tensor, region: torch.Tensor,
@@ -168,6 +180,18 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
             g = hit["g"]
         feats.append(g.to(x))
     g = torch.stack(feats)
+    with torch.no_grad():
+        p_tests = head.from_gap(g).softmax(1)
+        p_all = p_tests
+    correct = p_tests.argmax(1) == k
+    n_correct = int(correct.sum())
+    used = "all test images"
+    if cfg.correct_only and n_correct > 0:
+        g, used = g[correct], f"the {n_correct} test images the model classifies as the class"
+        p_tests = p_tests[correct]
+    elif cfg.correct_only:
+        used = "all test images: none is classified as the class, so the curves are noise-level"
+    log(f"  ecr: {n_correct}/{len(tests)} test images classified as class {k}; using {used}")
     partner = enc.normalize(tests[0][1])[None]
     rankings: dict[str, torch.Tensor] = {}
     phi_ref = None
@@ -193,6 +217,24 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
             continue
         rankings[label] = e
         cache.put_tensors(key, {"ecr": e})
+    # competing orders that need no inversion (docs/method.md §10): plain activation energy
+    # and |α_c| = |W_{k,c} g_c| on the reference; dead channels NaN (last, as for ECR)
+    with torch.no_grad(), enc.frozen():
+        a_ref = enc.forward_stages(x)[-1][0]
+        g_ref = a_ref.mean(dim=(-2, -1))
+    wk = head_row(enc, a_ref[None], torch.tensor([k], device=a_ref.device))[0]
+    dead = simplex_measure(a_ref[None])[0].cpu() == 0
+    energy = a_ref.double().pow(2).mean(dim=(-2, -1)).cpu()
+    abs_alpha = (wk.detach().double().cpu() * g_ref.double().cpu()).abs()
+    if phi_ref is not None:
+        # ECR without the LAC_pix bias (docs/method.md §15): on per-RGB zero-mean φ_c
+        live_idx = torch.isfinite(rankings["measured"]).nonzero().flatten()
+        zm = torch.full_like(rankings["measured"], float("nan"))
+        e_zm = energy_concentration_ratio(centre_rgb(phi_ref), reg.to(phi_ref.device))
+        zm[live_idx] = e_zm.cpu().to(zm.dtype)
+        rankings["zero_mean"] = zm
+    rankings["energy"] = torch.where(dead, torch.nan, energy)
+    rankings["abs_alpha"] = torch.where(dead, torch.nan, abs_alpha)
     z = seed_zero(inv, x)
     ecr_zero = energy_concentration_ratio(z, reg.to(z.device))[0]
     curves = {lab: ecr_ablation(head, g, k, e.to(g.device), cfg.fractions,
@@ -207,10 +249,15 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
                   "reference_probability": float(ref_logits.softmax(0)[k])},
         "region_area_ratio": float(reg.double().mean()),
         "config": asdict(cfg),
+        "test_images": {"classified_as_class": n_correct, "used": used,
+                        "mean_p_before": float(p_all[:, k].mean()),
+                        "mean_p_before_used": float(p_tests[:, k].mean())},
         "live_channels": int(fin.numel()), "channels": int(real.numel()),
+        "live_fraction": float(fin.numel() / real.numel()),
         "ecr_measured": {"mean": float(fin.mean()), "p5": float(fin.quantile(0.05)),
                          "p95": float(fin.quantile(0.95)), "min": float(fin.min()),
                          "max": float(fin.max())},
+        "ecr_zero_mean": _spread(rankings.get("zero_mean")),
         "curves": {"measured": curves["measured"].to_dict()},
         "controls": {
             "seed_zero": {"ecr_of_psi0": nan_to_none(ecr_zero),
@@ -228,6 +275,17 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
             "one means the measured ranking does not depend on what is being tested.",
             "[choice] channels dead on the reference (no ECR) come last in both ranked orders; "
             "Random is mean and population std over the seeds; n ablated = round(p*C).",
+            f"live-fraction limit: only {fin.numel()}/{real.numel()} channels are live on the "
+            f"reference, so above {fin.numel() / real.numel():.2f} ablated both ranked orders have "
+            "removed every live channel and differ only in dead ones: Descending equals Ascending "
+            "there by construction.",
+            "zero_mean: the ECR ranking on per-RGB zero-mean phi_c, without the LAC_pix bias "
+            "(docs/method.md section 15), which otherwise puts the region's area ratio into every "
+            "channel's ECR.",
+            "competing orders: 'energy' ranks channels by plain activation energy mean A_c^2 on the "
+            "reference, 'abs_alpha' by |W_k,c g_c|; neither needs an inversion. An ECR ranking that "
+            "does no better than these adds nothing.",
+            "one reference image only (more than one reference is not implemented).",
         ],
         "environment": environment(),
     }
@@ -244,11 +302,16 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
 def table(results: dict) -> str:
     """The Markdown summary."""
     c = results["curves"]["measured"]
+    ti = results.get("test_images", {})
     lines = [f"# ECR ablation — {results['encoder']} (LACs: {results['lacs']})", "",
              f"{results['inputs']}; class {results['class']['name']} "
              f"(p = {results['class']['reference_probability']:.3f} on the reference); "
              f"{results['n_test_images']} test images; region area {results['region_area_ratio']:.3f}; "
-             f"{results['live_channels']}/{results['channels']} live channels.", "",
+             f"{results['live_channels']}/{results['channels']} live channels (above "
+             f"{results.get('live_fraction', 1):.2f} ablated, Descending = Ascending by construction); "
+             f"{ti.get('classified_as_class', '?')} test images classified as the class, mean p before "
+             f"ablation {fmt(ti.get('mean_p_before'))}; curves over {ti.get('used', 'all test images')}.",
+             "",
              "| fraction ablated | Descending | Ascending | Random (mean ± std) | "
              + " | ".join(f"{k} desc / asc" for k in results["controls"] if k != "seed_zero") + " |",
              "|---|---|---|---|" + "---|" * (len(results["controls"]) - 1)]
@@ -261,6 +324,10 @@ def table(results: dict) -> str:
     lines += ["", f"Measured ECR over live channels: mean {e['mean']:.3f}, 5–95 % "
                   f"[{e['p5']:.3f}, {e['p95']:.3f}]; seed-zero ECR(Ψ_L(0)) = "
                   f"{fmt(results['controls']['seed_zero']['ecr_of_psi0'])}."]
+    z = results.get("ecr_zero_mean")
+    if z:
+        lines.append(f"ECR on per-RGB zero-mean φ_c (no LAC_pix bias): mean {z['mean']:.3f}, 5–95 % "
+                     f"[{z['p5']:.3f}, {z['p95']:.3f}].")
     for k, v in results["controls"].items():
         if k != "seed_zero":
             lines.append(f"Spearman({k}, measured) = {fmt(v['spearman_with_measured'])}.")
@@ -347,6 +414,8 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
     p.add_argument("--random-seeds", type=int, help="Random order seeds (default 50)")
     p.add_argument("--randomize", nargs="+", help="stage counts to re-initialise (default 1 3; 'all')")
     p.add_argument("--max-images", type=int)
+    p.add_argument("--all-test-images", action="store_false", dest="correct_only", default=None,
+                   help="ablate on every test image, not only those classified as the class")
     p.add_argument("--seed", type=int)
     p.add_argument("--chunk-size", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -355,7 +424,7 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
         set_threads(args.threads)
         over = {k: getattr(args, k, None) for k in (
             "reference", "region", "data", "target", "encoder", "weights", "lac", "random_init",
-            "size", "fractions", "random_seeds", "max_images", "seed", "chunk_size")}
+            "size", "fractions", "random_seeds", "max_images", "correct_only", "seed", "chunk_size")}
         if args.randomize is not None:
             over["randomize"] = parse_levels(args.randomize)
         cfg = load_config(ECRConfig, args.config, over)

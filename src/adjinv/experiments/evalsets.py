@@ -6,6 +6,8 @@ Spec strings (``--data``):
 - ``samples`` — the embedded default: the five bundled photos (centre crops) as test
   images; training images are random crops of the same photos
   (:func:`adjinv.data.labelled.embedded_labelled_set`, as for the bundled LACs). No masks.
+- ``composites`` — the embedded mask-bearing composites (:mod:`adjinv.data.composites`):
+  test images with exact masks, so the localisation metrics exist on the embedded default.
 - ``images:DIR`` — every image in a folder (test only, no training split).
 - ``KIND:ROOT`` — a dataset of :func:`adjinv.data.datasets.open_dataset` (``oxford_pet``,
   ``stanford_dogs``, ``cifar100``, ``imagefolder``, or ``lfw``): its test split (first
@@ -82,6 +84,18 @@ def open_eval_set(spec: str, size: int, *, max_images: int | None = None,
             desc += (f"; training images: {per} random crops of each photo (they share content "
                      "with the test images)")
         stems = {n: n for n in names}
+    elif base == "composites" or base.startswith("composites:"):
+        from ..data.masks import open_masked
+
+        ds = open_masked(base, "test", size)
+        n = len(ds) if max_images is None else min(len(ds), max_images)
+        items = [ds[i] for i in range(n)]
+        test = {it.name: it.image for it in items}
+        masks = {it.name: it.mask for it in items}
+        stems = {it.name: it.name for it in items}
+        train = None
+        desc = (f"embedded composites ({n} images, masks exact by construction: the pasted "
+                f"ellipse), {size} px")
     elif base.startswith("images:"):
         files = list_images(base.partition(":")[2])[:max_images]
         test = {f.stem: resize_center_crop(load_image(f, mode="convert"), size) for f in files}

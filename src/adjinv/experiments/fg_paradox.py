@@ -2,11 +2,16 @@
 
 Per image: ``FG`` (Eq. 95) of ``x̂^(k)``, ``x̂^(k)_+``, ``x̂^(k)_-`` (Eq. 12, ``k`` the
 encoder's top-1 class unless fixed) and the mask's area ratio; over images, means
-with 95 % bootstrap intervals and the paper's observations as measured numbers:
-``O1 = |FG+ − FG−|``, ``O2 = FG_full − max(FG+, FG−)`` (per image, then averaged),
-``O3``: ``O2`` per encoder in the order given. Beside each, the three controls of
-:mod:`adjinv.analysis.controls`. The runner reports what it measures; whether O1 is
-small or O2 positive is for the numbers to say.
+with 95 % bootstrap intervals over source photos and the paper's observations as
+measured numbers: ``O1 = |FG+ − FG−|``, ``O2 = FG_full − max(FG+, FG−)`` (per image,
+then averaged), ``O3``: ``O2`` per encoder in the order given. Every number is reported
+three ways (docs/method.md §15): on the raw reconstructions, on per-RGB zero-mean ones
+(which removes the ``(Σ_± α) β_pix`` terms exactly) and with the ``Ψ(0)`` direction
+projected out. Beside each, the controls of :mod:`adjinv.analysis.controls`: seed-zero,
+swapped-seed (partners a derangement by source photo / class), model randomisation
+and the shuffled head (``W_k`` permuted across channels; a random row of the same
+norm). The runner reports what it measures; whether O1 is small or O2 positive is for
+the numbers to say.
 """
 
 from __future__ import annotations
@@ -22,16 +27,21 @@ import torch
 from ..analysis.class_directional import (
     MODES,
     class_directional_inversion,
+    class_directional_weights,
     foreground_energy,
     mask_area_ratio,
 )
 from ..analysis.controls import (
+    HEAD_CONTROLS,
     nan_to_none,
+    partner_derangement,
     randomization_levels,
     randomized_encoder,
     seed_zero,
+    shuffled_head_weights,
     swapped_class_directional,
 )
+from ..analysis.superposition import VARIANTS, centre_rgb, lac_pix_floor, variants
 from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..data.masks import MaskedDataset, open_masked
@@ -42,6 +52,7 @@ from ..fileio import atomic_write_json, atomic_write_text
 from ..viz.display import robust_minmax
 from .common import Log, environment, load_config, pyplot, quiet_log, save_figure, stderr_log
 from .interference_common import (
+    BIAS_NOTE,
     CONTROLS_NOTE,
     ImageCache,
     bootstrap_ci,
@@ -76,13 +87,14 @@ class FGParadoxConfig:
     chunk_size: int | None = None
 
 
-def _fg(x: torch.Tensor, mask: torch.Tensor) -> float | None:
-    if float(x.pow(2).sum()) == 0:
+def _fg(x: torch.Tensor | None, mask: torch.Tensor) -> float | None:
+    if x is None or float(x.pow(2).sum()) == 0:
         return None
     return float(foreground_energy(x, mask)[0])
 
 
-def _trio(full: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> dict:
+def _trio(full: torch.Tensor | None, pos: torch.Tensor | None, neg: torch.Tensor | None,
+          mask: torch.Tensor) -> dict:
     f, p, n = _fg(full, mask), _fg(pos, mask), _fg(neg, mask)
     d: dict[str, float | None] = {"full": f, "pos": p, "neg": n, "O1": None, "O2": None}
     if f is not None and p is not None and n is not None:
@@ -91,47 +103,86 @@ def _trio(full: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, mask: torch.
     return d
 
 
+def _trios(full: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, psi0: torch.Tensor,
+           mask: torch.Tensor) -> dict:
+    """FG, O1, O2 on the raw, per-RGB zero-mean and Ψ(0)-projected reconstructions
+    (docs/method.md §15); ``psi0_projected`` is all None when ``Ψ(0) = 0``."""
+    vf, vp, vn = variants(full, psi0), variants(pos, psi0), variants(neg, psi0)
+    return {v: _trio(vf[v], vp[v], vn[v], mask) for v in VARIANTS}
+
+
 def measure_image(inv: AdjointInverter, randomized: dict[int, AdjointInverter], x: torch.Tensor,
                   partner: torch.Tensor, mask: torch.Tensor, cfg: FGParadoxConfig,
                   keep: bool = False) -> tuple[dict, dict]:
-    """One image's FG numbers and controls; ``keep``: also return the reconstructions."""
-    cd = class_directional_inversion(inv, x, target=cfg.target, mode=cfg.mode)
-    k = int(cd.target[0])
-    rec: dict = {"class": k, "class_name": inv.encoder.class_name(k),
-                 "area_ratio": float(mask_area_ratio(mask)),
-                 "measured": _trio(cd.x_class, cd.x_pos, cd.x_neg, mask)}
+    """One image's FG numbers and controls, each on the raw, zero-mean and Ψ(0)-projected
+    reconstructions; ``keep``: also return the reconstructions."""
+    enc = inv.encoder
+    chosen: dict[str, torch.Tensor] = {}
+
+    def weights(acts: list[torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        k_ = logits.argmax(1) if cfg.target is None else \
+            torch.as_tensor(cfg.target, device=logits.device).long().expand(logits.shape[0])
+        chosen["k"] = k_
+        sets = dict(class_directional_weights(enc, acts[-1], k_, cfg.mode))
+        for kind in HEAD_CONTROLS:
+            sh = shuffled_head_weights(enc, acts[-1], k_, kind, cfg.mode, cfg.seed)
+            sets.update({f"{kind}:{q}": v for q, v in sh.items()})
+        return sets
+
+    res = inv.invert(x, stages=[], extra_weights=weights)
+    ex = res.extra
+    k = int(chosen["k"][0])
     z = seed_zero(inv, x)
+    rec: dict = {"class": k, "class_name": enc.class_name(k),
+                 "area_ratio": float(mask_area_ratio(mask)),
+                 "measured": _trios(ex["class"], ex["class+"], ex["class-"], z, mask)}
+    for kind in HEAD_CONTROLS:
+        rec[f"head_{kind}"] = _trios(ex[f"{kind}:class"], ex[f"{kind}:class+"],
+                                     ex[f"{kind}:class-"], z, mask)
+    alpha = res.extra_weights["class"]
     rec["seed_zero"] = {"fg": _fg(z, mask),
-                        "energy_ratio": nan_to_none(z.pow(2).sum() / cd.x_class.pow(2).sum()
-                                                    .clamp_min(1e-300) * cd.alpha.sum() ** 2)}
+                        "energy_ratio": nan_to_none(z.pow(2).sum() / ex["class"].pow(2).sum()
+                                                    .clamp_min(1e-300) * alpha.sum() ** 2),
+                        "uniform": bool(float(centre_rgb(z).abs().max()) <= 1e-6 * float(
+                            z.abs().max().clamp_min(1e-30)))}
     sw = swapped_class_directional(inv, x, partner, k, cfg.mode)
-    rec["swapped_seed"] = _trio(sw.x_class, sw.x_pos, sw.x_neg, mask)
+    rec["swapped_seed"] = _trios(sw.x_class, sw.x_pos, sw.x_neg, z, mask)
     rec["randomized"] = {}
-    shown = {"x̂": cd.x_class, "x̂+": cd.x_pos, "x̂−": cd.x_neg, "seed-zero": z, "swapped x̂": sw.x_class}
+    shown = {"x̂": ex["class"], "x̂+": ex["class+"], "x̂−": ex["class-"], "seed-zero": z,
+             "x̂ zero-mean": centre_rgb(ex["class"]), "swapped x̂": sw.x_class}
     for n, inv_r in randomized.items():
         try:
             cr = class_directional_inversion(inv_r, x, target=k, mode=cfg.mode)
-            rec["randomized"][str(n)] = _trio(cr.x_class, cr.x_pos, cr.x_neg, mask)
+            rec["randomized"][str(n)] = _trios(cr.x_class, cr.x_pos, cr.x_neg, seed_zero(inv_r, x), mask)
             shown[f"random top{n} x̂"] = cr.x_class
         except AdjinvError as e:
-            rec["randomized"][str(n)] = {"full": None, "pos": None, "neg": None, "O1": None,
-                                         "O2": None, "error": str(e)}
+            empty = {"full": None, "pos": None, "neg": None, "O1": None, "O2": None}
+            rec["randomized"][str(n)] = {**{v: dict(empty) for v in VARIANTS}, "error": str(e)}
     return rec, (shown if keep else {})
 
 
+ROWS = ("measured", "head_permuted", "head_random", "swapped_seed")
+QUANTITIES = ("full", "pos", "neg", "O1", "O2")
+
+
 def _summary(recs: list[dict], levels: list[int], cfg: FGParadoxConfig) -> dict:
+    groups = [r["group"] for r in recs]
+
     def ci(vals: list) -> dict:
-        return bootstrap_ci(vals, cfg.n_boot, cfg.seed)
+        return bootstrap_ci(vals, cfg.n_boot, cfg.seed, groups=groups)
 
-    def trio(get: object) -> dict:
-        return {q: ci([get(r).get(q) for r in recs]) for q in ("full", "pos", "neg", "O1", "O2")}  # type: ignore[operator]
+    def trios(get: object) -> dict:
+        return {v: {q: ci([get(r)[v].get(q) for r in recs]) for q in QUANTITIES}  # type: ignore[operator]
+                for v in VARIANTS}
 
-    return {"area_ratio": ci([r["area_ratio"] for r in recs]),
-            "measured": trio(lambda r: r["measured"]),
-            "seed_zero": {"fg": ci([r["seed_zero"]["fg"] for r in recs]),
-                          "undefined": sum(r["seed_zero"]["fg"] is None for r in recs)},
-            "swapped_seed": trio(lambda r: r["swapped_seed"]),
-            "randomized": {str(n): trio(lambda r, n=n: r["randomized"][str(n)]) for n in levels}}
+    out: dict = {"area_ratio": ci([r["area_ratio"] for r in recs]),
+                 "seed_zero": {"fg": ci([r["seed_zero"]["fg"] for r in recs]),
+                               "undefined": sum(r["seed_zero"]["fg"] is None for r in recs),
+                               "uniform": sum(bool(r["seed_zero"].get("uniform")) for r in recs)},
+                 "randomized": {str(n): trios(lambda r, n=n: r["randomized"][str(n)]) for n in levels}}
+    for row in ROWS:
+        out[row] = trios(lambda r, row=row: r[row])
+    return out
 
 
 def run_encoder(enc: StagedEncoder, lacs: LACBank, lac_source: str, ds: MaskedDataset,
@@ -149,20 +200,21 @@ def run_encoder(enc: StagedEncoder, lacs: LACBank, lac_source: str, ds: MaskedDa
         raise AdjinvError("fg-paradox needs at least two images (the swapped-seed control "
                           "takes its seeds from another image)")
     items = [ds[i] for i in range(n)]
+    partners, rule = partner_derangement([it.label for it in items])
     cache = ImageCache(out / "cache")
-    base = {"v": 1, "encoder": enc.name, "weights": enc.weights_hash(), "lacs": lac_digest(lacs),
+    base = {"v": 2, "encoder": enc.name, "weights": enc.weights_hash(), "lacs": lac_digest(lacs),
             "size": cfg.size, "mode": cfg.mode, "target": cfg.target, "levels": levels,
             "seed": cfg.seed}
 
     def key_of(i: int) -> dict:
-        it, partner = items[i], items[(i + 1) % n]
+        it, partner = items[i], items[partners[i]]
         return {**base, "image": tensor_digest(it.image, it.mask), "partner": tensor_digest(partner.image)}
 
     def fill(i: int) -> None:
         """Measure image ``i`` into the cache unless it is there."""
         key = key_of(i)
         if cache.get(key) is None:
-            it, partner = items[i], items[(i + 1) % n]
+            it, partner = items[i], items[partners[i]]
             rec, _ = measure_image(inv, randomized, enc.normalize(it.image)[None],
                                    enc.normalize(partner.image)[None], it.mask, cfg, keep=False)
             cache.put(key, {**rec, "name": it.name})
@@ -172,7 +224,7 @@ def run_encoder(enc: StagedEncoder, lacs: LACBank, lac_source: str, ds: MaskedDa
         return None
     recs, computed, example = [], 0, {}
     for i in iter_with_bar(list(range(n)), f"fg-paradox {enc.name}"):
-        it, partner = items[i], items[(i + 1) % n]
+        it, partner = items[i], items[partners[i]]
         key = key_of(i)
         rec = cache.get(key)
         first = i == 0
@@ -185,7 +237,7 @@ def run_encoder(enc: StagedEncoder, lacs: LACBank, lac_source: str, ds: MaskedDa
                 cache.put(key, {**rec, "name": it.name})
             if first:
                 example = {"image": it.image, "mask": it.mask, "shown": shown, "name": it.name}
-        rec["name"] = it.name
+        rec["name"], rec["group"], rec["partner"] = it.name, it.label, partner.name
         recs.append(rec)
     log(f"  {enc.name}: {n} images ({computed} computed, {n - computed} from cache)")
     summ = _summary(recs, levels, cfg)
@@ -193,7 +245,10 @@ def run_encoder(enc: StagedEncoder, lacs: LACBank, lac_source: str, ds: MaskedDa
         fn = f"example_{enc.name}.png"
         plot_example(example, out / fn)
         summ["example_figure"] = fn
+    floor = lac_pix_floor(lacs.pix.gamma, lacs.pix.beta)
     return {"encoder": enc.name, "lacs": lac_source, "randomize_levels": levels,
+            "partner_rule": rule, "lac_pix": {"gamma": lacs.pix.gamma.detach().tolist(),
+                                              "beta": lacs.pix.beta.detach().tolist(), **floor},
             "summary": summ, "images": recs, "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -223,7 +278,8 @@ def run_fg_paradox(cfg: FGParadoxConfig, out: str | Path, *, log: Log = quiet_lo
         barrier()
         return json.loads((out / "results.json").read_text())
     per = [p for p in shares if p is not None]
-    o3 = [{"encoder": p["encoder"], "O2": p["summary"]["measured"]["O2"]} for p in per]
+    o3 = [{"encoder": p["encoder"], "O2": p["summary"]["measured"]["raw"]["O2"],
+           "O2_zero_mean": p["summary"]["measured"]["zero_mean"]["O2"]} for p in per]
     means = [o["O2"]["mean"] for o in o3]
     mono = None
     if len(means) > 1 and None not in means:
@@ -236,9 +292,15 @@ def run_fg_paradox(cfg: FGParadoxConfig, out: str | Path, *, log: Log = quiet_lo
             "O1": "|FG(x+) - FG(x-)| per image, averaged", "O2": "FG(x) - max(FG(x+), FG(x-)) per "
             "image, averaged", "O3": "O2 per encoder in the order given; 'increasing' says whether it "
             "rises along that order (the paper orders by capacity)",
-            "intervals": f"95% percentile bootstrap over images, {cfg.n_boot} resamples, seed {cfg.seed}",
+            "variants": "raw: x as synthesised; zero_mean: each RGB channel minus its spatial mean "
+                        "(removes (sum alpha) beta_pix exactly); psi0_projected: the component along "
+                        "Psi_L(0) removed (null when Psi_L(0) = 0)",
+            "head_permuted": "alpha from W_k permuted across channels (one permutation per run)",
+            "head_random": "alpha from a Gaussian row with the norm of W_k (one draw per run)",
+            "intervals": f"95% percentile bootstrap over source photos / classes (whole groups "
+                         f"resampled), {cfg.n_boot} resamples, seed {cfg.seed}",
         },
-        "controls": CONTROLS_NOTE,
+        "controls": CONTROLS_NOTE + BIAS_NOTE,
         "encoders": per,
         "O3": {"per_encoder": o3, "increasing": mono},
         "environment": environment(),
@@ -252,26 +314,47 @@ def run_fg_paradox(cfg: FGParadoxConfig, out: str | Path, *, log: Log = quiet_lo
 
 
 # ----------------------------------------------------------------------------- output
+ROW_LABELS = {"measured": "measured", "head_permuted": "head permuted across channels",
+              "head_random": "random head, matched row norm", "swapped_seed": "swapped-seed"}
+VARIANT_LABELS = {"raw": "raw x̂", "zero_mean": "per-RGB zero-mean x̂",
+                  "psi0_projected": "Ψ(0) direction projected out"}
+
+
+def encoder_table(p: dict) -> list[str]:
+    """One encoder's FG table: every row × the three variants (docs/method.md §15)."""
+    s = p["summary"]
+    lines = ["| reconstruction | variant | FG(x̂) | FG(x̂+) | FG(x̂−) | O1 | O2 |",
+             "|---|---|---|---|---|---|---|"]
+    rows = [(ROW_LABELS[r], s[r]) for r in ROWS]
+    rows += [(f"random top {n}", v) for n, v in s["randomized"].items()]
+    for name, t in rows:
+        for v in VARIANTS:
+            q = t[v]
+            lines.append(f"| {name} | {VARIANT_LABELS[v]} | {fmt_ci(q['full'])} | {fmt_ci(q['pos'])} "
+                         f"| {fmt_ci(q['neg'])} | {fmt_ci(q['O1'])} | {fmt_ci(q['O2'])} |")
+    sz = s["seed_zero"]
+    lines += [f"| seed-zero Ψ(0) (all three, raw) | | {fmt_ci(sz['fg'])} | | | | |"]
+    return lines
+
+
 def table(results: dict) -> str:
     """The Markdown summary."""
     lines = [f"# Foreground-energy paradox — {results['dataset']['dataset']}, "
              f"{results['n_images']} images, {results['dataset']['size']} px", ""]
     for p in results["encoders"]:
         s = p["summary"]
+        lp = p.get("lac_pix", {})
         lines += [f"## {p['encoder']} (LACs: {p['lacs']}; {p['seconds']:.0f} s)", "",
-                  f"Mask area ratio {fmt_ci(s['area_ratio'])}.", "",
-                  "| reconstruction | FG(x̂) | FG(x̂+) | FG(x̂−) | O1 | O2 |", "|---|---|---|---|---|---|"]
-        rows = [("measured", s["measured"]), ("swapped-seed", s["swapped_seed"])]
-        rows += [(f"random top {n}", v) for n, v in s["randomized"].items()]
-        for name, t in rows:
-            lines.append(f"| {name} | {fmt_ci(t['full'])} | {fmt_ci(t['pos'])} | {fmt_ci(t['neg'])} "
-                         f"| {fmt_ci(t['O1'])} | {fmt_ci(t['O2'])} |")
+                  f"Mask area ratio {fmt_ci(s['area_ratio'])}. Swapped-seed partners: "
+                  f"{p.get('partner_rule', 'next image')}. LAC_pix bias share of every φ_c's energy "
+                  f"‖b‖²/(‖b‖²+‖s‖²) = {fmt(lp.get('bias_share'))}.", ""]
+        lines += encoder_table(p)
         sz = s["seed_zero"]
-        lines += [f"| seed-zero (all three) | {fmt_ci(sz['fg'])} | | | | |", "",
-                  f"seed-zero undefined (Ψ_L(0) = 0) for {sz['undefined']} image(s).", ""]
+        lines += ["", f"seed-zero undefined (Ψ_L(0) = 0) for {sz['undefined']} image(s); a uniform "
+                      f"image (per RGB) for {sz.get('uniform', 0)}.", ""]
     o3 = results["O3"]
-    lines += ["O3 (O2 per encoder): " + ", ".join(f"{o['encoder']} {fmt(o['O2']['mean'])}"
-                                                   for o in o3["per_encoder"])
+    lines += ["O3 (O2 per encoder, raw): " + ", ".join(f"{o['encoder']} {fmt(o['O2']['mean'])}"
+                                                        for o in o3["per_encoder"])
               + (f"; increasing along the given order: {o3['increasing']}" if o3["increasing"]
                  is not None else ""), "", "Controls:", ""]
     lines += [f"- {c}" for c in results["controls"]]
@@ -286,11 +369,11 @@ def plot_bars(results: dict, path: Path) -> Path:
     for ax, p in zip(axes[0], results["encoders"], strict=True):
         s = p["summary"]
         bars = [("area", s["area_ratio"])]
-        bars += [(f"meas. {q}", s["measured"][q]) for q in ("pos", "neg", "full")]
+        bars += [(f"meas. {q}", s["measured"]["raw"][q]) for q in ("pos", "neg", "full")]
         bars += [("seed-0", s["seed_zero"]["fg"])]
-        bars += [(f"swap {q}", s["swapped_seed"][q]) for q in ("pos", "neg", "full")]
+        bars += [(f"swap {q}", s["swapped_seed"]["raw"][q]) for q in ("pos", "neg", "full")]
         for lv, t in s["randomized"].items():
-            bars += [(f"rnd{lv} {q}", t[q]) for q in ("pos", "neg", "full")]
+            bars += [(f"rnd{lv} {q}", t["raw"][q]) for q in ("pos", "neg", "full")]
         xs = range(len(bars))
         m = [b[1]["mean"] if b[1]["mean"] is not None else 0 for b in bars]
         lo = [b[1]["lo"] if b[1]["lo"] is not None else mm for mm, b in zip(m, bars, strict=True)]

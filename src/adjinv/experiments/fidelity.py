@@ -46,6 +46,7 @@ from ..metrics.reconstruction import psnr, ssim
 from ..state import module_device, to_module
 from .common import Log, environment, load_named_encoder, quiet_log, stderr_log, warnings_to_log
 from .evalsets import EvalSet, open_eval_set
+from .interference_common import portable_path
 
 METHODS = ("ours", "control", "vanilla", "mahendran", "robust", "upconv")
 LABELS = {"ours": "Ours (x̂_L)", "control": "Control: seed zero", "vanilla": "Vanilla gradient",
@@ -109,6 +110,7 @@ class _Methods:
         self.info: dict = {}
         with warnings_to_log(log):
             lacs, vmap, source = load_lacs(enc, cfg.lac.get(enc.name))
+        source = portable_path(source)
         self.info["lacs"] = source
         self.inv = AdjointInverter(enc, lacs, chunk_size=cfg.chunk_size)
         self.vanilla: VanillaMap | None = None

@@ -6,8 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,25 @@ CONTROLS_NOTE = [
     "only this image's Jacobians (ReLU masks) and the LAC biases. Every weighted reconstruction "
     "collapses to a multiple of it, so its FG is the number the features must beat. With identity "
     "LACs (beta = 0) it is exactly zero and the control is undefined (null).",
-    "swapped-seed: the seeds E_c * A_L and the weights alpha of a different image (the next one in "
-    "the set, resized to the same size) pulled back through this image's Jacobians. A statistic "
-    "that barely changes is a property of this image's Jacobians, not of its features.",
+    "swapped-seed: the seeds E_c * A_L and the weights alpha of a different image pulled back "
+    "through this image's Jacobians. fg-paradox and superposition pair images by a derangement by "
+    "source photo (the composites) or class (labelled data), never the same photo on another "
+    "background (partner_rule in results.json); ecr takes the first test image. A statistic that "
+    "barely changes is a property of this image's Jacobians, not of its features.",
     "model randomisation (Adebayo et al. 2018): a copy of the encoder with its top n stages "
     "re-initialised (cascading down), same head, LACs and class index. A statistic that survives "
     "does not measure what those stages learned.",
+]
+
+BIAS_NOTE = [
+    "LAC_pix bias (docs/method.md section 15): every phi_c = s_c + b with b the constant image beta_pix "
+    "and <s_c, b> = 0, so lambda_1/tr G >= |b|^2/(|b|^2+|s|^2) for any input. Statistics are reported "
+    "raw, per-RGB zero-mean (removes b exactly) and with the Psi(0) direction projected out.",
+    "shuffled head (fg-paradox O1/O2, superposition B1/B2): the class row W_k permuted across "
+    "channels, and a Gaussian row with W_k's norm; same features, same LACs. A statistic the "
+    "control head reproduces does not depend on what the classifier learned.",
+    "intervals: percentile bootstrap over source photos (composites) or classes (labelled data): "
+    "whole groups are resampled, so composites of one photo are not counted as independent.",
 ]
 
 
@@ -52,7 +66,25 @@ def model_with_lacs(name: str, weights: str | None, random_init: bool, lac: str 
         return enc, lacs, "given"
     with warnings_to_log(log):
         bank, _, source = load_lacs(enc, lac)
-    return enc, bank, source
+    return enc, bank, portable_path(source)
+
+
+def portable_path(source: str) -> str:
+    """A LAC source for results files without this machine's absolute paths: a file
+    inside the installed package as ``package:adjinv/…``, a file under the working
+    directory relative to it, anything else (``identity …``, a name) unchanged."""
+    p = Path(source)
+    if not p.is_absolute():
+        return source
+    pkg = Path(__file__).resolve().parent.parent
+    try:
+        return "package:adjinv/" + p.resolve().relative_to(pkg).as_posix()
+    except ValueError:
+        pass
+    try:
+        return p.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return p.name
 
 
 def tensor_digest(*ts: torch.Tensor) -> str:
@@ -113,22 +145,45 @@ class ImageCache:
 
 
 def bootstrap_ci(values: Iterable[float | None], n_boot: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> dict[str, Any]:
+                 level: float = 0.95, groups: Sequence[Any] | None = None) -> dict[str, Any]:
     """Mean and percentile-bootstrap interval (``n_boot`` resamples, fixed ``seed``) of the
-    finite values; ``None`` entries are left out and counted."""
-    v = torch.tensor([float(x) for x in values if x is not None], dtype=torch.float64)
-    v = v[torch.isfinite(v)]
+    finite values; ``None`` entries are left out and counted.
+
+    ``groups`` (one per value, e.g. each composite's source photo): a cluster bootstrap
+    that resamples whole groups with replacement and averages every value of the drawn
+    groups, so that images of the same photo are not counted as independent
+    (docs/method.md §15). ``n_groups`` is reported; with one group there is no interval."""
+    vals = [None if x is None else float(x) for x in values]
+    keep = [i for i, x in enumerate(vals) if x is not None and math.isfinite(x)]
+    v = torch.tensor([vals[i] for i in keep], dtype=torch.float64)
     n = int(v.numel())
     if n == 0:
         return {"mean": None, "lo": None, "hi": None, "n": 0}
-    if n == 1:
-        return {"mean": float(v[0]), "lo": None, "hi": None, "n": 1}
+    out: dict[str, Any] = {"mean": float(v.mean()), "lo": None, "hi": None, "n": n}
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, n, (n_boot, n), generator=g)
-    means = v[idx].mean(1)
     a = (1 - level) / 2
-    q = torch.quantile(means, torch.tensor([a, 1 - a], dtype=torch.float64))
-    return {"mean": float(v.mean()), "lo": float(q[0]), "hi": float(q[1]), "n": n}
+    qs = torch.tensor([a, 1 - a], dtype=torch.float64)
+    if groups is None:
+        if n == 1:
+            return out
+        idx = torch.randint(0, n, (n_boot, n), generator=g)
+        means = v[idx].mean(1)
+    else:
+        if len(groups) != len(vals):
+            raise AdjinvError(f"{len(groups)} groups for {len(vals)} values")
+        names = sorted({str(groups[i]) for i in keep})
+        gid = torch.tensor([names.index(str(groups[i])) for i in keep])
+        ng = len(names)
+        out["n_groups"] = ng
+        if ng == 1:
+            return out
+        sums = torch.zeros(ng, dtype=torch.float64).index_add_(0, gid, v)
+        counts = torch.zeros(ng, dtype=torch.float64).index_add_(0, gid, torch.ones_like(v))
+        draw = torch.randint(0, ng, (n_boot, ng), generator=g)
+        means = sums[draw].sum(1) / counts[draw].sum(1)
+    q = torch.quantile(means, qs)
+    out["lo"], out["hi"] = float(q[0]), float(q[1])
+    return out
 
 
 def progress_bar(total: int, desc: str) -> Any:

@@ -22,13 +22,26 @@ import torch
 
 from ..analysis.class_directional import class_directional_weights
 from ..analysis.controls import (
+    HEAD_CONTROLS,
+    head_row,
     nan_to_none,
+    partner_derangement,
     randomization_levels,
     randomized_encoder,
     seed_zero,
+    shuffled_head_row,
     swapped_channel_inversions,
 )
-from ..analysis.superposition import direction_cosine, leading_direction, superposition_statistics
+from ..analysis.superposition import (
+    VARIANTS,
+    direction_cosine,
+    interference_terms,
+    lac_pix_floor,
+    leading_direction,
+    measured_floor,
+    superposition_statistics,
+    variants,
+)
 from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
@@ -40,9 +53,11 @@ from ..fileio import atomic_write_json, atomic_write_text
 from ..viz.display import robust_minmax
 from .common import Log, environment, load_config, pyplot, quiet_log, save_figure, stderr_log
 from .interference_common import (
+    BIAS_NOTE,
     CONTROLS_NOTE,
     ImageCache,
     bootstrap_ci,
+    fmt,
     fmt_ci,
     iter_with_bar,
     lac_digest,
@@ -53,6 +68,7 @@ from .interference_common import (
 )
 
 SCALARS = ("energy_fraction", "variance_before", "variance_after", "expansion")
+H2_ROWS = ("measured", "head_permuted", "head_random")
 
 
 @dataclass
@@ -93,32 +109,77 @@ def _stats(phi: torch.Tensor) -> dict:
             for k, v in s.items()}
 
 
+def _variant_stats(phi: torch.Tensor, psi0: torch.Tensor, ref_u: dict[str, torch.Tensor] | None = None
+                   ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """H1 statistics of ``phi`` raw, per-RGB zero-mean and Ψ(0)-projected (docs/method.md §15),
+    and the leading direction of each; ``ref_u``: add ``cos_u`` against these directions."""
+    out: dict = {}
+    us: dict[str, torch.Tensor] = {}
+    for v, f in variants(phi, psi0).items():
+        if f is None:
+            out[v] = None
+            continue
+        try:
+            u, _ = leading_direction(f)
+        except AdjinvError as e:
+            out[v] = {"error": str(e)}
+            continue
+        us[v] = u
+        out[v] = _stats(f)
+        if ref_u is not None and v in ref_u:
+            out[v]["cos_u"] = nan_to_none(direction_cosine(ref_u[v], u))
+    return out, us
+
+
+def _h2(phi: torch.Tensor, psi0: torch.Tensor, us: dict[str, torch.Tensor], alpha: torch.Tensor,
+        sign: torch.Tensor) -> dict:
+    out: dict = {}
+    for v, f in variants(phi, psi0).items():
+        if f is None or v not in us:
+            out[v] = None
+            continue
+        out[v] = {q: nan_to_none(x) for q, x in interference_terms(f, alpha, sign, us[v]).items()}
+    return out
+
+
 def measure_image(inv: AdjointInverter, randomized: dict[int, AdjointInverter], x: torch.Tensor,
                   partner: torch.Tensor, cfg: SuperpositionConfig) -> dict:
-    """One image's H1 statistics and controls."""
-    ch, _ = top_channels(inv.encoder, x, cfg.max_channels)
+    """One image's H1 statistics and controls, each raw, zero-mean and Ψ(0)-projected;
+    H2 (B1, B2) for the encoder's head and the two shuffled heads; the bias floors."""
+    enc = inv.encoder
+    ch, _ = top_channels(enc, x, cfg.max_channels)
     if ch.numel() < 2:
         raise AdjinvError("fewer than two live channels at the deepest stage")
     phi = inv.channel_inversions(x, -1, ch)[0]
-    u, _ = leading_direction(phi)
-    rec: dict = {"channels": int(ch.numel()), "measured": _stats(phi)}
     z = seed_zero(inv, x)[0]
+    meas, us = _variant_stats(phi, z)
+    rec: dict = {"channels": int(ch.numel()), "measured": meas,
+                 "floor": {"measured": nan_to_none(measured_floor(phi))}}
+    with torch.no_grad(), enc.frozen():
+        a_last = enc.forward_stages(inv.prepare(x))[-1]
+        k = enc.head(a_last).argmax(1)
+        wk = head_row(enc, a_last, k)[0]
+        g = a_last.mean(dim=(-2, -1))[0]
+    rec["class"] = int(k[0])
+    rec["h2"] = {"measured": _h2(phi, z, us, (wk * g)[ch], wk[ch])}
+    for kind in HEAD_CONTROLS:
+        w2 = shuffled_head_row(wk, kind, cfg.seed)
+        rec["h2"][f"head_{kind}"] = _h2(phi, z, us, (w2 * g)[ch], w2[ch])
     e_phi = float(phi.double().pow(2).flatten(1).sum(1).mean())
+    u = us.get("raw")
     rec["seed_zero"] = {
         "energy_vs_mean_channel": float(z.double().pow(2).sum()) / e_phi if e_phi > 0 else None,
-        "cos_u": nan_to_none(direction_cosine(u, z)),
+        "cos_u": nan_to_none(direction_cosine(u, z)) if u is not None else None,
         "mean_cos_channels": nan_to_none(sum(direction_cosine(p, z) for p in phi) / len(phi))
         if float(z.abs().sum()) > 0 else None}
     phi_s = swapped_channel_inversions(inv, x, partner, ch)[0]
-    u_s, _ = leading_direction(phi_s)
-    rec["swapped_seed"] = {**_stats(phi_s), "cos_u": direction_cosine(u, u_s)}
+    rec["swapped_seed"], _ = _variant_stats(phi_s, z, us)
     rec["randomized"] = {}
     for n, inv_r in randomized.items():
         try:
             ch_r, _ = top_channels(inv_r.encoder, x, cfg.max_channels)
             phi_r = inv_r.channel_inversions(x, -1, ch_r)[0]
-            u_r, _ = leading_direction(phi_r)
-            rec["randomized"][str(n)] = {**_stats(phi_r), "cos_u": direction_cosine(u, u_r)}
+            rec["randomized"][str(n)], _ = _variant_stats(phi_r, seed_zero(inv_r, x)[0], us)
         except AdjinvError as e:
             rec["randomized"][str(n)] = {"error": str(e)}
     return rec
@@ -175,15 +236,31 @@ def figure_panels(inv: AdjointInverter, x: torch.Tensor, img: torch.Tensor, name
 
 
 def _agg(recs: list[dict], get: object, cfg: SuperpositionConfig) -> dict:
-    out = {}
-    for q in SCALARS:
-        out[q] = bootstrap_ci([get(r).get(q) for r in recs], cfg.n_boot, cfg.seed)  # type: ignore[operator]
-    for q in ("cos_before", "cos_after"):
-        out[q] = {p: bootstrap_ci([(get(r).get(q) or {}).get(p) for r in recs],  # type: ignore[operator]
-                                  cfg.n_boot, cfg.seed)["mean"] for p in ("min", "p5", "p95", "max")}
-    if any("cos_u" in get(r) for r in recs):  # type: ignore[operator]
-        out["cos_u"] = bootstrap_ci([get(r).get("cos_u") for r in recs], cfg.n_boot, cfg.seed)  # type: ignore[operator]
+    """Bootstrap summary of one row (measured or a control), per variant."""
+    groups = [r["group"] for r in recs]
+
+    def ci(vals: list) -> dict:
+        return bootstrap_ci(vals, cfg.n_boot, cfg.seed, groups=groups)
+
+    out: dict = {}
+    for v in VARIANTS:
+        rows = [(get(r) or {}).get(v) or {} for r in recs]  # type: ignore[operator]
+        o: dict = {q: ci([x.get(q) for x in rows]) for q in SCALARS}
+        for q in ("cos_before", "cos_after"):
+            o[q] = {p: ci([(x.get(q) or {}).get(p) for x in rows])["mean"]
+                    for p in ("min", "p5", "p95", "max")}
+        if any("cos_u" in x for x in rows):
+            o["cos_u"] = ci([x.get("cos_u") for x in rows])
+        out[v] = o
     return out
+
+
+def _agg_h2(recs: list[dict], cfg: SuperpositionConfig) -> dict:
+    groups = [r["group"] for r in recs]
+    return {head: {v: {q: bootstrap_ci([((r["h2"][head] or {}).get(v) or {}).get(q) for r in recs],
+                                       cfg.n_boot, cfg.seed, groups=groups)
+                       for q in ("B1", "B2", "sum_abs_ratio")} for v in VARIANTS}
+            for head in H2_ROWS}
 
 
 def run_superposition(cfg: SuperpositionConfig, out: str | Path, *, log: Log = quiet_log,
@@ -205,8 +282,9 @@ def run_superposition(cfg: SuperpositionConfig, out: str | Path, *, log: Log = q
     randomized = {lv: AdjointInverter(randomized_encoder(enc, lv, cfg.seed), bank,
                                       chunk_size=cfg.chunk_size) for lv in levels}
     items = [ds[i] for i in range(n)]
+    partners, rule = partner_derangement([it.label for it in items])
     cache = ImageCache(out / "cache")
-    base = {"v": 1, "encoder": enc.name, "weights": enc.weights_hash(), "lacs": lac_digest(bank),
+    base = {"v": 3, "encoder": enc.name, "weights": enc.weights_hash(), "lacs": lac_digest(bank),
             "size": cfg.size, "max_channels": cfg.max_channels, "levels": levels, "seed": cfg.seed}
     recs: list[dict] = []
     figures: list = []
@@ -214,7 +292,7 @@ def run_superposition(cfg: SuperpositionConfig, out: str | Path, *, log: Log = q
 
     def record(i: int) -> dict:
         """Image ``i``'s record, from the cache or measured (and cached)."""
-        it, partner = items[i], items[(i + 1) % n]
+        it, partner = items[i], items[partners[i]]
         key = {**base, "image": tensor_digest(it.image), "partner": tensor_digest(partner.image)}
         rec = cache.get(key)
         if rec is None:
@@ -229,13 +307,20 @@ def run_superposition(cfg: SuperpositionConfig, out: str | Path, *, log: Log = q
         barrier()  # wait for rank 0's results.json
         return json.loads((out / "results.json").read_text())
     for i in iter_with_bar(list(range(n)), "superposition"):
-        it = items[i]
-        recs.append({**record(i), "name": it.name})
+        it, partner = items[i], items[partners[i]]
+        recs.append({**record(i), "name": it.name, "group": it.label, "partner": partner.name})
         if i < cfg.figure_images:
             figures += figure_panels(inv, enc.normalize(it.image)[None], it.image, it.name, cfg, out)
     log(f"  {n} images ({computed[0]} computed, {n - computed[0]} from cache)")
+    groups = [r["group"] for r in recs]
+    floor = lac_pix_floor(bank.pix.gamma, bank.pix.beta)
     summary = {"measured": _agg(recs, lambda r: r["measured"], cfg),
-               "seed_zero": {q: bootstrap_ci([r["seed_zero"][q] for r in recs], cfg.n_boot, cfg.seed)
+               "floor": {"analytic": floor,
+                         "measured": bootstrap_ci([r["floor"]["measured"] for r in recs], cfg.n_boot,
+                                                  cfg.seed, groups=groups)},
+               "h2": _agg_h2(recs, cfg),
+               "seed_zero": {q: bootstrap_ci([r["seed_zero"][q] for r in recs], cfg.n_boot, cfg.seed,
+                                             groups=groups)
                              for q in ("energy_vs_mean_channel", "cos_u", "mean_cos_channels")},
                "swapped_seed": _agg(recs, lambda r: r["swapped_seed"], cfg),
                "randomized": {str(lv): _agg(recs, lambda r, lv=lv: r["randomized"][str(lv)], cfg)
@@ -243,6 +328,8 @@ def run_superposition(cfg: SuperpositionConfig, out: str | Path, *, log: Log = q
     results = {
         "experiment": "superposition H1 (Sec. 3.2.3, C.4)",
         "encoder": enc.name, "lacs": src, "dataset": ds.describe(), "n_images": n,
+        "partner_rule": rule,
+        "lac_pix": {"gamma": bank.pix.gamma.detach().tolist(), "beta": bank.pix.beta.detach().tolist()},
         "config": asdict(cfg),
         "definitions": {
             "energy_fraction": "lambda_1 / tr(G), G = Phi Phi^T of the channel inversions",
@@ -255,8 +342,18 @@ def run_superposition(cfg: SuperpositionConfig, out: str | Path, *, log: Log = q
                          "with u and (mean) with each phi_c: how much of the shared direction is "
                          "seed-independent",
             "channels": "live deepest-stage channels of largest simplex weight, at most max_channels",
+            "variants": "raw phi; zero_mean: each RGB channel minus its spatial mean (removes "
+                        "beta_pix exactly); psi0_projected: the component along Psi_L(0) removed",
+            "floor": "analytic: |b|^2/(|b|^2+|s|^2) = sum beta_pix^2/(sum beta_pix^2 + sum gamma_pix^2), "
+                     "a lower bound on lambda_1/tr G for any input; measured: lambda_1(B B^T)/tr G with "
+                     "B the rows' per-RGB means, an exact per-image lower bound (docs/method.md section 15)",
+            "B1": "|sum_c alpha_c a_c| / (|sum_+ alpha_c a_c| + |sum_- alpha_c a_c|), a_c = <phi_c, u>, "
+                  "alpha = W_k g over the same channels; 0 = the hemispheres' shared parts cancel",
+            "B2": "mean over hemispheres of (sum_+- alpha_c a_c)^2 / |x_+-|^2: share of each hemisphere "
+                  "along u",
+            "intervals": "95% percentile bootstrap over source photos / classes (whole groups resampled)",
         },
-        "controls": CONTROLS_NOTE,
+        "controls": CONTROLS_NOTE + BIAS_NOTE,
         "summary": summary, "figures": figures, "images": recs, "environment": environment(),
     }
     results["seconds"] = round(time.perf_counter() - t0, 2)
@@ -266,30 +363,65 @@ def run_superposition(cfg: SuperpositionConfig, out: str | Path, *, log: Log = q
     return results
 
 
+VARIANT_LABELS = {"raw": "raw φ", "zero_mean": "per-RGB zero-mean φ",
+                  "psi0_projected": "Ψ(0) direction projected out"}
+
+
+def h1_table(results: dict) -> list[str]:
+    """λ₁/tr G, V, expansion and cosines: every row × the three variants, with the floor."""
+    s = results["summary"]
+    lines = ["| | variant | λ₁/tr G | V before | V after | expansion | cos before (p5, p95) "
+             "| cos after (p5, p95) | |cos(u, u_ctrl)| |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = [("measured", s["measured"]), ("swapped-seed", s["swapped_seed"])]
+    rows += [(f"random top {lv}", v) for lv, v in s["randomized"].items()]
+
+    def pr(c: dict) -> str:
+        return "–" if c["p5"] is None else f"{c['p5']:.3f}, {c['p95']:.3f}"
+
+    for name, row in rows:
+        for v in VARIANTS:
+            t = row[v]
+            lines.append(f"| {name} | {VARIANT_LABELS[v]} | {fmt_ci(t['energy_fraction'])} | "
+                         f"{fmt_ci(t['variance_before'])} | {fmt_ci(t['variance_after'])} | "
+                         f"{fmt_ci(t['expansion'])} | {pr(t['cos_before'])} | {pr(t['cos_after'])} | "
+                         f"{fmt_ci(t['cos_u']) if 'cos_u' in t else ''} |")
+    fl = s["floor"]
+    lines += ["", f"Floor under λ₁/tr G (docs/method.md §15): analytic from the loaded LAC_pix, "
+                  f"Σβ²/(Σβ²+Σγ²) = {fmt(fl['analytic']['bias_share'])} (so V before ≤ "
+                  f"{fmt(fl['analytic']['v_before_ceiling'])}); exact per-image floor "
+                  f"λ₁(BBᵀ)/tr G of the raw φ = {fmt_ci(fl['measured'])}."]
+    return lines
+
+
+def h2_table(results: dict) -> list[str]:
+    """B1 and B2 for the encoder's head and the two shuffled heads, per variant."""
+    h = results["summary"]["h2"]
+    labels = {"measured": "encoder's head W_k", "head_permuted": "W_k permuted across channels",
+              "head_random": "random row, ‖W_k‖ matched"}
+    lines = ["| head | variant | B1 | B2 | |Σ α a| / Σ |α a| |", "|---|---|---|---|---|"]
+    for head in H2_ROWS:
+        for v in VARIANTS:
+            t = h[head][v]
+            lines.append(f"| {labels[head]} | {VARIANT_LABELS[v]} | {fmt_ci(t['B1'])} | "
+                         f"{fmt_ci(t['B2'])} | {fmt_ci(t['sum_abs_ratio'])} |")
+    return lines
+
+
 def table(results: dict) -> str:
     """The Markdown summary."""
     s = results["summary"]
     lines = [f"# Superposition (H1) — {results['encoder']} (LACs: {results['lacs']}), "
              f"{results['n_images']} images, {results['dataset']['size']} px, at most "
              f"{results['config']['max_channels']} channels", "",
-             "| | λ₁/tr G | V before | V after | expansion | cos before (p5, p95) "
-             "| cos after (p5, p95) | |cos(u, u_ctrl)| |",
-             "|---|---|---|---|---|---|---|---|"]
-    rows = [("measured", s["measured"]), ("swapped-seed", s["swapped_seed"])]
-    rows += [(f"random top {lv}", v) for lv, v in s["randomized"].items()]
-    for name, t in rows:
-        cb, ca = t["cos_before"], t["cos_after"]
-
-        def pr(c: dict) -> str:
-            return "–" if c["p5"] is None else f"{c['p5']:.3f}, {c['p95']:.3f}"
-
-        lines.append(f"| {name} | {fmt_ci(t['energy_fraction'])} | {fmt_ci(t['variance_before'])} | "
-                     f"{fmt_ci(t['variance_after'])} | {fmt_ci(t['expansion'])} | {pr(cb)} | {pr(ca)} | "
-                     f"{fmt_ci(t['cos_u']) if 'cos_u' in t else ''} |")
+             f"Swapped-seed partners: {results.get('partner_rule', 'next image')}.", ""]
+    lines += h1_table(results)
     z = s["seed_zero"]
     lines += ["", f"seed-zero: ‖Ψ_L(0)‖² / mean ‖φ_c‖² = {fmt_ci(z['energy_vs_mean_channel'])}, "
                   f"|cos(Ψ_L(0), u)| = {fmt_ci(z['cos_u'])}, mean |cos(Ψ_L(0), φ_c)| = "
-                  f"{fmt_ci(z['mean_cos_channels'])}.", "", "Controls:", ""]
+                  f"{fmt_ci(z['mean_cos_channels'])}.", "", "## H2 (B1, B2) with shuffled heads", ""]
+    lines += h2_table(results)
+    lines += ["", "Controls:", ""]
     lines += [f"- {c}" for c in results["controls"]]
     lines += ["", f"Wall time {results['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"

@@ -62,6 +62,8 @@ class FaithfulnessResult:
     insertion_curve: torch.Tensor
     deletion_curve: torch.Tensor
     target: torch.Tensor
+    deletion_blur: torch.Tensor | None = None
+    deletion_blur_curve: torch.Tensor | None = None
 
 
 def _curve(model: nn.Module, start: torch.Tensor, end: torch.Tensor, rank: torch.Tensor,
@@ -92,9 +94,14 @@ def _curve(model: nn.Module, start: torch.Tensor, end: torch.Tensor, rank: torch
 def insertion_deletion(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor, *,
                        target: torch.Tensor | None = None, steps: int = 100,
                        internal_batch_size: int = 64, blur_kernel: int = 11,
-                       blur_sigma: float = 5.0) -> FaithfulnessResult:
+                       blur_sigma: float = 5.0, blurred_deletion: bool = False) -> FaithfulnessResult:
     """Insertion and Deletion AUC of ``saliency`` (B, H, W) for the normalised batch ``x``
-    (B, 3, H, W) under ``model`` (logits). ``target`` defaults to the clean prediction."""
+    (B, 3, H, W) under ``model`` (logits). ``target`` defaults to the clean prediction.
+
+    ``blurred_deletion``: also delete onto the blurred copy instead of zero
+    (``deletion_blur``; docs/method.md §11): deleting scattered pixels onto a zero
+    substrate leaves high-frequency holes that themselves push the class down, which
+    favours high-frequency maps; a blurred substrate does not."""
     if x.dim() != 4 or saliency.shape != (x.shape[0], *x.shape[-2:]):
         raise AdjinvError(f"saliency {tuple(saliency.shape)} must be (B, H, W) at the input "
                           f"resolution of x {tuple(x.shape)}")
@@ -102,12 +109,13 @@ def insertion_deletion(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor
         raise AdjinvError("steps and internal_batch_size must be at least 1")
     with eval_mode(model):
         return _insertion_deletion(model, x, saliency, target, steps, internal_batch_size,
-                                   blur_kernel, blur_sigma)
+                                   blur_kernel, blur_sigma, blurred_deletion)
 
 
 def _insertion_deletion(model: nn.Module, x: torch.Tensor, saliency: torch.Tensor,
                         target: torch.Tensor | None, steps: int, internal_batch_size: int,
-                        blur_kernel: int, blur_sigma: float) -> FaithfulnessResult:
+                        blur_kernel: int, blur_sigma: float,
+                        blurred_deletion: bool = False) -> FaithfulnessResult:
     if target is None:
         target = model(x).argmax(1)
     target = torch.as_tensor(target, device=x.device).long().expand(x.shape[0])
@@ -117,7 +125,11 @@ def _insertion_deletion(model: nn.Module, x: torch.Tensor, saliency: torch.Tenso
     blurred = gaussian_blur(x, blur_kernel, blur_sigma)
     ins = _curve(model, blurred, x, rank, counts, target, internal_batch_size)
     dele = _curve(model, x, torch.zeros_like(x), rank, counts, target, internal_batch_size)
-    return FaithfulnessResult(trapezoid_auc(ins), trapezoid_auc(dele), ins, dele, target)
+    res = FaithfulnessResult(trapezoid_auc(ins), trapezoid_auc(dele), ins, dele, target)
+    if blurred_deletion:
+        db = _curve(model, x, blurred, rank, counts, target, internal_batch_size)
+        res.deletion_blur, res.deletion_blur_curve = trapezoid_auc(db), db
+    return res
 
 
 class FaithfulnessMetric:

@@ -43,9 +43,9 @@ README_METHODS = ("trained", "identity", "seed_zero", "swapped", "random_seed", 
                   "vanilla_train", "vanilla_affine", "mahendran", "upconv", "guided")
 
 
-def reconstruction_table() -> str:
+def reconstruction_table(folder: str = "reconstruction") -> str:
     """Per held-out photo: Pearson r / affine-SSIM of x̂_L, its controls and the baselines."""
-    r = _json("reconstruction/results.json")
+    r = _json(f"{folder}/results.json")
     photos = r["heldout"]
     seen = set(r["seen_by_lacs"])
     feat = max(r["methods"], key=lambda m: int(m[9:]) if m.startswith("feature_k") else -1)
@@ -705,7 +705,8 @@ def cam_verdicts() -> str:
 
 
 BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
-          "leakage-table": leakage_table, "default-table": default_table,
+          "leakage-table": leakage_table,
+          "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"), "default-table": default_table,
           "training-summary": training_summary, "paper-summary": paper_summary,
           "heldout-l1": heldout_l1, "gradient-variance": gradient_variance,
           "scaling": scaling, "paper-claims": paper_claims, "paper-claims-crisis": crisis_table,

@@ -210,3 +210,14 @@ def test_reencoding_networks_load_pretrained(name, size):
     with torch.no_grad():
         top = int(enc(enc.normalize(stack_images([sample_image("chelsea")], size))).argmax())
     assert 281 <= top <= 285, (name, top)
+
+
+def test_curve_skips_the_kept_step_zero(tmp_path):
+    """A training run keeps step 0 (identity LACs); the curve has identity at step 0
+    already, and two points at one step made the verdicts fail to sort."""
+    from adjinv.experiments.reconstruction import ReconstructionConfig, _curve_checkpoints
+
+    for step in (0, 15):
+        (tmp_path / f"step-{step:05d}.lac.safetensors").write_bytes(b"")
+    pts = _curve_checkpoints(ReconstructionConfig(curve=str(tmp_path)), 15, "main")
+    assert [s for s, _ in pts] == [0, 15] and pts[0][1] == "identity"

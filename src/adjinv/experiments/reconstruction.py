@@ -84,6 +84,7 @@ from .common import (
     save_figure,
     stderr_log,
 )
+from .interference_common import portable_path
 
 PROTOCOL_VERSION = 1
 
@@ -463,10 +464,10 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 def _protocol(cfg: ReconstructionConfig, r: _Runner, curve: list[tuple[int, str]]) -> dict:
     return {
         "version": PROTOCOL_VERSION, "config": asdict(cfg), "encoder": r.enc.name,
-        "encoder_hash": r.enc.weights_hash(), "lac": r.lac_path,
+        "encoder_hash": r.enc.weights_hash(), "lac": portable_path(r.lac_path),
         "train_photos": sorted(r.train), "heldout_photos": r.names,
         "partners": {str(j): derangement(r.names, j) for j in range(1, r.max_k + 1)},
-        "methods": r.methods, "metrics": list(METRICS), "curve": [c for _, c in curve],
+        "methods": r.methods, "metrics": list(METRICS), "curve": [portable_path(c) for _, c in curve],
         "rule": {"V1": "pearson and ssim_affine: trained > identity; with >= 3 curve points also "
                        "Spearman(step, gain over identity) > 0 and last gain > first",
                  "V2": "pearson and ssim_affine: trained > flat and > max(vanilla_train, "
@@ -490,7 +491,7 @@ def _curve_checkpoints(cfg: ReconstructionConfig, main_step: int, main_path: str
         raise AdjinvError(f"--curve {str(d)!r} holds no step-N.lac.safetensors files")
     for f in files:
         m = re.fullmatch(r"step-(\d+)\.lac\.safetensors", f.name)
-        if m:
+        if m and int(m.group(1)) > 0:  # step 0 is the identity LACs, already the first point
             pts.append((int(m.group(1)), str(f)))
     return sorted(pts)
 
@@ -530,7 +531,7 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
         log(f"warning: the LAC checkpoint was trained on held-out photo(s) {', '.join(sorted(seen))}: "
             "they are flagged and left out of the verdicts and the summary")
     log(f"reconstruction: {r.enc.name} at {cfg.size} px, {len(r.names)} held-out photos × "
-        f"{cfg.crops} crops, {len(r.train)} training photos, LACs {r.lac_path}")
+        f"{cfg.crops} crops, {len(r.train)} training photos, LACs {portable_path(r.lac_path)}")
 
     swaps = ["swapped"] + [f"swap{j}" for j in range(2, r.max_k + 1)]
     main_methods = [*BASE_METHODS, *swaps[1:]]
@@ -619,7 +620,7 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
                 sc = r.scores(outs, r.x[name][k: k + 1], {})
                 for m in CURVE_METHODS:
                     vals.setdefault(m, []).append({c: sc[m][c] for c in CURVE_METRICS})
-            curve_rows.append({"step": step, "checkpoint": path, "photo": name,
+            curve_rows.append({"step": step, "checkpoint": portable_path(path), "photo": name,
                                **{m: _mean(v) for m, v in vals.items()}})
 
     # 4. verdicts, summary
@@ -635,7 +636,7 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
     feature_k = {str(k): {"pearson": summary[f"feature_k{k}"]["pearson"],
                           "ssim_affine": summary[f"feature_k{k}"]["ssim_affine"]} for k in r.ks}
     results = {
-        "protocol": proto, "encoder": r.enc.name, "lacs": r.lac_path,
+        "protocol": proto, "encoder": r.enc.name, "lacs": portable_path(r.lac_path),
         "lac_step": _lac_step(r.lac_meta), "size": cfg.size, "crops": cfg.crops,
         "heldout": r.names, "seen_by_lacs": sorted(seen), "train": sorted(r.train),
         "methods": {m: {"label": _label(m), "kind": KIND.get(m, "view")} for m in r.methods},
@@ -671,7 +672,8 @@ def _verdicts(r: _Runner, per_photo: dict, curve_rows: list[dict], seen: set[str
         p = per_photo[name]
         v1_by = {c: bool(p["trained"][c] > p["identity"][c]) for c in ("pearson", "ssim_affine")}
         v1a = all(v1_by.values())
-        pts = sorted((row["step"], row) for row in curve_rows if row["photo"] == name)
+        pts = sorted(((row["step"], row) for row in curve_rows if row["photo"] == name),
+                     key=lambda t: t[0])
         steps = [s for s, _ in pts]
         gain = [row["trained"]["pearson"] - pts[0][1]["trained"]["pearson"] for _, row in pts]
         rho = spearman(torch.tensor(steps), torch.tensor(gain)) if len(pts) >= 3 else float("nan")

@@ -202,8 +202,9 @@ def training_summary() -> str:
     return (f"`{t['objective']}` objective, {len(log)} steps of batch {t['batch_size']} at "
             f"{t['size']} px (cosine schedule from lr {t['lr']}, channel fraction "
             f"{t['channel_fraction']}), {len(t['images'])} training photos; validation ℓ1 "
-            f"{val[0]['val_l1']:.4f} at step {val[0]['step']} → "
-            f"{min(r['val_l1'] for r in val):.4f} at best; shipped weights from step "
+            f"{val[0]['val_l1']:.4f} at the first check (step {val[0]['step']}), "
+            f"{min(r['val_l1'] for r in val):.4f} at best, {val[-1]['val_l1']:.4f} at the last "
+            f"(step {val[-1]['step']}); shipped weights from step "
             f"{meta.get('step')}; {secs / 60:.0f} min of wall time for the steps on a shared "
             f"2-core machine. Log: `benchmarks/results/training/{variant}.log.json` "
             "(and `.csv`, `.loss.png`).")

@@ -148,7 +148,7 @@ def heldout_l1() -> str:
              {n: old["per_photo"][n]["trained"]["l1"] for n in photos})]
     for v in _variants():
         r = _json(f"leakage/{v}.json")["variant"]
-        rows.append((f"{v} (trained on the training split)",
+        rows.append((f"{v} (Results 2–3)",
                      {n: r["per_photo"][n]["trained"]["l1"] for n in photos}))
     ident = _json("leakage/pixbias.json")["variant"]["per_photo"]
     rows.append(("identity LACs", {n: ident[n]["identity"]["l1"] for n in photos}))

@@ -707,7 +707,8 @@ def cam_verdicts() -> str:
 
 BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
           "leakage-table": leakage_table,
-          "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"), "default-table": default_table,
+          "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"),
+          "default-table": default_table,
           "training-summary": training_summary, "paper-summary": paper_summary,
           "heldout-l1": heldout_l1, "gradient-variance": gradient_variance,
           "scaling": scaling, "paper-claims": paper_claims, "paper-claims-crisis": crisis_table,

@@ -64,3 +64,14 @@ def test_reference_objective_trains_and_refuses_a_mismatch(tiny_enc):
     x = tiny_enc.normalize(smooth_image(32, dtype=torch.float64))
     with pytest.raises(AdjinvError, match="reference"):
         lac_step(AdjointInverter(tiny_enc, random_lacs(tiny_enc, 1)), x, objective="reference")
+
+
+def test_cli_offers_every_objective():
+    from adjinv.cli import build_parser
+    from adjinv.training import OBJECTIVES
+
+    p = build_parser()
+    for obj in OBJECTIVES:
+        args = p.parse_args(["train", "--out", "x.lac.safetensors", "--objective", obj])
+        assert args.objective == obj
+    assert p.parse_args(["train", "--out", "x.lac.safetensors"]).objective == "paper"

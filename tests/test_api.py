@@ -145,3 +145,13 @@ def test_load_lacs_result_keeps_the_tuple_form(model):
     assert lacs is got.lacs and vanilla is None and source == IDENTITY_SOURCE
     # and the one-liner takes it as is
     assert adjinv.Inverter(enc, got).lacs is got.lacs
+
+
+def test_inverter_readout_goes_through_its_cascade(tiny_enc):
+    from adjinv.analysis.readout import LogitReadout, invert_readout
+
+    inv = adjinv.Inverter(tiny_enc)
+    x = tiny_enc.normalize(smooth_image(32, dtype=torch.float64))
+    got = inv.readout(x, LogitReadout(tiny_enc.head, 0))
+    want = invert_readout(tiny_enc, inv.lacs, x, LogitReadout(tiny_enc.head, 0))
+    torch.testing.assert_close(got.psi, want.psi)

@@ -215,3 +215,18 @@ def test_readouts_recover_from_out_of_memory(tiny_enc, monkeypatch):
     assert sizes == [4, 2, 1, 1, 1, 1]
     for k in outs:
         torch.testing.assert_close(got[k].psi, ref[k].psi, rtol=1e-5, atol=1e-7)
+
+
+def test_readout_through_a_given_inverter(tiny_enc):
+    from adjinv.core.inverter import AdjointInverter
+
+    x = _x(tiny_enc)
+    lacs = random_lacs(tiny_enc)
+    ro = LogitReadout(tiny_enc.head, 0)
+    inv = AdjointInverter(tiny_enc, lacs, chunk_size=1)  # its settings, not new defaults
+    via_inverter = invert_readout(inv, None, x, ro, split=True)
+    direct = invert_readout(tiny_enc, lacs, x, ro, split=True)
+    torch.testing.assert_close(via_inverter.psi, direct.psi)
+    torch.testing.assert_close(via_inverter.split, direct.split)
+    with pytest.raises(AdjinvError, match="through the inverter"):
+        invert_readout(inv, lacs, x, ro)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .analysis.class_directional import MODES, class_directional_weights
+from .analysis.readout import Readout, ReadoutInversion, invert_readout
 from .core.inverter import AdjointInverter, Inversion, Progress
 from .core.lac import LACBank
 from .encoders.auto import encoder_from_module
@@ -161,6 +162,13 @@ class Inverter(nn.Module):
     def psi(self, x: torch.Tensor, stage: int | str, seed: torch.Tensor) -> torch.Tensor:
         """The cascade ``Ψ_stage(G)`` for any cotangent ``G`` (B, C, h, w) (Eq. 7)."""
         return self.inverter.psi(self.prepare(x), self._stage(stage), seed)
+
+    def readout(self, x: torch.Tensor, readout: Readout, *, split: bool = False,
+                top_k: int = 0) -> ReadoutInversion:
+        """Any scalar readout of the deepest features, pulled back through this inverter's
+        cascade (docs/method.md §12; :func:`adjinv.analysis.readout.invert_readout`)."""
+        return invert_readout(self.inverter, None, self.prepare(x), readout, split=split,
+                              top_k=top_k)
 
     def _stage(self, stage: int | str) -> int:
         if isinstance(stage, str):

@@ -186,18 +186,30 @@ def readout_seed(readout: Readout, a_last: torch.Tensor, name: str = "readout"
 
 # ----------------------------------------------------------------------------- public API
 @torch.no_grad()
-def invert_readouts(encoder: StagedEncoder, lacs: LACBank | None, images: torch.Tensor,
-                    readouts: Mapping[str, Readout], *, split: bool = False, top_k: int = 0,
-                    chunk_size: int | None = None,
+def invert_readouts(encoder: StagedEncoder | AdjointInverter, lacs: LACBank | None,
+                    images: torch.Tensor, readouts: Mapping[str, Readout], *, split: bool = False,
+                    top_k: int = 0, chunk_size: int | None = None,
                     memory_budget: int | None = None) -> dict[str, ReadoutInversion]:
     """:func:`invert_readout` for several readouts of the same images, sharing one
     forward linearisation; the seeds go through the cascade together, chunked to the
-    memory budget. Returns ``{name: ReadoutInversion}`` in the order given."""
+    memory budget. Returns ``{name: ReadoutInversion}`` in the order given.
+
+    ``encoder`` may be an :class:`AdjointInverter`: its LACs, precision, engine and chunking
+    are used as they are (then ``lacs``, ``chunk_size`` and ``memory_budget`` must be
+    ``None``)."""
     if not readouts:
         raise AdjinvError("no readouts given; pass at least one scalar function of A_L")
     if top_k < 0:
         raise AdjinvError(f"top_k must be >= 0, got {top_k}")
-    inverter = AdjointInverter(encoder, lacs, chunk_size=chunk_size, memory_budget=memory_budget)
+    if isinstance(encoder, AdjointInverter):
+        if lacs is not None or chunk_size is not None or memory_budget is not None:
+            raise AdjinvError("pass the LACs and chunking through the inverter, not beside it "
+                              "(lacs, chunk_size and memory_budget must be None)")
+        inverter = encoder
+        encoder = inverter.encoder
+    else:
+        inverter = AdjointInverter(encoder, lacs, chunk_size=chunk_size,
+                                   memory_budget=memory_budget)
     x = inverter.prepare(images)
     last = encoder.num_stages - 1
     out: dict[str, ReadoutInversion] = {}
@@ -234,12 +246,14 @@ def invert_readouts(encoder: StagedEncoder, lacs: LACBank | None, images: torch.
     return out
 
 
-def invert_readout(encoder: StagedEncoder, lacs: LACBank | None, images: torch.Tensor,
-                   readout: Readout, *, split: bool = False, top_k: int = 0,
+def invert_readout(encoder: StagedEncoder | AdjointInverter, lacs: LACBank | None,
+                   images: torch.Tensor, readout: Readout, *, split: bool = False, top_k: int = 0,
                    chunk_size: int | None = None,
                    memory_budget: int | None = None) -> ReadoutInversion:
     """Visualise any scalar readout ``s`` of the deepest feature map (Sec. 3.5, docs/method.md §12).
 
+    ``encoder``: the encoder, or an :class:`AdjointInverter` whose LACs, precision and
+    engine are used (``lacs`` then ``None``);
     ``images``: a normalised batch (B, 3, H, W) (validated by ``check_input``);
     ``lacs``: the trained LACs (``None``: identity LACs), never modified — no gradient
     reaches them and their ``requires_grad`` flags are restored. ``readout`` maps

@@ -257,7 +257,7 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
     p.add_argument("--config", help="JSON file with CamCompareConfig fields; flags override it")
     p.add_argument("--encoder", help="registry name (default efficientnet_lite0)")
     p.add_argument("--weights", help="local encoder state dict")
-    p.add_argument("--lac", help="LAC checkpoint (default: bundled, else identity)")
+    p.add_argument("--lac", help="LAC checkpoint or bundled variant name (default: bundled, else identity)")
     p.add_argument("--random-init", action="store_true", default=None, help="testing only")
     p.add_argument("--data", action="append", help="samples (default), images:DIR, KIND:ROOT; "
                                                    "append @MASKDIR for masks; repeatable")

@@ -407,7 +407,8 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
     p.add_argument("--class", type=int, dest="target", help="class index (default: reference top-1)")
     p.add_argument("--encoder", help="registry name (default efficientnet_lite0)")
     p.add_argument("--weights", help="local encoder state dict")
-    p.add_argument("--lac", help="LAC checkpoint (default: bundled, else identity with a warning)")
+    p.add_argument("--lac", help="LAC checkpoint or bundled variant name "
+                   "(default: bundled, else identity with a warning)")
     p.add_argument("--random-init", action="store_true", default=None, help="untrained encoder (tests)")
     p.add_argument("--size", type=int, help="image side in px (default 96)")
     p.add_argument("--fractions", type=float, nargs="+", help="ablation fractions (default 0, .1, …, 1)")

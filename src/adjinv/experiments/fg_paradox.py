@@ -429,7 +429,8 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
     p.add_argument("--encoder", action="append", dest="encoders",
                    help="registry name, repeatable (default efficientnet_lite0)")
     p.add_argument("--weights", help="local encoder state dict (single encoder)")
-    p.add_argument("--lac", help="LAC checkpoint (default: bundled, else identity with a warning)")
+    p.add_argument("--lac", help="LAC checkpoint or bundled variant name "
+                   "(default: bundled, else identity with a warning)")
     p.add_argument("--random-init", action="store_true", default=None,
                    help="allow an untrained encoder (testing only)")
     p.add_argument("--data", help="composites (embedded, default), cub:ROOT, oxford_pet:ROOT, "

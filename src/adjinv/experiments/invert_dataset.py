@@ -170,7 +170,7 @@ def register(sub: argparse._SubParsersAction, exp_sub: object) -> None:
     p.add_argument("--encoder", default="efficientnet_lite0")
     p.add_argument("--weights", help="local encoder state dict")
     p.add_argument("--random-init", action="store_true", help="untrained encoder (testing only)")
-    p.add_argument("--lac", help="LAC checkpoint (default: the bundled one)")
+    p.add_argument("--lac", help="LAC checkpoint or bundled variant name (default: the bundled one)")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--stages", type=int, nargs="+", default=[-1],
                    help="stages whose x̂ to store (negative counts from the deepest; default -1)")

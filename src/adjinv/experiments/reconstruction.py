@@ -851,7 +851,8 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
     p.add_argument("--config", help="JSON file with ReconstructionConfig fields; flags override it")
     p.add_argument("--encoder", help="registry name (default efficientnet_lite0)")
     p.add_argument("--weights", help="local encoder state dict")
-    p.add_argument("--lac", help="LAC checkpoint to evaluate (default: the bundled one)")
+    p.add_argument("--lac", help="LAC checkpoint or bundled variant name to evaluate "
+                   "(default: the bundled one)")
     p.add_argument("--curve", help="folder of step-N.lac.safetensors for the learning curve")
     p.add_argument("--train", help="folder of training photos (with --heldout)")
     p.add_argument("--heldout", help="folder of held-out photos (with --train)")

@@ -447,7 +447,8 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
     p.add_argument("--config", help="JSON file with SuperpositionConfig fields; flags override it")
     p.add_argument("--encoder", help="registry name (default efficientnet_lite0)")
     p.add_argument("--weights", help="local encoder state dict")
-    p.add_argument("--lac", help="LAC checkpoint (default: bundled, else identity with a warning)")
+    p.add_argument("--lac", help="LAC checkpoint or bundled variant name "
+                   "(default: bundled, else identity with a warning)")
     p.add_argument("--random-init", action="store_true", default=None, help="untrained encoder (tests)")
     p.add_argument("--data", help="composites (default), cub:ROOT, oxford_pet:ROOT, masks:IMAGES:MASKS")
     p.add_argument("--split", choices=["train", "test"])

@@ -43,7 +43,7 @@ README_METHODS = ("trained", "identity", "seed_zero", "swapped", "random_seed", 
                   "vanilla_train", "vanilla_affine", "mahendran", "upconv", "guided")
 
 
-def reconstruction_table(folder: str = "reconstruction") -> str:
+def reconstruction_table(folder: str = "reconstruction", wall: bool = False) -> str:
     """Per held-out photo: Pearson r / affine-SSIM of x̂_L, its controls and the baselines."""
     r = _json(f"{folder}/results.json")
     photos = r["heldout"]
@@ -51,7 +51,9 @@ def reconstruction_table(folder: str = "reconstruction") -> str:
     feat = max(r["methods"], key=lambda m: int(m[9:]) if m.startswith("feature_k") else -1)
     head = [f"{n} (training photo)" if n in seen else n for n in photos]
     lines = [f"`adjinv experiment reconstruction`: {r['encoder']} at {r['size']} px, "
-             f"{r['crops']} crop(s) per photo, LACs `{Path(r['lacs']).name}` (step {r['lac_step']}). "
+             f"{r['crops']} crop(s) per photo,"
+             + (f" {r['seconds'] / 60:.0f} min wall in one invocation," if wall else "")
+             + f" LACs `{Path(r['lacs']).name}` (step {r['lac_step']}). "
              "Cells: Pearson r / affine SSIM (higher is better).", "",
              "| method | kind | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(photos)]
     for m in (*README_METHODS, feat):
@@ -708,6 +710,7 @@ def cam_verdicts() -> str:
 BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
           "leakage-table": leakage_table,
           "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"),
+          "reconstruction-full-table": lambda: reconstruction_table("reconstruction-full", wall=True),
           "default-table": default_table,
           "training-summary": training_summary, "paper-summary": paper_summary,
           "heldout-l1": heldout_l1, "gradient-variance": gradient_variance,

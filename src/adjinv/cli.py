@@ -310,7 +310,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     names = HELDOUT[: args.images] if args.images else HELDOUT
     _run_report(args, {n: photo(n) for n in names},
                 "adjinv demo — embedded EfficientNet-Lite0 on held-out photos (never used to "
-                "train, tune or choose its LACs)")
+                "train its LACs or pick their checkpoint)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:

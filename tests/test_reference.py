@@ -75,3 +75,12 @@ def test_cli_offers_every_objective():
         args = p.parse_args(["train", "--out", "x.lac.safetensors", "--objective", obj])
         assert args.objective == obj
     assert p.parse_args(["train", "--out", "x.lac.safetensors"]).objective == "paper"
+
+
+def test_crisis_diagnosis_refuses_reference_lacs(tiny_enc):
+    from adjinv.analysis.crisis import diagnose_path
+    from adjinv.core.cascade import AdjointCascade
+
+    x = tiny_enc.normalize(smooth_image(32, dtype=torch.float64))
+    with pytest.raises(AdjinvError, match="reference linearisation"):
+        diagnose_path(AdjointCascade(tiny_enc, _ref_lacs(tiny_enc)), x)

@@ -8,8 +8,9 @@ Only γ/β are trained. Three objectives:
   seed-zero cascade Ψ(0) is the constant image β_pix: no likeness can come from biases
   pulled back through the image's own Jacobians.
 - ``"reference"``: ``ℓ1(x̂_ref, x)`` where ``x̂_ref`` pulls the photo's seeds and simplex
-  weights back through the Jacobians of one fixed *reference* input, the encoder's mean
-  colour (zero after normalisation), instead of the photo's own (docs/method.md §16).
+  weights back through the Jacobians of one fixed *reference* input (zero after
+  normalisation: the centre colour of the encoder's normalisation) instead of the photo's
+  own (docs/method.md §16).
   Every γ and β is trained: the biases then add the same image to every reconstruction,
   so whatever distinguishes one photo's x̂ from another's comes from its features.
 - ``"contrastive"``: ``"pixbias"`` plus a hinge that asks the image's own features to

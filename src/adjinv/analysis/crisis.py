@@ -170,6 +170,10 @@ def diagnose_path(cascade: AdjointCascade, x: torch.Tensor, *, stage: int = -1,
     s = stage + n if stage < 0 else stage
     if not 0 <= s < n:
         raise AdjinvError(f"stage {stage} out of range for {n} stages")
+    if cascade.lacs.linearize_at != "input":
+        raise AdjinvError("the Crisis I/II diagnosis measures the adjoint at the image itself; "
+                          "these LACs were trained for the reference linearisation "
+                          "(docs/method.md §16): pass LACs trained with linearize_at='input'")
     rows: list[dict] = []
     with enc.frozen():
         lin = cascade.linearize(x, s)

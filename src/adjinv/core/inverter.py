@@ -69,7 +69,8 @@ class Inversion:
 
 def reference_input(x: torch.Tensor) -> torch.Tensor:
     """The fixed reference point of docs/method.md §16, shaped like the normalised batch
-    ``x``: the encoder's mean colour, which is zero after normalisation."""
+    ``x``: zero after normalisation, i.e. the colour at the centre of the encoder's
+    normalisation (its ``mean``: mid-grey for EfficientNet-Lite's [−1, 1] inputs)."""
     return torch.zeros_like(x)
 
 

@@ -22,6 +22,8 @@ from adjinv.training import OBJECTIVES, TrainConfig, train_lacs
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objective", choices=OBJECTIVES, default="pixbias")
+    ap.add_argument("--encoder", default="efficientnet_lite0",
+                    help="registry name of the encoder (efficientnet_lite0/1/2 have offline weights)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--size", type=int, default=96)
@@ -42,7 +44,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    enc = load_encoder("efficientnet_lite0")
+    enc = load_encoder(args.encoder)
     train, val = split_photos("train"), split_photos("validation")
     if args.photos == "colour":
         train = {n: im for n, im in train.items() if not is_greyscale(im)}
@@ -62,7 +64,7 @@ def main() -> None:
 
     _, _, losses = train_lacs(enc, list(train.values()), cfg, checkpoint=args.out, resume=True,
                               progress=prog, validation=list(val.values()))
-    print(json.dumps({"objective": args.objective, "steps_run": len(losses),
+    print(json.dumps({"encoder": args.encoder, "objective": args.objective, "steps_run": len(losses),
                       "seconds_this_call": round(time.perf_counter() - t, 1)}))
 
 

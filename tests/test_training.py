@@ -195,3 +195,86 @@ def test_resume_with_validation_is_exact(tiny_enc, tmp_path):
     with pytest.raises(AdjinvError, match="images"):
         train_lacs(tiny_enc, imgs, TrainConfig(**{**cfg.__dict__, "images": ["other"]}),
                    checkpoint=p, resume=True, validation=val)
+
+
+def test_multipath_is_the_sum_of_independent_per_stage_losses(tiny_enc):
+    """Eq. 31 (docs/method.md §4): objective and gradient equal Σ_l ℓ1(x̂_l, x) written out
+    with plain autograd as in ``conftest.reference_psi``, one stage and one channel at a time;
+    the shallow terms move LACs the deepest-stage loss moves differently (not a rescaling)."""
+    from adjinv.core.simplex import simplex_measure
+
+    x = tiny_enc.normalize(smooth_image(32, batch=2, dtype=torch.float64))
+    lacs = random_lacs(tiny_enc, 3)
+    with tiny_enc.frozen():
+        st = lac_step(AdjointInverter(tiny_enc, lacs), x, objective="multipath")
+        g_multi = _grads(lacs)
+        lacs.zero_grad(set_to_none=True)
+        deep = lac_step(AdjointInverter(tiny_enc, lacs), x, objective="paper")
+        g_deep = _grads(lacs)
+        lacs.zero_grad(set_to_none=True)
+        acts = tiny_enc.forward_stages(x, upto=tiny_enc.num_stages - 1)
+        total, per = 0.0, []
+        with torch.enable_grad():
+            for s, a in enumerate(acts):
+                w = simplex_measure(a.detach())
+                c = a.shape[1]
+                seeds = torch.zeros(c, *a.shape, dtype=a.dtype)
+                for k in range(c):
+                    seeds[k, :, k] = a[:, k].detach()
+                phi = _psi_with_grad(tiny_enc, lacs, x, s, seeds)
+                x_hat = torch.einsum("bc,cbkhw->bkhw", w, phi)
+                loss = (x_hat - x).abs().mean()
+                per.append(float(loss.detach()))
+                total = total + loss
+            total.backward()
+        g_ref = _grads(lacs)
+    assert st.stage_l1 == pytest.approx(per, rel=1e-10)
+    assert st.objective == pytest.approx(sum(per), rel=1e-10)
+    assert st.l1 == pytest.approx(deep.l1, rel=1e-12) == pytest.approx(per[-1], rel=1e-10)
+    torch.testing.assert_close(g_multi, g_ref, rtol=1e-5, atol=1e-7)  # float32 LACs
+    # the shallow stages change the direction of the update, not just its size
+    cos = float(g_multi @ g_deep / (g_multi.norm() * g_deep.norm()))
+    assert cos < 0.99, cos
+    # stages 2 and 3 reach the inner LACs: their gradient is not the deepest stage's
+    inner = torch.cat([torch.full((p.numel(),), not n.startswith("lacs.pix"))
+                       for n, p in lacs.named_parameters()])
+    assert inner.any() and not torch.allclose(g_multi[inner], g_deep[inner])
+
+def _psi_with_grad(enc, lacs, x, stage, seeds):
+    """``conftest.reference_psi`` with the autograd graph kept (it detaches its output)."""
+    with enc.frozen():
+        ins, outs = [], []
+        a = x.detach()
+        for st in enc.stages[: stage + 1]:
+            a_in = a.detach().requires_grad_(True)
+            a = st(a_in)
+            ins.append(a_in)
+            outs.append(a)
+        res = []
+        for seed in seeds:
+            u = seed
+            for k in range(stage, -1, -1):
+                (u,) = torch.autograd.grad(outs[k], ins[k], grad_outputs=u, retain_graph=True,
+                                           create_graph=True)
+                if k == 0:
+                    u = lacs.lacs["pix"](u)
+                elif outs[k].shape[-1] < ins[k].shape[-1]:
+                    u = lacs.lacs[f"s{k - 1}"](u)
+            res.append(u)
+    return torch.stack(res)
+
+
+def test_multipath_trains_and_logs_every_stage(tiny_enc, tmp_path):
+    imgs, val = _imgs(), _imgs(5)[3:]
+    cfg = TrainConfig(steps=2, size=32, lr=0.05, validate_every=2, objective="multipath")
+    ck = tmp_path / "mp.lac.safetensors"
+    lacs, _, losses = train_lacs(tiny_enc, imgs, cfg, checkpoint=ck, validation=val)
+    hist = json.loads((tmp_path / "mp.log.json").read_text())
+    n = tiny_enc.num_stages
+    last = hist[-1]
+    assert [k for k in last if k.startswith("val_l1_stage")] == [f"val_l1_stage{i}" for i in range(n)]
+    # validation picks on Eq. 31 itself; "loss"/"val_l1" stay the deepest stage's ℓ1
+    assert last["val_objective"] == pytest.approx(sum(last[f"val_l1_stage{i}"] for i in range(n)))
+    assert last["val_l1"] == pytest.approx(last[f"val_l1_stage{n - 1}"])
+    assert last["loss"] == pytest.approx(last[f"l1_stage{n - 1}"])
+    assert all(lac.beta.requires_grad for lac in lacs.lacs.values())

@@ -505,12 +505,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on this random fraction of live channels (default 1 = exact)")
     p.add_argument("--seed", type=_int_in(0, 2**63 - 1), default=0)
     p.add_argument("--checkpoint-every", type=_POSITIVE, default=10)
-    p.add_argument("--objective", choices=("paper", "pixbias", "contrastive", "reference"), default="paper",
+    p.add_argument("--objective", default="paper",
+                   choices=("paper", "pixbias", "contrastive", "reference", "multipath"),
                    help="paper (default, as the bundled LACs): Eq. 9 with every beta trained; "
                         "pixbias: inner LACs are pure normalisations, beta only at the pixels; "
                         "contrastive: pixbias plus a hinge against another photo's features "
                         "(batch size >= 2); reference: Jacobians of a fixed reference input "
-                        "(docs/method.md §16); see docs/evidence.md")
+                        "(docs/method.md §16); multipath: Eq. 31, the l1 of every stage's "
+                        "reconstruction summed; see docs/evidence.md")
     p.add_argument("--contrast-weight", type=_float_in(0.0), default=1.0)
     p.add_argument("--contrast-margin", type=_float_in(0.0, lo_open=False), default=0.02)
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")

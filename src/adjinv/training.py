@@ -17,6 +17,10 @@ Only γ/β are trained. Three objectives:
   beat another photo's features pulled back through the same Jacobians:
   ``ℓ1(x̂, x) + λ·max(0, ℓ1(x̂, x) − ℓ1(x̂_swap, x) + m)``; the partner is the next photo
   of the batch (a derangement, so never the photo itself).
+- ``"multipath"``: Eq. 31, the multi-path alternative the paper argues against (Supp. A.4):
+  ``Σ_l ℓ1(x̂_l, x)`` over every source stage ``l = 0 … L`` (stem included), unweighted,
+  every γ and β trained (docs/method.md §4). Each stage's term is the ``"paper"`` term of
+  that stage, with its own cascade passes.
 
 A step computes ``x̂_L`` exactly (no-grad pass over every live channel), then
 back-propagates the fixed cotangent ``∂loss/∂x̂`` chunk by chunk. With
@@ -60,7 +64,7 @@ from .state import module_device
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("paper", "pixbias", "contrastive", "reference")
+OBJECTIVES = ("paper", "pixbias", "contrastive", "reference", "multipath")
 SCHEDULES = ("cosine", "constant")
 # the config fields a resumed run must share with the saved one
 _RESUME_KEYS = ("lr", "size", "batch_size", "seed", "channel_fraction", "min_crop", "objective",
@@ -131,8 +135,8 @@ def linearize_at(objective: str) -> str:
 
 
 def freeze_for_objective(lacs: LACBank, objective: str) -> None:
-    """``"pixbias"``/``"contrastive"``: inner β fixed at 0 (not trained); ``"paper"`` and
-    ``"reference"``: all trained."""
+    """``"pixbias"``/``"contrastive"``: inner β fixed at 0 (not trained); ``"paper"``,
+    ``"reference"`` and ``"multipath"``: all trained."""
     inner = objective in ("pixbias", "contrastive")
     for name, lac in lacs.lacs.items():
         if name != "pix" and inner:
@@ -193,12 +197,14 @@ def _backward(inverter: AdjointInverter, lin: Linearization, stage: int,
 
 @dataclass
 class StepStats:
-    """What one step measured: the ℓ1 of x̂ and, for the contrastive objective, of x̂_swap."""
+    """What one step measured: the ℓ1 of x̂_L and, for the contrastive objective, of x̂_swap;
+    for the multipath objective ``stage_l1[l]`` is the ℓ1 of x̂_l (``objective`` their sum)."""
 
     l1: float
     swap_l1: float | None = None
     objective: float = 0.0
     n: int = 1
+    stage_l1: list[float] | None = None
 
 
 def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: float = 1.0,
@@ -208,9 +214,10 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
     """One step of the chosen objective on the batch ``x``: accumulate the gradient of the
     objective into the LAC γ/β (``backward=True``) and return what it measured.
 
-    ``x̂_L`` (and ``x̂_swap``) are exact; with ``channel_fraction < 1`` the gradient
-    is importance-sampled (:func:`sample_weights`) and unbiased. ``total``: the number of
-    images the loss averages over (the global batch when ranks split one; default ``B``)."""
+    ``x̂_L`` (and ``x̂_swap``, and every ``x̂_l`` for ``"multipath"``) are exact; with
+    ``channel_fraction < 1`` the gradient is importance-sampled (:func:`sample_weights`,
+    the same fraction at every stage) and unbiased. ``total``: the number of images the
+    loss averages over (the global batch when ranks split one; default ``B``)."""
     enc = inverter.encoder
     last = enc.num_stages - 1
     if (objective == "reference") != inverter.at_reference:
@@ -223,6 +230,8 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
     contrast = objective == "contrastive"
     b = x.shape[0]
     norm = (total or b) * x[0].numel()
+    if objective == "multipath":
+        return _multipath_step(inverter, lin, acts, x, norm, channel_fraction, gen, backward)
     with torch.no_grad():
         sets = {"x_hat": w}
         x_hat = inverter.synthesize(lin, last, sets, source=a if ref else None)[0]["x_hat"]
@@ -251,15 +260,37 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
     return stats
 
 
+def _multipath_step(inverter: AdjointInverter, lin: Linearization, acts: list[torch.Tensor],
+                    x: torch.Tensor, norm: int, channel_fraction: float,
+                    gen: torch.Generator | None, backward: bool) -> StepStats:
+    """Eq. 31 (docs/method.md §4): the ``"paper"`` term of every source stage, deepest
+    first, each with its own exact ``x̂_l`` and its own (sampled) backward pass."""
+    passes: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    per: list[float] = []
+    with torch.no_grad():
+        for s in range(len(acts) - 1, -1, -1):
+            a_s = acts[s].detach()
+            w_s = simplex_measure(a_s).detach()
+            x_s = inverter.synthesize(lin, s, {"x_hat": w_s})[0]["x_hat"]
+            passes.append((s, a_s, w_s, torch.sign(x_s - x) / norm))
+            per.append(float((x_s - x).abs().flatten(1).mean(1).mean()))
+    if backward:
+        for s, a_s, w_s, cot in passes:
+            _backward(inverter, lin, s, [(a_s, sample_weights(w_s, channel_fraction, gen), cot)])
+    stage_l1 = per[::-1]
+    return StepStats(l1=stage_l1[-1], objective=sum(stage_l1), n=x.shape[0], stage_l1=stage_l1)
+
+
 def _global_stats(st: StepStats) -> StepStats:
     """The batch means over all ranks of what each rank's step measured."""
     swap = st.swap_l1 if st.swap_l1 is not None else 0.0
-    t = torch.tensor([st.l1 * st.n, st.objective * st.n, swap * st.n, float(st.n)],
-                     dtype=torch.float64)
+    t = torch.tensor([st.l1 * st.n, st.objective * st.n, swap * st.n, float(st.n),
+                      *(v * st.n for v in st.stage_l1 or [])], dtype=torch.float64)
     all_reduce_sum([t])
     n = float(t[3])
     return StepStats(l1=float(t[0]) / n, objective=float(t[1]) / n,
-                     swap_l1=None if st.swap_l1 is None else float(t[2]) / n, n=int(n))
+                     swap_l1=None if st.swap_l1 is None else float(t[2]) / n, n=int(n),
+                     stage_l1=None if st.stage_l1 is None else [float(v) / n for v in t[4:]])
 
 
 def _adam_extras(opt: torch.optim.Adam, names: list[str]) -> dict[str, torch.Tensor]:
@@ -291,9 +322,11 @@ def _validation_batch(encoder: StagedEncoder, images: Sequence[torch.Tensor], si
 
 def validate(inverter: AdjointInverter, x: torch.Tensor, config: TrainConfig) -> StepStats:
     """The objective on fixed validation crops ``x`` (no gradient). For the contrastive
-    objective the partners are the other validation photos (needs at least two)."""
+    objective the partners are the other validation photos (needs at least two).
+    The multipath objective validates on itself (Eq. 31)."""
     contrast = config.objective == "contrastive" and x.shape[0] >= 2
-    objective = "contrastive" if contrast else "reference" if config.objective == "reference" else "paper"
+    objective = ("contrastive" if contrast else config.objective
+                 if config.objective in ("reference", "multipath") else "paper")
     with inverter.encoder.frozen(), torch.no_grad():
         return lac_step(inverter, x, objective=objective,
                         contrast_weight=config.contrast_weight,
@@ -494,11 +527,13 @@ def train_lacs(
                          "seconds": round(time.perf_counter() - t0, 3)}
             if st.swap_l1 is not None:
                 row["swap_l1"] = st.swap_l1
+            row.update({f"l1_stage{i}": v for i, v in enumerate(st.stage_l1 or [])})
             if x_val is not None and config.validate_every and step % config.validate_every == 0:
                 v = validate(inverter, x_val, config)
                 row["val_l1"], row["val_objective"] = v.l1, v.objective
                 if v.swap_l1 is not None:
                     row["val_swap_l1"] = v.swap_l1
+                row.update({f"val_l1_stage{i}": u for i, u in enumerate(v.stage_l1 or [])})
                 if v.objective < best_val * (1 - 1e-3):
                     best_val, best_step, bad = v.objective, step, 0
                     best = {k: t.detach().clone() for k, t in lacs.state_dict().items()}

@@ -181,7 +181,7 @@ def main() -> None:
     ap.add_argument("--ablate", nargs="*", default=["paper"], help="variants whose β to ablate")
     ap.add_argument("--curve-every", type=int, default=30, help="curve points: steps divisible by N")
     ap.add_argument("--order", nargs="*",
-                    default=["paper", "pixbias", "contrastive", "paper-colour", "reference"],
+                    default=["paper", "pixbias", "contrastive", "paper-colour", "reference", "multipath"],
                     help="row order of the table")
     ap.add_argument("--table-only", action="store_true")
     ap.add_argument("--threads", type=int, default=0)

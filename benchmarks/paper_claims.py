@@ -13,7 +13,9 @@ One part per claim; each writes ``<part>.json`` into ``--out`` (default
   (``adjinv.analysis.lac_stats``);
 - ``duality``: Theorem 2 over random channel subsets (``adjinv.analysis.duality``);
 - ``depth``: source-depth monotonicity (Supp. A.5, Prop. B.8): Pearson r of x̂_l with the
-  photo against the stage l, bundled vs identity LACs.
+  photo against the stage l, bundled vs identity LACs, and any further LACs given as
+  ``--depth-lacs NAME=PATH`` (e.g. the single-path and multi-path runs of Supp. A.4,
+  Eq. 9 vs Eq. 31).
 
 Everything runs on the embedded default, EfficientNet-Lite0, at ``--size`` px (96); the
 held-out photos of ``adjinv.data.photos`` are the evaluation set, the training photos
@@ -256,28 +258,42 @@ def duality(args: argparse.Namespace) -> dict:
 def depth(args: argparse.Namespace) -> dict:
     from scipy.stats import spearmanr
 
-    from adjinv.analysis.depth import depth_increases, depth_profile
+    from adjinv.analysis.depth import depth_increases, depth_profiles, l1_error
+    from adjinv.metrics.likeness import pearson_rgb
 
     enc, lacs, src = _lite0()
     names, imgs = _heldout(args.size)
     x = enc.normalize(imgs)
     out: dict[str, dict] = {}
-    for label, bank in (("bundled", lacs), ("identity", LACBank.for_encoder(enc))):
+    banks = [("bundled", lacs, src), ("identity", LACBank.for_encoder(enc), "identity (γ=1, β=0)")]
+    for spec in args.depth_lacs:
+        label, path = spec.split("=", 1)
+        full = Path(path) if Path(path).is_absolute() else REPO / path
+        if not full.is_relative_to(REPO):
+            raise SystemExit(f"--depth-lacs {spec}: commit the checkpoint inside the repository")
+        banks.append((label, load_lacs(enc, full).lacs, full.relative_to(REPO).as_posix()))
+    for label, bank, source in banks:
         inv = AdjointInverter(enc, bank)
         stages = [i.name for i in enc.infos]
         per: dict[str, dict[str, float]] = {}
+        per_l1: dict[str, dict[str, float]] = {}
         for n, xi in zip(names, x, strict=True):
-            per[n] = {s: float(r[0]) for s, r in zip(stages, depth_profile(inv, xi[None]), strict=True)}
+            prof = depth_profiles(inv, xi[None], {"pearson": pearson_rgb, "l1": l1_error})
+            per[n] = {s: float(r[0]) for s, r in zip(stages, prof["pearson"], strict=True)}
+            per_l1[n] = {s: float(r[0]) for s, r in zip(stages, prof["l1"], strict=True)}
         mean = {s: sum(per[n][s] for n in names) / len(names) for s in stages}
         rho, pval = spearmanr(range(len(stages)), [mean[s] for s in stages])
         drops = depth_increases([mean[s] for s in stages])
         per_photo_monotone = {n: depth_increases([per[n][s] for s in stages]) == 0 for n in names}
-        out[label] = {"per_photo": per, "mean": mean, "spearman_depth_vs_r": float(rho),
+        out[label] = {"lacs": source, "per_photo": per, "mean": mean, "per_photo_l1": per_l1,
+                      "mean_l1": {s: sum(per_l1[n][s] for n in names) / len(names) for s in stages},
+                      "spearman_depth_vs_r": float(rho),
                       "p_value": float(pval), "increases_with_depth": int(drops),
                       "monotone_per_photo": per_photo_monotone}
         log.info("depth: %s done", label)
     return {"encoder": enc.name, "size": args.size, "lacs": src, "photos": names,
             "stages": [i.name for i in enc.infos], "metric": "Pearson r per RGB channel, mean",
+            "metric_l1": "mean |x̂_l − x| in encoder space (each stage's term of Eq. 9 / Eq. 31)",
             "variants": out}
 
 
@@ -296,6 +312,10 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=24, help="duality: channel pool size")
     ap.add_argument("--k", type=int, nargs="+", default=[4, 8], help="duality: subset sizes")
     ap.add_argument("--subsets", type=int, default=500, help="duality: random subsets")
+    ap.add_argument("--depth-lacs", nargs="*", default=[
+        "paper-colour=src/adjinv/weights/efficientnet_lite0.lac.safetensors",
+        "multipath=benchmarks/results/training/multipath.lac.safetensors"],
+        help="depth: NAME=PATH further LAC checkpoints (inside the repository) to profile")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in args.parts:

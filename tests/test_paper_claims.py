@@ -185,3 +185,18 @@ def test_depth_profile_one_value_per_stage(tiny_enc):
     assert torch.allclose(prof[1], want)
     assert depth_increases([0.6, 0.3, 0.3, 0.1]) == 0
     assert depth_increases([0.6, 0.7, 0.2, 0.3]) == 2
+
+
+def test_depth_profiles_share_one_inversion(tiny_enc):
+    from adjinv.analysis.depth import depth_profiles, l1_error
+
+    x = tiny_enc.normalize(smooth_image(32, batch=2, seed=5)).double()
+    inv = AdjointInverter(tiny_enc, random_lacs(tiny_enc), chunk_size=8)
+    calls = []
+    real = inv.invert
+    inv.invert = lambda *a, **k: calls.append(1) or real(*a, **k)  # type: ignore[method-assign]
+    prof = depth_profiles(inv, x, {"l1": l1_error, "neg": lambda a, b: -l1_error(a, b)})
+    assert len(calls) == 1 and len(prof["l1"]) == tiny_enc.num_stages
+    x_hat = real(x, stages=[2]).x_hat[2]
+    torch.testing.assert_close(prof["l1"][2], (x_hat - x).abs().mean((1, 2, 3)))
+    assert all(torch.equal(a, -b) for a, b in zip(prof["l1"], prof["neg"], strict=True))

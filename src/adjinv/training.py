@@ -539,8 +539,8 @@ def train_lacs(
                     best = {k: t.detach().clone() for k, t in lacs.state_dict().items()}
                 else:
                     bad += 1
-                log.info("step %d: validation l1 %.4f (best %.4f at step %d)", step, v.l1,
-                         best_val, best_step)
+                log.info("step %d: validation l1 %.4f, objective %.4f (best %.4f at step %d)",
+                         step, v.l1, v.objective, best_val, best_step)
                 if config.patience and bad >= config.patience:
                     row["stopped"] = True
                     stopped = True

@@ -413,14 +413,16 @@ def multipath_table() -> str:
     d = _pc("depth")
     lines = ["Training (logs in `benchmarks/results/training/`; the validation photos chose the "
              "step; ℓ1 of x̂_L on them):", "",
-             "| LACs | objective | steps run | step kept | validation ℓ1(x̂_L) at first check / kept step |",
-             "|---|---|---|---|---|"]
+             "| LACs | objective | steps run | step kept | validation ℓ1(x̂_L) at first check / kept step "
+             "| mean s per step (shared 2-core machine) |",
+             "|---|---|---|---|---|---|"]
     for v in (SINGLE, MULTI):
         lg, meta = logs[v], leak[v]["variant"]
         val = [r for r in lg if "val_l1" in r]
         kept = next(r for r in val if r["step"] == meta["best_step"])
         lines.append(f"| {v} | {meta['objective']} | {len(lg)} | {meta['best_step']} | "
-                     f"{val[0]['val_l1']:.4f} / {kept['val_l1']:.4f} |")
+                     f"{val[0]['val_l1']:.4f} / {kept['val_l1']:.4f} | "
+                     f"{sum(r['seconds'] for r in lg) / len(lg):.1f} |")
     first = leak[SINGLE]
     lines += ["", f"Held-out photos (`benchmarks/leakage.py`, {first['size']} px, {first['crops']} "
               "crop(s) per photo): Pearson r of x̂_L and its controls, feature share with its 95 % "

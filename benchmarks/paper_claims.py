@@ -314,8 +314,11 @@ def main() -> None:
     ap.add_argument("--subsets", type=int, default=500, help="duality: random subsets")
     ap.add_argument("--depth-lacs", nargs="*", default=[
         "paper-colour=src/adjinv/weights/efficientnet_lite0.lac.safetensors",
-        "multipath=benchmarks/results/training/multipath.lac.safetensors"],
-        help="depth: NAME=PATH further LAC checkpoints (inside the repository) to profile")
+        "multipath=benchmarks/results/training/multipath.lac.safetensors",
+        "paper-colour@60=benchmarks/results/training/paper-colour.steps/step-00060.lac.safetensors",
+        "multipath@60=benchmarks/results/training/multipath.steps/step-00060.lac.safetensors"],
+        help="depth: NAME=PATH further LAC checkpoints (inside the repository) to profile; by "
+             "default Supp. A.4's two runs (Eq. 9, Eq. 31) at their kept step and at step 60")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in args.parts:

@@ -32,7 +32,8 @@ are ``lac`` if given, else the encoder's bundled checkpoint, else identity LACs
 
 Outputs in ``out/``: ``results.json``, ``table.md``, ``geometry.png`` (4(d),
 mean over corruptions), ``geometry_per_corruption.png``, ``reconstructions.png``
-(4(c)) and ``reconstructions/*.png``.
+(4(c)) and ``reconstructions/*.png``. ``--figure-only`` (:func:`run_ood_figure`) makes
+Figure 4(c) alone, with ``figure_4c.json``, and leaves ``results.json`` untouched.
 """
 
 from __future__ import annotations
@@ -235,6 +236,45 @@ def run_ood(cfg: OODConfig, out: str | Path, *, encoder: StagedEncoder | None = 
     log(f"wrote {out}/results.json, table.md, geometry.png ({times['total']:.1f} s)")
     barrier()  # under torchrun the other ranks wait for results.json
     return results
+
+
+def run_ood_figure(cfg: OODConfig, out: str | Path, *, encoder: StagedEncoder | None = None,
+                   log: Log = quiet_log) -> dict:
+    """Figure 4(c) alone (``--figure-only``): the probe on the clean train features and the
+    class-directional reconstructions, nothing of the geometry. Writes ``reconstructions.png``,
+    ``reconstructions/*.png`` and ``figure_4c.json`` (this run's settings and record) to
+    ``out`` and leaves an existing ``results.json`` as it is (docs/method.md §6, §9)."""
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+    with timer(times, "load_encoder"):
+        enc = encoder if encoder is not None else load_named_encoder(
+            cfg.encoder, cfg.weights, cfg.random_init, log)
+    scale = cfg.spatial_scale if cfg.spatial_scale is not None else cfg.size / 224
+    with timer(times, "clean"):
+        train_ds = open_dataset(cfg.dataset, "train", cfg.size, cfg.seed)
+        test_ds = open_dataset(cfg.dataset, "test", cfg.size, cfg.seed)
+        if cfg.max_images is not None:
+            train_ds = first_per_class(train_ds, cfg.max_images)
+            test_ds = first_per_class(test_ds, cfg.max_images)
+        ftr = features(enc, train_ds, "clean train", cache, cfg.batch_size, log)
+        probe = LinearProbe(len(train_ds.classes), ProbeConfig(
+            weight_decay=cfg.weight_decay, max_iter=cfg.max_iter, seed=cfg.seed)
+        ).fit(ftr.features, ftr.labels)
+    with timer(times, "figure_4c"):
+        figure = reconstructions(enc, probe, test_ds, cfg, scale, out, log)
+    times["total"] = round(time.perf_counter() - t_all, 3)
+    record = {"experiment": "ood --figure-only", "config": asdict(cfg),
+              "encoder": {"name": enc.name, "weights_hash": enc.weights_hash()},
+              "dataset": {"train": train_ds.describe(), "test": test_ds.describe()},
+              "spatial_scale": scale, "figure_4c": figure, "seconds": times,
+              "environment": environment()}
+    atomic_write_json(out / "figure_4c.json", record)
+    log(f"wrote {out}/reconstructions.png and figure_4c.json ({times['total']:.1f} s)")
+    return record
 
 
 def normalise(rows: list[dict], k: int) -> list[dict]:
@@ -442,6 +482,9 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a "
                                                "busy machine 1 can be several times faster)")
     p.add_argument("--no-figure", action="store_true", help="skip the Figure 4(c) reconstructions")
+    p.add_argument("--figure-only", action="store_true",
+                   help="only Figure 4(c): probe on clean train features, reconstructions.png and "
+                        "figure_4c.json (results.json untouched)")
     p.add_argument("--figure-corruption", help="corruption of Figure 4(c) (default gaussian_noise)")
     p.add_argument("--figure-image", type=int, help="test-split index of the Figure 4(c) image")
     p.add_argument("--lac", help="LAC checkpoint for Figure 4(c) (default: bundled, else identity)")
@@ -459,6 +502,13 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
         if args.no_figure:
             over["figure"] = False
         cfg = load_config(OODConfig, args.config, over)
+        if args.figure_only:
+            if args.no_figure:
+                raise AdjinvError("--figure-only and --no-figure contradict each other")
+            rec = run_ood_figure(cfg, args.out, log=stderr_log)
+            print(f"wrote {args.out}/reconstructions.png and figure_4c.json in "
+                  f"{rec['seconds']['total']:.1f} s")
+            return
         init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
         res = run_ood(cfg, args.out, log=stderr_log if is_main() else quiet_log)
         if is_main():

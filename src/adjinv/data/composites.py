@@ -116,3 +116,16 @@ def _composite_set(subset: str) -> tuple[Composite, ...]:
 def composite_set(subset: str = "fg") -> list[Composite]:
     """The composites of ``subset`` (``"fg"`` or ``"ecr"``), deterministic."""
     return list(_composite_set(subset))
+
+
+# photos of the composites outside the held-out split (adjinv.data.photos): the labelled
+# transfer set (adjinv.data.datasets.CompositeObjects) uses only these
+TRANSFER_PHOTOS: tuple[str, ...] = ("chelsea", "motorcycle", "rocket")
+
+
+def composite(photo: str, background: str, seed: int) -> Composite:
+    """One composite of ``photo`` on ``background`` with placement and scale drawn from
+    ``seed`` (deterministic; the generator behind :func:`composite_set`)."""
+    if photo not in _BOXES or background not in BACKGROUNDS:
+        raise AdjinvError(f"unknown composite photo {photo!r} or background {background!r}")
+    return _compose(photo, background, seed)

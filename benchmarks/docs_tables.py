@@ -652,6 +652,14 @@ def compression_table() -> str:
                          "adjinv experiment compression --threads 1")
 
 
+def compression_transfer_table() -> str:
+    """Table 5, cross-dataset transfer (adjinv experiment compression --transfer)."""
+    c = _json("compression-transfer/results.json")["config"]
+    cmd = ("adjinv experiment compression --no-shift "
+           + " ".join(f"--transfer {t}" for t in c["transfer"]) + " --threads 1")
+    return _runner_block("compression-transfer/results.json", "adjinv.experiments.compression", cmd)
+
+
 def ood_verdicts() -> str:
     """What the OOD controls say about the log-det decline (from ood/results.json)."""
     r = _json("ood/results.json")
@@ -721,7 +729,8 @@ BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reco
           "interference-ecr": interference_ecr, "interference-verdicts": interference_verdicts,
           "cam-table": cam_table,
           "fidelity-table": fidelity_table, "ood-table": ood_table,
-          "compression-table": compression_table, "ood-verdicts": ood_verdicts,
+          "compression-table": compression_table,
+          "compression-transfer-table": compression_transfer_table, "ood-verdicts": ood_verdicts,
           "cam-verdicts": cam_verdicts}
 
 

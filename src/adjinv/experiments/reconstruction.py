@@ -85,7 +85,7 @@ from ..encoders.weights import load_into, read_state_dict
 from ..errors import AdjinvError
 from ..fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ..metrics.likeness import affine_fit, bootstrap_ci, gmsd, haarpsi, pearson_rgb, reencoding_agreement
-from ..metrics.lpips import load_lpips
+from ..metrics.lpips import LPIPS, load_lpips
 from ..metrics.reconstruction import psnr, ssim
 from .common import (
     Log,
@@ -292,6 +292,8 @@ def _minmax(v: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------ the run
 class _Runner:
+    lpips: LPIPS | None = None  # the metric, when its weight files are given
+
     def __init__(self, cfg: ReconstructionConfig, out: Path, log: Log,
                  encoder: StagedEncoder | None) -> None:
         self.cfg, self.out, self.log = cfg, out, log

@@ -472,7 +472,7 @@ def _run_line(r: dict, extra: str = "") -> str:
 def interference_fg() -> str:
     """FG, O1, O2: measured, shuffled heads, swapped seed, randomised; raw / zero-mean / Ψ(0)-projected."""
     _adjinv()
-    from adjinv.experiments.fg_paradox import encoder_table
+    from adjinv.paper.runners.fg_paradox import encoder_table
 
     r = _json("interference/fg-paradox/results.json")
     lines = [_run_line(r, "fg-paradox/")]
@@ -499,7 +499,7 @@ def _ci(s: dict) -> str:
 def interference_h1() -> str:
     """H1 statistics raw / zero-mean / Ψ(0)-projected with the floor."""
     _adjinv()
-    from adjinv.experiments.superposition import h1_table
+    from adjinv.paper.runners.superposition import h1_table
 
     r = _json("interference/superposition/results.json")
     z = r["summary"]["seed_zero"]
@@ -515,7 +515,7 @@ def interference_h1() -> str:
 def interference_h2() -> str:
     """B1 / B2 for the head and the shuffled heads."""
     _adjinv()
-    from adjinv.experiments.superposition import h2_table
+    from adjinv.paper.runners.superposition import h2_table
 
     return "\n".join(h2_table(_json("interference/superposition/results.json")))
 
@@ -593,7 +593,7 @@ def interference_verdicts() -> str:
 def interference_ecr() -> str:
     """The ECR ablation table as the runner renders it, without its title and notes."""
     _adjinv()
-    from adjinv.experiments.ecr import table
+    from adjinv.paper.runners.ecr import table
 
     r = _json("interference/ecr/results.json")
     body = table(r).split("\n")[2:]
@@ -630,25 +630,25 @@ def cam_table() -> str:
     cmd = ("adjinv experiment cam-compare " + " ".join(f"--data {d}" for d in c["data"])
            + (f" --max-images {c['max_images']}" if c.get("max_images") is not None else "")
            + f" --size {c['size']} --steps {c['steps']} --methods {' '.join(c['methods'])} --threads 1")
-    return _runner_block("cam-compare/results.json", "adjinv.experiments.cam_compare", cmd)
+    return _runner_block("cam-compare/results.json", "adjinv.paper.runners.cam_compare", cmd)
 
 
 def fidelity_table() -> str:
     """Table 1 (adjinv experiment fidelity)."""
-    return _runner_block("fidelity/results.json", "adjinv.experiments.fidelity",
+    return _runner_block("fidelity/results.json", "adjinv.paper.runners.fidelity",
                          "adjinv experiment fidelity --size 96 --threads 1")
 
 
 def ood_table() -> str:
     """OOD geometry with its controls (adjinv experiment ood)."""
-    return _runner_block("ood/results.json", "adjinv.experiments.ood",
+    return _runner_block("ood/results.json", "adjinv.paper.runners.ood",
                          "adjinv experiment ood --corruptions gaussian_noise defocus_blur zoom_blur "
                          "frost brightness contrast --no-figure --threads 1")
 
 
 def compression_table() -> str:
     """Compression probes (adjinv experiment compression)."""
-    return _runner_block("compression/results.json", "adjinv.experiments.compression",
+    return _runner_block("compression/results.json", "adjinv.paper.runners.compression",
                          "adjinv experiment compression --threads 1")
 
 

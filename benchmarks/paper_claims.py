@@ -4,19 +4,19 @@ One part per claim; each writes ``<part>.json`` into ``--out`` (default
 ``benchmarks/results/paper_claims``) with its settings and the environment:
 
 - ``crisis``: Crisis I / II (Eq. 1; Supp. A.1, Eq. 19–27) along the deepest pull-back of
-  the top channel seeds, raw VJP vs through the bundled LACs (``adjinv.analysis.crisis``);
+  the top channel seeds, raw VJP vs through the bundled LACs (``adjinv.paper.analysis.crisis``);
 - ``support``: Remark 3, Theorem 1's support containment on random-init non-ReLU
   networks (torchvision ConvNeXt-Tiny, GELU; EfficientNet-B0, SiLU) beside a ReLU
   reference (ResNet-18), on full photos and on a photo patch in a blank canvas
-  (``adjinv.analysis.support``);
+  (``adjinv.paper.analysis.support``);
 - ``lac``: Lemma B.1 (trained γ/β) and Supp. C.5 (spread of ‖φ_c‖)
-  (``adjinv.analysis.lac_stats``);
-- ``duality``: Theorem 2 over random channel subsets (``adjinv.analysis.duality``);
+  (``adjinv.paper.analysis.lac_stats``);
+- ``duality``: Theorem 2 over random channel subsets (``adjinv.paper.analysis.duality``);
 - ``depth``: source-depth monotonicity (Supp. A.5, Prop. B.8): Pearson r of x̂_l with the
   photo against the stage l, bundled vs identity LACs.
 
 Everything runs on the embedded default, EfficientNet-Lite0, at ``--size`` px (96); the
-held-out photos of ``adjinv.data.photos`` are the evaluation set, the training photos
+held-out photos of ``adjinv.images.photos`` are the evaluation set, the training photos
 are used only where a statistic of the training data is the reference (Lemma B.1's
 median). ``docs/paper-claims.md`` is generated from these files (benchmarks/docs_tables.py).
 
@@ -38,12 +38,12 @@ from adjinv.core.cascade import AdjointCascade
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank
 from adjinv.core.simplex import simplex_measure
-from adjinv.data.images import random_crop, resize_center_crop
-from adjinv.data.photos import split_photos
 from adjinv.encoders.staged import StagedEncoder
-from adjinv.experiments.common import environment
 from adjinv.fileio import atomic_write_json
-from adjinv.pretrained import load_lacs
+from adjinv.images.files import random_crop, resize_center_crop
+from adjinv.images.photos import split_photos
+from adjinv.lacs.bundled import load_lacs
+from adjinv.paper.runners.common import environment
 
 log = logging.getLogger("paper_claims")
 REPO = Path(__file__).resolve().parent.parent
@@ -78,7 +78,7 @@ def _heldout(size: int, crops: int = 1, seed: int = 0) -> tuple[list[str], torch
 
 @part
 def crisis(args: argparse.Namespace) -> dict:
-    from adjinv.analysis.crisis import diagnose_path, eq1_bound_deg
+    from adjinv.paper.analysis.crisis import diagnose_path, eq1_bound_deg
 
     enc, lacs, src = _lite0()
     names, imgs = _heldout(args.size)
@@ -107,8 +107,8 @@ def crisis(args: argparse.Namespace) -> dict:
 def support(args: argparse.Namespace) -> dict:
     import torchvision
 
-    from adjinv.analysis.support import support_leak
     from adjinv.encoders.auto import encoder_from_module
+    from adjinv.paper.analysis.support import support_leak
 
     names, imgs = _heldout(args.size)
     names, imgs = names[:2], imgs[:2]
@@ -165,7 +165,7 @@ def _git_lacs(enc: StagedEncoder, spec: str) -> LACBank:
 
 @part
 def lac(args: argparse.Namespace) -> dict:
-    from adjinv.analysis.lac_stats import inversion_norm_spread, lac_parameter_report, pixel_median
+    from adjinv.paper.analysis.lac_stats import inversion_norm_spread, lac_parameter_report, pixel_median
 
     enc, lacs, src = _lite0()
     train = split_photos("train")
@@ -199,9 +199,9 @@ def lac(args: argparse.Namespace) -> dict:
 
 @part
 def duality(args: argparse.Namespace) -> dict:
-    from adjinv.analysis.covvol import covariance_volume_select
-    from adjinv.analysis.duality import duality_study, random_subsets
-    from adjinv.features import gap_features
+    from adjinv.paper.analysis.covvol import covariance_volume_select
+    from adjinv.paper.analysis.duality import duality_study, random_subsets
+    from adjinv.paper.features import gap_features
 
     enc, lacs, src = _lite0()
     names, imgs = _heldout(args.size, crops=args.crops)
@@ -256,7 +256,7 @@ def duality(args: argparse.Namespace) -> dict:
 def depth(args: argparse.Namespace) -> dict:
     from scipy.stats import spearmanr
 
-    from adjinv.analysis.depth import depth_increases, depth_profile
+    from adjinv.paper.analysis.depth import depth_increases, depth_profile
 
     enc, lacs, src = _lite0()
     names, imgs = _heldout(args.size)

@@ -10,20 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adjinv.analysis.crisis import crisis_stats, diagnose_path, eq1_bound_deg, lattice_shares
-from adjinv.analysis.duality import (
+from adjinv.core.cascade import AdjointCascade
+from adjinv.core.inverter import AdjointInverter
+from adjinv.core.lac import LACBank
+from adjinv.errors import AdjinvError
+from adjinv.paper.analysis.crisis import crisis_stats, diagnose_path, eq1_bound_deg, lattice_shares
+from adjinv.paper.analysis.duality import (
     duality_study,
     inversion_log_volume,
     log_volume,
     pool_geometry,
     random_subsets,
 )
-from adjinv.analysis.lac_stats import inversion_norm_spread, lac_parameter_report, pixel_median
-from adjinv.analysis.support import support_leak
-from adjinv.core.cascade import AdjointCascade
-from adjinv.core.inverter import AdjointInverter
-from adjinv.core.lac import LACBank
-from adjinv.errors import AdjinvError
+from adjinv.paper.analysis.lac_stats import inversion_norm_spread, lac_parameter_report, pixel_median
+from adjinv.paper.analysis.support import support_leak
 from conftest import random_lacs, smooth_image
 
 
@@ -174,8 +174,8 @@ def test_duality_study_agrees_when_phi_is_built_from_gap():
 
 # ----------------------------------------------------------------------------- source depth
 def test_depth_profile_one_value_per_stage(tiny_enc):
-    from adjinv.analysis.depth import depth_increases, depth_profile
     from adjinv.metrics.likeness import pearson_rgb
+    from adjinv.paper.analysis.depth import depth_increases, depth_profile
 
     x = tiny_enc.normalize(smooth_image(32, batch=2, seed=4)).double()
     inv = AdjointInverter(tiny_enc, random_lacs(tiny_enc), chunk_size=8)

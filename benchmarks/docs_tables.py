@@ -84,7 +84,7 @@ def leakage_table() -> str:
 def _bundled_meta() -> dict:
     from safetensors import safe_open
 
-    path = REPO / "src" / "adjinv" / "weights" / "efficientnet_lite0.lac.safetensors"
+    path = REPO / "src" / "adjinv" / "lacs" / "weights" / "efficientnet_lite0.lac.safetensors"
     with safe_open(str(path), framework="pt") as f:
         return json.loads((f.metadata() or {})["adjinv"])
 

@@ -707,6 +707,16 @@ def cam_verdicts() -> str:
     return "\n".join(out)
 
 
+def _paper_elements():
+    """benchmarks/paper_elements.py: the catalogue of every element of the paper."""
+    here = str(REPO / "benchmarks")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import paper_elements
+
+    return paper_elements
+
+
 BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
           "leakage-table": leakage_table,
           "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"),
@@ -722,7 +732,9 @@ BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reco
           "cam-table": cam_table,
           "fidelity-table": fidelity_table, "ood-table": ood_table,
           "compression-table": compression_table, "ood-verdicts": ood_verdicts,
-          "cam-verdicts": cam_verdicts}
+          "cam-verdicts": cam_verdicts,
+          "paper-elements": lambda: _paper_elements().table(),
+          "paper-elements-rules": lambda: _paper_elements().rules()}
 
 
 def render(text: str) -> str:

@@ -453,6 +453,25 @@ def depth_table() -> str:
         lines.append(f"| {v} | **mean** | " + " | ".join(f"**{d['mean'][s]:.3f}**" for s in r["stages"])
                      + " |")
     return "\n".join(lines)
+
+
+def fv_table() -> str:
+    """Theorem B.5 / Remarks 4-5: δ_c and the residuals per source stage and LAC set."""
+    r = _pc("fv")
+    lines = [f"EfficientNet-Lite0 at {r['size']} px, the 5 held-out photos, top {r['channels_per_stage']} "
+             "channels by simplex weight per stage and photo (generated from "
+             "`benchmarks/results/paper_claims/fv.json`). δ: median [90th percentile] over channels, RGB "
+             "and photos; R_dir and R_bias: mean over photos, relative to the principal term.", "",
+             "| LACs | stage | δ_c | ‖R_dir‖/‖principal‖ | ‖R_bias‖/‖principal‖ | Eq. 65-66 bound holds |",
+             "|---|---|---|---|---|---|"]
+    for v, per in r["variants"].items():
+        for st, c in per.items():
+            lines.append(f"| {v} | {st} | {c['delta']['median']:.3f} [{c['delta']['p90']:.3f}] | "
+                         f"{c['r_dir_rel']['mean']:.3f} | {c['r_bias_rel']['mean']:.3f} | "
+                         f"{'yes' if c['bound_holds'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def _adjinv() -> None:
     """Import the runners' own table renderers from this checkout's ``src``."""
     src = str(REPO / "src")
@@ -726,6 +745,7 @@ BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reco
           "heldout-l1": heldout_l1, "gradient-variance": gradient_variance,
           "scaling": scaling, "paper-claims": paper_claims, "paper-claims-crisis": crisis_table,
           "paper-claims-support": support_table, "paper-claims-depth": depth_table,
+          "paper-claims-fv": fv_table,
           "interference-fg": interference_fg,
           "interference-h1": interference_h1, "interference-h2": interference_h2,
           "interference-ecr": interference_ecr, "interference-verdicts": interference_verdicts,

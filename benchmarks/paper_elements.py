@@ -581,6 +581,56 @@ def attention_tokens(el: dict) -> Cell:
     return f"{len(r['images'])} images — " + "; ".join(parts), _agree(ok)
 
 
+def _fv() -> dict:
+    return _pc("fv")
+
+
+def _fv_variant(r: dict, prefix: str) -> dict:
+    return next(v for k, v in r["variants"].items() if k.startswith(prefix))
+
+
+def thm_b5(el: dict) -> Cell:
+    r = _fv()
+    ok = all(c["bound_holds"] for v in r["variants"].values() for c in v.values())
+    d = _fv_variant(r, "default")
+    deep = r["stages"][-1]
+    return (f"decomposition exact ({_test_names(el)}); Eq. 65-66 bound on ‖R_dir‖ holds in "
+            f"{'every' if ok else 'not every'} (LACs, stage) cell; shipped LACs, deepest stage: "
+            f"‖R_dir‖/‖principal‖ = {d[deep]['r_dir_rel']['mean']:.2f}, "
+            f"‖R_bias‖/‖principal‖ = {d[deep]['r_bias_rel']['mean']:.2f}", _agree(ok))
+
+
+def remark_2(el: dict) -> Cell:
+    r = _pc("support")
+    cov = [st[inp]["field_covered"] for k, m in r["models"].items() if "ReLU" in k
+           for st in m["stages"] for inp in r["inputs"] if st[inp]["pixels_outside"] > 0]
+    return (f"resnet18 (ReLU): v ≠ 0 on {min(cov):.4f} of the field's pixels at worst over {len(cov)} "
+            f"non-vacuous cells (mean {sum(cov) / len(cov):.4f}); `{el['tests'][0].split('::')[-1]}` "
+            "shows an exact cancellation it detects", _agree(min(cov) >= 0.99))
+
+
+def remark_4(el: dict) -> Cell:
+    r = _fv()
+    ident = _fv_variant(r, "identity")
+    rdir = {s: c["r_dir_rel"]["mean"] for s, c in ident.items()}
+    rbias = max(c["r_bias_rel"]["max"] for c in ident.values())
+    s_max = max(rdir, key=rdir.__getitem__)
+    return (f"identity LACs (every β = 0): ‖R_bias‖ = {rbias:.3f}; ‖R_dir‖/‖principal‖ per stage "
+            + ", ".join(f"{v:.2f}" for v in rdir.values()) + f" (largest at {s_max})",
+            _agree(rbias == 0 and rdir[s_max] > 0.01))
+
+
+def remark_5(el: dict) -> Cell:
+    r = _fv()
+    out = []
+    for prefix in ("default", "pixbias", "identity"):
+        v = _fv_variant(r, prefix)
+        out.append(f"{prefix}: " + ", ".join(f"{c['delta']['median']:.2f}" for c in v.values()))
+    med = [c["delta"]["median"] for c in _fv_variant(r, "default").values()]
+    return ("median δ_c per stage, stem → deepest (0 = no error, 2 = opposite): " + "; ".join(out),
+            _agree(max(med) <= 0.1))
+
+
 # ----------------------------------------------------------------------------- generic bases
 def _tested(el: dict) -> Cell:
     return f"verified by {_test_names(el)}", "implemented (tested)"
@@ -612,7 +662,8 @@ EXTRACTORS: dict[str, Callable[[dict], Cell]] = {
     "table-4": table_4, "table-5": table_5, "table-2": table_2, "table-3": table_3,
     "ecr-descending": ecr_descending, "ecr-ascending": ecr_ascending,
     "attention-layers": attention_layers, "attention-tokens": attention_tokens,
-    "covvol-guarantee": covvol_guarantee,
+    "covvol-guarantee": covvol_guarantee, "thm-b5": thm_b5, "remark-2": remark_2,
+    "remark-4": remark_4, "remark-5": remark_5,
 }
 GENERIC: dict[str, Callable[[dict], Cell]] = {"tests": _tested, "none": _missing, "commentary": _commentary}
 

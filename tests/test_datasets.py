@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from adjinv.data.datasets import (
+from adjinv.errors import AdjinvError
+from adjinv.paper.data.datasets import (
     CIFAR100,
     CIFAR100C,
     CorruptedDataset,
@@ -26,8 +27,7 @@ from adjinv.data.datasets import (
     safe_unpickle,
     stratified_split,
 )
-from adjinv.errors import AdjinvError
-from adjinv.features import extract_gap_features
+from adjinv.paper.features import extract_gap_features
 from conftest import staged_from_sequential, tiny_relu_cnn
 
 
@@ -170,9 +170,9 @@ def test_lfw_embedded_default():
 
 def test_composite_transfer_sets():
     """The embedded labelled composites: balanced classes, a disjoint deterministic split,
-    and no held-out photo (adjinv.data.photos) anywhere in them."""
-    from adjinv.data.datasets import CompositeObjects, open_dataset
-    from adjinv.data.photos import HELDOUT
+    and no held-out photo (adjinv.images.photos) anywhere in them."""
+    from adjinv.images.photos import HELDOUT
+    from adjinv.paper.data.datasets import CompositeObjects, open_dataset
 
     for label, classes in (("object", 3), ("background", 5)):
         tr = open_dataset(f"composites:{label}", "train", 24)

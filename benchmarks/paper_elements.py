@@ -631,6 +631,21 @@ def remark_5(el: dict) -> Cell:
             _agree(max(med) <= 0.1))
 
 
+def h2_b2(el: dict) -> Cell:
+    r = _pc("b2")
+    s = r["summary"]
+    parts, ok = [], True
+    for v in ("raw", "zero_mean"):
+        c = s[v]
+        ctrl = max(c[k]["mean"] for k in c if k.startswith("head_") or k == "swapped_seed")
+        good = _above(c["measured"], s["area"]) and c["measured"]["mean"] > ctrl
+        ok &= good
+        parts.append(f"{v}: FG(Σ α r) {_ci(c['measured'])} vs shuffled heads "
+                     + ", ".join(f"{c[k]['mean']:.3f}" for k in c if k.startswith("head_"))
+                     + f", swapped seed {c['swapped_seed']['mean']:.3f}")
+    return (f"{len(r['images'])} composites, mask area {_ci(s['area'])}; " + "; ".join(parts), _agree(ok))
+
+
 # ----------------------------------------------------------------------------- generic bases
 def _tested(el: dict) -> Cell:
     return f"verified by {_test_names(el)}", "implemented (tested)"
@@ -663,7 +678,7 @@ EXTRACTORS: dict[str, Callable[[dict], Cell]] = {
     "ecr-descending": ecr_descending, "ecr-ascending": ecr_ascending,
     "attention-layers": attention_layers, "attention-tokens": attention_tokens,
     "covvol-guarantee": covvol_guarantee, "thm-b5": thm_b5, "remark-2": remark_2,
-    "remark-4": remark_4, "remark-5": remark_5,
+    "remark-4": remark_4, "remark-5": remark_5, "h2-b2": h2_b2,
 }
 GENERIC: dict[str, Callable[[dict], Cell]] = {"tests": _tested, "none": _missing, "commentary": _commentary}
 

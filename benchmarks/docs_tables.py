@@ -81,10 +81,10 @@ def leakage_table() -> str:
     return "\n".join(text.splitlines()[2:]).strip()
 
 
-def _bundled_meta() -> dict:
+def _bundled_meta(encoder: str = "efficientnet_lite0") -> dict:
     from safetensors import safe_open
 
-    path = REPO / "src" / "adjinv" / "lacs" / "weights" / "efficientnet_lite0.lac.safetensors"
+    path = REPO / "src" / "adjinv" / "lacs" / "weights" / f"{encoder}.lac.safetensors"
     with safe_open(str(path), framework="pt") as f:
         return json.loads((f.metadata() or {})["adjinv"])
 
@@ -193,11 +193,12 @@ def scaling() -> str:
     return "\n".join(lines)
 
 
-def training_summary() -> str:
-    """The shipped LACs' training run, from its committed log."""
-    meta = _bundled_meta()
+def training_summary(encoder: str = "efficientnet_lite0", prefix: str = "") -> str:
+    """The shipped LACs' training run, from its committed log (``prefix``: the log's name
+    prefix for encoders other than the default)."""
+    meta = _bundled_meta(encoder)
     t = meta["training"]
-    variant = meta.get("variant", t["objective"])
+    variant = prefix + meta.get("variant", t["objective"])
     log = json.loads((RESULTS / "training" / f"{variant}.log.json").read_text())
     val = [r for r in log if "val_l1" in r]
     secs = sum(r["seconds"] for r in log)
@@ -749,7 +750,10 @@ BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reco
           "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"),
           "reconstruction-full-table": lambda: reconstruction_table("reconstruction-full", wall=True),
           "default-table": default_table,
-          "training-summary": training_summary, "paper-summary": paper_summary,
+          "training-summary": training_summary,
+          "training-summary-lite": lambda: "\n".join(
+              f"- `{e}`: " + training_summary(e, f"lite{e[-1]}-")
+              for e in ("efficientnet_lite1", "efficientnet_lite2")), "paper-summary": paper_summary,
           "heldout-l1": heldout_l1, "gradient-variance": gradient_variance,
           "scaling": scaling, "paper-claims": paper_claims, "paper-claims-crisis": crisis_table,
           "paper-claims-support": support_table, "paper-claims-depth": depth_table,

@@ -1,4 +1,4 @@
-"""Measure the paper's claims that no experiment runner covers (issue 15).
+"""Measure the paper's claims that no experiment runner covers.
 
 One part per claim; each writes ``<part>.json`` into ``--out`` (default
 ``benchmarks/results/paper_claims``) with its settings and the environment:

@@ -753,7 +753,7 @@ def table() -> str:
     cat = load()
     rs = rows()
     counts = Counter(st for _, _, st in rs)
-    lines = [f"{len(rs)} elements (the issue counted {cat['issue_count']}; see \"How the elements are "
+    lines = [f"{len(rs)} elements (an earlier count found {cat['issue_count']}; see \"How the elements are "
              "counted\" below), from `benchmarks/paper_elements.json`: "
              + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES) + ".", "",
              "| # | element | command | our number | the paper's | status |", "|---|---|---|---|---|---|"]

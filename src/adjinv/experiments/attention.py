@@ -46,6 +46,7 @@ from ..viz.display import robust_minmax
 from ..viz.figures import image_row, token_mosaic
 from ..viz.html import figure, page, table
 from .common import warnings_to_log
+from .interference_common import portable_path
 
 EPILOG_TRAIN_HEAD = """example:
   adjinv train-head --out head.safetensors            # embedded labelled set (bundled photos)
@@ -108,6 +109,9 @@ def _locality_summary(tps: list, pixel: list, t: int) -> dict:
         "shuffled_tokens": summarize(cat("shuffled", tps)),
         "others_mean_tokens": summarize(cat("others_mean", tps)),
         "own_cell_rate": float(cat("own_cell", tps).mean()),
+        "closer_than_shuffled": float((cat("distance", tps) < cat("shuffled", tps)).double().mean()),
+        "own_energy_above_shuffled": float((cat("own_energy", tps) > cat("shuffled_energy", tps))
+                                           .double().mean()),
         "own_cell_rate_chance": 1.0 / t,
         "own_energy": summarize(cat("own_energy", tps)),
         "shuffled_energy": summarize(cat("shuffled_energy", tps)),
@@ -237,8 +241,46 @@ def run_attention(encoder: StagedEncoder, lacs: LACBank | None, lac_source: str,
         "seconds": {"visualisation": time.perf_counter() - t0},
     }
     atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "table.md", markdown_table(results))
     _write_index(out, results)
     return results
+
+
+def markdown_table(results: dict) -> str:
+    """Token locality per block against the shuffled reference, and the head's accuracy."""
+    head = results["head"]
+    acc = head.get("accuracy") or {}
+    data = head.get("data") or {}
+
+    def f(v: Any) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    n_img = len(results["images"])
+    lines = [f"# Attention head through the LACs (Sec. 3.5) — {results['encoder']}", "",
+             f"LACs `{results['lacs']}`; {results['size']} px, token grid {results['grid']}; "
+             f"{n_img} visualised image(s): {', '.join(r['image'] for r in results['images'])}.", "",
+             f"Head: {head.get('architecture', {}).get('blocks', '?')} attention blocks, trained on "
+             f"{data.get('description', head.get('source'))}; accuracy train {f(acc.get('train'))}, "
+             f"test {f(acc.get('test'))}.", "",
+             "| block | peak–own distance (tokens), mean / median | shuffled other token, mean / "
+             "median | closer than shuffled | peak in own cell (chance) | own-cell energy | "
+             "shuffled-cell energy | uniform | pixel argmax: distance / shuffled |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for b, s in results["summary"].items():
+        d, sh, pa = s["distance_tokens"], s["shuffled_tokens"], s["pixel_argmax"]
+        lines.append(f"| {b} | {f(d['mean'])} / {f(d['median'])} | {f(sh['mean'])} / "
+                     f"{f(sh['median'])} | {f(s.get('closer_than_shuffled'))} | "
+                     f"{f(s['own_cell_rate'])} ({f(s['own_cell_rate_chance'])}) | "
+                     f"{f(s['own_energy']['mean'])} | {f(s['shuffled_energy']['mean'])} | "
+                     f"{f(s['uniform_energy'])} | {f(pa['distance_tokens']['mean'])} / "
+                     f"{f(pa['shuffled_tokens']['mean'])} |")
+    lines += ["", "Per image, the value of each layer-wise readout ||T_b||^2 and the prediction:", ""]
+    for r in results["images"]:
+        lines.append(f"- {r['image']}: predicted {r['prediction']['name']} (p = "
+                     f"{r['prediction']['probability']:.3f}); block energies "
+                     + ", ".join(f"{v['value']:.3g}" for v in r["layers"].values()) + ".")
+    lines += ["", *[f"- {n}" for n in results["notes"]]]
+    return "\n".join(lines) + "\n"
 
 
 def _write_index(out: Path, results: dict) -> Path:
@@ -291,10 +333,13 @@ def _load_encoder(args: argparse.Namespace) -> StagedEncoder:
 
 
 def _labelled(args: argparse.Namespace, size: int) -> LabelledSet:
-    from ..data.labelled import embedded_labelled_set, image_folder
+    from ..data.labelled import composite_detection_set, embedded_labelled_set, image_folder
 
     if args.labelled:
         return image_folder(args.labelled, size, test_fraction=args.test_fraction, seed=args.seed)
+    if args.labelled_set == "detection":
+        return composite_detection_set(size, train_per_class=args.train_per_class,
+                                       test_per_class=args.test_per_class, seed=args.seed)
     return embedded_labelled_set(size, train_per_class=args.train_per_class,
                                  test_per_class=args.test_per_class, seed=args.seed)
 
@@ -372,6 +417,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
     else:
         size = args.size or 128
         data = _labelled(args, size)
+        test_data = data
         print(f"no --head: training one on {data.description}", file=sys.stderr)
         th = time.perf_counter()
         res = _train(enc, data, _head_config(args), None, False)
@@ -386,14 +432,23 @@ def cmd_attention(args: argparse.Namespace) -> None:
                      "final_losses": res.losses[-5:], "seconds": time.perf_counter() - th}
         print(f"head accuracy train {_fmt_acc(res.train_accuracy)}, test "
               f"{_fmt_acc(res.test_accuracy)} ({head_info['seconds']:.1f} s)", file=sys.stderr)
-    if args.images:
-        images: dict = {}
+    if not args.images and args.labelled_set == "detection" and not args.labelled:
+        # the set's test images with an object: held-out photos the head never saw
+        if args.head:
+            test_data = _labelled(args, size)
+        pos = [i for i, y in enumerate(test_data.test_labels.tolist())
+               if test_data.classes[y] == "object"]
+        pos = pos[: args.num_images] if args.num_images else pos
+        images = {f"test{i:02d}": test_data.test_images[i] for i in pos}
+    elif args.images:
+        images = {}
         taken: set[str] = set()
         for f in map(Path, args.images):  # folder names made safe: no "..", "/" or reserved names
             images[safe_name(f.stem, taken)] = load_image(f, mode="convert")
     else:
         names = SAMPLE_NAMES[: args.num_images] if args.num_images else SAMPLE_NAMES
         images = sample_images(names)
+    source = portable_path(source)
     cfg = AttentionConfig(size=size, token_blocks=args.token_blocks, window=args.window,
                           seed=args.seed, chunk_size=args.chunk_size, split=args.split)
     print(f"encoder {enc.name}, LACs: {source}; visualising {len(images)} image(s) at {size} px",
@@ -428,6 +483,11 @@ def _head_args(p: argparse.ArgumentParser, labelled_flag: str) -> None:
     g.add_argument(labelled_flag, dest="labelled", metavar="FOLDER",
                    help="ImageFolder layout, one sub-folder per class (default: the embedded set of "
                         "random crops of the 5 bundled photos, one class per photo: a sanity check)")
+    g.add_argument("--labelled-set", choices=["crops", "detection"], default="crops",
+                   help="embedded set without a folder: 'crops' (default; train and test crops of "
+                        "the same 5 photos, a sanity check) or 'detection' (object pasted on a "
+                        "texture vs texture alone; tested on held-out photos pasted on textures no "
+                        "training image shows)")
     g.add_argument("--test-fraction", type=float, default=0.2,
                    help="held-out fraction per class of a folder (default 0.2)")
     g.add_argument("--train-per-class", type=int, default=24, help="embedded set (default 24)")

@@ -105,3 +105,29 @@ def test_detection_set_tests_on_new_photos_and_textures():
     assert torch.cdist(d.test_images.flatten(1), flat_tr).min() > 1.0
     # objects are pasted: an object image differs from the texture-only images
     assert "held-out photos" in d.description
+
+
+def test_attention_cli_on_the_detection_set(tmp_path, monkeypatch):
+    """--labelled-set detection: the head trains on it and the held-out object images are
+    visualised; table.md carries the locality against the shuffled token."""
+    import json
+
+    from adjinv.cli import main
+
+    out = tmp_path / "att"
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", "attention", "--labelled-set", "detection", "--train-per-class", "2",
+                 "--test-per-class", "3",
+                 "--steps", "1", "--dim", "16", "--heads", "2", "--blocks", "2", "--size", "64",
+                 "--num-images", "1", "--out", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert "held-out photos" in r["head"]["data"]["description"]
+    assert [i["image"] for i in r["images"]] == ["test00"]  # an object image of the test split
+    assert r["grid"] == [2, 2]
+    for b, s in r["summary"].items():
+        toks = r["images"][0]["tokens"][b]["tokens"]
+        closer = sum(t["distance_tokens"] < t["shuffled_tokens"] for t in toks) / len(toks)
+        assert s["closer_than_shuffled"] == pytest.approx(closer)
+    table = (out / "table.md").read_text()
+    assert "closer than shuffled" in table and "test00" in table
+    assert not any(v.startswith("/") for v in (r["lacs"], r["head"]["source"]))

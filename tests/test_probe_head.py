@@ -119,7 +119,7 @@ def test_attention_cli_on_the_detection_set(tmp_path, monkeypatch):
     assert main(["experiment", "attention", "--labelled-set", "detection", "--train-per-class", "2",
                  "--test-per-class", "3",
                  "--steps", "1", "--dim", "16", "--heads", "2", "--blocks", "2", "--size", "64",
-                 "--num-images", "1", "--out", str(out)]) == 0
+                 "--num-images", "1", "--control-untrained", "--out", str(out)]) == 0
     r = json.loads((out / "results.json").read_text())
     assert "held-out photos" in r["head"]["data"]["description"]
     assert [i["image"] for i in r["images"]] == ["test00"]  # an object image of the test split
@@ -128,6 +128,10 @@ def test_attention_cli_on_the_detection_set(tmp_path, monkeypatch):
         toks = r["images"][0]["tokens"][b]["tokens"]
         closer = sum(t["distance_tokens"] < t["shuffled_tokens"] for t in toks) / len(toks)
         assert s["closer_than_shuffled"] == pytest.approx(closer)
+    ctrl = r["control_untrained"]
+    assert set(ctrl) == set(r["summary"]) and r["environment"]["threads"] >= 1
+    assert all(ctrl[b]["distance_tokens"]["n"] == 4 for b in ctrl)
+    assert any(ctrl[b]["own_energy"]["mean"] != r["summary"][b]["own_energy"]["mean"] for b in ctrl)
     table = (out / "table.md").read_text()
-    assert "closer than shuffled" in table and "test00" in table
+    assert "closer than shuffled" in table and "test00" in table and "untrained head" in table
     assert not any(v.startswith("/") for v in (r["lacs"], r["head"]["source"]))

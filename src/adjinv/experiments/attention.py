@@ -45,7 +45,7 @@ from ..fileio import atomic_write_json, atomic_write_text, safe_name, save_png
 from ..viz.display import robust_minmax
 from ..viz.figures import image_row, token_mosaic
 from ..viz.html import figure, page, table
-from .common import warnings_to_log
+from .common import environment, warnings_to_log
 from .interference_common import portable_path
 
 EPILOG_TRAIN_HEAD = """example:
@@ -71,6 +71,7 @@ class AttentionConfig:
     seed: int = 0
     chunk_size: int | None = None
     split: bool = False
+    control_untrained: bool = False
 
 
 # ----------------------------------------------------------------------------- runner
@@ -196,6 +197,35 @@ def visualise_image(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAt
     return rec, peaks
 
 
+def token_locality(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAttentionClassifier,
+                   image: torch.Tensor, cfg: AttentionConfig) -> dict[int, tuple[TokenPeaks, TokenPeaks]]:
+    """Per-token maps of one image through ``head`` (no files): ``{block: (smoothed, pixel)}``
+    :class:`TokenPeaks`, for the untrained-head control (docs/method.md §12)."""
+    x = encoder.normalize(resize_center_crop(image, cfg.size))[None]
+    nb = len(head.blocks)
+    blocks = sorted({_block_index(b, nb) for b in cfg.token_blocks})
+    with torch.no_grad(), encoder.frozen():
+        a = encoder.forward_stages(check_input(x, encoder))[-1]
+    h, w = int(a.shape[-2]), int(a.shape[-1])
+    ro = {f"block{b}/token{t}": TokenEnergy(head, b, t) for b in blocks for t in range(h * w)}
+    res = invert_readouts(encoder, lacs, x, ro, chunk_size=cfg.chunk_size)
+    out = {}
+    for b in blocks:
+        maps = torch.stack([res[f"block{b}/token{t}"].psi[0] for t in range(h * w)])[None]
+        out[b] = (token_peak_distance(maps, (h, w), window=cfg.window, seed=cfg.seed + b),
+                  token_peak_distance(maps, (h, w), window=1, seed=cfg.seed + b))
+    return out
+
+
+def untrained_copy(head: HybridAttentionClassifier, seed: int) -> HybridAttentionClassifier:
+    """A freshly initialised head of the same architecture (seeded), for the control."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ctrl = HybridAttentionClassifier(head.channels, head.num_classes, head.config, head.classes)
+    p = next(head.parameters())
+    return ctrl.to(device=p.device, dtype=p.dtype).eval()
+
+
 def run_attention(encoder: StagedEncoder, lacs: LACBank | None, lac_source: str,
                   head: HybridAttentionClassifier, head_info: dict, images: dict[str, torch.Tensor],
                   out: Path, cfg: AttentionConfig, progress: Progress | None = None) -> dict:
@@ -208,16 +238,23 @@ def run_attention(encoder: StagedEncoder, lacs: LACBank | None, lac_source: str,
         _block_index(b, len(head.blocks))
     recs: list[dict] = []
     per_block: dict[int, list] = {}
+    ctrl_block: dict[int, list] = {}
+    ctrl = untrained_copy(head, cfg.seed + 12345) if cfg.control_untrained else None
     for i, (name, img) in enumerate(images.items()):
         rec, peaks = visualise_image(encoder, lacs, head, name, img, out / name, cfg)
         recs.append(rec)
         for b, pair in peaks.items():
             per_block.setdefault(b, []).append(pair)
+        if ctrl is not None:
+            for b, pair in token_locality(encoder, lacs, ctrl, img, cfg).items():
+                ctrl_block.setdefault(b, []).append(pair)
         if progress is not None:
             progress(i + 1, len(images))
     n_tok = recs[0]["grid"][0] * recs[0]["grid"][1] if recs else 0
     summary = {str(b): _locality_summary([p[0] for p in v], [p[1] for p in v], n_tok)
                for b, v in sorted(per_block.items())}
+    control = {str(b): _locality_summary([p[0] for p in v], [p[1] for p in v], n_tok)
+               for b, v in sorted(ctrl_block.items())}
     results = {
         "experiment": "attention (Sec. 3.5, C.9)",
         "encoder": encoder.name, "lacs": lac_source, "size": cfg.size,
@@ -235,8 +272,12 @@ def run_attention(encoder: StagedEncoder, lacs: LACBank | None, lac_source: str,
             "own_energy: energy fraction inside the token's cell (uniform = 1/T).",
             "The blocks are pre-norm with residual connections: T_{b,t} contains token t's own "
             "input, so part of each token seed sits at its own position by construction.",
+            "control_untrained: the same per-token statistics through a freshly initialised head "
+            "of the same architecture (seeded): locality it also shows is not learned by attention.",
         ],
         "summary": summary,
+        "control_untrained": control,
+        "environment": environment(),
         "images": recs,
         "seconds": {"visualisation": time.perf_counter() - t0},
     }
@@ -266,7 +307,9 @@ def markdown_table(results: dict) -> str:
              "median | closer than shuffled | peak in own cell (chance) | own-cell energy | "
              "shuffled-cell energy | uniform | pixel argmax: distance / shuffled |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for b, s in results["summary"].items():
+    rows = [(b, s) for b, s in results["summary"].items()]
+    rows += [(f"{b}, untrained head", s) for b, s in results.get("control_untrained", {}).items()]
+    for b, s in rows:
         d, sh, pa = s["distance_tokens"], s["shuffled_tokens"], s["pixel_argmax"]
         lines.append(f"| {b} | {f(d['mean'])} / {f(d['median'])} | {f(sh['mean'])} / "
                      f"{f(sh['median'])} | {f(s.get('closer_than_shuffled'))} | "
@@ -450,7 +493,8 @@ def cmd_attention(args: argparse.Namespace) -> None:
         images = sample_images(names)
     source = portable_path(source)
     cfg = AttentionConfig(size=size, token_blocks=args.token_blocks, window=args.window,
-                          seed=args.seed, chunk_size=args.chunk_size, split=args.split)
+                          seed=args.seed, chunk_size=args.chunk_size, split=args.split,
+                          control_untrained=args.control_untrained)
     print(f"encoder {enc.name}, LACs: {source}; visualising {len(images)} image(s) at {size} px",
           file=sys.stderr)
     bar = _bar("images", len(images), "img")
@@ -540,6 +584,9 @@ def register(sub: argparse._SubParsersAction, experiment_sub: Any) -> None:
     p.add_argument("--split", action="store_true",
                    help="also the per-channel split sum_c w_c Psi_L(E_c * G) of each layer-wise seed "
                    "(one cascade pass per live channel: about a minute per map on 2 CPU cores)")
+    p.add_argument("--control-untrained", action="store_true",
+                   help="also the token locality through a freshly initialised head of the same "
+                   "architecture (the control for locality that attention did not learn)")
     p.add_argument("--lac", help="LAC checkpoint (default: the bundled one for the encoder)")
     p.add_argument("--allow-other-weights", action="store_true",
                    help="accept LACs/head trained on other weights of this architecture")

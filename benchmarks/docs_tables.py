@@ -815,7 +815,7 @@ BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reco
               "attention/results.json", "adjinv.experiments.attention",
               "adjinv experiment attention --labelled-set detection --lac pixbias "
               "--train-per-class 30 --test-per-class 10 --steps 60 --num-images 5 --size 128 "
-              "--out benchmarks/results/attention"),
+              "--control-untrained --out benchmarks/results/attention"),
           "cam-table": cam_table,
           "fidelity-table": fidelity_table, "ood-table": ood_table,
           "compression-table": compression_table, "ood-verdicts": ood_verdicts,

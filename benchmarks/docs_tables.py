@@ -678,6 +678,32 @@ def interference_verdicts_probe() -> str:
     return "\n".join(lines)
 
 
+def attention_verdicts() -> str:
+    """Token locality against the shuffled token and against the untrained head, per block."""
+    r = _json("attention/results.json")
+    yes = {True: "**yes**", False: "**no**"}
+    acc = (r["head"].get("accuracy") or {}).get("test")
+    lines = [f"Rule (per block, over the {len(r['images'])} visualised images' token maps; "
+             "no interval): local when the mean peak–own distance is below the shuffled "
+             "token's and most maps are closer to their own token; learned by attention when "
+             "it is also below the untrained head's distance.", ""]
+    for b, s in r["summary"].items():
+        d, sh = s["distance_tokens"]["mean"], s["shuffled_tokens"]["mean"]
+        c = r.get("control_untrained", {}).get(b)
+        line = (f"- block {b}: distance {d:.3f} vs shuffled {sh:.3f}, closer than shuffled in "
+                f"{100 * s['closer_than_shuffled']:.0f} % of maps; local: "
+                f"{yes[d < sh and s['closer_than_shuffled'] > 0.5]}")
+        if c is not None:
+            cd = c["distance_tokens"]["mean"]
+            line += (f"; untrained head {cd:.3f} (own cell {100 * c['own_cell_rate']:.0f} % vs "
+                     f"{100 * s['own_cell_rate']:.0f} % trained); learned by attention: {yes[d < cd]}")
+        lines.append(line + ".")
+    if acc is not None:
+        lines += ["", f"The head's accuracy on the held-out test images is {acc:.3f} (two balanced "
+                      "classes: chance 0.5)."]
+    return "\n".join(lines)
+
+
 def interference_ecr(folder: str = "ecr") -> str:
     """The ECR ablation table as the runner renders it, without its title and notes."""
     _adjinv()
@@ -811,6 +837,7 @@ BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reco
           "interference-ecr-probe": lambda: interference_ecr("ecr-probe"),
           "interference-heads": interference_heads,
           "interference-verdicts-probe": interference_verdicts_probe,
+          "attention-verdicts": attention_verdicts,
           "attention-table": lambda: _runner_block(
               "attention/results.json", "adjinv.experiments.attention",
               "adjinv experiment attention --labelled-set detection --lac pixbias "

@@ -13,9 +13,9 @@ lac:
 	python3 benchmarks/train_embedded.py --objective paper --photos colour --steps 150 \
 	  --validate-every 15 --patience 3 --keep-every 15 --threads 1 \
 	  --out lac-train/paper-colour.lac.safetensors
-	python3 -c "from adjinv.checkpoint import export_checkpoint as e; \
+	python3 -c "from adjinv.lacs.checkpoint import export_checkpoint as e; \
 	  e('lac-train/paper-colour.lac.safetensors', \
-	    'src/adjinv/weights/efficientnet_lite0.lac.safetensors', variant='paper-colour')"
+	    'src/adjinv/lacs/weights/efficientnet_lite0.lac.safetensors', variant='paper-colour')"
 # Every torchvision classification builder and the timm families (long); then the results
 # file and docs/compatibility.md from a fresh run.
 conformance:

@@ -84,7 +84,7 @@ def leakage_table() -> str:
 def _bundled_meta() -> dict:
     from safetensors import safe_open
 
-    path = REPO / "src" / "adjinv" / "weights" / "efficientnet_lite0.lac.safetensors"
+    path = REPO / "src" / "adjinv" / "lacs" / "weights" / "efficientnet_lite0.lac.safetensors"
     with safe_open(str(path), framework="pt") as f:
         return json.loads((f.metadata() or {})["adjinv"])
 
@@ -453,6 +453,25 @@ def depth_table() -> str:
         lines.append(f"| {v} | **mean** | " + " | ".join(f"**{d['mean'][s]:.3f}**" for s in r["stages"])
                      + " |")
     return "\n".join(lines)
+
+
+def fv_table() -> str:
+    """Theorem B.5 / Remarks 4-5: δ_c and the residuals per source stage and LAC set."""
+    r = _pc("fv")
+    lines = [f"EfficientNet-Lite0 at {r['size']} px, the 5 held-out photos, top {r['channels_per_stage']} "
+             "channels by simplex weight per stage and photo (generated from "
+             "`benchmarks/results/paper_claims/fv.json`). δ: median [90th percentile] over channels, RGB "
+             "and photos; R_dir and R_bias: mean over photos, relative to the principal term.", "",
+             "| LACs | stage | δ_c | ‖R_dir‖/‖principal‖ | ‖R_bias‖/‖principal‖ | Eq. 65-66 bound holds |",
+             "|---|---|---|---|---|---|"]
+    for v, per in r["variants"].items():
+        for st, c in per.items():
+            lines.append(f"| {v} | {st} | {c['delta']['median']:.3f} [{c['delta']['p90']:.3f}] | "
+                         f"{c['r_dir_rel']['mean']:.3f} | {c['r_bias_rel']['mean']:.3f} | "
+                         f"{'yes' if c['bound_holds'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def _adjinv() -> None:
     """Import the runners' own table renderers from this checkout's ``src``."""
     src = str(REPO / "src")
@@ -472,7 +491,7 @@ def _run_line(r: dict, extra: str = "") -> str:
 def interference_fg(folder: str = "fg-paradox") -> str:
     """FG, O1, O2: measured, shuffled heads, swapped seed, randomised; raw / zero-mean / Ψ(0)-projected."""
     _adjinv()
-    from adjinv.experiments.fg_paradox import encoder_table, head_lines
+    from adjinv.paper.runners.fg_paradox import encoder_table, head_lines
 
     r = _json(f"interference/{folder}/results.json")
     lines = [_run_line(r, f"{folder}/")]
@@ -552,7 +571,7 @@ def _ci(s: dict) -> str:
 def interference_h1() -> str:
     """H1 statistics raw / zero-mean / Ψ(0)-projected with the floor."""
     _adjinv()
-    from adjinv.experiments.superposition import h1_table
+    from adjinv.paper.runners.superposition import h1_table
 
     r = _json("interference/superposition/results.json")
     z = r["summary"]["seed_zero"]
@@ -568,7 +587,7 @@ def interference_h1() -> str:
 def interference_h2() -> str:
     """B1 / B2 for the head and the shuffled heads."""
     _adjinv()
-    from adjinv.experiments.superposition import h2_table
+    from adjinv.paper.runners.superposition import h2_table
 
     return "\n".join(h2_table(_json("interference/superposition/results.json")))
 
@@ -707,7 +726,7 @@ def attention_verdicts() -> str:
 def interference_ecr(folder: str = "ecr") -> str:
     """The ECR ablation table as the runner renders it, without its title and notes."""
     _adjinv()
-    from adjinv.experiments.ecr import table
+    from adjinv.paper.runners.ecr import table
 
     r = _json(f"interference/{folder}/results.json")
     body = table(r).split("\n")[2:]
@@ -744,25 +763,25 @@ def cam_table() -> str:
     cmd = ("adjinv experiment cam-compare " + " ".join(f"--data {d}" for d in c["data"])
            + (f" --max-images {c['max_images']}" if c.get("max_images") is not None else "")
            + f" --size {c['size']} --steps {c['steps']} --methods {' '.join(c['methods'])} --threads 1")
-    return _runner_block("cam-compare/results.json", "adjinv.experiments.cam_compare", cmd)
+    return _runner_block("cam-compare/results.json", "adjinv.paper.runners.cam_compare", cmd)
 
 
 def fidelity_table() -> str:
     """Table 1 (adjinv experiment fidelity)."""
-    return _runner_block("fidelity/results.json", "adjinv.experiments.fidelity",
+    return _runner_block("fidelity/results.json", "adjinv.paper.runners.fidelity",
                          "adjinv experiment fidelity --size 96 --threads 1")
 
 
 def ood_table() -> str:
     """OOD geometry with its controls (adjinv experiment ood)."""
-    return _runner_block("ood/results.json", "adjinv.experiments.ood",
+    return _runner_block("ood/results.json", "adjinv.paper.runners.ood",
                          "adjinv experiment ood --corruptions gaussian_noise defocus_blur zoom_blur "
                          "frost brightness contrast --no-figure --threads 1")
 
 
 def compression_table() -> str:
     """Compression probes (adjinv experiment compression)."""
-    return _runner_block("compression/results.json", "adjinv.experiments.compression",
+    return _runner_block("compression/results.json", "adjinv.paper.runners.compression",
                          "adjinv experiment compression --threads 1")
 
 
@@ -821,6 +840,16 @@ def cam_verdicts() -> str:
     return "\n".join(out)
 
 
+def _paper_elements():
+    """benchmarks/paper_elements.py: the catalogue of every element of the paper."""
+    here = str(REPO / "benchmarks")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import paper_elements
+
+    return paper_elements
+
+
 BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
           "leakage-table": leakage_table,
           "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"),
@@ -830,6 +859,7 @@ BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reco
           "heldout-l1": heldout_l1, "gradient-variance": gradient_variance,
           "scaling": scaling, "paper-claims": paper_claims, "paper-claims-crisis": crisis_table,
           "paper-claims-support": support_table, "paper-claims-depth": depth_table,
+          "paper-claims-fv": fv_table,
           "interference-fg": interference_fg,
           "interference-h1": interference_h1, "interference-h2": interference_h2,
           "interference-ecr": interference_ecr, "interference-verdicts": interference_verdicts,
@@ -839,14 +869,16 @@ BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reco
           "interference-verdicts-probe": interference_verdicts_probe,
           "attention-verdicts": attention_verdicts,
           "attention-table": lambda: _runner_block(
-              "attention/results.json", "adjinv.experiments.attention",
+              "attention/results.json", "adjinv.paper.runners.attention",
               "adjinv experiment attention --labelled-set detection --lac pixbias "
               "--train-per-class 30 --test-per-class 10 --steps 60 --num-images 5 --size 128 "
               "--control-untrained --out benchmarks/results/attention"),
           "cam-table": cam_table,
           "fidelity-table": fidelity_table, "ood-table": ood_table,
           "compression-table": compression_table, "ood-verdicts": ood_verdicts,
-          "cam-verdicts": cam_verdicts}
+          "cam-verdicts": cam_verdicts,
+          "paper-elements": lambda: _paper_elements().table(),
+          "paper-elements-rules": lambda: _paper_elements().rules()}
 
 
 def render(text: str) -> str:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 import adjinv
-from adjinv.checkpoint import bundled_checkpoint, bundled_variants, read_checkpoint
 from adjinv.core.lac import LACBank
-from adjinv.data.images import resize_center_crop
-from adjinv.data.photos import HELDOUT, TRAIN, VALIDATION, is_greyscale, photo
+from adjinv.images.files import resize_center_crop
+from adjinv.images.photos import HELDOUT, TRAIN, VALIDATION, is_greyscale, photo
+from adjinv.lacs.checkpoint import bundled_checkpoint, bundled_variants, read_checkpoint
 
 
 def test_bundled_checkpoint_is_small_loads_and_never_saw_the_heldout_photos():

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from adjinv.data.datasets import (
+from adjinv.errors import AdjinvError
+from adjinv.paper.data.datasets import (
     CIFAR100,
     CIFAR100C,
     CorruptedDataset,
@@ -26,8 +27,7 @@ from adjinv.data.datasets import (
     safe_unpickle,
     stratified_split,
 )
-from adjinv.errors import AdjinvError
-from adjinv.features import extract_gap_features
+from adjinv.paper.features import extract_gap_features
 from conftest import staged_from_sequential, tiny_relu_cnn
 
 

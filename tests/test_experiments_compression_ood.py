@@ -8,8 +8,8 @@ import json
 import pytest
 
 from adjinv.cli import build_parser, main
-from adjinv.experiments.compression import CompressionConfig, run_compression
-from adjinv.experiments.ood import OODConfig, run_ood
+from adjinv.paper.runners.compression import CompressionConfig, run_compression
+from adjinv.paper.runners.ood import OODConfig, run_ood
 from conftest import staged_from_sequential, tiny_relu_cnn
 
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adjinv.analysis.probe import LinearProbe
-from adjinv.data.composites import composite_set
-from adjinv.data.labelled import (
+from adjinv.errors import AdjinvError
+from adjinv.images.photos import HELDOUT, TRAIN
+from adjinv.paper.data.composites import composite_set
+from adjinv.paper.data.labelled import (
     DETECTION_TEST_OBJECTS,
     DETECTION_TRAIN_OBJECTS,
     composite_detection_set,
 )
-from adjinv.data.masks import open_masked
-from adjinv.data.photos import HELDOUT, TRAIN
-from adjinv.errors import AdjinvError
-from adjinv.experiments.ecr import ECRConfig, run_ecr
-from adjinv.experiments.fg_paradox import FGParadoxConfig, run_fg_paradox
-from adjinv.experiments.probe_head import gap_features, probe_encoder, with_linear_head
+from adjinv.paper.data.masks import open_masked
+from adjinv.paper.heads.probe import LinearProbe
+from adjinv.paper.runners.ecr import ECRConfig, run_ecr
+from adjinv.paper.runners.fg_paradox import FGParadoxConfig, run_fg_paradox
+from adjinv.paper.runners.probe_head import gap_features, probe_encoder, with_linear_head
 from conftest import random_lacs, staged_from_sequential, tiny_relu_cnn
 
 

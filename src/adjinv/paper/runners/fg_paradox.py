@@ -65,6 +65,7 @@ from .interference_common import (
     set_threads,
     tensor_digest,
 )
+from .probe_head import HEADS, probe_encoder
 
 
 @dataclass
@@ -85,6 +86,7 @@ class FGParadoxConfig:
     seed: int = 0
     n_boot: int = 2000
     chunk_size: int | None = None
+    head: str = "encoder"
 
 
 def _fg(x: torch.Tensor | None, mask: torch.Tensor) -> float | None:
@@ -261,19 +263,29 @@ def run_fg_paradox(cfg: FGParadoxConfig, out: str | Path, *, log: Log = quiet_lo
     out = Path(out)
     if cfg.mode not in MODES:
         raise AdjinvError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    if cfg.head not in HEADS:
+        raise AdjinvError(f"head must be one of {HEADS}, got {cfg.head!r}")
     ds = open_masked(cfg.data, cfg.split, cfg.size)
     shares: list[dict | None] = []
+
+    def run_one(enc: StagedEncoder, bank: LACBank, src: str) -> dict | None:
+        """One encoder with its own head or, ``head="probe"``, the dataset's probe (C.2)."""
+        head: dict = {"head": "encoder"}
+        if cfg.head == "probe":
+            enc, head = probe_encoder(enc, cfg.data, cfg.size, scored=ds, log=log)
+        rec = run_encoder(enc, bank, src, ds, cfg, out, log)
+        return None if rec is None else {**rec, "head": head}
+
     if encoders is None:
         if not cfg.encoders:
             raise AdjinvError("give at least one encoder")
         for name in cfg.encoders:
-            enc, bank, src = model_with_lacs(name, cfg.weights, cfg.random_init, cfg.lac, log)
-            shares.append(run_encoder(enc, bank, src, ds, cfg, out, log))
+            shares.append(run_one(*model_with_lacs(name, cfg.weights, cfg.random_init, cfg.lac, log)))
     else:
         for j, enc in enumerate(encoders):
             _, bank, src = model_with_lacs("", None, False, None, log, enc,
                                            lacs[j] if lacs is not None else None)
-            shares.append(run_encoder(enc, bank, src, ds, cfg, out, log))
+            shares.append(run_one(enc, bank, src))
     if not is_main():  # under torchrun: wait for rank 0's results.json
         barrier()
         return json.loads((out / "results.json").read_text())
@@ -337,6 +349,20 @@ def encoder_table(p: dict) -> list[str]:
     return lines
 
 
+def head_lines(p: dict) -> list[str]:
+    """What classified the images: the encoder's own head or the per-dataset probe (C.2)."""
+    h = p.get("head", {"head": "encoder"})
+    if h.get("head") != "probe":
+        return []
+    acc = h.get("scored_accuracy")
+    sp = h["split"]
+    return [f"Head: a linear probe (C.2) trained on {h['n_train']} images of `{sp['dataset']}`"
+            + (f" subset `{sp['subset']}`" if "subset" in sp else "")
+            + f" ({len(h['classes'])} classes: {', '.join(h['classes'])}), none of them scored; "
+            f"accuracy on its training split {h['train_accuracy']:.3f}"
+            + (f", on the scored images {acc:.3f}" if acc is not None else "") + ".", ""]
+
+
 def table(results: dict) -> str:
     """The Markdown summary."""
     lines = [f"# Foreground-energy paradox — {results['dataset']['dataset']}, "
@@ -348,7 +374,7 @@ def table(results: dict) -> str:
                   f"Mask area ratio {fmt_ci(s['area_ratio'])}. Swapped-seed partners: "
                   f"{p.get('partner_rule', 'next image')}. LAC_pix bias share of every φ_c's energy "
                   f"‖b‖²/(‖b‖²+‖s‖²) = {fmt(lp.get('bias_share'))}.", ""]
-        lines += encoder_table(p)
+        lines += head_lines(p) + encoder_table(p)
         sz = s["seed_zero"]
         lines += ["", f"seed-zero undefined (Ψ_L(0) = 0) for {sz['undefined']} image(s); a uniform "
                       f"image (per RGB) for {sz.get('uniform', 0)}.", ""]
@@ -442,6 +468,10 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
     p.add_argument("--class", type=int, dest="target", help="fixed class k (default: top-1 per image)")
     p.add_argument("--randomize", nargs="+", help="stage counts to re-initialise from the top "
                                                   "(integers or 'all'; default 1 3)")
+    p.add_argument("--head", choices=HEADS,
+                   help="classifier: the encoder's own (ImageNet) head (default), or 'probe': a "
+                        "linear probe trained on the dataset's training split first (C.2; "
+                        "composites: the 'probe' subset, never a scored image)")
     p.add_argument("--seed", type=int)
     p.add_argument("--chunk-size", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads")
@@ -450,7 +480,7 @@ def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
         set_threads(args.threads)
         over = {k: getattr(args, k, None) for k in (
             "encoders", "weights", "lac", "random_init", "data", "split", "size", "max_images",
-            "mode", "target", "seed", "chunk_size")}
+            "mode", "target", "seed", "chunk_size", "head")}
         if args.randomize is not None:
             over["randomize"] = parse_levels(args.randomize)
         cfg = load_config(FGParadoxConfig, args.config, over)

@@ -564,8 +564,10 @@ def attention_layers(el: dict) -> Cell:
     if r is None:
         return f"— (`{el['expected'][0]}` not committed yet); tests {_test_names(el)}", "not run"
     acc = (r.get("head") or {}).get("accuracy") or {}
+    test = acc.get("test")
     return (f"{len(r['images'])} images, {r['encoder']}, grid {r['grid']}, head test accuracy "
-            f"{acc.get('test')}; layer maps in `benchmarks/results/attention/`", "not comparable")
+            f"{'—' if test is None else f'{test:.3f}'}; layer maps in `benchmarks/results/attention/`",
+            "not comparable")
 
 
 def attention_tokens(el: dict) -> Cell:
@@ -573,11 +575,14 @@ def attention_tokens(el: dict) -> Cell:
     if r is None:
         return f"— (`{el['expected'][0]}` not committed yet)", "not run"
     parts, ok = [], True
+    ctrl = r.get("control_untrained") or {}
     for b, s in r["summary"].items():
         d, sh = s["distance_tokens"]["mean"], s["shuffled_tokens"]["mean"]
-        parts.append(f"block {b}: peak distance {d:.2f} tokens vs shuffled {sh:.2f}, own-cell energy "
-                     f"{s['own_energy']['mean']:.3f} (uniform {s['uniform_energy']:.3f})")
-        ok &= d < sh
+        u = (ctrl.get(b) or {}).get("distance_tokens", {}).get("mean")
+        parts.append(f"block {b}: peak distance {d:.2f} tokens vs shuffled {sh:.2f}"
+                     + (f" and untrained head {u:.2f}" if u is not None else "")
+                     + f", own-cell energy {s['own_energy']['mean']:.3f} (uniform {s['uniform_energy']:.3f})")
+        ok &= d < sh and (u is None or d < u)
     return f"{len(r['images'])} images — " + "; ".join(parts), _agree(ok)
 
 

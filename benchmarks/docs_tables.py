@@ -15,6 +15,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -473,6 +474,45 @@ def fv_table() -> str:
     return "\n".join(lines)
 
 
+def capacity_table() -> str:
+    """O3 over EfficientNet-Lite0/1/2 (benchmarks/capacity.py)."""
+    r = _json("capacity/results.json")
+    lines = [f"{r['data']['dataset']} ({r['data'].get('subset', '')}), {r['size']} px; each encoder with its "
+             "bundled LACs (same recipe); intervals: 95 % cluster bootstrap over source photos "
+             "(generated from `benchmarks/results/capacity/results.json`).", "",
+             "| | " + " | ".join(f"{x['encoder']} ({x['parameters'] / 1e6:.1f} M)" for x in r["rows"]) + " |",
+             "|---|" + "---|" * len(r["rows"])]
+
+    def row(label: str, get: Callable[[dict], str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(get(x) for x in r["rows"]) + " |")
+
+    for v, name in (("raw", "raw"), ("zero_mean", "zero-mean")):
+        row(f"O2 gap, {name}", lambda x, v=v: _ci(x["fg"]["O2"][v]["measured"]))
+        row(f"O2 gap, {name}: swapped seed", lambda x, v=v: _ci(x["fg"]["O2"][v]["swapped_seed"]))
+        row(f"O2 gap, {name}: permuted head", lambda x, v=v: _ci(x["fg"]["O2"][v]["head_permuted"]))
+    row("FG(x̂^(k)), zero-mean (mask area)", lambda x: f"{_ci(x['fg']['full_zero_mean'])} "
+        f"({x['fg']['area_ratio']['mean']:.3f})")
+    row("H1 λ₁/tr G, zero-mean (swapped seed)", lambda x: f"{_ci(x['h1']['zero_mean'])} "
+        f"({x['h1_swapped_seed']['zero_mean']['mean']:.3f})")
+    row("B1, zero-mean: head / permuted head", lambda x: f"{x['b1']['measured']['mean']:.3f} / "
+        f"{x['b1']['head_permuted']['mean']:.3f}")
+    row("x̂_L Pearson r (swapped seeds; identity)", lambda x: f"{x['reconstruction']['pearson']['mean']:.3f} "
+        f"({x['reconstruction']['swapped_pearson']['mean']:.3f}; "
+        f"{x['reconstruction']['identity_pearson']['mean']:.3f})")
+    row("held-out photos reconstructed from the features (V1-V3)",
+        lambda x: f"{x['reconstruction']['verdicts']} of {x['reconstruction']['photos']}")
+    o = r["o3"]
+
+    def verdict(v: str) -> str:
+        mono = "monotone" if o[v]["monotone_increasing"] else "not monotone"
+        return (f"{v}: gaps " + ", ".join(f"{g:.3f}" for g in o[v]["gaps"])
+                + f", {mono}, Spearman ρ(parameters, gap) = {o[v]['spearman_params_vs_gap']:.2f}")
+
+    both = "; ".join(verdict(v) for v in ("raw", "zero_mean"))
+    lines += ["", f"O3 (the gap grows with capacity): {both}."]
+    return "\n".join(lines)
+
+
 def _adjinv() -> None:
     """Import the runners' own table renderers from this checkout's ``src``."""
     src = str(REPO / "src")
@@ -871,7 +911,7 @@ BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reco
           "heldout-l1": heldout_l1, "gradient-variance": gradient_variance,
           "scaling": scaling, "paper-claims": paper_claims, "paper-claims-crisis": crisis_table,
           "paper-claims-support": support_table, "paper-claims-depth": depth_table,
-          "paper-claims-fv": fv_table,
+          "paper-claims-fv": fv_table, "capacity-table": capacity_table,
           "interference-fg": interference_fg,
           "interference-h1": interference_h1, "interference-h2": interference_h2,
           "interference-ecr": interference_ecr, "interference-verdicts": interference_verdicts,

@@ -316,14 +316,17 @@ def _interference_results() -> list[tuple[str, dict]]:
 
 
 def o3(el: dict) -> Cell:
-    for rel, r in _interference_results():
-        o = r.get("O3")
-        if o and len(o.get("per_encoder", [])) >= 2:
-            per = ", ".join(f"{x['encoder']} {_ci(x['O2'])}" for x in o["per_encoder"])
-            if o.get("increasing") is None:
-                return f"`{rel}`: raw O2 per encoder {per}; monotonicity undecided", "not comparable"
-            return f"`{rel}`: raw O2 per encoder {per}", _agree(bool(o["increasing"]))
-    return "— (one encoder run so far: efficientnet_lite0; Lite1/2 runs not committed yet)", "not run"
+    p = RESULTS / "capacity" / "results.json"
+    if not p.exists():
+        return "— (`benchmarks/results/capacity/results.json` not committed yet)", "not run"
+    r = json.loads(p.read_text())
+    o = r["o3"]
+    parts = []
+    for v in ("raw", "zero_mean"):
+        per = ", ".join(f"{x['encoder']} {_ci(x['fg']['O2'][v]['measured'])}" for x in r["rows"])
+        parts.append(f"{v} O2 gap: {per}; {'monotone' if o[v]['monotone_increasing'] else 'not monotone'}")
+    ok = o["raw"]["monotone_increasing"] and o["zero_mean"]["monotone_increasing"]
+    return "; ".join(parts), _agree(ok)
 
 
 def c2_probe(el: dict) -> Cell:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import adjinv
-from adjinv.checkpoint import bundled_checkpoint
+from adjinv.lacs.checkpoint import bundled_checkpoint
 
 root = sys.argv[1]
 assert adjinv.__file__.startswith(root), f"imported {adjinv.__file__}, not the wheel in {root}"

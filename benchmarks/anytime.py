@@ -31,11 +31,11 @@ import torch
 
 from adjinv.core.anytime import Preview
 from adjinv.core.inverter import AdjointInverter
-from adjinv.data import resize_center_crop
-from adjinv.data.photos import split_photos
 from adjinv.encoders import load_encoder
 from adjinv.fileio import atomic_write_json, atomic_write_text
-from adjinv.pretrained import load_lacs
+from adjinv.images import resize_center_crop
+from adjinv.images.photos import split_photos
+from adjinv.lacs.bundled import load_lacs
 
 REPO = Path(__file__).resolve().parent.parent
 PRETRAINED = ("efficientnet_lite0",)

@@ -12,7 +12,7 @@ import torch
 
 from adjinv import AdjointInverter, load_encoder
 from adjinv.core.cascade import channel_seeds
-from adjinv.data import resize_center_crop, sample_image
+from adjinv.images import resize_center_crop, sample_image
 
 
 def main() -> None:

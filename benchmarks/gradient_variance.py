@@ -1,7 +1,7 @@
 """Variance (and bias) of the channel-sampled LAC gradient against the exact step.
 
 Compares, on EfficientNet-Lite0 and two training photos: the importance-sampled estimator
-of ``adjinv.training.sample_weights`` (channels drawn in proportion to their simplex
+of ``adjinv.lacs.training.sample_weights`` (channels drawn in proportion to their simplex
 weight, reweighted by counts: unbiased) with the previous scheme (a uniform random
 subset, weights renormalised: biased). Writes JSON.
 
@@ -19,11 +19,11 @@ import torch
 from adjinv import load_encoder
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.simplex import simplex_measure
-from adjinv.data.images import resize_center_crop
-from adjinv.data.photos import split_photos
 from adjinv.fileio import atomic_write_json
-from adjinv.pretrained import load_lacs
-from adjinv.training import _backward, lac_step
+from adjinv.images.files import resize_center_crop
+from adjinv.images.photos import split_photos
+from adjinv.lacs.bundled import load_lacs
+from adjinv.lacs.training import _backward, lac_step
 
 
 def grads(lacs) -> torch.Tensor:

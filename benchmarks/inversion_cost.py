@@ -18,7 +18,7 @@ import json, resource, sys, time, warnings
 import torch
 warnings.simplefilter("ignore")
 from adjinv import load_encoder, AdjointInverter
-from adjinv.data import sample_image, resize_center_crop
+from adjinv.images import sample_image, resize_center_crop
 name, size = sys.argv[1], int(sys.argv[2])
 enc = load_encoder(name, random_init=(name != "efficientnet_lite0"))
 x = enc.normalize(resize_center_crop(sample_image("chelsea"), size))[None]

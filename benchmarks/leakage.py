@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from adjinv import load_encoder
-from adjinv.checkpoint import load_checkpoint
 from adjinv.core.inverter import AdjointInverter
-from adjinv.experiments.reconstruction import ReconstructionConfig, _Runner
 from adjinv.fileio import atomic_write_json, atomic_write_text
+from adjinv.lacs.checkpoint import load_checkpoint
+from adjinv.lacs.training import kept_checkpoints
 from adjinv.metrics.likeness import bootstrap_ci
-from adjinv.training import kept_checkpoints
+from adjinv.paper.runners.reconstruction import ReconstructionConfig, _Runner
 
 CONTROLS = ("trained", "swapped", "random_seed", "seed_zero", "identity")
 METRICS = ("pearson", "ssim_affine", "l1")

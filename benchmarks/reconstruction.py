@@ -13,14 +13,14 @@ from pathlib import Path
 
 import torch
 
-from adjinv.baselines.vanilla import VanillaMap
-from adjinv.checkpoint import bundled_checkpoint, load_checkpoint
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank
-from adjinv.data.images import resize_center_crop
-from adjinv.data.samples import sample_images
 from adjinv.encoders import load_encoder
 from adjinv.fileio import atomic_write_json
+from adjinv.images.files import resize_center_crop
+from adjinv.images.samples import sample_images
+from adjinv.lacs.checkpoint import bundled_checkpoint, load_checkpoint
+from adjinv.lacs.vanilla import VanillaMap
 from adjinv.metrics.reconstruction import psnr, ssim
 
 

@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from adjinv.data.images import resize_center_crop
-from adjinv.data.photos import split_photos
 from adjinv.fileio import atomic_write_json, save_png
+from adjinv.images.files import resize_center_crop
+from adjinv.images.photos import split_photos
 
 
 def run(data: Path, out: Path, procs: int, threads: int, size: int) -> float:

@@ -44,17 +44,17 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from adjinv.baselines.cam import CAMSaliency
 from adjinv.core import adjoint
 from adjinv.core.cascade import channel_seeds
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank
 from adjinv.core.precision import fp32_mode
 from adjinv.core.simplex import simplex_measure
-from adjinv.data import SAMPLE_NAMES, resize_center_crop, sample_image
 from adjinv.encoders import load_encoder
 from adjinv.encoders.staged import StagedEncoder
 from adjinv.fileio import atomic_write_json, atomic_write_text
+from adjinv.images import SAMPLE_NAMES, resize_center_crop, sample_image
+from adjinv.paper.baselines.cam import CAMSaliency
 
 REPO = Path(__file__).resolve().parent.parent
 PRETRAINED = ("efficientnet_lite0",)
@@ -524,7 +524,7 @@ def write_markdown(path: Path, result_files: Sequence[Path]) -> Path:
         "are inverter keyword arguments. **naive**: one forward with the graph retained, then per "
         "live channel one `torch.autograd.grad` per stage with the same LACs. **scorecam**: "
         "Score-CAM from pytorch-grad-cam on the same layer, top-1 class, through "
-        "`adjinv.baselines.cam.CAMSaliency`. Time per image: median over the timed runs (after "
+        "`adjinv.paper.baselines.cam.CAMSaliency`. Time per image: median over the timed runs (after "
         "warm-up runs, CUDA synchronised) divided by the batch size. \"partial\" rows timed "
         "only the first K live channels (`--channels-limit`, smoke runs).",
         "",

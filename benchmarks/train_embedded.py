@@ -1,4 +1,4 @@
-"""Train LACs for the embedded default on the embedded photo split (adjinv.data.photos):
+"""Train LACs for the embedded default on the embedded photo split (adjinv.images.photos):
 training photos only, validation photos for the schedule/early stopping/best checkpoint,
 held-out photos never touched. One run per objective; resumable (re-run the same command).
 
@@ -15,8 +15,8 @@ import time
 import torch
 
 from adjinv import load_encoder
-from adjinv.data.photos import is_greyscale, split_photos
-from adjinv.training import OBJECTIVES, TrainConfig, train_lacs
+from adjinv.images.photos import is_greyscale, split_photos
+from adjinv.lacs.training import OBJECTIVES, TrainConfig, train_lacs
 
 
 def main() -> None:

@@ -16,10 +16,10 @@ import torch
 
 from adjinv import AdjointInverter, load_encoder
 from adjinv.core.lac import LACBank
-from adjinv.data import resize_center_crop, sample_images
 from adjinv.fileio import atomic_write_json
+from adjinv.images import resize_center_crop, sample_images
+from adjinv.lacs.training import TrainConfig, lac_step, train_lacs
 from adjinv.metrics.reconstruction import ssim
-from adjinv.training import TrainConfig, lac_step, train_lacs
 
 
 def xhat_ssim(enc, lacs, imgs, size):
@@ -58,7 +58,7 @@ def main() -> None:
     print(json.dumps(timing), flush=True)
     quality = {}
     if args.reuse_exact:
-        from adjinv.checkpoint import load_checkpoint
+        from adjinv.lacs.checkpoint import load_checkpoint
 
         lacs, ck = load_checkpoint(args.reuse_exact, enc)
         assert ck.meta["step"] == args.steps and ck.meta["training"]["channel_fraction"] == 1.0

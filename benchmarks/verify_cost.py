@@ -27,7 +27,7 @@ def timed(fn) -> float:
 
 def measure(size: int, repeats: int) -> dict:
     from adjinv import AdjointInverter, load_encoder
-    from adjinv.data import resize_center_crop, sample_image
+    from adjinv.images import resize_center_crop, sample_image
 
     enc = load_encoder("efficientnet_lite0")
     x = enc.normalize(resize_center_crop(sample_image("chelsea"), size))[None]

@@ -18,7 +18,7 @@ from adjinv.core.lac import LACBank
 from adjinv.core.precision import fp32_mode
 from adjinv.encoders.efficientnet_lite import Conv2dSame
 from adjinv.errors import AdjinvError
-from adjinv.training import lac_step
+from adjinv.lacs.training import lac_step
 from conftest import inplace_bn_cnn, staged_from_sequential
 
 

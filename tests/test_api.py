@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import adjinv
-from adjinv.analysis.class_directional import class_directional_inversion
 from adjinv.core.stagedict import StageDict
 from adjinv.errors import AdjinvError
-from adjinv.pretrained import IDENTITY_SOURCE, LoadedLACs
+from adjinv.lacs.bundled import IDENTITY_SOURCE, LoadedLACs
+from adjinv.methods.class_directional import class_directional_inversion
 from conftest import random_lacs, smooth_image, staged_from_sequential, tiny_relu_cnn
 
 
@@ -148,7 +148,7 @@ def test_load_lacs_result_keeps_the_tuple_form(model):
 
 
 def test_inverter_readout_goes_through_its_cascade(tiny_enc):
-    from adjinv.analysis.readout import LogitReadout, invert_readout
+    from adjinv.methods.readout import LogitReadout, invert_readout
 
     inv = adjinv.Inverter(tiny_enc)
     x = tiny_enc.normalize(smooth_image(32, dtype=torch.float64))

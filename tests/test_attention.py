@@ -9,7 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from adjinv.analysis.attention import (
+from adjinv.cli import main
+from adjinv.errors import AdjinvError
+from adjinv.paper.data.labelled import LabelledSet, embedded_labelled_set, image_folder
+from adjinv.paper.heads.attention import (
     HeadTrainConfig,
     HybridAttentionClassifier,
     HybridConfig,
@@ -17,9 +20,6 @@ from adjinv.analysis.attention import (
     token_peak_distance,
     train_head,
 )
-from adjinv.cli import main
-from adjinv.data.labelled import LabelledSet, embedded_labelled_set, image_folder
-from adjinv.errors import AdjinvError
 from conftest import smooth_image, staged_from_sequential, tiny_relu_cnn
 
 
@@ -214,7 +214,7 @@ def test_cli_train_head_and_experiment(tmp_path, capsys):
 
 
 def test_runner_on_a_tiny_encoder_with_split(enc32, tmp_path):
-    from adjinv.experiments.attention import AttentionConfig, run_attention
+    from adjinv.paper.runners.attention import AttentionConfig, run_attention
 
     torch.manual_seed(0)
     head = HybridAttentionClassifier(16, 3, HybridConfig(heads=2, dim=8))

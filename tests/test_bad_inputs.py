@@ -25,9 +25,9 @@ from PIL import Image
 
 from adjinv.cli import main
 from adjinv.core.inverter import AdjointInverter
-from adjinv.data.images import load_image
 from adjinv.errors import AdjinvError
 from adjinv.fileio import LOCK, MARKER, safe_name
+from adjinv.images.files import load_image
 from conftest import random_lacs, smooth_image
 
 
@@ -215,7 +215,7 @@ CASES: dict[str, Case] = {
     "lac-missing": Case("option", _inv("--lac", "no.safetensors", *FAST), 2, "no.safetensors"),
     "lac-other-encoder": Case("option", lambda w: [
         *INV, photo(w / "a.png"), W, OUT, "--encoder", "resnet18", "--random-init", "--lac",
-        Path(__file__).parents[1] / "src/adjinv/weights/efficientnet_lite0.lac.safetensors",
+        Path(__file__).parents[1] / "src/adjinv/lacs/weights/efficientnet_lite0.lac.safetensors",
         *FAST], 2, "efficientnet_lite0"),
     "unknown-option": Case("option", _inv("--frobnicate"), 2, "unrecognized arguments"),
     "no-images": Case("option", lambda w: [*INV, W, OUT], 2, "required"),
@@ -357,7 +357,7 @@ def test_full_disk_is_found_before_the_work(cli, monkeypatch):
 def test_out_of_memory_is_one_line_with_a_smaller_size(cli, monkeypatch, exc):
     def boom(*a, **k):
         raise exc
-    monkeypatch.setattr("adjinv.experiments.report.invert_one", boom)
+    monkeypatch.setattr("adjinv.viz.report.invert_one", boom)
     r = cli([*INV, photo(cli.work / "a.png"), W, OUT, "--size", "64", "--channels", "0"])
     assert r.code == 1 and "out of memory at --size 64" in r.error_lines[0]
     assert "--size 32" in r.error_lines[0]  # the suggestion
@@ -366,7 +366,7 @@ def test_out_of_memory_is_one_line_with_a_smaller_size(cli, monkeypatch, exc):
 def test_internal_error_is_one_line(cli, monkeypatch):
     def boom(*a, **k):
         raise IndexError("list index out of range")
-    monkeypatch.setattr("adjinv.experiments.report.invert_one", boom)
+    monkeypatch.setattr("adjinv.viz.report.invert_one", boom)
     r = cli([*INV, photo(cli.work / "a.png"), W, OUT, *FAST])
     assert r.code == 1 and r.error_lines[0].startswith("adjinv: internal error: IndexError")
 
@@ -578,7 +578,7 @@ def test_api_top_k_zero_and_chunk_one_finish(inverter):
 
 @pytest.mark.parametrize("size", [0, -5, 2.5, True])
 def test_api_resize_size(size):
-    from adjinv.data.images import resize_center_crop
+    from adjinv.images.files import resize_center_crop
 
     with pytest.raises(AdjinvError, match="size must be a positive integer"):
         resize_center_crop(torch.rand(3, 8, 8), size)
@@ -592,6 +592,6 @@ def test_api_max_pixels(tmp_path, max_pixels):
 
 def test_cli_pixel_limit_matches_the_loader():
     import adjinv.cli
-    import adjinv.data.images
+    import adjinv.images.files
 
-    assert adjinv.cli.DEFAULT_MAX_PIXELS == adjinv.data.images.DEFAULT_MAX_PIXELS
+    assert adjinv.cli.DEFAULT_MAX_PIXELS == adjinv.images.files.DEFAULT_MAX_PIXELS

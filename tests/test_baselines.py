@@ -7,11 +7,11 @@ import pytest
 import torch
 import torchvision
 
-from adjinv.baselines.mahendran import MVConfig, mahendran_vedaldi, robust_inversion, total_variation
-from adjinv.baselines.upconv import UpConvConfig, UpConvDecoder, train_upconv, upconv_reconstruct
 from adjinv.errors import AdjinvError
 from adjinv.metrics.lpips import load_lpips
 from adjinv.metrics.reconstruction import ssim
+from adjinv.paper.baselines.mahendran import MVConfig, mahendran_vedaldi, robust_inversion, total_variation
+from adjinv.paper.baselines.upconv import UpConvConfig, UpConvDecoder, train_upconv, upconv_reconstruct
 from conftest import smooth_image, staged_from_sequential, tiny_relu_cnn
 
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adjinv.analysis.class_directional import class_directional_inversion
-from adjinv.analysis.controls import (
+from adjinv.core.inverter import AdjointInverter
+from adjinv.methods.class_directional import class_directional_inversion
+from adjinv.methods.controls import (
     partner_derangement,
     seed_zero,
     shuffled_head_row,
     shuffled_head_weights,
 )
-from adjinv.analysis.superposition import (
+from adjinv.paper.analysis.superposition import (
     centre_rgb,
     interference_terms,
     lac_pix_floor,
@@ -21,8 +22,7 @@ from adjinv.analysis.superposition import (
     project_out,
     superposition_statistics,
 )
-from adjinv.core.inverter import AdjointInverter
-from adjinv.experiments.interference_common import bootstrap_ci
+from adjinv.paper.runners.interference_common import bootstrap_ci
 from conftest import random_lacs, smooth_image
 
 
@@ -165,7 +165,7 @@ def test_bootstrap_by_group():
 
 
 def test_variants_zero_a_dead_seeds_residue():
-    from adjinv.analysis.superposition import variants
+    from adjinv.paper.analysis.superposition import variants
 
     b = torch.tensor([0.1, -0.3, 0.7], dtype=torch.float32).view(3, 1, 1).expand(3, 8, 8)
     g = torch.Generator().manual_seed(0)

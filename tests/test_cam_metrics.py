@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from adjinv.baselines.cam import AdjointSaliency, CAMSaliency
 from adjinv.core.inverter import AdjointInverter
 from adjinv.metrics.faithfulness import (
     FaithfulnessMetric,
@@ -25,6 +24,7 @@ from adjinv.metrics.localisation import (
     pixel_accuracy,
     pointing_game,
 )
+from adjinv.paper.baselines.cam import AdjointSaliency, CAMSaliency
 from conftest import random_lacs, staged_from_sequential, tiny_relu_cnn
 
 

@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import save as st_save
 from safetensors.torch import save_file
 
-from adjinv.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank
 from adjinv.errors import AdjinvError
+from adjinv.lacs.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from adjinv.lacs.training import TrainConfig, train_lacs
 from adjinv.metrics.reconstruction import psnr, ssim
-from adjinv.training import TrainConfig, train_lacs
 from conftest import random_lacs, smooth_image, staged_from_sequential, tiny_relu_cnn
 
 
@@ -263,7 +263,7 @@ def test_psnr():
 
 
 def test_resolve_checkpoint_names_the_choices(tmp_path):
-    from adjinv.checkpoint import bundled_checkpoint, bundled_variants, resolve_checkpoint
+    from adjinv.lacs.checkpoint import bundled_checkpoint, bundled_variants, resolve_checkpoint
 
     assert resolve_checkpoint("efficientnet_lite0", None) == bundled_checkpoint("efficientnet_lite0")
     assert resolve_checkpoint("no_such_encoder", None) is None

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from adjinv.checkpoint import read_checkpoint
 from adjinv.cli import PRECISION_CHOICES, main
 from adjinv.core.precision import PRECISIONS
 from adjinv.errors import AdjinvError
+from adjinv.lacs.checkpoint import read_checkpoint
 
 
 def _photo(path, seed=0, size=(72, 90)):

@@ -8,7 +8,10 @@ import time
 import pytest
 import torch
 
-from adjinv.data.corruptions import (
+from adjinv.errors import AdjinvError
+from adjinv.images.files import resize_center_crop
+from adjinv.images.samples import sample_image
+from adjinv.paper.data.corruptions import (
     CORRUPTIONS,
     SEVERITIES,
     corrupt,
@@ -16,9 +19,6 @@ from adjinv.data.corruptions import (
     plasma_fractal,
     rgb_to_hsv,
 )
-from adjinv.data.images import resize_center_crop
-from adjinv.data.samples import sample_image
-from adjinv.errors import AdjinvError
 
 SIZE = 32
 DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate",

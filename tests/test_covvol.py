@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from adjinv.analysis.covvol import (
+from adjinv.errors import AdjinvError
+from adjinv.paper.analysis.covvol import (
     covariance_volume_select,
     energy_select,
     exhaustive_select,
@@ -16,8 +17,7 @@ from adjinv.analysis.covvol import (
     random_select,
     subset_logdet,
 )
-from adjinv.analysis.geometry import covariance
-from adjinv.errors import AdjinvError
+from adjinv.paper.analysis.geometry import covariance
 
 
 def random_cov(c: int, rank: int, seed: int, scale_spread: float = 1.0) -> torch.Tensor:

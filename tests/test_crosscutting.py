@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from adjinv import filters
-from adjinv.analysis.ecr import spearman
 from adjinv.errors import AdjinvError
+from adjinv.paper.analysis.ecr import spearman
 
 
 def test_spearman_ranks_ties_by_their_average():
@@ -65,7 +65,7 @@ def test_module_device_and_to_module():
 def test_warnings_to_log_turns_each_warning_into_a_line():
     import warnings
 
-    from adjinv.experiments.common import warnings_to_log
+    from adjinv.paper.runners.common import warnings_to_log
 
     lines: list[str] = []
     with warnings_to_log(lines.append):
@@ -96,7 +96,7 @@ def test_library_reports_through_logging(caplog, capsys):
     enc = adjinv.load_encoder("efficientnet_lite0")
     with caplog.at_level(logging.INFO, logger="adjinv"):
         adjinv.load_lacs(enc)
-    assert any(r.name == "adjinv.checkpoint" and "efficientnet_lite0" in r.getMessage()
+    assert any(r.name == "adjinv.lacs.checkpoint" and "efficientnet_lite0" in r.getMessage()
                for r in caplog.records)
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""  # nothing printed

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from adjinv.distributed import rank_world, shard
-from adjinv.training import TrainConfig, train_lacs
+from adjinv.lacs.training import TrainConfig, train_lacs
 from conftest import smooth_image, staged_from_sequential, tiny_relu_cnn
 
 CFG = {"steps": 3, "size": 32, "lr": 0.05, "batch_size": 4, "checkpoint_every": 1, "seed": 2}
@@ -118,7 +118,7 @@ def _invert(data, out):
     from pathlib import Path
 
     from adjinv.core.inverter import AdjointInverter
-    from adjinv.experiments.invert_dataset import DatasetConfig, run
+    from adjinv.paper.runners.invert_dataset import DatasetConfig, run
     from conftest import random_lacs
 
     enc = staged_from_sequential(tiny_relu_cnn(seed=0).double())
@@ -164,7 +164,7 @@ def _killable_worker(rank: int, world: int, port: int, data: str, out: str, hold
     announces its second one (the file ``hold``) and stays inside it until it is killed."""
     import time
 
-    import adjinv.experiments.invert_dataset as idm
+    import adjinv.paper.runners.invert_dataset as idm
 
     if hold and rank == 1:
         real, calls = idm.invert_shard, []
@@ -268,9 +268,9 @@ def test_share_work_in_one_process_does_nothing():
 
 
 def _recon_setup(root):
-    from adjinv.checkpoint import save_checkpoint
-    from adjinv.experiments.reconstruction import ReconstructionConfig
     from adjinv.fileio import save_png
+    from adjinv.lacs.checkpoint import save_checkpoint
+    from adjinv.paper.runners.reconstruction import ReconstructionConfig
 
     for sub, names in (("train", ["t0", "t1"]), ("held", ["h0", "h1", "h2"])):
         (root / sub).mkdir()
@@ -290,7 +290,7 @@ def _recon_setup(root):
 
 
 def _recon(cfg, out):
-    from adjinv.experiments import reconstruction as rec
+    from adjinv.paper.runners import reconstruction as rec
 
     # the figures are not what is compared here, and drawing them is most of the time
     figure, curve_plot = rec._figure, rec._curve_plot
@@ -308,7 +308,7 @@ def _recon_worker(rank: int, world: int, port: int, cfg, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=300))
-    from adjinv.experiments import reconstruction as rec
+    from adjinv.paper.runners import reconstruction as rec
 
     real, computed = rec._Runner.compute, []
 
@@ -378,11 +378,11 @@ def test_reconstruction_two_processes_equal_one(tmp_path):
 
 
 def _interference(out):
-    import adjinv.experiments.fg_paradox as fgm
-    from adjinv.experiments.cam_compare import CamCompareConfig, run_cam_compare
-    from adjinv.experiments.fg_paradox import FGParadoxConfig, run_fg_paradox
-    from adjinv.experiments.ood import OODConfig, run_ood
-    from adjinv.experiments.superposition import SuperpositionConfig, run_superposition
+    import adjinv.paper.runners.fg_paradox as fgm
+    from adjinv.paper.runners.cam_compare import CamCompareConfig, run_cam_compare
+    from adjinv.paper.runners.fg_paradox import FGParadoxConfig, run_fg_paradox
+    from adjinv.paper.runners.ood import OODConfig, run_ood
+    from adjinv.paper.runners.superposition import SuperpositionConfig, run_superposition
     from conftest import random_lacs
 
     enc = staged_from_sequential(tiny_relu_cnn(seed=0))
@@ -407,7 +407,7 @@ def _interference(out):
 def _interference_worker(rank: int, world: int, port: int, out: str) -> None:
     from pathlib import Path
 
-    from adjinv.experiments import fg_paradox, superposition
+    from adjinv.paper.runners import fg_paradox, superposition
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -463,7 +463,7 @@ def test_per_image_runners_two_processes_equal_one(tmp_path):
     assert json.dumps(fg1["encoders"][0]["summary"]) == json.dumps(fg2["encoders"][0]["summary"])
     assert json.dumps(sp1["images"]) == json.dumps(sp2["images"])
     assert json.dumps(sp1["summary"]) == json.dumps(sp2["summary"])
-    fg_name, sp_name = "adjinv.experiments.fg_paradox", "adjinv.experiments.superposition"
+    fg_name, sp_name = "adjinv.paper.runners.fg_paradox", "adjinv.paper.runners.superposition"
     c0, c1 = ranks[0]["computed"], ranks[1]["computed"]
     assert c0.count(fg_name) + c1.count(fg_name) == 5 and c1.count(fg_name) == 2  # 4 shared + image 0
     assert c0.count(sp_name) == 3 and c1.count(sp_name) == 2

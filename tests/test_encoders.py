@@ -13,11 +13,11 @@ import adjinv
 from adjinv.core.cascade import channel_seeds
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank
-from adjinv.data.images import stack_images
-from adjinv.data.samples import sample_image
 from adjinv.encoders import registry
 from adjinv.encoders.efficientnet_lite import EfficientNetLite
 from adjinv.errors import AdjinvError
+from adjinv.images.files import stack_images
+from adjinv.images.samples import sample_image
 from conftest import (
     inplace_bn_cnn,
     module_state,
@@ -302,7 +302,7 @@ def test_heads_that_are_not_a_plain_linear_chain(cls):
 
 def test_gradient_alpha_equals_the_linear_head_alpha():
     """For a linear head on GAP, α from the logit gradient is W_{k,c}·g_c exactly."""
-    from adjinv.analysis.class_directional import class_directional_weights, gradient_class_weights
+    from adjinv.methods.class_directional import class_directional_weights, gradient_class_weights
 
     enc = staged_from_sequential(tiny_relu_cnn(seed=2).double())
     torch.manual_seed(0)

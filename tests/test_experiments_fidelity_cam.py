@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from adjinv.cli import build_parser
-from adjinv.experiments.cam_compare import CamCompareConfig, run_cam_compare
-from adjinv.experiments.fidelity import FidelityConfig, run_fidelity
+from adjinv.paper.runners.cam_compare import CamCompareConfig, run_cam_compare
+from adjinv.paper.runners.fidelity import FidelityConfig, run_fidelity
 from conftest import smooth_image, staged_from_sequential, tiny_relu_cnn
 
 
@@ -90,7 +90,7 @@ def test_cli_help_and_registration(capsys):
 
 
 def test_sobel_edges():
-    from adjinv.baselines.cam import sobel_magnitude
+    from adjinv.paper.baselines.cam import sobel_magnitude
 
     flat = torch.full((1, 3, 16, 16), 0.3)
     assert float(sobel_magnitude(flat).abs().max()) == 0

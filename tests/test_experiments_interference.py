@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from adjinv.cli import build_parser, main
-from adjinv.experiments.ecr import ECRConfig, run_ecr
-from adjinv.experiments.fg_paradox import FGParadoxConfig, run_fg_paradox
-from adjinv.experiments.superposition import SuperpositionConfig, run_superposition
+from adjinv.paper.runners.ecr import ECRConfig, run_ecr
+from adjinv.paper.runners.fg_paradox import FGParadoxConfig, run_fg_paradox
+from adjinv.paper.runners.superposition import SuperpositionConfig, run_superposition
 from conftest import random_lacs, staged_from_sequential, tiny_relu_cnn
 
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from adjinv.checkpoint import read_checkpoint
 from adjinv.cli import main
+from adjinv.lacs.checkpoint import read_checkpoint
 
 SRC = str(Path(__file__).parents[1] / "src")
 

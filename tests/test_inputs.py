@@ -9,8 +9,8 @@ from PIL import Image
 
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.validate import check_input
-from adjinv.data.images import array_to_tensor, list_images, load_image
 from adjinv.errors import AdjinvError
+from adjinv.images.files import array_to_tensor, list_images, load_image
 from conftest import smooth_image
 
 
@@ -118,7 +118,7 @@ def test_arrays_grayscale_and_rgba():
 @pytest.mark.parametrize("mode", ["P", "CMYK"])
 def test_other_colour_modes_are_not_misnamed(tmp_path, mode):
     """BUG: a palette PNG is reported as "grayscale" and a CMYK JPEG as "RGBA" (the
-    strict check in data/images.py looks only at the array shape, not at PIL's mode)."""
+    strict check in images/files.py looks only at the array shape, not at PIL's mode)."""
     rgb = Image.fromarray((np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8))
     img = rgb.convert(mode)
     p = tmp_path / ("x.png" if mode == "P" else "x.jpg")

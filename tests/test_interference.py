@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import torch
 
-from adjinv.analysis.class_directional import (
+from adjinv.core.inverter import AdjointInverter
+from adjinv.methods.class_directional import (
     class_directional_inversion,
     foreground_energy,
     mask_area_ratio,
 )
-from adjinv.analysis.controls import (
+from adjinv.methods.controls import (
     randomized_encoder,
     seed_zero,
     swapped_channel_inversions,
     swapped_class_directional,
 )
-from adjinv.analysis.ecr import (
+from adjinv.paper.analysis.ecr import (
     ablate_gap,
     ablation_curve,
     ablation_order,
     ecr_ablation,
     energy_concentration_ratio,
 )
-from adjinv.analysis.superposition import (
+from adjinv.paper.analysis.superposition import (
     inter_channel_variance,
     rank_one_subtract,
     superposition_statistics,
 )
-from adjinv.core.inverter import AdjointInverter
 from conftest import random_lacs, smooth_image
 
 

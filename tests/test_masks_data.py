@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from adjinv.data.composites import composite_set
-from adjinv.data.masks import CUB200, ImageMaskFolder, OxfordPetMasks, open_masked
 from adjinv.errors import AdjinvError
+from adjinv.paper.data.composites import composite_set
+from adjinv.paper.data.masks import CUB200, ImageMaskFolder, OxfordPetMasks, open_masked
 
 
 def _img(path, h=40, w=60, seed=0):
@@ -77,8 +77,8 @@ def test_pet_trimaps(tmp_path):
 def test_pet_foreground_is_one_definition(tmp_path):
     """Trimap 1 = pet, 2 = background, 3 = border: the masked datasets and the evaluation
     sets of the runners read the same foreground (the pet alone) from the same files."""
-    from adjinv.data.masks import pet_foreground, read_pet_trimap
-    from adjinv.experiments.evalsets import open_eval_set
+    from adjinv.paper.data.evalsets import open_eval_set
+    from adjinv.paper.data.masks import pet_foreground, read_pet_trimap
 
     t = torch.tensor([[1, 2, 3]])
     assert pet_foreground(t).tolist() == [[True, False, False]]

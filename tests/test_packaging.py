@@ -45,8 +45,8 @@ def test_core_install_imports_and_inverts_and_names_each_extra():
         print("loaded", sorted(m for m in sys.modules if m.split(".")[0] in OPTIONAL
                                and sys.modules[m] is not None))
 
-        from adjinv.baselines.cam import CAMSaliency
-        from adjinv.data import sample_image
+        from adjinv.paper.baselines.cam import CAMSaliency
+        from adjinv.images import sample_image
         from adjinv.viz.figures import subplots
 
         calls = {"encoder": lambda: adjinv.load_encoder("efficientnet_lite0"),

@@ -10,20 +10,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adjinv.analysis.crisis import crisis_stats, diagnose_path, eq1_bound_deg, lattice_shares
-from adjinv.analysis.duality import (
+from adjinv.core.cascade import AdjointCascade
+from adjinv.core.inverter import AdjointInverter
+from adjinv.core.lac import LACBank
+from adjinv.errors import AdjinvError
+from adjinv.paper.analysis.crisis import crisis_stats, diagnose_path, eq1_bound_deg, lattice_shares
+from adjinv.paper.analysis.duality import (
     duality_study,
     inversion_log_volume,
     log_volume,
     pool_geometry,
     random_subsets,
 )
-from adjinv.analysis.lac_stats import inversion_norm_spread, lac_parameter_report, pixel_median
-from adjinv.analysis.support import support_leak
-from adjinv.core.cascade import AdjointCascade
-from adjinv.core.inverter import AdjointInverter
-from adjinv.core.lac import LACBank
-from adjinv.errors import AdjinvError
+from adjinv.paper.analysis.lac_stats import inversion_norm_spread, lac_parameter_report, pixel_median
+from adjinv.paper.analysis.support import support_leak
 from conftest import random_lacs, smooth_image
 
 
@@ -93,9 +93,29 @@ def test_support_leak_zero_for_relu_positive_for_gelu():
     g = support_leak(gelu, x, list(range(6)))
     assert r.energy_outside == 0.0 and r.negative_share == 0.0
     assert r.pixels_outside > 0.3  # not vacuous: the field leaves much of the image out
+    assert 0.5 < r.field_covered <= 1.0  # Remark 2: v is non-zero on (nearly) all of its field
     assert g.energy_outside > 1e-3 and g.negative_share > 0
     with pytest.raises(AdjinvError):
         support_leak(relu, torch.cat([x, x]), [0])
+
+
+def test_field_coverage_sees_a_cancellation():
+    """Remark 2's statistic can fail: on a ramp, z(q) = x(q) − x(q+1) is the same at every
+    position, so v(p) = A(p) − A(p−1) cancels exactly inside the field (the probe's random
+    weights do not cancel)."""
+    conv = nn.Conv2d(3, 1, (1, 2), bias=False).double()
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0], conv.weight[0, 0, 0, 1] = 1.0, -1.0
+    net = nn.Sequential(conv, nn.ReLU()).eval()
+    x = torch.rand(1, 3, 6, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[0, 0] = -torch.arange(12, dtype=torch.float64)  # integer steps: z = 1 exactly
+    r = support_leak(net, x, [0])
+    assert r.energy_outside == 0.0
+    assert r.field_covered == pytest.approx(2 / 12)  # only the two border pixels per row
+    x[0, 0] = torch.rand(6, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x[0, 0, :, ::2] += 2.0  # alternating: every other position active, no cancellation
+    assert support_leak(net, x, [0]).field_covered == 1.0
 
 
 # ----------------------------------------------------------------------------- Lemma B.1, C.5
@@ -174,8 +194,8 @@ def test_duality_study_agrees_when_phi_is_built_from_gap():
 
 # ----------------------------------------------------------------------------- source depth
 def test_depth_profile_one_value_per_stage(tiny_enc):
-    from adjinv.analysis.depth import depth_increases, depth_profile
     from adjinv.metrics.likeness import pearson_rgb
+    from adjinv.paper.analysis.depth import depth_increases, depth_profile
 
     x = tiny_enc.normalize(smooth_image(32, batch=2, seed=4)).double()
     inv = AdjointInverter(tiny_enc, random_lacs(tiny_enc), chunk_size=8)
@@ -188,7 +208,7 @@ def test_depth_profile_one_value_per_stage(tiny_enc):
 
 
 def test_depth_profiles_share_one_inversion(tiny_enc):
-    from adjinv.analysis.depth import depth_profiles, l1_error
+    from adjinv.paper.analysis.depth import depth_profiles, l1_error
 
     x = tiny_enc.normalize(smooth_image(32, batch=2, seed=5)).double()
     inv = AdjointInverter(tiny_enc, random_lacs(tiny_enc), chunk_size=8)

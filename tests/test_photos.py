@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from adjinv.data.photos import HELDOUT, SPLITS, TRAIN, VALIDATION, photo, split_photos
 from adjinv.errors import AdjinvError
+from adjinv.images.photos import HELDOUT, SPLITS, TRAIN, VALIDATION, photo, split_photos
 
 
 def test_splits_are_disjoint_by_photo():

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from adjinv.analysis.geometry import (
+from adjinv.errors import AdjinvError
+from adjinv.paper.analysis.geometry import (
     covariance,
     effective_rank,
     geometry_indicators,
@@ -15,8 +16,7 @@ from adjinv.analysis.geometry import (
     mmd2_unbiased,
     normalised_volume,
 )
-from adjinv.analysis.probe import LinearProbe, ProbeConfig, probe_accuracy
-from adjinv.errors import AdjinvError
+from adjinv.paper.heads.probe import LinearProbe, ProbeConfig, probe_accuracy
 
 
 def blobs(n: int = 60, c: int = 12, k: int = 3, seed: int = 0, sep: float = 2.0):
@@ -148,8 +148,8 @@ def test_mmd_subsampling_bounds_memory():
 
 
 def test_ood_controls_are_scale_free_where_they_should_be():
-    from adjinv.analysis.covvol import subset_logdet
-    from adjinv.analysis.geometry import correlation_logdet, random_subsets, shift_controls
+    from adjinv.paper.analysis.covvol import subset_logdet
+    from adjinv.paper.analysis.geometry import correlation_logdet, random_subsets, shift_controls
 
     g = torch.Generator().manual_seed(0)
     f = torch.randn(60, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 12, generator=g,

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adjinv.analysis.attention import HybridAttentionClassifier, HybridConfig
-from adjinv.analysis.readout import (
+from adjinv.core.inverter import AdjointInverter
+from adjinv.errors import AdjinvError
+from adjinv.methods.readout import (
     BlockEnergy,
     LogitReadout,
     TokenEnergy,
     invert_readout,
     invert_readouts,
 )
-from adjinv.core.inverter import AdjointInverter
-from adjinv.errors import AdjinvError
+from adjinv.paper.heads.attention import HybridAttentionClassifier, HybridConfig
 from conftest import random_lacs, reference_psi, smooth_image
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adjinv.checkpoint import load_checkpoint, save_checkpoint
 from adjinv.core.inverter import AdjointInverter, reference_input
 from adjinv.core.lac import LACBank
 from adjinv.core.simplex import simplex_measure
 from adjinv.errors import AdjinvError
-from adjinv.training import TrainConfig, lac_step, train_lacs
+from adjinv.lacs.checkpoint import load_checkpoint, save_checkpoint
+from adjinv.lacs.training import TrainConfig, lac_step, train_lacs
 from conftest import random_lacs, smooth_image
 
 
@@ -68,7 +68,7 @@ def test_reference_objective_trains_and_refuses_a_mismatch(tiny_enc):
 
 def test_cli_offers_every_objective():
     from adjinv.cli import build_parser
-    from adjinv.training import OBJECTIVES
+    from adjinv.lacs.training import OBJECTIVES
 
     p = build_parser()
     for obj in OBJECTIVES:
@@ -78,8 +78,8 @@ def test_cli_offers_every_objective():
 
 
 def test_crisis_diagnosis_refuses_reference_lacs(tiny_enc):
-    from adjinv.analysis.crisis import diagnose_path
     from adjinv.core.cascade import AdjointCascade
+    from adjinv.paper.analysis.crisis import diagnose_path
 
     x = tiny_enc.normalize(smooth_image(32, dtype=torch.float64))
     with pytest.raises(AdjinvError, match="reference linearisation"):

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from adjinv.checkpoint import load_checkpoint, read_checkpoint
 from adjinv.core.inverter import AdjointInverter
 from adjinv.core.lac import LACBank
 from adjinv.errors import AdjinvError
-from adjinv.training import (
+from adjinv.lacs.checkpoint import load_checkpoint, read_checkpoint
+from adjinv.lacs.training import (
     TrainConfig,
     freeze_for_objective,
     kept_checkpoints,

@@ -1,15 +1,5 @@
 """adjinv: hallucination-free adjoint inversion of CNN classifiers (LAC cascade)."""
 
-from .analysis.attention import HybridAttentionClassifier
-from .analysis.class_directional import (
-    class_directional_inversion,
-    foreground_energy,
-    mask_area_ratio,
-)
-from .analysis.covvol import covariance_volume_select
-from .analysis.ecr import ecr_ablation, energy_concentration_ratio
-from .analysis.readout import ReadoutInversion, invert_readout, invert_readouts
-from .analysis.superposition import superposition_statistics
 from .api import Inverter
 from .core.cascade import AdjointCascade
 from .core.inverter import AdjointInverter, Inversion
@@ -25,7 +15,13 @@ from .encoders import (
     load_encoder,
 )
 from .errors import AdjinvError
-from .pretrained import LoadedLACs, load_inverter, load_lacs
+from .lacs.bundled import LoadedLACs, load_inverter, load_lacs
+from .methods.class_directional import (
+    class_directional_inversion,
+    foreground_energy,
+    mask_area_ratio,
+)
+from .methods.readout import ReadoutInversion, invert_readout, invert_readouts
 
 __version__ = "0.1.0"
 
@@ -33,7 +29,6 @@ __all__ = [
     "AdjinvError",
     "AdjointCascade",
     "AdjointInverter",
-    "HybridAttentionClassifier",
     "Inversion",
     "Inverter",
     "LACBank",
@@ -45,9 +40,6 @@ __all__ = [
     "StageDict",
     "StagedEncoder",
     "class_directional_inversion",
-    "covariance_volume_select",
-    "ecr_ablation",
-    "energy_concentration_ratio",
     "encoder_from_module",
     "foreground_energy",
     "invert_readout",
@@ -58,5 +50,4 @@ __all__ = [
     "load_lacs",
     "mask_area_ratio",
     "simplex_measure",
-    "superposition_statistics",
 ]

@@ -21,15 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .analysis.class_directional import MODES, class_directional_weights
-from .analysis.readout import Readout, ReadoutInversion, invert_readout
 from .core.inverter import AdjointInverter, Inversion, Progress
 from .core.lac import LACBank
 from .encoders.auto import encoder_from_module
 from .encoders.registry import load_encoder
 from .encoders.staged import StagedEncoder
 from .errors import AdjinvError
-from .pretrained import IDENTITY_SOURCE, LoadedLACs, load_lacs
+from .lacs.bundled import IDENTITY_SOURCE, LoadedLACs, load_lacs
+from .methods.class_directional import MODES, class_directional_weights
+from .methods.readout import Readout, ReadoutInversion, invert_readout
 from .state import to_module
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Inverter(nn.Module):
         lacs: ``None`` (default): the checkpoint bundled for this encoder, else identity
             LACs with a warning; ``"identity"``: identity LACs (γ=1, β=0) without one;
             a path to a LAC checkpoint; the name of another checkpoint bundled for the
-            encoder (:func:`adjinv.checkpoint.bundled_variants`, e.g. ``"paper"``); a
+            encoder (:func:`adjinv.lacs.checkpoint.bundled_variants`, e.g. ``"paper"``); a
             :class:`LACBank`; or what :func:`adjinv.load_lacs` returned.
         normalize: if True, inputs are images in [0, 1] and are normalised with the
             encoder's mean/std inside the call; if False (default) they are already in the
@@ -82,7 +82,7 @@ class Inverter(nn.Module):
         """``x`` as the encoder's normalised input (B, 3, H, W) on its device and dtype."""
         if not isinstance(x, torch.Tensor):
             raise AdjinvError(f"expected a torch.Tensor image batch, got {type(x).__name__}; "
-                              "load files with adjinv.data.load_image")
+                              "load files with adjinv.images.load_image")
         if self.normalize and x.is_floating_point() and x.dim() in (3, 4) and x.shape[-3] == 3:
             lo, hi = float(x.min()), float(x.max())
             if lo < -1e-3 or hi > 1 + 1e-3:
@@ -166,7 +166,7 @@ class Inverter(nn.Module):
     def readout(self, x: torch.Tensor, readout: Readout, *, split: bool = False,
                 top_k: int = 0) -> ReadoutInversion:
         """Any scalar readout of the deepest features, pulled back through this inverter's
-        cascade (docs/method.md §12; :func:`adjinv.analysis.readout.invert_readout`)."""
+        cascade (docs/method.md §12; :func:`adjinv.methods.readout.invert_readout`)."""
         return invert_readout(self.inverter, None, self.prepare(x), readout, split=split,
                               top_k=top_k)
 

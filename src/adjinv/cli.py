@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # adjinv.core.precision.PRECISIONS, spelled out so that parsing does not import torch
 PRECISION_CHOICES = ("float32", "tf32", "fp16", "bf16")
 MIN_SIZE, MAX_SIZE = 16, 4096  # --size bounds; the encoder's total stride is checked on load
-DEFAULT_MAX_PIXELS = 89_478_485  # adjinv.data.images.DEFAULT_MAX_PIXELS (Pillow's threshold)
+DEFAULT_MAX_PIXELS = 89_478_485  # adjinv.images.files.DEFAULT_MAX_PIXELS (Pillow's threshold)
 
 
 class RunFailed(Exception):
@@ -144,7 +144,7 @@ def _load_encoder(args: argparse.Namespace):
 
 
 def _load(args: argparse.Namespace):
-    from .pretrained import load_lacs
+    from .lacs.bundled import load_lacs
 
     enc = _load_encoder(args)
     with captured_warnings(_warn):
@@ -156,7 +156,7 @@ def _load(args: argparse.Namespace):
 def _check_constant(enc: StagedEncoder, images: dict, size: int) -> None:
     """Refuse (near-)constant images after resizing, before any output is written."""
     from .core.validate import near_constant
-    from .data.images import resize_center_crop
+    from .images.files import resize_center_crop
 
     for name, img in images.items():
         if near_constant(enc.normalize(resize_center_crop(img, size))[None]):
@@ -169,8 +169,8 @@ def _check_constant(enc: StagedEncoder, images: dict, size: int) -> None:
 def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     import html
 
-    from .experiments.report import ReportConfig, deepest_acts, invert_one, write_index
     from .fileio import OutputFolder, inside
+    from .viz.report import ReportConfig, deepest_acts, invert_one, write_index
 
     device = _device(args.device)
     enc, lacs, vanilla, source = _load(args)
@@ -295,7 +295,7 @@ def _unique_names(paths: list[str]) -> dict[str, Path]:
 
 def cmd_invert(args: argparse.Namespace) -> None:
     """``adjinv invert``."""
-    from .data.images import load_image
+    from .images.files import load_image
 
     with captured_warnings(_warn):
         images = {n: load_image(p, mode="convert", max_pixels=args.max_pixels)
@@ -305,7 +305,7 @@ def cmd_invert(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """``adjinv demo``."""
-    from .data.photos import HELDOUT, photo
+    from .images.photos import HELDOUT, photo
 
     names = HELDOUT[: args.images] if args.images else HELDOUT
     _run_report(args, {n: photo(n) for n in names},
@@ -317,10 +317,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     """``adjinv train``."""
     tqdm = require("tqdm", "the progress bar").tqdm
 
-    from .data.images import list_images, load_image
-    from .data.photos import split_photos
     from .distributed import init_from_env, is_main, launch
-    from .training import TrainConfig, train_lacs
+    from .images.files import list_images, load_image
+    from .images.photos import split_photos
+    from .lacs.training import TrainConfig, train_lacs
 
     if args.nproc > 1:  # relaunch this command as N local processes (torchrun --standalone)
         code = launch(args.nproc, _without_option(sys.argv[1:], "--nproc"))
@@ -383,7 +383,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"trained {enc.name} LACs ({cfg.objective} objective) for {len(losses)} steps: l1 loss "
           f"{first:.4f} (first 5) -> {last:.4f} (last 5); wrote {out} and its log beside it")
     if args.export:
-        from .checkpoint import export_checkpoint
+        from .lacs.checkpoint import export_checkpoint
 
         print(f"exported γ/β and the vanilla map (no optimiser state) to "
               f"{export_checkpoint(out, args.export)}")
@@ -420,8 +420,8 @@ def _check_checkpoint_path(path: str, option: str) -> Path:
 
 def cmd_encoders(args: argparse.Namespace) -> None:
     """``adjinv encoders``."""
-    from .checkpoint import bundled_checkpoint
     from .encoders import list_encoders
+    from .lacs.checkpoint import bundled_checkpoint
 
     for n in list_encoders():
         tag = "bundled weights + LACs" if bundled_checkpoint(n) else "weights: local file"
@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("images", nargs="+", help="image files (PNG, JPEG, …)")
             p.add_argument("--out", required=True, help="output folder")
         else:
-            from .data.photos import HELDOUT
+            from .images.photos import HELDOUT
 
             p.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
             p.add_argument("--images", type=_int_in(0, len(HELDOUT)), default=0,
@@ -532,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encoders", help="list the registered encoders")
     p.set_defaults(func=cmd_encoders)
 
-    from .experiments.commands import register_commands
+    from .paper.runners.commands import register_commands
 
     register_commands(sub)
     return ap

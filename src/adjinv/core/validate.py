@@ -32,7 +32,7 @@ def check_input(x: object, encoder: StagedEncoder, *, allow_constant: bool = Fal
     on the encoder's device and dtype."""
     if not isinstance(x, torch.Tensor):
         raise AdjinvError(f"expected a torch.Tensor image batch, got {type(x).__name__}; "
-                          "load files with adjinv.data.load_image")
+                          "load files with adjinv.images.load_image")
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.dim() != 4:

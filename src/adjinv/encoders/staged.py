@@ -104,7 +104,7 @@ class ModuleHead(nn.Module):
     """Any differentiable head ``z = h(A_L)`` on the deepest map: an MLP after pooling
     (VGG, MobileNetV3, AlexNet), a convolutional classifier (SqueezeNet), pooling done in
     the model's forward. Class-directional weights then come from the logit's gradient
-    (:func:`adjinv.analysis.class_directional.class_directional_weights`)."""
+    (:func:`adjinv.methods.class_directional.class_directional_weights`)."""
 
     module: nn.Module
 

@@ -1,0 +1,1 @@
+"""Datasets, spec strings, corruptions and composites of the paper's experiments."""

@@ -1,0 +1,1 @@
+"""Heads trained on frozen features: the linear probe and the hybrid attention classifier."""

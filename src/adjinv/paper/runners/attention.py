@@ -1,0 +1,597 @@
+"""Sec. 3.5 / C.9: attention heads through the unchanged LAC cascade.
+
+``adjinv train-head`` trains a :class:`HybridAttentionClassifier` on a labelled set;
+``adjinv experiment attention`` visualises block energies ``‖T_b‖²`` (layer-wise),
+token energies ``‖T_{b,t}‖²`` (per token, at an early and a deep block) and the
+head's top logit with the trained LACs, and measures how close each token map's
+energy peak lies to the token's own grid position against a shuffled reference
+(the paper's "adjacent tokens attend to neighbouring regions", as a number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...core.lac import LACBank
+from ...core.validate import check_input
+from ...encoders.staged import StagedEncoder
+from ...errors import AdjinvError
+from ...fileio import atomic_write_json, atomic_write_text, safe_name, save_png
+from ...images.files import resize_center_crop
+from ...methods.readout import BlockEnergy, LogitReadout, TokenEnergy, invert_readouts
+from ...viz.display import robust_minmax
+from ...viz.figures import image_row, token_mosaic
+from ...viz.html import figure, page, table
+from ..data.labelled import LabelledSet
+from ..heads.attention import (
+    HeadTrainConfig,
+    HeadTraining,
+    HybridAttentionClassifier,
+    HybridConfig,
+    TokenPeaks,
+    load_head,
+    smooth_energy,
+    summarize,
+    token_energy_maps,
+    token_peak_distance,
+    train_head,
+)
+from .common import environment, warnings_to_log
+from .interference_common import portable_path
+
+EPILOG_TRAIN_HEAD = """example:
+  adjinv train-head --out head.safetensors            # embedded labelled set (bundled photos)
+  adjinv train-head --images labelled/ --size 224 --steps 300 --out head.safetensors --resume
+  (labelled/ holds one sub-folder of images per class: labelled/cat/*.jpg, labelled/dog/*.jpg)
+"""
+EPILOG_ATTENTION = """example:
+  adjinv experiment attention --out attention-out     # trains a head on the embedded set first
+  adjinv experiment attention --head head.safetensors --images a.jpg b.jpg --out att-out
+"""
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class AttentionConfig:
+    """What ``adjinv experiment attention`` computes per image."""
+
+    size: int = 128
+    token_blocks: list[int] = field(default_factory=lambda: [0, -1])
+    window: int | None = None
+    seed: int = 0
+    chunk_size: int | None = None
+    split: bool = False
+    control_untrained: bool = False
+
+
+# ----------------------------------------------------------------------------- runner
+def _block_index(b: int, n: int) -> int:
+    s = b + n if b < 0 else b
+    if not 0 <= s < n:
+        raise AdjinvError(f"block {b} out of range for a head with {n} attention blocks")
+    return s
+
+
+def _peaks_json(tp: TokenPeaks, i: int, grid: tuple[int, int]) -> list[dict]:
+    out = []
+    for t in range(grid[0] * grid[1]):
+        out.append({"token": t, "grid": tp.grid[t].tolist(),
+                    "peak_px": tp.peak_px[i, t].tolist(),
+                    "peak_grid": [round(float(v), 4) for v in tp.peak_grid[i, t]],
+                    "distance_tokens": float(tp.distance[i, t]),
+                    "distance_px": float(tp.distance_px[i, t]),
+                    "shuffled_tokens": float(tp.shuffled[i, t]),
+                    "others_mean_tokens": float(tp.others_mean[i, t]),
+                    "own_cell": bool(tp.own_cell[i, t]),
+                    "own_energy": float(tp.own_energy[i, t]),
+                    "shuffled_energy": float(tp.shuffled_energy[i, t])})
+    return out
+
+
+def _locality_summary(tps: list, pixel: list, t: int) -> dict:
+    """Per-block statistics over every token map of every image."""
+    def cat(name: str, src: list) -> torch.Tensor:
+        return torch.cat([getattr(p, name).flatten().double().cpu() for p in src])
+
+    return {
+        "window_px": tps[0].window,
+        "distance_tokens": summarize(cat("distance", tps)),
+        "distance_px": summarize(cat("distance_px", tps)),
+        "shuffled_tokens": summarize(cat("shuffled", tps)),
+        "others_mean_tokens": summarize(cat("others_mean", tps)),
+        "own_cell_rate": float(cat("own_cell", tps).mean()),
+        "closer_than_shuffled": float((cat("distance", tps) < cat("shuffled", tps)).double().mean()),
+        "own_energy_above_shuffled": float((cat("own_energy", tps) > cat("shuffled_energy", tps))
+                                           .double().mean()),
+        "own_cell_rate_chance": 1.0 / t,
+        "own_energy": summarize(cat("own_energy", tps)),
+        "shuffled_energy": summarize(cat("shuffled_energy", tps)),
+        "uniform_energy": 1.0 / t,
+        "pixel_argmax": {"window_px": 1,
+                         "distance_tokens": summarize(cat("distance", pixel)),
+                         "shuffled_tokens": summarize(cat("shuffled", pixel))},
+    }
+
+
+def visualise_image(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAttentionClassifier,
+                    name: str, image: torch.Tensor, out: Path, cfg: AttentionConfig,
+                    progress: Progress | None = None) -> tuple[dict, dict]:
+    """Layer-wise and per-token maps of one image (3, H, W) in [0, 1]; PNGs into ``out``.
+    Returns the image's JSON record and its :class:`TokenPeaks` per block."""
+    t0 = time.perf_counter()
+    img = resize_center_crop(image, cfg.size)
+    x = encoder.normalize(img)[None]
+    nb = len(head.blocks)
+    tok_blocks = sorted({_block_index(b, nb) for b in cfg.token_blocks})
+    with torch.no_grad(), encoder.frozen():
+        a = encoder.forward_stages(check_input(x, encoder))[-1]
+    h, w = int(a.shape[-2]), int(a.shape[-1])
+    n_tok = h * w
+    layer_ro: dict = {f"block{b}": BlockEnergy(head, b) for b in range(nb)}
+    layer_ro["logit"] = LogitReadout(head)
+    token_ro = {f"block{b}/token{t}": TokenEnergy(head, b, t) for b in tok_blocks for t in range(n_tok)}
+    if cfg.split:
+        res = invert_readouts(encoder, lacs, x, layer_ro, split=True, chunk_size=cfg.chunk_size)
+        res.update(invert_readouts(encoder, lacs, x, token_ro, chunk_size=cfg.chunk_size))
+    else:
+        res = invert_readouts(encoder, lacs, x, {**layer_ro, **token_ro}, chunk_size=cfg.chunk_size)
+    if progress is not None:
+        progress(1, 1)
+    with torch.no_grad():
+        probs = head.classify(encoder, x).softmax(1)[0]
+    k = int(probs.argmax())
+    out.mkdir(parents=True, exist_ok=True)
+    img = img.to(res["logit"].psi)
+    save_png(out / "input.png", img)
+    win = cfg.window if cfg.window is not None else max(1, cfg.size // h)
+    layers, shown, titles = {}, [img], ["input"]
+    heat: list[torch.Tensor | None] = [None]
+    for b in range(nb):
+        r = res[f"block{b}"]
+        fn = f"layer_block{b}.png"
+        save_png(out / fn, robust_minmax(r.psi[0]))
+        layers[str(b)] = {"readout": "||T_b||^2", "value": float(r.value[0]), "file": fn}
+        if r.split is not None:
+            layers[str(b)]["split_file"] = f"layer_block{b}_split.png"
+            save_png(out / f"layer_block{b}_split.png", robust_minmax(r.split[0]))
+        shown.append(robust_minmax(r.psi[0]))
+        heat.append(smooth_energy(token_energy_maps(r.psi[0]), win))
+        titles.append(f"Ψ_L(∂‖T_{b}‖²/∂A_L)")
+    lg = res["logit"]
+    save_png(out / "logit.png", robust_minmax(lg.psi[0]))
+    files = {"input": "input.png", "figure": "figure6_layers.png", "logit": "logit.png"}
+    if lg.split is not None:
+        save_png(out / "logit_split.png", robust_minmax(lg.split[0]))
+        files["logit_split"] = "logit_split.png"
+    shown.append(robust_minmax(lg.psi[0]))
+    heat.append(smooth_energy(token_energy_maps(lg.psi[0]), win))
+    titles.append(f"Ψ_L(∂z_k/∂A_L), k={head.classes[k]}")
+    image_row(out / "figure6_layers.png", shown, titles, heat)
+    tokens, peaks = {}, {}
+    for b in tok_blocks:
+        maps = torch.stack([res[f"block{b}/token{t}"].psi[0] for t in range(n_tok)])[None]
+        tp = token_peak_distance(maps, (h, w), window=cfg.window, seed=cfg.seed + b)
+        px = token_peak_distance(maps, (h, w), window=1, seed=cfg.seed + b)
+        peaks[b] = (tp, px)
+        fn = f"tokens_block{b}.png"
+        token_mosaic(out / fn, smooth_energy(token_energy_maps(maps[0]), tp.window), (h, w),
+                     tp.peak_px[0], f"{name}: Ψ_L(∂‖T_{{{b},t}}‖²/∂A_L) per token t, block {b} "
+                     f"(energy, σ = {tp.window / 4:g} px; cyan: token cell, ×: peak)")
+        tokens[str(b)] = {"file": fn, "summary": _locality_summary([tp], [px], n_tok),
+                          "tokens": _peaks_json(tp, 0, (h, w))}
+    rec = {"image": name, "grid": [h, w],
+           "prediction": {"index": k, "name": head.classes[k], "probability": float(probs[k])},
+           "files": files,
+           "layers": layers, "logit": {"class": head.classes[k], "value": float(lg.value[0])},
+           "tokens": tokens, "seconds": time.perf_counter() - t0}
+    return rec, peaks
+
+
+def token_locality(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAttentionClassifier,
+                   image: torch.Tensor, cfg: AttentionConfig) -> dict[int, tuple[TokenPeaks, TokenPeaks]]:
+    """Per-token maps of one image through ``head`` (no files): ``{block: (smoothed, pixel)}``
+    :class:`TokenPeaks`, for the untrained-head control (docs/method.md §12)."""
+    x = encoder.normalize(resize_center_crop(image, cfg.size))[None]
+    nb = len(head.blocks)
+    blocks = sorted({_block_index(b, nb) for b in cfg.token_blocks})
+    with torch.no_grad(), encoder.frozen():
+        a = encoder.forward_stages(check_input(x, encoder))[-1]
+    h, w = int(a.shape[-2]), int(a.shape[-1])
+    ro = {f"block{b}/token{t}": TokenEnergy(head, b, t) for b in blocks for t in range(h * w)}
+    res = invert_readouts(encoder, lacs, x, ro, chunk_size=cfg.chunk_size)
+    out = {}
+    for b in blocks:
+        maps = torch.stack([res[f"block{b}/token{t}"].psi[0] for t in range(h * w)])[None]
+        out[b] = (token_peak_distance(maps, (h, w), window=cfg.window, seed=cfg.seed + b),
+                  token_peak_distance(maps, (h, w), window=1, seed=cfg.seed + b))
+    return out
+
+
+def untrained_copy(head: HybridAttentionClassifier, seed: int) -> HybridAttentionClassifier:
+    """A freshly initialised head of the same architecture (seeded), for the control."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ctrl = HybridAttentionClassifier(head.channels, head.num_classes, head.config, head.classes)
+    p = next(head.parameters())
+    return ctrl.to(device=p.device, dtype=p.dtype).eval()
+
+
+def run_attention(encoder: StagedEncoder, lacs: LACBank | None, lac_source: str,
+                  head: HybridAttentionClassifier, head_info: dict, images: dict[str, torch.Tensor],
+                  out: Path, cfg: AttentionConfig, progress: Progress | None = None) -> dict:
+    """Visualise every image, write ``results.json`` and ``index.html`` into ``out``."""
+    t0 = time.perf_counter()
+    if cfg.size < encoder.total_stride:
+        raise AdjinvError(f"--size {cfg.size} is smaller than the encoder's total stride "
+                          f"{encoder.total_stride}")
+    for b in cfg.token_blocks:
+        _block_index(b, len(head.blocks))
+    recs: list[dict] = []
+    per_block: dict[int, list] = {}
+    ctrl_block: dict[int, list] = {}
+    ctrl = untrained_copy(head, cfg.seed + 12345) if cfg.control_untrained else None
+    for i, (name, img) in enumerate(images.items()):
+        rec, peaks = visualise_image(encoder, lacs, head, name, img, out / name, cfg)
+        recs.append(rec)
+        for b, pair in peaks.items():
+            per_block.setdefault(b, []).append(pair)
+        if ctrl is not None:
+            for b, pair in token_locality(encoder, lacs, ctrl, img, cfg).items():
+                ctrl_block.setdefault(b, []).append(pair)
+        if progress is not None:
+            progress(i + 1, len(images))
+    n_tok = recs[0]["grid"][0] * recs[0]["grid"][1] if recs else 0
+    summary = {str(b): _locality_summary([p[0] for p in v], [p[1] for p in v], n_tok)
+               for b, v in sorted(per_block.items())}
+    control = {str(b): _locality_summary([p[0] for p in v], [p[1] for p in v], n_tok)
+               for b, v in sorted(ctrl_block.items())}
+    results = {
+        "experiment": "attention (Sec. 3.5, C.9)",
+        "encoder": encoder.name, "lacs": lac_source, "size": cfg.size,
+        "grid": recs[0]["grid"] if recs else None,
+        "token_blocks": sorted(per_block), "head": head_info,
+        "config": asdict(cfg),
+        "notes": [
+            "Layer-wise maps: Psi_L(dS/dA_L) for S = ||T_b||^2 (block output energy); per-token maps: "
+            "S = ||T_{b,t}||^2, one cascade pass of the whole seed through the unchanged LACs.",
+            "Peak: argmax of the per-pixel energy sum_rgb (Psi - spatial mean)^2 smoothed by a "
+            "Gaussian of sigma = window_px/4 (window_px = one token cell by default; pixel_argmax: "
+            "no smoothing), mapped to "
+            "token-grid coordinates (cell centres at integers). distance_tokens: peak to the token's "
+            "own position; shuffled_tokens: peak to a random other token's position (seeded); "
+            "own_energy: energy fraction inside the token's cell (uniform = 1/T).",
+            "The blocks are pre-norm with residual connections: T_{b,t} contains token t's own "
+            "input, so part of each token seed sits at its own position by construction.",
+            "control_untrained: the same per-token statistics through a freshly initialised head "
+            "of the same architecture (seeded): locality it also shows is not learned by attention.",
+        ],
+        "summary": summary,
+        "control_untrained": control,
+        "environment": environment(),
+        "images": recs,
+        "seconds": {"visualisation": time.perf_counter() - t0},
+    }
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "table.md", markdown_table(results))
+    _write_index(out, results)
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    """Token locality per block against the shuffled reference, and the head's accuracy."""
+    head = results["head"]
+    acc = head.get("accuracy") or {}
+    data = head.get("data") or {}
+
+    def f(v: Any) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    n_img = len(results["images"])
+    lines = [f"# Attention head through the LACs (Sec. 3.5) — {results['encoder']}", "",
+             f"LACs `{results['lacs']}`; {results['size']} px, token grid {results['grid']}; "
+             f"{n_img} visualised image(s): {', '.join(r['image'] for r in results['images'])}.", "",
+             f"Head: {head.get('architecture', {}).get('blocks', '?')} attention blocks, trained on "
+             f"{data.get('description', head.get('source'))}; accuracy train {f(acc.get('train'))}, "
+             f"test {f(acc.get('test'))}.", "",
+             "| block | peak–own distance (tokens), mean / median | shuffled other token, mean / "
+             "median | closer than shuffled | peak in own cell (chance) | own-cell energy | "
+             "shuffled-cell energy | uniform | pixel argmax: distance / shuffled |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = [(b, s) for b, s in results["summary"].items()]
+    rows += [(f"{b}, untrained head", s) for b, s in results.get("control_untrained", {}).items()]
+    for b, s in rows:
+        d, sh, pa = s["distance_tokens"], s["shuffled_tokens"], s["pixel_argmax"]
+        lines.append(f"| {b} | {f(d['mean'])} / {f(d['median'])} | {f(sh['mean'])} / "
+                     f"{f(sh['median'])} | {f(s.get('closer_than_shuffled'))} | "
+                     f"{f(s['own_cell_rate'])} ({f(s['own_cell_rate_chance'])}) | "
+                     f"{f(s['own_energy']['mean'])} | {f(s['shuffled_energy']['mean'])} | "
+                     f"{f(s['uniform_energy'])} | {f(pa['distance_tokens']['mean'])} / "
+                     f"{f(pa['shuffled_tokens']['mean'])} |")
+    lines += ["", "Per image, the value of each layer-wise readout ||T_b||^2 and the prediction:", ""]
+    for r in results["images"]:
+        lines.append(f"- {r['image']}: predicted {r['prediction']['name']} (p = "
+                     f"{r['prediction']['probability']:.3f}); block energies "
+                     + ", ".join(f"{v['value']:.3g}" for v in r["layers"].values()) + ".")
+    lines += ["", *[f"- {n}" for n in results["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def _write_index(out: Path, results: dict) -> Path:
+    rows = []
+    for b, s in results["summary"].items():
+        rows.append([b, s["distance_tokens"]["mean"], s["distance_tokens"]["median"],
+                     s["shuffled_tokens"]["mean"], s["shuffled_tokens"]["median"],
+                     s["own_cell_rate"], s["own_cell_rate_chance"], s["own_energy"]["mean"],
+                     s["uniform_energy"]])
+    head = results["head"]
+    acc = head.get("accuracy") or {}
+    intro = (f"<p>encoder <b>{results['encoder']}</b>, LACs: {results['lacs']}, {results['size']} px, "
+             f"token grid {results['grid']}; head: {head.get('source')}, accuracy train "
+             f"{acc.get('train')} / test {acc.get('test')}.</p><p>Maps are shown with a robust "
+             "(1–99 %) min-max; energy maps are smoothed by a Gaussian of σ = a quarter token cell.</p>")
+    sections = [table(rows, ["block", "peak dist. mean", "median", "shuffled mean", "median",
+                             "own-cell rate", "chance", "own-cell energy", "uniform"])]
+    for r in results["images"]:
+        p = r["image"] + "/"
+        figs = [figure(p + "figure6_layers.png", "input, Ψ of each block energy, Ψ of the top logit")]
+        figs += [figure(p + t["file"], f"tokens, block {b}") for b, t in r["tokens"].items()]
+        figs += [figure(p + v["split_file"], f"block {b}: Σ_c w_c Ψ_L(E_c ⊙ G)")
+                 for b, v in r["layers"].items() if "split_file" in v]
+        if "logit_split" in r["files"]:
+            figs.append(figure(p + r["files"]["logit_split"], "top logit: Σ_c w_c Ψ_L(E_c ⊙ G)"))
+        sections.append(f"<section><h2>{html.escape(r['image'])}</h2><p>prediction "
+                        f"{html.escape(r['prediction']['name'])} "
+                        f"(p = {r['prediction']['probability']:.3f})</p>{''.join(figs)}</section>")
+    style = "<style>figure img{width:auto !important;height:auto !important;max-width:900px}</style>"
+    return atomic_write_text(out / "index.html",
+                             page("adjinv — attention heads (Sec. 3.5)", sections, style + intro))
+
+
+# ----------------------------------------------------------------------------- CLI
+def _bar(desc: str, total: int, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, disable=None)
+
+
+def _cli_log(msg: str) -> None:
+    print(f"adjinv: {msg}", file=sys.stderr)
+
+
+def _load_encoder(args: argparse.Namespace) -> StagedEncoder:
+    from ...encoders import load_encoder
+
+    with warnings_to_log(_cli_log):
+        return load_encoder(args.encoder, args.weights, random_init=args.random_init)
+
+
+def _labelled(args: argparse.Namespace, size: int) -> LabelledSet:
+    from ..data.labelled import composite_detection_set, embedded_labelled_set, image_folder
+
+    if args.labelled:
+        return image_folder(args.labelled, size, test_fraction=args.test_fraction, seed=args.seed)
+    if args.labelled_set == "detection":
+        return composite_detection_set(size, train_per_class=args.train_per_class,
+                                       test_per_class=args.test_per_class, seed=args.seed)
+    return embedded_labelled_set(size, train_per_class=args.train_per_class,
+                                 test_per_class=args.test_per_class, seed=args.seed)
+
+
+def _head_config(args: argparse.Namespace) -> HeadTrainConfig:
+    return HeadTrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                           checkpoint_every=args.checkpoint_every,
+                           model=HybridConfig(blocks=args.blocks, heads=args.heads,
+                                              mlp_ratio=args.mlp_ratio, dropout=args.dropout,
+                                              dim=args.dim))
+
+
+def _train(enc: StagedEncoder, data: LabelledSet, cfg: HeadTrainConfig,
+           checkpoint: Path | None, resume: bool) -> HeadTraining:
+    feat_bar = _bar("features", data.train_images.shape[0] + data.test_images.shape[0], "img")
+    bar = _bar("train-head", cfg.steps, "step")
+
+    def fprog(done: int, total: int) -> None:
+        feat_bar.update(done - feat_bar.n)
+
+    def prog(step: int, total: int, loss: float) -> None:
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.4f}")
+        bar.refresh()
+
+    try:
+        return train_head(enc, data, cfg, checkpoint=checkpoint, resume=resume, progress=prog,
+                          feature_progress=fprog)
+    finally:
+        feat_bar.close()
+        bar.close()
+
+
+def _fmt_acc(v: float | None) -> str:
+    return "n/a (no test images)" if v is None else f"{v:.3f}"
+
+
+def cmd_train_head(args: argparse.Namespace) -> None:
+    """``adjinv train-head``."""
+    out = Path(args.out)
+    if out.exists() and not args.resume:
+        raise AdjinvError(f"{out} exists; pass --resume to continue that run or choose another --out")
+    t0 = time.perf_counter()
+    enc = _load_encoder(args)
+    data = _labelled(args, args.size)
+    print(f"labelled set: {data.description}", file=sys.stderr)
+    cfg = _head_config(args)
+    res = _train(enc, data, cfg, out, args.resume)
+    first = sum(res.losses[:5]) / max(1, len(res.losses[:5]))
+    last = sum(res.losses[-5:]) / max(1, len(res.losses[-5:]))
+    print(f"trained a {cfg.model.blocks}-block attention head on {enc.name} for {cfg.steps} steps "
+          f"(cross-entropy {first:.3g} first 5 -> {last:.3g} last 5): accuracy train "
+          f"{_fmt_acc(res.train_accuracy)}, test {_fmt_acc(res.test_accuracy)}; "
+          f"{time.perf_counter() - t0:.1f} s; wrote {out}")
+
+
+def cmd_attention(args: argparse.Namespace) -> None:
+    """``adjinv experiment attention``."""
+    from ...images.files import load_image
+    from ...images.samples import SAMPLE_NAMES, sample_images
+    from ...lacs.bundled import load_lacs
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    enc = _load_encoder(args)
+    with warnings_to_log(_cli_log):
+        lacs, _, source = load_lacs(enc, args.lac, allow_other_weights=args.allow_other_weights)
+    if args.head:
+        head, meta, _ = load_head(args.head, enc, allow_other_weights=args.allow_other_weights)
+        size = args.size or int(meta.get("data", {}).get("size", 128))
+        head_info = {"source": str(args.head), "architecture": meta.get("architecture"),
+                     "classes": meta.get("classes"), "data": meta.get("data"),
+                     "training": meta.get("training"), "accuracy": meta.get("accuracy"),
+                     "step": meta.get("step")}
+    else:
+        size = args.size or 128
+        data = _labelled(args, size)
+        test_data = data
+        print(f"no --head: training one on {data.description}", file=sys.stderr)
+        th = time.perf_counter()
+        res = _train(enc, data, _head_config(args), None, False)
+        head = res.model
+        head_info = {"source": "trained in this run", "architecture": asdict(head.config),
+                     "classes": head.classes,
+                     "data": {"description": data.description, "size": size,
+                              "train": int(data.train_images.shape[0]),
+                              "test": int(data.test_images.shape[0])},
+                     "training": asdict(_head_config(args)),
+                     "accuracy": {"train": res.train_accuracy, "test": res.test_accuracy},
+                     "final_losses": res.losses[-5:], "seconds": time.perf_counter() - th}
+        print(f"head accuracy train {_fmt_acc(res.train_accuracy)}, test "
+              f"{_fmt_acc(res.test_accuracy)} ({head_info['seconds']:.1f} s)", file=sys.stderr)
+    if not args.images and args.labelled_set == "detection" and not args.labelled:
+        # the set's test images with an object: held-out photos the head never saw
+        if args.head:
+            test_data = _labelled(args, size)
+        pos = [i for i, y in enumerate(test_data.test_labels.tolist())
+               if test_data.classes[y] == "object"]
+        pos = pos[: args.num_images] if args.num_images else pos
+        images = {f"test{i:02d}": test_data.test_images[i] for i in pos}
+    elif args.images:
+        images = {}
+        taken: set[str] = set()
+        for f in map(Path, args.images):  # folder names made safe: no "..", "/" or reserved names
+            images[safe_name(f.stem, taken)] = load_image(f, mode="convert")
+    else:
+        names = SAMPLE_NAMES[: args.num_images] if args.num_images else SAMPLE_NAMES
+        images = sample_images(names)
+    source = portable_path(source)
+    cfg = AttentionConfig(size=size, token_blocks=args.token_blocks, window=args.window,
+                          seed=args.seed, chunk_size=args.chunk_size, split=args.split,
+                          control_untrained=args.control_untrained)
+    print(f"encoder {enc.name}, LACs: {source}; visualising {len(images)} image(s) at {size} px",
+          file=sys.stderr)
+    bar = _bar("images", len(images), "img")
+    try:
+        results = run_attention(enc, lacs, source, head, head_info, images, out, cfg,
+                                progress=lambda d, n: bar.update(d - bar.n))
+    finally:
+        bar.close()
+    results["seconds"]["total"] = time.perf_counter() - t0
+    atomic_write_json(out / "results.json", results)
+    for b, s in results["summary"].items():
+        print(f"block {b}: token-peak distance mean {s['distance_tokens']['mean']:.2f} / median "
+              f"{s['distance_tokens']['median']:.2f} tokens vs shuffled {s['shuffled_tokens']['mean']:.2f}"
+              f" / {s['shuffled_tokens']['median']:.2f}; own-cell energy "
+              f"{s['own_energy']['mean']:.3f} (uniform {s['uniform_energy']:.3f})")
+    print(f"wrote {out}/results.json and {out}/index.html ({results['seconds']['total']:.1f} s)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", default="efficientnet_lite0",
+                   help="registry name (see `adjinv encoders`; default efficientnet_lite0)")
+    p.add_argument("--weights", help="local encoder state dict (.pth or .safetensors)")
+    p.add_argument("--random-init", action="store_true",
+                   help="allow an encoder without pretrained weights (for testing only)")
+    p.add_argument("--seed", type=int, default=0, help="data split, crops, init and batches")
+
+
+def _head_args(p: argparse.ArgumentParser, labelled_flag: str) -> None:
+    g = p.add_argument_group("labelled set")
+    g.add_argument(labelled_flag, dest="labelled", metavar="FOLDER",
+                   help="ImageFolder layout, one sub-folder per class (default: the embedded set of "
+                        "random crops of the 5 bundled photos, one class per photo: a sanity check)")
+    g.add_argument("--labelled-set", choices=["crops", "detection"], default="crops",
+                   help="embedded set without a folder: 'crops' (default; train and test crops of "
+                        "the same 5 photos, a sanity check) or 'detection' (object pasted on a "
+                        "texture vs texture alone; tested on held-out photos pasted on textures no "
+                        "training image shows)")
+    g.add_argument("--test-fraction", type=float, default=0.2,
+                   help="held-out fraction per class of a folder (default 0.2)")
+    g.add_argument("--train-per-class", type=int, default=24, help="embedded set (default 24)")
+    g.add_argument("--test-per-class", type=int, default=8, help="embedded set (default 8)")
+    g = p.add_argument_group("hybrid head")
+    g.add_argument("--steps", type=int, default=30, help="Adam steps (default 30)")
+    g.add_argument("--lr", type=float, default=3e-4)
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--blocks", type=int, default=3, help="attention blocks (default 3)")
+    g.add_argument("--heads", type=int, default=8, help="attention heads per block (default 8)")
+    g.add_argument("--mlp-ratio", type=float, default=1.0, help="MLP width / token width (default 1)")
+    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--dim", type=int, default=None,
+                   help="project tokens to this width first (default: keep C_L, as the paper)")
+    g.add_argument("--checkpoint-every", type=int, default=20)
+
+
+def register(sub: argparse._SubParsersAction, experiment_sub: Any) -> None:
+    """Add ``adjinv train-head`` and ``adjinv experiment attention``."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("train-head", help="train a hybrid attention head on the frozen encoder",
+                       description="Train the attention blocks + linear head of a hybrid classifier "
+                       "(Sec. 3.5) on a labelled set; the encoder stays frozen. Checkpointed, "
+                       "resumable; prints train/test accuracy.",
+                       epilog=EPILOG_TRAIN_HEAD, formatter_class=fmt)
+    p.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
+    p.add_argument("--size", type=int, default=128, help="image side in px (default 128)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
+    _common(p)
+    _head_args(p, "--images")
+    p.set_defaults(func=cmd_train_head)
+
+    p = experiment_sub.add_parser(
+        "attention", help="attention heads through the trained LACs (Sec. 3.5, Fig. 6)",
+        description="Layer-wise (block energy) and per-token (token energy) visualisations of a "
+        "hybrid attention head through the unchanged LAC cascade, with the distance between each "
+        "token map's energy peak and the token's grid position against a shuffled reference.",
+        epilog=EPILOG_ATTENTION, formatter_class=fmt)
+    p.add_argument("--out", default="attention-out", help="output folder (default attention-out)")
+    p.add_argument("--head", help="head checkpoint from `adjinv train-head` (default: train one "
+                   "on the labelled set first, in memory)")
+    p.add_argument("--images", nargs="+", help="images to visualise (default: the bundled photos)")
+    p.add_argument("--num-images", type=int, default=0, help="use only the first N bundled photos")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side in px (default: the head's training size, else 128)")
+    p.add_argument("--token-blocks", type=int, nargs="+", default=[0, -1],
+                   help="blocks with per-token maps (default 0 -1: the first and the last)")
+    p.add_argument("--window", type=int, default=None,
+                   help="energy smoothing window for the peak, px (default: one token cell)")
+    p.add_argument("--split", action="store_true",
+                   help="also the per-channel split sum_c w_c Psi_L(E_c * G) of each layer-wise seed "
+                   "(one cascade pass per live channel: about a minute per map on 2 CPU cores)")
+    p.add_argument("--control-untrained", action="store_true",
+                   help="also the token locality through a freshly initialised head of the same "
+                   "architecture (the control for locality that attention did not learn)")
+    p.add_argument("--lac", help="LAC checkpoint (default: the bundled one for the encoder)")
+    p.add_argument("--allow-other-weights", action="store_true",
+                   help="accept LACs/head trained on other weights of this architecture")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="seeds per batched backward (default: from free memory)")
+    _common(p)
+    _head_args(p, "--labelled")
+    p.set_defaults(func=cmd_attention)

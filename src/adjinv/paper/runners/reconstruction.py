@@ -45,7 +45,6 @@ the first to the last learning-curve point. "Reconstructs from the features" = V
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -61,7 +60,7 @@ import torch
 from ...core.inverter import AdjointInverter
 from ...core.lac import LACBank
 from ...core.simplex import simplex_measure
-from ...distributed import all_reduce_sum, barrier, init_from_env, is_main, rank_world, share_work
+from ...distributed import all_reduce_sum, barrier, is_main, rank_world, share_work
 from ...encoders.staged import StagedEncoder
 from ...errors import AdjinvError
 from ...fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -77,14 +76,13 @@ from ..baselines.upconv import UpConvConfig, train_upconv, upconv_reconstruct
 from .common import (
     Log,
     environment,
-    load_config,
     load_named_encoder,
     pyplot,
     quiet_log,
     save_figure,
-    stderr_log,
 )
 from .interference_common import portable_path
+from .skeleton import Runner
 
 PROTOCOL_VERSION = 1
 
@@ -124,26 +122,37 @@ REENCODE_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficien
 class ReconstructionConfig:
     """Settings of the evaluation (all stored in ``protocol.json``)."""
 
-    encoder: str = "efficientnet_lite0"
-    weights: str | None = None
-    random_init: bool = False
-    lac: str | None = None
-    curve: str | None = None
-    train: str | None = None
-    heldout: str | None = None
-    size: int = 128
-    crops: int = 3
-    min_crop: float = 0.5
-    max_photos: int | None = None
-    partners: list[int] = field(default_factory=lambda: [1, 2, 4])
-    mv_steps: int = 200
-    upconv_steps: int = 300
-    upconv_crops: int = 8
+    encoder: str = field(default="efficientnet_lite0", metadata={"help": "registry name"})
+    weights: str | None = field(default=None, metadata={"help": "local encoder state dict"})
+    random_init: bool = field(default=False, metadata={"help": "testing only"})
+    lac: str | None = field(default=None, metadata={
+        "help": "LAC checkpoint or bundled variant name to evaluate (default: the bundled one)"})
+    curve: str | None = field(default=None, metadata={
+        "help": "folder of step-N.lac.safetensors for the learning curve"})
+    train: str | None = field(default=None, metadata={
+        "help": "folder of training photos (with --heldout)"})
+    heldout: str | None = field(default=None, metadata={
+        "help": "folder of held-out photos (with --train)"})
+    size: int = field(default=128, metadata={"help": "crop side in px"})
+    crops: int = field(default=3, metadata={"help": "crops per photo"})
+    min_crop: float = field(default=0.5, metadata={
+        "help": "smallest random crop, as a fraction of the photo's side"})
+    max_photos: int | None = field(default=None, metadata={
+        "help": "use only the first N held-out photos"})
+    partners: list[int] = field(default_factory=lambda: [1, 2, 4], metadata={
+        "help": "K values of the feature-specific view"})
+    mv_steps: int = field(default=200, metadata={"help": "Mahendran & Vedaldi steps"})
+    upconv_steps: int = field(default=300, metadata={"help": "UpConvNet training steps"})
+    upconv_crops: int = field(default=8, metadata={
+        "help": "crops per training photo for UpConvNet"})
     reencoders: list[str] = field(default_factory=lambda: ["efficientnet_lite1",
-                                                            "efficientnet_lite2"])
-    seed: int = 0
-    chunk_size: int | None = None
-    quick: bool = False
+                                                            "efficientnet_lite2"], metadata={
+        "help": "independent networks of the re-encoding agreement"})
+    seed: int = field(default=0, metadata={"help": "crops, random seeds, baselines"})
+    chunk_size: int | None = field(default=None, metadata={
+        "help": "channels per batched cascade pass"})
+    quick: bool = field(default=False, metadata={
+        "help": "64 px, 1 crop, 3 photos, cheap baselines: minutes"})
 
     def apply_quick(self) -> None:
         """The ``--quick`` setting: tiny size, one crop, three photos, cheap baselines."""
@@ -839,52 +848,15 @@ EPILOG = """examples:
 """
 
 
-def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
-    """Add ``adjinv experiment reconstruction``."""
-    p = experiment_sub.add_parser(  # type: ignore[attr-defined]
-        "reconstruction", help="held-out, controlled test: does x̂_L reconstruct from the features?",
-        description="Scores x̂_L against its controls (identity LACs, seed zero, swapped and "
-                    "random seeds, top stage re-initialised) and baselines on held-out photos, "
-                    "and prints the pre-registered verdict per photo.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder (rerun to resume)")
-    p.add_argument("--config", help="JSON file with ReconstructionConfig fields; flags override it")
-    p.add_argument("--encoder", help="registry name (default efficientnet_lite0)")
-    p.add_argument("--weights", help="local encoder state dict")
-    p.add_argument("--lac", help="LAC checkpoint or bundled variant name to evaluate "
-                   "(default: the bundled one)")
-    p.add_argument("--curve", help="folder of step-N.lac.safetensors for the learning curve")
-    p.add_argument("--train", help="folder of training photos (with --heldout)")
-    p.add_argument("--heldout", help="folder of held-out photos (with --train)")
-    p.add_argument("--size", type=int, help="crop side in px (default 128)")
-    p.add_argument("--crops", type=int, help="crops per photo (default 3)")
-    p.add_argument("--max-photos", type=int, help="use only the first N held-out photos")
-    p.add_argument("--partners", type=int, nargs="+", help="K values of the feature-specific view")
-    p.add_argument("--mv-steps", type=int, help="Mahendran & Vedaldi steps (default 200)")
-    p.add_argument("--upconv-steps", type=int, help="UpConvNet training steps (default 300)")
-    p.add_argument("--chunk-size", type=int, help="channels per batched cascade pass")
-    p.add_argument("--random-init", action="store_true", default=None, help="testing only")
-    p.add_argument("--quick", action="store_true", default=None,
-                   help="64 px, 1 crop, 3 photos, cheap baselines: minutes")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-
-    def run(args: argparse.Namespace) -> None:
-        if args.threads is not None:
-            torch.set_num_threads(max(1, args.threads))
-        over = {k: getattr(args, k) for k in (
-            "encoder", "weights", "lac", "curve", "train", "heldout", "size", "crops", "max_photos",
-            "partners", "mv_steps", "upconv_steps", "chunk_size", "random_init", "quick")}
-        cfg = load_config(ReconstructionConfig, args.config, over)
-        init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
-        res = run_reconstruction(cfg, args.out, log=stderr_log if is_main() else quiet_log)
-        if not is_main():
-            return
-        for line in verdict_lines(res):
-            print(line)
-        print(f"wrote {args.out}/results.json, table.md, figure.png, curve.png "
-              f"in {res['seconds']:.1f} s")
-
-    p.set_defaults(func=run)
+RUNNERS = (Runner(
+    "reconstruction", ReconstructionConfig, run_reconstruction,
+    help="held-out, controlled test: does x̂_L reconstruct from the features?",
+    description="Scores x̂_L against its controls (identity LACs, seed zero, swapped and "
+                "random seeds, top stage re-initialised) and baselines on held-out photos, "
+                "and prints the pre-registered verdict per photo.",
+    epilog=EPILOG, outputs=("results.json", "table.md", "figure.png", "curve.png"),
+    summary=lambda results, out: verdict_lines(results), out_help="output folder (rerun to resume)",
+    distributed=True),)
 
 
 __all__: list[str] = ["ReconstructionConfig", "run_reconstruction", "markdown_table",

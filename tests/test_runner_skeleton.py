@@ -18,7 +18,8 @@ from adjinv.cli import _log_to_stderr, build_parser, main
 from adjinv.errors import AdjinvError
 from adjinv.paper.runners.commands import runners
 from adjinv.paper.runners.common import quiet_log
-from adjinv.paper.runners.skeleton import Runner, build_parser as runner_parser, config_from_args
+from adjinv.paper.runners.skeleton import Runner, config_from_args
+from adjinv.paper.runners.skeleton import build_parser as runner_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNERS = runners()

@@ -44,7 +44,7 @@ from ..heads.attention import (
     train_head,
 )
 from .common import Log, quiet_log, warnings_to_log
-from .skeleton import Runner
+from .skeleton import Runner, option
 
 EPILOG_TRAIN_HEAD = """example:
   adjinv train-head --out head.safetensors            # embedded labelled set (bundled photos)
@@ -280,44 +280,37 @@ class HeadSetup:
     """Encoder, labelled set and head hyper-parameters shared by ``adjinv train-head`` and
     ``adjinv experiment attention``."""
 
-    encoder: str = field(default="efficientnet_lite0", metadata={
-        "help": "registry name, see `adjinv encoders`"})
-    weights: str | None = field(default=None, metadata={
-        "help": "local encoder state dict (.pth or .safetensors)"})
-    random_init: bool = field(default=False, metadata={
-        "help": "allow an encoder without pretrained weights (for testing only)"})
-    seed: int = field(default=0, metadata={"help": "data split, crops, init and batches"})
-    labelled: str | None = field(default=None, metadata={
-        "flag": "--labelled", "metavar": "FOLDER", "group": LABELLED,
-        "help": "ImageFolder layout, one sub-folder per class (default: the embedded set of random "
-                "crops of the 5 bundled photos, one class per photo: a sanity check)"})
-    test_fraction: float = field(default=0.2, metadata={
-        "group": LABELLED, "help": "held-out fraction per class of a folder"})
-    train_per_class: int = field(default=24, metadata={"group": LABELLED, "help": "embedded set"})
-    test_per_class: int = field(default=8, metadata={"group": LABELLED, "help": "embedded set"})
-    steps: int = field(default=30, metadata={"group": HEAD, "help": "Adam steps"})
-    lr: float = field(default=3e-4, metadata={"group": HEAD, "help": "Adam learning rate"})
-    batch_size: int = field(default=16, metadata={"group": HEAD, "help": "images per step"})
-    blocks: int = field(default=3, metadata={"group": HEAD, "help": "attention blocks"})
-    heads: int = field(default=8, metadata={"group": HEAD, "help": "attention heads per block"})
-    mlp_ratio: float = field(default=1.0, metadata={"group": HEAD, "help": "MLP width / token width"})
-    dropout: float = field(default=0.0, metadata={"group": HEAD, "help": "dropout in the blocks"})
-    dim: int | None = field(default=None, metadata={
-        "group": HEAD, "help": "project tokens to this width first (default: keep C_L, as the paper)"})
-    checkpoint_every: int = field(default=20, metadata={
-        "group": HEAD, "help": "steps between checkpoints"})
+    encoder: str = option("efficientnet_lite0", "registry name, see `adjinv encoders`")
+    weights: str | None = option(None, "local encoder state dict (.pth or .safetensors)")
+    random_init: bool = option(False, "allow an encoder without pretrained weights (for testing only)")
+    seed: int = option(0, "data split, crops, init and batches")
+    labelled: str | None = option(None, "ImageFolder layout, one sub-folder per class (default: the "
+        "embedded set of random crops of the 5 bundled photos, one class per photo: a sanity check)",
+        flag="--labelled", metavar="FOLDER", group=LABELLED)
+    test_fraction: float = option(0.2, "held-out fraction per class of a folder", group=LABELLED)
+    train_per_class: int = option(24, "embedded set", group=LABELLED)
+    test_per_class: int = option(8, "embedded set", group=LABELLED)
+    steps: int = option(30, "Adam steps", group=HEAD)
+    lr: float = option(3e-4, "Adam learning rate", group=HEAD)
+    batch_size: int = option(16, "images per step", group=HEAD)
+    blocks: int = option(3, "attention blocks", group=HEAD)
+    heads: int = option(8, "attention heads per block", group=HEAD)
+    mlp_ratio: float = option(1.0, "MLP width / token width", group=HEAD)
+    dropout: float = option(0.0, "dropout in the blocks", group=HEAD)
+    dim: int | None = option(None, "project tokens to this width first (default: keep C_L, as the paper)",
+        group=HEAD)
+    checkpoint_every: int = option(20, "steps between checkpoints", group=HEAD)
 
 
 @dataclass
 class TrainHeadArgs(HeadSetup):
     """What ``adjinv train-head`` trains (``--out`` is the checkpoint path)."""
 
-    labelled: str | None = field(default=None, metadata={
-        "flag": "--images", "metavar": "FOLDER", "group": LABELLED,
-        "help": "ImageFolder layout, one sub-folder per class (default: the embedded set of random "
-                "crops of the 5 bundled photos, one class per photo: a sanity check)"})
-    size: int = field(default=128, metadata={"help": "image side in px"})
-    resume: bool = field(default=False, metadata={"help": "continue the run saved at --out"})
+    labelled: str | None = option(None, "ImageFolder layout, one sub-folder per class (default: the "
+        "embedded set of random crops of the 5 bundled photos, one class per photo: a sanity check)",
+        flag="--images", metavar="FOLDER", group=LABELLED)
+    size: int = option(128, "image side in px")
+    resume: bool = option(False, "continue the run saved at --out")
 
 
 @dataclass
@@ -325,28 +318,20 @@ class AttentionArgs(HeadSetup):
     """What ``adjinv experiment attention`` loads, trains and visualises
     (:class:`AttentionConfig` is the part :func:`run_attention` needs)."""
 
-    head: str | None = field(default=None, metadata={
-        "help": "head checkpoint from `adjinv train-head` (default: train one on the labelled set "
-                "first, in memory)"})
-    images: list[str] | None = field(default=None, metadata={
-        "help": "images to visualise (default: the bundled photos)"})
-    num_images: int = field(default=0, metadata={
-        "help": "use only the first N bundled photos; 0: all"})
-    size: int | None = field(default=None, metadata={
-        "help": "image side in px (default: the head's training size, else 128)"})
-    token_blocks: list[int] = field(default_factory=lambda: [0, -1], metadata={
-        "help": "blocks with per-token maps (default 0 -1: the first and the last)"})
-    window: int | None = field(default=None, metadata={
-        "help": "energy smoothing window for the peak, px (default: one token cell)"})
-    split: bool = field(default=False, metadata={
-        "help": "also the per-channel split sum_c w_c Psi_L(E_c * G) of each layer-wise seed (one "
-                "cascade pass per live channel: about a minute per map on 2 CPU cores)"})
-    lac: str | None = field(default=None, metadata={
-        "help": "LAC checkpoint (default: the bundled one for the encoder)"})
-    allow_other_weights: bool = field(default=False, metadata={
-        "help": "accept LACs/head trained on other weights of this architecture"})
-    chunk_size: int | None = field(default=None, metadata={
-        "help": "seeds per batched backward (default: from free memory)"})
+    head: str | None = option(None, "head checkpoint from `adjinv train-head` (default: train one on the "
+        "labelled set first, in memory)")
+    images: list[str] | None = option(None, "images to visualise (default: the bundled photos)")
+    num_images: int = option(0, "use only the first N bundled photos; 0: all")
+    size: int | None = option(None, "image side in px (default: the head's training size, else 128)")
+    token_blocks: list[int] = option([0, -1], "blocks with per-token maps (default 0 -1: the first and the "
+        "last)")
+    window: int | None = option(None, "energy smoothing window for the peak, px (default: one token cell)")
+    split: bool = option(False, "also the per-channel split sum_c w_c Psi_L(E_c * G) of each layer-wise "
+        "seed (one cascade pass per live channel: about a minute per map on 2 CPU cores)")
+    lac: str | None = option(None, "LAC checkpoint (default: the bundled one for the encoder)")
+    allow_other_weights: bool = option(False, "accept LACs/head trained on other weights of this "
+        "architecture")
+    chunk_size: int | None = option(None, "seeds per batched backward (default: from free memory)")
 
 
 def _bar(desc: str, total: int, unit: str):

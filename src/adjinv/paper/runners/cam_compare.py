@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -45,7 +45,7 @@ from ..data.evalsets import EvalSet, open_eval_set
 from .common import Log, environment, load_named_encoder, quiet_log, warnings_to_log
 from .fidelity import _key
 from .interference_common import parse_levels, portable_path
-from .skeleton import Runner
+from .skeleton import Runner, option
 
 METHODS = ("gradcam", "gradcam++", "scorecam", "ours", "ours_zero_mean", "random", "edge")
 LABELS = {"gradcam": "G-CAM", "gradcam++": "G-CAM++", "scorecam": "S-CAM", "ours": "Ours",
@@ -62,33 +62,26 @@ def _levels_or_none(values: list[str]) -> list:
 class CamCompareConfig:
     """Settings of the CAM comparison (JSON keys = field names)."""
 
-    encoder: str = field(default="efficientnet_lite0", metadata={"help": "registry name"})
-    weights: str | None = field(default=None, metadata={"help": "local encoder state dict"})
-    lac: str | None = field(default=None, metadata={
-        "help": "LAC checkpoint or bundled variant name (default: bundled, else identity)"})
-    random_init: bool = field(default=False, metadata={"help": "testing only"})
-    data: list[str] = field(default_factory=lambda: ["samples", "composites"], metadata={
-        "append": True, "help": "samples, composites, images:DIR, KIND:ROOT; append @MASKDIR for "
-                                "masks; repeatable"})
-    size: int = field(default=128, metadata={"help": "image side in px"})
-    max_images: int | None = field(default=None, metadata={"help": "images per data set"})
-    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={
-        "help": f"subset of {', '.join(METHODS)} (default: all)"})
-    mode: str = field(default="contribution", metadata={
-        "choices": MODES, "help": "class weighting α of ours (docs/method.md §6)"})
-    steps: int = field(default=100, metadata={"help": "insertion/deletion steps"})
-    internal_batch_size: int = field(default=64, metadata={"help": "perturbed images per forward"})
-    score_batch_size: int = field(default=32, metadata={"help": "Score-CAM forward batch"})
-    tolerance: float = field(default=15.0, metadata={"help": "pointing-game tolerance in px"})
-    chunk_size: int | None = field(default=None, metadata={
-        "help": "channels per batched cascade pass"})
-    seed: int = field(default=0, metadata={"help": "random map, model randomisation"})
-    randomize: list = field(default_factory=lambda: [1, 3], metadata={
-        "parse": _levels_or_none, "help": "stage counts re-initialised for the model-randomisation "
-                                          "sanity check (integers or 'all'; 'none': no check)"})
-    blurred_deletion: bool = field(default=True, metadata={
-        "flag": "--no-blurred-deletion", "const": False,
-        "help": "skip the deletion curve onto a blurred copy"})
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    lac: str | None = option(None, "LAC checkpoint or bundled variant name (default: bundled, else identity)")
+    random_init: bool = option(False, "testing only")
+    data: list[str] = option(["samples", "composites"], "samples, composites, images:DIR, KIND:ROOT; append "
+        "@MASKDIR for masks; repeatable", append=True)
+    size: int = option(128, "image side in px")
+    max_images: int | None = option(None, "images per data set")
+    methods: list[str] = option(list(METHODS), f"subset of {', '.join(METHODS)} (default: all)")
+    mode: str = option("contribution", "class weighting α of ours (docs/method.md §6)", choices=MODES)
+    steps: int = option(100, "insertion/deletion steps")
+    internal_batch_size: int = option(64, "perturbed images per forward")
+    score_batch_size: int = option(32, "Score-CAM forward batch")
+    tolerance: float = option(15.0, "pointing-game tolerance in px")
+    chunk_size: int | None = option(None, "channels per batched cascade pass")
+    seed: int = option(0, "random map, model randomisation")
+    randomize: list = option([1, 3], "stage counts re-initialised for the model-randomisation sanity check "
+        "(integers or 'all'; 'none': no check)", parse=_levels_or_none)
+    blurred_deletion: bool = option(True, "skip the deletion curve onto a blurred copy",
+        flag="--no-blurred-deletion", const=False)
 
     def validate(self) -> None:
         """Reject impossible settings."""

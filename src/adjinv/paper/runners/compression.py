@@ -23,7 +23,7 @@ feature cache in ``out/cache`` unless ``cache_dir`` says otherwise).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -46,7 +46,7 @@ from .common import (
     save_figure,
     timer,
 )
-from .skeleton import Runner
+from .skeleton import Runner, option
 
 SELECTORS = ("covvol", "energy", "random")
 ID_SET = "in-distribution"
@@ -56,35 +56,27 @@ ID_SET = "in-distribution"
 class CompressionConfig:
     """Settings of the compression runner (JSON keys = field names)."""
 
-    encoder: str = field(default="efficientnet_lite0", metadata={"help": "registry name"})
-    weights: str | None = field(default=None, metadata={"help": "local encoder state dict"})
-    random_init: bool = field(default=False, metadata={
-        "help": "allow an untrained encoder (testing only)"})
-    dataset: str = field(default="lfw", metadata={
-        "help": "lfw (embedded, default) or cifar100:ROOT, stanford_dogs:ROOT, oxford_pet:ROOT, "
-                "imagefolder:ROOT"})
-    shifts: list[str] = field(default_factory=lambda: ["corrupt:all:3"], metadata={
-        "flag": "--shift", "append": True, "clear": ("--no-shift", "evaluate in-distribution only"),
-        "help": "shifted test set with the same labels, repeatable: corrupt:NAME|all:SEVERITY "
-                "or cifar100c:ROOT[:NAME[:SEVERITY]]"})
-    transfer: list[str] = field(default_factory=list, metadata={
-        "append": True, "help": "another dataset with its own labels, repeatable"})
-    size: int = field(default=96, metadata={"help": "image side in px"})
-    prune_ratios: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.8, 0.9, 0.95, 0.98],
-                                      metadata={"flag": "--prune", "help": "pruning ratios in [0, 1)"})
-    random_seeds: int = field(default=50, metadata={"help": "seeds for the Random selector"})
-    ridge_rel: float = field(default=1e-6, metadata={
-        "help": "ridge as a fraction of the mean channel variance"})
-    weight_decay: float = field(default=1e-3, metadata={"help": "probe L2 penalty"})
-    max_iter: int = field(default=200, metadata={"help": "probe optimiser iterations"})
-    spatial_scale: float | None = field(default=None, metadata={
-        "help": "corruption pixel-size scale (default size/224)"})
-    max_images: int | None = field(default=None, metadata={
-        "help": "use at most N images per split (quick runs)"})
-    batch_size: int = field(default=64, metadata={"help": "images per feature batch"})
-    seed: int = field(default=0, metadata={"help": "data split, corruptions, Random selector"})
-    cache_dir: str | None = field(default=None, metadata={
-        "help": "feature cache folder (default OUT/cache)"})
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    random_init: bool = option(False, "allow an untrained encoder (testing only)")
+    dataset: str = option("lfw", "lfw (embedded, default) or cifar100:ROOT, stanford_dogs:ROOT, "
+        "oxford_pet:ROOT, imagefolder:ROOT")
+    shifts: list[str] = option(["corrupt:all:3"], "shifted test set with the same labels, repeatable: "
+        "corrupt:NAME|all:SEVERITY or cifar100c:ROOT[:NAME[:SEVERITY]]", flag="--shift", append=True,
+        clear=("--no-shift", "evaluate in-distribution only"))
+    transfer: list[str] = option([], "another dataset with its own labels, repeatable", append=True)
+    size: int = option(96, "image side in px")
+    prune_ratios: list[float] = option([0.0, 0.5, 0.8, 0.9, 0.95, 0.98], "pruning ratios in [0, 1)",
+        flag="--prune")
+    random_seeds: int = option(50, "seeds for the Random selector")
+    ridge_rel: float = option(1e-6, "ridge as a fraction of the mean channel variance")
+    weight_decay: float = option(1e-3, "probe L2 penalty")
+    max_iter: int = option(200, "probe optimiser iterations")
+    spatial_scale: float | None = option(None, "corruption pixel-size scale (default size/224)")
+    max_images: int | None = option(None, "use at most N images per split (quick runs)")
+    batch_size: int = option(64, "images per feature batch")
+    seed: int = option(0, "data split, corruptions, Random selector")
+    cache_dir: str | None = option(None, "feature cache folder (default OUT/cache)")
 
     def validate(self) -> None:
         """Reject impossible settings with a message."""

@@ -13,7 +13,7 @@ arbitrary); rankings from swapped seeds and from randomised encoders, applied to
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -49,7 +49,7 @@ from .interference_common import (
     parse_levels,
     tensor_digest,
 )
-from .skeleton import Runner
+from .skeleton import Runner, option
 
 
 @dataclass
@@ -58,31 +58,24 @@ class ECRConfig:
     the embedded composites (the cat on five backgrounds; the first is the reference,
     its pasted ellipse the region, the other nine the test images)."""
 
-    encoder: str = field(default="efficientnet_lite0", metadata={"help": "registry name"})
-    weights: str | None = field(default=None, metadata={"help": "local encoder state dict"})
-    lac: str | None = field(default=None, metadata={
-        "help": "LAC checkpoint or bundled variant name (default: bundled, else identity with a "
-                "warning)"})
-    random_init: bool = field(default=False, metadata={"help": "untrained encoder (tests)"})
-    reference: str | None = field(default=None, metadata={"help": "reference image file"})
-    region: str | None = field(default=None, metadata={
-        "help": "region mask file for the reference"})
-    data: str | None = field(default=None, metadata={"help": "folder of test images of the class"})
-    target: int | None = field(default=None, metadata={
-        "flag": "--class", "help": "class index (default: reference top-1)"})
-    size: int = field(default=96, metadata={"help": "image side in px"})
-    fractions: list[float] = field(default_factory=lambda: [i / 10 for i in range(11)], metadata={
-        "help": "ablation fractions (default 0, .1, …, 1)"})
-    random_seeds: int = field(default=50, metadata={"help": "Random order seeds"})
-    randomize: list = field(default_factory=lambda: [1, 3], metadata={
-        "parse": parse_levels, "help": "stage counts to re-initialise (integers or 'all')"})
-    max_images: int | None = field(default=None, metadata={"help": "use the first N test images"})
-    correct_only: bool = field(default=True, metadata={
-        "flag": "--all-test-images", "const": False,
-        "help": "ablate on every test image, not only those classified as the class"})
-    seed: int = field(default=0, metadata={"help": "Random orders, model randomisation"})
-    chunk_size: int | None = field(default=None, metadata={
-        "help": "channels per batched cascade pass"})
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    lac: str | None = option(None, "LAC checkpoint or bundled variant name (default: bundled, else identity "
+        "with a warning)")
+    random_init: bool = option(False, "untrained encoder (tests)")
+    reference: str | None = option(None, "reference image file")
+    region: str | None = option(None, "region mask file for the reference")
+    data: str | None = option(None, "folder of test images of the class")
+    target: int | None = option(None, "class index (default: reference top-1)", flag="--class")
+    size: int = option(96, "image side in px")
+    fractions: list[float] = option([i / 10 for i in range(11)], "ablation fractions (default 0, .1, …, 1)")
+    random_seeds: int = option(50, "Random order seeds")
+    randomize: list = option([1, 3], "stage counts to re-initialise (integers or 'all')", parse=parse_levels)
+    max_images: int | None = option(None, "use the first N test images")
+    correct_only: bool = option(True, "ablate on every test image, not only those classified as the class",
+        flag="--all-test-images", const=False)
+    seed: int = option(0, "Random orders, model randomisation")
+    chunk_size: int | None = option(None, "channels per batched cascade pass")
 
 
 def load_inputs(cfg: ECRConfig) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, torch.Tensor]], str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -63,40 +63,31 @@ from .interference_common import (
     parse_levels,
     tensor_digest,
 )
-from .skeleton import Runner
+from .skeleton import Runner, option
 
 
 @dataclass
 class FGParadoxConfig:
     """What ``adjinv experiment fg-paradox`` measures."""
 
-    encoders: list[str] = field(default_factory=lambda: ["efficientnet_lite0"], metadata={
-        "flag": "--encoder", "append": True, "help": "registry name, repeatable"})
-    weights: str | None = field(default=None, metadata={
-        "help": "local encoder state dict (single encoder)"})
-    lac: str | None = field(default=None, metadata={
-        "help": "LAC checkpoint or bundled variant name (default: bundled, else identity with a "
-                "warning)"})
-    random_init: bool = field(default=False, metadata={
-        "help": "allow an untrained encoder (testing only)"})
-    data: str = field(default="composites", metadata={
-        "help": "composites (embedded, default), cub:ROOT, oxford_pet:ROOT, "
-                "masks:IMAGES_DIR:MASKS_DIR"})
-    split: str = field(default="test", metadata={"choices": ["train", "test"],
-                                                 "help": "dataset split"})
-    size: int = field(default=96, metadata={"help": "image side in px"})
-    max_images: int | None = field(default=None, metadata={"help": "use the first N images"})
-    mode: str = field(default="contribution", metadata={
-        "choices": MODES, "help": "class weighting α (default contribution = W·g)"})
-    target: int | None = field(default=None, metadata={
-        "flag": "--class", "help": "fixed class k (default: top-1 per image)"})
-    randomize: list = field(default_factory=lambda: [1, 3], metadata={
-        "parse": parse_levels,
-        "help": "stage counts to re-initialise from the top (integers or 'all')"})
-    seed: int = field(default=0, metadata={"help": "swapped seeds, controls, bootstrap"})
-    n_boot: int = field(default=2000, metadata={"help": "bootstrap resamples of the intervals"})
-    chunk_size: int | None = field(default=None, metadata={
-        "help": "channels per batched cascade pass"})
+    encoders: list[str] = option(["efficientnet_lite0"], "registry name, repeatable", flag="--encoder",
+        append=True)
+    weights: str | None = option(None, "local encoder state dict (single encoder)")
+    lac: str | None = option(None, "LAC checkpoint or bundled variant name (default: bundled, else identity "
+        "with a warning)")
+    random_init: bool = option(False, "allow an untrained encoder (testing only)")
+    data: str = option("composites", "composites (embedded, default), cub:ROOT, oxford_pet:ROOT, "
+        "masks:IMAGES_DIR:MASKS_DIR")
+    split: str = option("test", "dataset split", choices=["train", "test"])
+    size: int = option(96, "image side in px")
+    max_images: int | None = option(None, "use the first N images")
+    mode: str = option("contribution", "class weighting α (default contribution = W·g)", choices=MODES)
+    target: int | None = option(None, "fixed class k (default: top-1 per image)", flag="--class")
+    randomize: list = option([1, 3], "stage counts to re-initialise from the top (integers or 'all')",
+        parse=parse_levels)
+    seed: int = option(0, "swapped seeds, controls, bootstrap")
+    n_boot: int = option(2000, "bootstrap resamples of the intervals")
+    chunk_size: int | None = option(None, "channels per batched cascade pass")
 
 
 def _fg(x: torch.Tensor | None, mask: torch.Tensor) -> float | None:

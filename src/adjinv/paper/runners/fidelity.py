@@ -29,7 +29,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -47,7 +47,7 @@ from ..baselines.upconv import UpConvConfig, train_upconv, upconv_reconstruct
 from ..data.evalsets import EvalSet, open_eval_set
 from .common import Log, environment, load_named_encoder, quiet_log, warnings_to_log
 from .interference_common import portable_path
-from .skeleton import Runner
+from .skeleton import Runner, option
 
 METHODS = ("ours", "control", "vanilla", "mahendran", "robust", "upconv")
 LABELS = {"ours": "Ours (x̂_L)", "control": "Control: seed zero", "vanilla": "Vanilla gradient",
@@ -72,43 +72,29 @@ def _pairs(flag: str) -> Callable[[list[str]], dict[str, str]]:
 class FidelityConfig:
     """Settings of the fidelity runner (JSON keys = field names)."""
 
-    encoders: list[str] = field(default_factory=lambda: ["efficientnet_lite0"], metadata={
-        "help": "registry names"})
-    data: list[str] = field(default_factory=lambda: ["samples"], metadata={
-        "append": True, "help": "samples, images:DIR, KIND:ROOT; append @MASKDIR for masks; "
-                                "repeatable"})
-    weights: dict[str, str] = field(default_factory=dict, metadata={
-        "append": True, "metavar": "NAME=PATH", "parse": _pairs("--weights"),
-        "help": "encoder weights, repeatable"})
-    lac: dict[str, str] = field(default_factory=dict, metadata={
-        "append": True, "metavar": "NAME=PATH", "parse": _pairs("--lac"),
-        "help": "LAC checkpoint, repeatable"})
-    robust: dict[str, str] = field(default_factory=dict, metadata={
-        "append": True, "metavar": "NAME=PATH", "parse": _pairs("--robust"),
-        "help": "adversarially robust weights, repeatable"})
-    random_init: bool = field(default=False, metadata={"help": "testing only"})
-    size: int = field(default=128, metadata={"help": "image side in px"})
-    max_images: int | None = field(default=None, metadata={"help": "test images per data set"})
-    train_images: int = field(default=64, metadata={
-        "help": "training images for UpConvNet/vanilla fit"})
-    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={
-        "help": f"subset of {', '.join(METHODS)} (default: all)"})
-    mv: dict = field(default_factory=dict, metadata={
-        "flag": "--mv-steps", "type": int, "parse": lambda n: {"steps": n},
-        "help": f"M&V optimisation steps (default {MVConfig.steps}; JSON: any MVConfig field)"})
-    upconv: dict = field(default_factory=dict, metadata={
-        "flag": "--upconv-steps", "type": int, "parse": lambda n: {"steps": n},
-        "help": f"UpConvNet training steps (default {UpConvConfig.steps}; JSON: any UpConvConfig "
-                "field)"})
-    lpips_net: str = field(default="alex", metadata={"choices": ["alex", "vgg"],
-                                                     "help": "LPIPS network"})
-    lpips_backbone: str | None = field(default=None, metadata={
-        "help": "torchvision alexnet/vgg16 state dict"})
-    lpips_linear: str | None = field(default=None, metadata={
-        "help": "lpips v0.1 linear-layer weights (alex.pth / vgg.pth)"})
-    chunk_size: int | None = field(default=None, metadata={
-        "help": "channels per batched cascade pass"})
-    seed: int = field(default=0, metadata={"help": "training subsets, baselines' initialisation"})
+    encoders: list[str] = option(["efficientnet_lite0"], "registry names")
+    data: list[str] = option(["samples"], "samples, images:DIR, KIND:ROOT; append @MASKDIR for masks; "
+        "repeatable", append=True)
+    weights: dict[str, str] = option({}, "encoder weights, repeatable", append=True, metavar="NAME=PATH",
+        parse=_pairs("--weights"))
+    lac: dict[str, str] = option({}, "LAC checkpoint, repeatable", append=True, metavar="NAME=PATH",
+        parse=_pairs("--lac"))
+    robust: dict[str, str] = option({}, "adversarially robust weights, repeatable", append=True,
+        metavar="NAME=PATH", parse=_pairs("--robust"))
+    random_init: bool = option(False, "testing only")
+    size: int = option(128, "image side in px")
+    max_images: int | None = option(None, "test images per data set")
+    train_images: int = option(64, "training images for UpConvNet/vanilla fit")
+    methods: list[str] = option(list(METHODS), f"subset of {', '.join(METHODS)} (default: all)")
+    mv: dict = option({}, f"M&V optimisation steps (default {MVConfig.steps}; JSON: any MVConfig field)",
+        flag="--mv-steps", type=int, parse=lambda n: {"steps": n})
+    upconv: dict = option({}, f"UpConvNet training steps (default {UpConvConfig.steps}; JSON: any "
+        "UpConvConfig field)", flag="--upconv-steps", type=int, parse=lambda n: {"steps": n})
+    lpips_net: str = option("alex", "LPIPS network", choices=["alex", "vgg"])
+    lpips_backbone: str | None = option(None, "torchvision alexnet/vgg16 state dict")
+    lpips_linear: str | None = option(None, "lpips v0.1 linear-layer weights (alex.pth / vgg.pth)")
+    chunk_size: int | None = option(None, "channels per batched cascade pass")
+    seed: int = option(0, "training subsets, baselines' initialisation")
 
     def validate(self) -> None:
         """Reject impossible settings."""

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ from ...methods.class_directional import class_directional_weights
 from ...metrics.likeness import pearson_rgb
 from ...metrics.reconstruction import psnr, ssim
 from .common import Log, quiet_log, warnings_to_log
-from .skeleton import Runner
+from .skeleton import Runner, option
 
 log = logging.getLogger(__name__)
 
@@ -141,23 +141,17 @@ class InvertDatasetArgs:
     """The command line of ``adjinv invert-dataset``; :class:`DatasetConfig` is the part
     stored in ``manifest.json``."""
 
-    data: str = field(default="", metadata={
-        "positional": True, "help": "folder of images (searched recursively)"})
-    encoder: str = field(default="efficientnet_lite0", metadata={"help": "registry name"})
-    weights: str | None = field(default=None, metadata={"help": "local encoder state dict"})
-    random_init: bool = field(default=False, metadata={"help": "untrained encoder (testing only)"})
-    lac: str | None = field(default=None, metadata={
-        "help": "LAC checkpoint or bundled variant name (default: the bundled one)"})
-    size: int = field(default=224, metadata={"help": "image side in px"})
-    stages: list[int] = field(default_factory=lambda: [-1], metadata={
-        "help": "stages whose x̂ to store (negative counts from the deepest)"})
-    shard_size: int = field(default=16, metadata={"help": "images per shard"})
-    class_directional: bool = field(default=False, metadata={
-        "help": "also store the class-directional x̂ of the top-1 class"})
-    chunk_size: int | None = field(default=None, metadata={
-        "help": "channels per batched cascade pass (default: from free memory)"})
-    device: str = field(default="cpu", metadata={"help": "torch device (under torchrun, cuda: "
-                                                         "one GPU per rank)"})
+    data: str = option("", "folder of images (searched recursively)", positional=True)
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    random_init: bool = option(False, "untrained encoder (testing only)")
+    lac: str | None = option(None, "LAC checkpoint or bundled variant name (default: the bundled one)")
+    size: int = option(224, "image side in px")
+    stages: list[int] = option([-1], "stages whose x̂ to store (negative counts from the deepest)")
+    shard_size: int = option(16, "images per shard")
+    class_directional: bool = option(False, "also store the class-directional x̂ of the top-1 class")
+    chunk_size: int | None = option(None, "channels per batched cascade pass (default: from free memory)")
+    device: str = option("cpu", "torch device (under torchrun, cuda: one GPU per rank)")
 
 
 def invert_dataset_command(args: InvertDatasetArgs, out: Path, *, log: Log = quiet_log) -> dict:

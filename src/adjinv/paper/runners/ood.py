@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ from .common import (
     warnings_to_log,
 )
 from .interference_common import portable_path
-from .skeleton import Runner
+from .skeleton import Runner, option
 
 INDICATORS = ("accuracy", "logdet_subset", "effective_rank", "trace", "mmd2",
               "logdet_corr_subset", "mean_norm", "logdet_random_subset", "logdet_corr_random_subset")
@@ -87,45 +87,29 @@ INDICATORS = ("accuracy", "logdet_subset", "effective_rank", "trace", "mmd2",
 class OODConfig:
     """Settings of the OOD-geometry runner (JSON keys = field names)."""
 
-    encoder: str = field(default="efficientnet_lite0", metadata={"help": "registry name"})
-    weights: str | None = field(default=None, metadata={"help": "local encoder state dict"})
-    random_init: bool = field(default=False, metadata={
-        "help": "allow an untrained encoder (testing only)"})
-    dataset: str = field(default="lfw", metadata={
-        "help": "lfw (embedded, default) or KIND:ROOT (see compression)"})
-    size: int = field(default=96, metadata={"help": "image side in px"})
-    corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS), metadata={
-        "help": f"subset of: {' '.join(CORRUPTIONS)} (default: all)"})
-    severities: list[int] = field(default_factory=lambda: list(SEVERITIES), metadata={
-        "help": "subset of 1 2 3 4 5"})
-    prune_ratio: float = field(default=0.95, metadata={
-        "help": "CovVol subset size k = ceil((1 - p) C) unless --keep is given"})
-    keep: int | None = field(default=None, metadata={
-        "help": "CovVol subset size k (default ceil(0.05 C))"})
-    ridge_rel: float = field(default=1e-6, metadata={
-        "help": "ridge as a fraction of the mean channel variance"})
-    weight_decay: float = field(default=1e-3, metadata={"help": "probe L2 penalty"})
-    max_iter: int = field(default=200, metadata={"help": "probe optimiser iterations"})
-    spatial_scale: float | None = field(default=None, metadata={
-        "help": "corruption pixel-size scale (default size/224)"})
-    max_images: int | None = field(default=None, metadata={
-        "help": "use at most N images per split (quick runs)"})
-    batch_size: int = field(default=64, metadata={"help": "images per feature batch"})
-    seed: int = field(default=0, metadata={"help": "data split, corruptions, random subsets"})
-    cache_dir: str | None = field(default=None, metadata={
-        "help": "feature cache folder (default OUT/cache)"})
-    figure: bool = field(default=True, metadata={
-        "flag": "--no-figure", "const": False, "help": "skip the Figure 4(c) reconstructions"})
-    figure_corruption: str = field(default="gaussian_noise", metadata={
-        "help": "corruption of Figure 4(c)"})
-    figure_image: int = field(default=0, metadata={
-        "help": "test-split index of the Figure 4(c) image"})
-    lac: str | None = field(default=None, metadata={
-        "help": "LAC checkpoint for Figure 4(c) (default: bundled, else identity)"})
-    chunk_size: int | None = field(default=None, metadata={
-        "help": "channels per batched backward in Figure 4(c)"})
-    random_subsets: int = field(default=10, metadata={
-        "help": "random channel subsets of size k (the CovVol subset's control)"})
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    random_init: bool = option(False, "allow an untrained encoder (testing only)")
+    dataset: str = option("lfw", "lfw (embedded, default) or KIND:ROOT (see compression)")
+    size: int = option(96, "image side in px")
+    corruptions: list[str] = option(list(CORRUPTIONS), f"subset of: {' '.join(CORRUPTIONS)} (default: all)")
+    severities: list[int] = option(list(SEVERITIES), "subset of 1 2 3 4 5")
+    prune_ratio: float = option(0.95, "CovVol subset size k = ceil((1 - p) C) unless --keep is given")
+    keep: int | None = option(None, "CovVol subset size k (default ceil(0.05 C))")
+    ridge_rel: float = option(1e-6, "ridge as a fraction of the mean channel variance")
+    weight_decay: float = option(1e-3, "probe L2 penalty")
+    max_iter: int = option(200, "probe optimiser iterations")
+    spatial_scale: float | None = option(None, "corruption pixel-size scale (default size/224)")
+    max_images: int | None = option(None, "use at most N images per split (quick runs)")
+    batch_size: int = option(64, "images per feature batch")
+    seed: int = option(0, "data split, corruptions, random subsets")
+    cache_dir: str | None = option(None, "feature cache folder (default OUT/cache)")
+    figure: bool = option(True, "skip the Figure 4(c) reconstructions", flag="--no-figure", const=False)
+    figure_corruption: str = option("gaussian_noise", "corruption of Figure 4(c)")
+    figure_image: int = option(0, "test-split index of the Figure 4(c) image")
+    lac: str | None = option(None, "LAC checkpoint for Figure 4(c) (default: bundled, else identity)")
+    chunk_size: int | None = option(None, "channels per batched backward in Figure 4(c)")
+    random_subsets: int = option(10, "random channel subsets of size k (the CovVol subset's control)")
 
     def validate(self) -> None:
         """Reject impossible settings with a message."""

@@ -51,7 +51,7 @@ import math
 import re
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,7 @@ from .common import (
     save_figure,
 )
 from .interference_common import portable_path
-from .skeleton import Runner
+from .skeleton import Runner, option
 
 PROTOCOL_VERSION = 1
 
@@ -122,37 +122,27 @@ REENCODE_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficien
 class ReconstructionConfig:
     """Settings of the evaluation (all stored in ``protocol.json``)."""
 
-    encoder: str = field(default="efficientnet_lite0", metadata={"help": "registry name"})
-    weights: str | None = field(default=None, metadata={"help": "local encoder state dict"})
-    random_init: bool = field(default=False, metadata={"help": "testing only"})
-    lac: str | None = field(default=None, metadata={
-        "help": "LAC checkpoint or bundled variant name to evaluate (default: the bundled one)"})
-    curve: str | None = field(default=None, metadata={
-        "help": "folder of step-N.lac.safetensors for the learning curve"})
-    train: str | None = field(default=None, metadata={
-        "help": "folder of training photos (with --heldout)"})
-    heldout: str | None = field(default=None, metadata={
-        "help": "folder of held-out photos (with --train)"})
-    size: int = field(default=128, metadata={"help": "crop side in px"})
-    crops: int = field(default=3, metadata={"help": "crops per photo"})
-    min_crop: float = field(default=0.5, metadata={
-        "help": "smallest random crop, as a fraction of the photo's side"})
-    max_photos: int | None = field(default=None, metadata={
-        "help": "use only the first N held-out photos"})
-    partners: list[int] = field(default_factory=lambda: [1, 2, 4], metadata={
-        "help": "K values of the feature-specific view"})
-    mv_steps: int = field(default=200, metadata={"help": "Mahendran & Vedaldi steps"})
-    upconv_steps: int = field(default=300, metadata={"help": "UpConvNet training steps"})
-    upconv_crops: int = field(default=8, metadata={
-        "help": "crops per training photo for UpConvNet"})
-    reencoders: list[str] = field(default_factory=lambda: ["efficientnet_lite1",
-                                                            "efficientnet_lite2"], metadata={
-        "help": "independent networks of the re-encoding agreement"})
-    seed: int = field(default=0, metadata={"help": "crops, random seeds, baselines"})
-    chunk_size: int | None = field(default=None, metadata={
-        "help": "channels per batched cascade pass"})
-    quick: bool = field(default=False, metadata={
-        "help": "64 px, 1 crop, 3 photos, cheap baselines: minutes"})
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    random_init: bool = option(False, "testing only")
+    lac: str | None = option(None, "LAC checkpoint or bundled variant name to evaluate (default: the "
+        "bundled one)")
+    curve: str | None = option(None, "folder of step-N.lac.safetensors for the learning curve")
+    train: str | None = option(None, "folder of training photos (with --heldout)")
+    heldout: str | None = option(None, "folder of held-out photos (with --train)")
+    size: int = option(128, "crop side in px")
+    crops: int = option(3, "crops per photo")
+    min_crop: float = option(0.5, "smallest random crop, as a fraction of the photo's side")
+    max_photos: int | None = option(None, "use only the first N held-out photos")
+    partners: list[int] = option([1, 2, 4], "K values of the feature-specific view")
+    mv_steps: int = option(200, "Mahendran & Vedaldi steps")
+    upconv_steps: int = option(300, "UpConvNet training steps")
+    upconv_crops: int = option(8, "crops per training photo for UpConvNet")
+    reencoders: list[str] = option(["efficientnet_lite1", "efficientnet_lite2"], "independent networks of "
+        "the re-encoding agreement")
+    seed: int = option(0, "crops, random seeds, baselines")
+    chunk_size: int | None = option(None, "channels per batched cascade pass")
+    quick: bool = option(False, "64 px, 1 crop, 3 photos, cheap baselines: minutes")
 
     def apply_quick(self) -> None:
         """The ``--quick`` setting: tiny size, one crop, three photos, cheap baselines."""

@@ -11,7 +11,7 @@ flags override it, unknown keys are an error), ``--threads``, joining a ``torchr
 group, progress lines through :mod:`logging` on the main rank only (the CLI shows them
 on stderr), and the summary on stdout.
 
-Field metadata (every key optional):
+Field metadata (every key optional; :func:`option` takes them as keywords):
 
 ``help``
     the flag's help; `` (default X)`` is appended unless the text speaks of a default.
@@ -43,6 +43,7 @@ other flag replaces the field's value.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import logging
 import time
@@ -83,6 +84,15 @@ class Runner:
     command: bool = False  # True: a top-level ``adjinv NAME``, not an experiment
     out_help: str = "output folder"
     out_default: str | None = None  # None: --out is required
+
+
+def option(default: Any = None, help: str = "", **flag: Any) -> Any:
+    """A config field with its flag's ``help`` and any other metadata key above as a
+    keyword; a list or dict default is copied for every instance."""
+    meta = {"help": help, **flag}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def set_threads(n: int | None) -> None:
@@ -139,6 +149,8 @@ def _add_field(p: argparse.ArgumentParser | argparse._ArgumentGroup, f: dataclas
         p.add_argument(f.name, type=meta.get("type", base), **kw)
         return
     kw.update(dest=f.name, default=None)
+    if "flag" in meta and "choices" not in meta and base is not bool:
+        kw.setdefault("metavar", meta["flag"].lstrip("-").replace("-", "_").upper())
     if base is bool:
         kw.update(action="store_const", const=meta.get("const", True))
     elif origin in (list, dict):

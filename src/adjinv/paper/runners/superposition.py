@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -64,7 +64,7 @@ from .interference_common import (
     parse_levels,
     tensor_digest,
 )
-from .skeleton import Runner
+from .skeleton import Runner, option
 
 SCALARS = ("energy_fraction", "variance_before", "variance_after", "expansion")
 H2_ROWS = ("measured", "head_permuted", "head_random")
@@ -74,28 +74,22 @@ H2_ROWS = ("measured", "head_permuted", "head_random")
 class SuperpositionConfig:
     """What ``adjinv experiment superposition`` measures."""
 
-    encoder: str = field(default="efficientnet_lite0", metadata={"help": "registry name"})
-    weights: str | None = field(default=None, metadata={"help": "local encoder state dict"})
-    lac: str | None = field(default=None, metadata={
-        "help": "LAC checkpoint or bundled variant name (default: bundled, else identity with a "
-                "warning)"})
-    random_init: bool = field(default=False, metadata={"help": "untrained encoder (tests)"})
-    data: str = field(default="composites", metadata={
-        "help": "composites (default), cub:ROOT, oxford_pet:ROOT, masks:IMAGES:MASKS"})
-    split: str = field(default="test", metadata={"choices": ["train", "test"],
-                                                 "help": "dataset split"})
-    size: int = field(default=96, metadata={"help": "image side in px"})
-    max_images: int | None = field(default=None, metadata={"help": "use the first N images"})
-    max_channels: int = field(default=128, metadata={
-        "help": "top channels by simplex weight (0 = all live)"})
-    randomize: list = field(default_factory=lambda: [1, 3], metadata={
-        "parse": parse_levels, "help": "stage counts to re-initialise (integers or 'all')"})
-    figure_images: int = field(default=1, metadata={"help": "images with Figure-3 panels"})
-    panel_channels: int = field(default=4, metadata={"help": "channels shown per Figure-3 panel"})
-    seed: int = field(default=0, metadata={"help": "swapped seeds, controls, bootstrap"})
-    n_boot: int = field(default=2000, metadata={"help": "bootstrap resamples of the intervals"})
-    chunk_size: int | None = field(default=None, metadata={
-        "help": "channels per batched cascade pass"})
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    lac: str | None = option(None, "LAC checkpoint or bundled variant name (default: bundled, else identity "
+        "with a warning)")
+    random_init: bool = option(False, "untrained encoder (tests)")
+    data: str = option("composites", "composites (default), cub:ROOT, oxford_pet:ROOT, masks:IMAGES:MASKS")
+    split: str = option("test", "dataset split", choices=["train", "test"])
+    size: int = option(96, "image side in px")
+    max_images: int | None = option(None, "use the first N images")
+    max_channels: int = option(128, "top channels by simplex weight (0 = all live)")
+    randomize: list = option([1, 3], "stage counts to re-initialise (integers or 'all')", parse=parse_levels)
+    figure_images: int = option(1, "images with Figure-3 panels")
+    panel_channels: int = option(4, "channels shown per Figure-3 panel")
+    seed: int = option(0, "swapped seeds, controls, bootstrap")
+    n_boot: int = option(2000, "bootstrap resamples of the intervals")
+    chunk_size: int | None = option(None, "channels per batched cascade pass")
 
 
 def top_channels(enc: StagedEncoder, x: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:

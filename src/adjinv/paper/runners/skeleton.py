@@ -104,13 +104,13 @@ def set_threads(n: int | None) -> None:
 
 
 # ----------------------------------------------------------------------------- flags
-def _value_type(hint: Any) -> tuple[Any, bool]:
-    """``(type, optional)``: ``X | None`` → ``(X, True)``."""
+def _value_type(hint: Any) -> Any:
+    """The type of a flag's value: ``X | None`` → ``X``."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if len(args) == 1:
-            return args[0], True
-    return hint, False
+            return args[0]
+    return hint
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -139,7 +139,7 @@ def flag_name(f: dataclasses.Field) -> str:
 def _add_field(p: argparse.ArgumentParser | argparse._ArgumentGroup, f: dataclasses.Field,
                hint: Any) -> None:
     meta = f.metadata
-    base, _ = _value_type(hint)
+    base = _value_type(hint)
     origin = typing.get_origin(base) or base
     kw: dict[str, Any] = {"help": _help(f, base is not bool)}
     for k in ("choices", "metavar"):

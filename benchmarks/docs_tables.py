@@ -15,6 +15,7 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -81,10 +82,10 @@ def leakage_table() -> str:
     return "\n".join(text.splitlines()[2:]).strip()
 
 
-def _bundled_meta() -> dict:
+def _bundled_meta(encoder: str = "efficientnet_lite0") -> dict:
     from safetensors import safe_open
 
-    path = REPO / "src" / "adjinv" / "lacs" / "weights" / "efficientnet_lite0.lac.safetensors"
+    path = REPO / "src" / "adjinv" / "lacs" / "weights" / f"{encoder}.lac.safetensors"
     with safe_open(str(path), framework="pt") as f:
         return json.loads((f.metadata() or {})["adjinv"])
 
@@ -193,11 +194,12 @@ def scaling() -> str:
     return "\n".join(lines)
 
 
-def training_summary() -> str:
-    """The shipped LACs' training run, from its committed log."""
-    meta = _bundled_meta()
+def training_summary(encoder: str = "efficientnet_lite0", prefix: str = "") -> str:
+    """The shipped LACs' training run, from its committed log (``prefix``: the log's name
+    prefix for encoders other than the default)."""
+    meta = _bundled_meta(encoder)
     t = meta["training"]
-    variant = meta.get("variant", t["objective"])
+    variant = prefix + meta.get("variant", t["objective"])
     log = json.loads((RESULTS / "training" / f"{variant}.log.json").read_text())
     val = [r for r in log if "val_l1" in r]
     secs = sum(r["seconds"] for r in log)
@@ -453,6 +455,64 @@ def depth_table() -> str:
         lines.append(f"| {v} | **mean** | " + " | ".join(f"**{d['mean'][s]:.3f}**" for s in r["stages"])
                      + " |")
     return "\n".join(lines)
+
+
+def fv_table() -> str:
+    """Theorem B.5 / Remarks 4-5: δ_c and the residuals per source stage and LAC set."""
+    r = _pc("fv")
+    lines = [f"EfficientNet-Lite0 at {r['size']} px, the 5 held-out photos, top {r['channels_per_stage']} "
+             "channels by simplex weight per stage and photo (generated from "
+             "`benchmarks/results/paper_claims/fv.json`). δ: median [90th percentile] over channels, RGB "
+             "and photos; R_dir and R_bias: mean over photos, relative to the principal term.", "",
+             "| LACs | stage | δ_c | ‖R_dir‖/‖principal‖ | ‖R_bias‖/‖principal‖ | Eq. 65-66 bound holds |",
+             "|---|---|---|---|---|---|"]
+    for v, per in r["variants"].items():
+        for st, c in per.items():
+            lines.append(f"| {v} | {st} | {c['delta']['median']:.3f} [{c['delta']['p90']:.3f}] | "
+                         f"{c['r_dir_rel']['mean']:.3f} | {c['r_bias_rel']['mean']:.3f} | "
+                         f"{'yes' if c['bound_holds'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def capacity_table() -> str:
+    """O3 over EfficientNet-Lite0/1/2 (benchmarks/capacity.py)."""
+    r = _json("capacity/results.json")
+    lines = [f"{r['data']['dataset']} ({r['data'].get('subset', '')}), {r['size']} px; each encoder with its "
+             "bundled LACs (same recipe); intervals: 95 % cluster bootstrap over source photos "
+             "(generated from `benchmarks/results/capacity/results.json`).", "",
+             "| | " + " | ".join(f"{x['encoder']} ({x['parameters'] / 1e6:.1f} M)" for x in r["rows"]) + " |",
+             "|---|" + "---|" * len(r["rows"])]
+
+    def row(label: str, get: Callable[[dict], str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(get(x) for x in r["rows"]) + " |")
+
+    for v, name in (("raw", "raw"), ("zero_mean", "zero-mean")):
+        row(f"O2 gap, {name}", lambda x, v=v: _ci(x["fg"]["O2"][v]["measured"]))
+        row(f"O2 gap, {name}: swapped seed", lambda x, v=v: _ci(x["fg"]["O2"][v]["swapped_seed"]))
+        row(f"O2 gap, {name}: permuted head", lambda x, v=v: _ci(x["fg"]["O2"][v]["head_permuted"]))
+    row("FG(x̂^(k)), zero-mean (mask area)", lambda x: f"{_ci(x['fg']['full_zero_mean'])} "
+        f"({x['fg']['area_ratio']['mean']:.3f})")
+    row("H1 λ₁/tr G, zero-mean (swapped seed)", lambda x: f"{_ci(x['h1']['zero_mean'])} "
+        f"({x['h1_swapped_seed']['zero_mean']['mean']:.3f})")
+    row("B1, zero-mean: head / permuted head", lambda x: f"{x['b1']['measured']['mean']:.3f} / "
+        f"{x['b1']['head_permuted']['mean']:.3f}")
+    row("x̂_L Pearson r (swapped seeds; identity)", lambda x: f"{x['reconstruction']['pearson']['mean']:.3f} "
+        f"({x['reconstruction']['swapped_pearson']['mean']:.3f}; "
+        f"{x['reconstruction']['identity_pearson']['mean']:.3f})")
+    row("held-out photos reconstructed from the features (V1-V3)",
+        lambda x: f"{x['reconstruction']['verdicts']} of {x['reconstruction']['photos']}")
+    o = r["o3"]
+
+    def verdict(v: str) -> str:
+        mono = "monotone" if o[v]["monotone_increasing"] else "not monotone"
+        return (f"{v}: gaps " + ", ".join(f"{g:.3f}" for g in o[v]["gaps"])
+                + f", {mono}, Spearman ρ(parameters, gap) = {o[v]['spearman_params_vs_gap']:.2f}")
+
+    both = "; ".join(verdict(v) for v in ("raw", "zero_mean"))
+    lines += ["", f"O3 (the gap grows with capacity): {both}."]
+    return "\n".join(lines)
+
+
 def _adjinv() -> None:
     """Import the runners' own table renderers from this checkout's ``src``."""
     src = str(REPO / "src")
@@ -469,13 +529,13 @@ def _run_line(r: dict, extra: str = "") -> str:
             f"{env.get('threads', '?')} torch thread(s).")
 
 
-def interference_fg() -> str:
+def interference_fg(folder: str = "fg-paradox") -> str:
     """FG, O1, O2: measured, shuffled heads, swapped seed, randomised; raw / zero-mean / Ψ(0)-projected."""
     _adjinv()
-    from adjinv.paper.runners.fg_paradox import encoder_table
+    from adjinv.paper.runners.fg_paradox import encoder_table, head_lines
 
-    r = _json("interference/fg-paradox/results.json")
-    lines = [_run_line(r, "fg-paradox/")]
+    r = _json(f"interference/{folder}/results.json")
+    lines = [_run_line(r, f"{folder}/")]
     for p in r["encoders"]:
         s, lp = p["summary"], p["lac_pix"]
         lines += ["", f"{p['encoder']}, LACs `{p['lacs']}`; mask area ratio "
@@ -484,7 +544,60 @@ def interference_fg() -> str:
                       f"({', '.join(f'{v:.3f}' for v in lp['beta'])}), bias share of every φ_c "
                       f"Σβ²/(Σβ²+Σγ²) = {lp['bias_share']:.3f}; intervals: bootstrap over "
                       f"{s['measured']['raw']['full'].get('n_groups', '?')} source photos.", ""]
-        lines += encoder_table(p)
+        lines += head_lines(p) + encoder_table(p)
+    return "\n".join(lines)
+
+
+def interference_heads() -> str:
+    """The ImageNet head beside the per-dataset probe (C.2): FG / O1 / O2 with their controls,
+    and the ECR ablation at a few fractions, from the two pairs of committed runs."""
+    runs = {"ImageNet head": ("fg-paradox", "ecr"), "probe (C.2)": ("fg-paradox-probe", "ecr-probe")}
+    rows = [("measured", "measured"), ("swapped_seed", "swapped-seed"),
+            ("head_permuted", "W_k permuted"), ("head_random", "random row, ‖W_k‖")]
+    lines = ["| head | reconstruction | variant | FG(x̂) | O1 | O2 |", "|---|---|---|---|---|---|"]
+    acc = {}
+    for name, (fg_dir, _) in runs.items():
+        p = _json(f"interference/{fg_dir}/results.json")["encoders"][0]
+        s = p["summary"]
+        acc[name] = p.get("head", {}).get("scored_accuracy")
+        for key, label in rows:
+            for v in ("raw", "zero_mean"):
+                q = s[key][v]
+                lines.append(f"| {name} | {label} | {'raw' if v == 'raw' else 'zero-mean'} | "
+                             f"{_ci(q['full'])} | {_ci(q['O1'])} | {_ci(q['O2'])} |")
+        for lv, t in s["randomized"].items():
+            q = t["zero_mean"]
+            lines.append(f"| {name} | random top {lv} | zero-mean | {_ci(q['full'])} | "
+                         f"{_ci(q['O1'])} | {_ci(q['O2'])} |")
+    pa = acc["probe (C.2)"]
+    lines += ["", f"Mask area ratio {_ci(s['area_ratio'])}. The probe classifies "
+                  f"{'–' if pa is None else f'{100 * pa:.0f} %'} of the scored composites as their "
+                  "source photo; the ImageNet head has no such class (its top-1 is what the runner "
+                  "inverts).", ""]
+    fr_show = (0.2, 0.3, 0.4, 0.5)
+    lines += ["ECR ablation: softmax probability of the reference's class on the test images "
+              "after ablating a fraction of the channels in each order.", "",
+              "| head | class (p on the reference) | test images classified as the class | fraction "
+              "| Descending | Ascending | Random | swapped-seed desc | energy desc | |α| desc |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, (_, ecr_dir) in runs.items():
+        r = _json(f"interference/{ecr_dir}/results.json")
+        c, ctl = r["curves"]["measured"], r["controls"]
+        for f in fr_show:
+            i = min(range(len(c["fractions"])), key=lambda j: abs(c["fractions"][j] - f))
+            lines.append(f"| {name} | {r['class']['name']} ({r['class']['reference_probability']:.3f})"
+                         f" | {r['test_images']['classified_as_class']}/{r['n_test_images']} | "
+                         f"{c['fractions'][i]:.1f} | {c['descending'][i]:.3f} | {c['ascending'][i]:.3f} | "
+                         f"{c['random_mean'][i]:.3f} ± {c['random_std'][i]:.3f} | "
+                         f"{ctl['swapped_seed']['descending'][i]:.3f} | {ctl['energy']['descending'][i]:.3f}"
+                         f" | {ctl['abs_alpha']['descending'][i]:.3f} |")
+    r = _json("interference/ecr-probe/results.json")
+    lines += ["", f"Live channels on the reference: {r['live_channels']}/{r['channels']} "
+                  f"({r['live_fraction']:.2f}); both ECR orders put the dead channels last, Random "
+                  "does not. Spearman with the measured ECR ranking: "
+                  + ", ".join(f"{k} {v['spearman_with_measured']:.3f}" for k, v in r["controls"].items()
+                              if k != "seed_zero" and v.get("spearman_with_measured") is not None)
+                  + "."]
     return "\n".join(lines)
 
 
@@ -546,6 +659,27 @@ def interference_verdicts() -> str:
              + yes[all(_above(zm, v) for k, v in ctrl.items() if k != "swapped-seed")]
              + f"; above the swapped-seed control ({_ci(ctrl['swapped-seed'])}), i.e. carried by "
              f"this image's features rather than its Jacobians: {yes[_above(zm, ctrl['swapped-seed'])]}."]
+    lines += _fg_verdicts(fg)
+    b1 = h["h2"]["measured"]["zero_mean"]["B1"]
+    bp, br = h["h2"]["head_permuted"]["zero_mean"]["B1"], h["h2"]["head_random"]["zero_mean"]["B1"]
+    lines.append(f"- **H2-B1, the shared direction cancels in the class sum (B1 ≈ 0).** Zero-mean "
+                 f"B1 = {_ci(b1)} with the encoder's head, {_ci(bp)} with W_k permuted, {_ci(br)} "
+                 f"with a random row (raw: {_ci(h['h2']['measured']['raw']['B1'])}). Cancels more than "
+                 f"the shuffled heads (interval below both): "
+                 f"{yes[_above(bp, b1) and _above(br, b1)]}.")
+    b2 = h["h2"]["measured"]
+    lines.append(f"- **H2-B2, each hemisphere dominated by the shared direction.** B2 raw "
+                 f"{_ci(b2['raw']['B2'])}, zero-mean {_ci(b2['zero_mean']['B2'])} (permuted head "
+                 f"{_ci(h['h2']['head_permuted']['zero_mean']['B2'])}): the raw value is the bias; "
+                 f"above the permuted head without it: "
+                 f"{yes[_above(b2['zero_mean']['B2'], h['h2']['head_permuted']['zero_mean']['B2'])]}.")
+    return "\n".join(lines)
+
+
+def _fg_verdicts(fg: dict) -> list[str]:
+    """The fg-paradox verdict lines (FG concentration, O2, O1) of one run's summary."""
+    yes = {True: "**stands**", False: "**does not stand**"}
+    lines: list[str] = []
     f = fg["measured"]["zero_mean"]
     area = fg["area_ratio"]
     cf = {"swapped-seed": fg["swapped_seed"]["zero_mean"], "head permuted": fg["head_permuted"]["zero_mean"],
@@ -574,32 +708,72 @@ def interference_verdicts() -> str:
                  f"(interval clear of both shuffled heads'): {yes[specific]}. (Raw O1 = "
                  f"{_ci(fg['measured']['raw']['O1'])}: both raw hemispheres are dominated by their "
                  "uniform bias terms.)")
-    b1 = h["h2"]["measured"]["zero_mean"]["B1"]
-    bp, br = h["h2"]["head_permuted"]["zero_mean"]["B1"], h["h2"]["head_random"]["zero_mean"]["B1"]
-    lines.append(f"- **H2-B1, the shared direction cancels in the class sum (B1 ≈ 0).** Zero-mean "
-                 f"B1 = {_ci(b1)} with the encoder's head, {_ci(bp)} with W_k permuted, {_ci(br)} "
-                 f"with a random row (raw: {_ci(h['h2']['measured']['raw']['B1'])}). Cancels more than "
-                 f"the shuffled heads (interval below both): "
-                 f"{yes[_above(bp, b1) and _above(br, b1)]}.")
-    b2 = h["h2"]["measured"]
-    lines.append(f"- **H2-B2, each hemisphere dominated by the shared direction.** B2 raw "
-                 f"{_ci(b2['raw']['B2'])}, zero-mean {_ci(b2['zero_mean']['B2'])} (permuted head "
-                 f"{_ci(h['h2']['head_permuted']['zero_mean']['B2'])}): the raw value is the bias; "
-                 f"above the permuted head without it: "
-                 f"{yes[_above(b2['zero_mean']['B2'], h['h2']['head_permuted']['zero_mean']['B2'])]}.")
+    return lines
+
+
+def interference_verdicts_probe() -> str:
+    """The fg-paradox claims and the ECR ranking under the probe head, by the same rules."""
+    fg = _json("interference/fg-paradox-probe/results.json")["encoders"][0]["summary"]
+    lines = ["Same rule as above, on the runs with the probe head:", ""] + _fg_verdicts(fg)
+    yes = {True: "**stands**", False: "**does not stand**"}
+    for name, folder in (("ImageNet head", "ecr"), ("probe", "ecr-probe")):
+        r = _json(f"interference/{folder}/results.json")
+        c, ctl = r["curves"]["measured"], r["controls"]
+        keep = [i for i, f in enumerate(c["fractions"]) if 0 < f <= r["live_fraction"]]
+
+        def mean(v: list, keep: list = keep) -> float:
+            return sum(v[i] for i in keep) / len(keep)
+
+        d = mean(c["descending"])
+        others = {"Ascending": mean(c["ascending"]), "Random": mean(c["random_mean"]),
+                  **{f"{k} desc.": mean(v["descending"]) for k, v in ctl.items()
+                     if k in ("swapped_seed", "energy", "abs_alpha")}}
+        lines.append(f"- **ECR ranking localises the class ({name}).** Mean probability of "
+                     f"{r['class']['name']} over the fractions 0 < p ≤ {r['live_fraction']:.2f} "
+                     f"(live channels only; one reference, so no interval): Descending {d:.3f}; "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in others.items())
+                     + f". Lower than every other order: {yes[all(d < v for v in others.values())]}"
+                     + ("" if r["test_images"]["classified_as_class"] else
+                        " (no test image is classified as the class: noise-level curves)") + ".")
     return "\n".join(lines)
 
 
-def interference_ecr() -> str:
+def attention_verdicts() -> str:
+    """Token locality against the shuffled token and against the untrained head, per block."""
+    r = _json("attention/results.json")
+    yes = {True: "**yes**", False: "**no**"}
+    acc = (r["head"].get("accuracy") or {}).get("test")
+    lines = [f"Rule (per block, over the {len(r['images'])} visualised images' token maps; "
+             "no interval): local when the mean peak–own distance is below the shuffled "
+             "token's and most maps are closer to their own token; learned by attention when "
+             "it is also below the untrained head's distance.", ""]
+    for b, s in r["summary"].items():
+        d, sh = s["distance_tokens"]["mean"], s["shuffled_tokens"]["mean"]
+        c = r.get("control_untrained", {}).get(b)
+        line = (f"- block {b}: distance {d:.3f} vs shuffled {sh:.3f}, closer than shuffled in "
+                f"{100 * s['closer_than_shuffled']:.0f} % of maps; local: "
+                f"{yes[d < sh and s['closer_than_shuffled'] > 0.5]}")
+        if c is not None:
+            cd = c["distance_tokens"]["mean"]
+            line += (f"; untrained head {cd:.3f} (own cell {100 * c['own_cell_rate']:.0f} % vs "
+                     f"{100 * s['own_cell_rate']:.0f} % trained); learned by attention: {yes[d < cd]}")
+        lines.append(line + ".")
+    if acc is not None:
+        lines += ["", f"The head's accuracy on the held-out test images is {acc:.3f} (two balanced "
+                      "classes: chance 0.5)."]
+    return "\n".join(lines)
+
+
+def interference_ecr(folder: str = "ecr") -> str:
     """The ECR ablation table as the runner renders it, without its title and notes."""
     _adjinv()
     from adjinv.paper.runners.ecr import table
 
-    r = _json("interference/ecr/results.json")
+    r = _json(f"interference/{folder}/results.json")
     body = table(r).split("\n")[2:]
     body = body[: next(i for i, line in enumerate(body) if line.startswith("- "))]
     env = r.get("environment", {})
-    head = (f"Written by the runner to `benchmarks/results/interference/ecr/results.json` "
+    head = (f"Written by the runner to `benchmarks/results/interference/{folder}/results.json` "
             f"({r['seconds']:.0f} s wall on {env.get('cpus', '?')} shared CPUs, "
             f"{env.get('threads', '?')} torch thread(s)); LACs `{r['lacs']}`.")
     return "\n".join([head, "", *body]).strip()
@@ -650,6 +824,14 @@ def compression_table() -> str:
     """Compression probes (adjinv experiment compression)."""
     return _runner_block("compression/results.json", "adjinv.paper.runners.compression",
                          "adjinv experiment compression --threads 1")
+
+
+def compression_transfer_table() -> str:
+    """Table 5, cross-dataset transfer (adjinv experiment compression --transfer)."""
+    c = _json("compression-transfer/results.json")["config"]
+    cmd = ("adjinv experiment compression --no-shift "
+           + " ".join(f"--transfer {t}" for t in c["transfer"]) + " --threads 1")
+    return _runner_block("compression-transfer/results.json", "adjinv.paper.runners.compression", cmd)
 
 
 def ood_verdicts() -> str:
@@ -707,22 +889,49 @@ def cam_verdicts() -> str:
     return "\n".join(out)
 
 
+def _paper_elements():
+    """benchmarks/paper_elements.py: the catalogue of every element of the paper."""
+    here = str(REPO / "benchmarks")
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import paper_elements
+
+    return paper_elements
+
+
 BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
           "leakage-table": leakage_table,
           "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"),
           "reconstruction-full-table": lambda: reconstruction_table("reconstruction-full", wall=True),
           "default-table": default_table,
-          "training-summary": training_summary, "paper-summary": paper_summary,
+          "training-summary": training_summary,
+          "training-summary-lite": lambda: "\n".join(
+              f"- `{e}`: " + training_summary(e, f"lite{e[-1]}-")
+              for e in ("efficientnet_lite1", "efficientnet_lite2")), "paper-summary": paper_summary,
           "heldout-l1": heldout_l1, "gradient-variance": gradient_variance,
           "scaling": scaling, "paper-claims": paper_claims, "paper-claims-crisis": crisis_table,
           "paper-claims-support": support_table, "paper-claims-depth": depth_table,
+          "paper-claims-fv": fv_table, "capacity-table": capacity_table,
           "interference-fg": interference_fg,
           "interference-h1": interference_h1, "interference-h2": interference_h2,
           "interference-ecr": interference_ecr, "interference-verdicts": interference_verdicts,
+          "interference-fg-probe": lambda: interference_fg("fg-paradox-probe"),
+          "interference-ecr-probe": lambda: interference_ecr("ecr-probe"),
+          "interference-heads": interference_heads,
+          "interference-verdicts-probe": interference_verdicts_probe,
+          "attention-verdicts": attention_verdicts,
+          "attention-table": lambda: _runner_block(
+              "attention/results.json", "adjinv.paper.runners.attention",
+              "adjinv experiment attention --labelled-set detection --lac pixbias "
+              "--train-per-class 30 --test-per-class 10 --steps 60 --num-images 5 --size 128 "
+              "--control-untrained --out benchmarks/results/attention"),
           "cam-table": cam_table,
           "fidelity-table": fidelity_table, "ood-table": ood_table,
-          "compression-table": compression_table, "ood-verdicts": ood_verdicts,
-          "cam-verdicts": cam_verdicts}
+          "compression-table": compression_table,
+          "compression-transfer-table": compression_transfer_table, "ood-verdicts": ood_verdicts,
+          "cam-verdicts": cam_verdicts,
+          "paper-elements": lambda: _paper_elements().table(),
+          "paper-elements-rules": lambda: _paper_elements().rules()}
 
 
 def render(text: str) -> str:

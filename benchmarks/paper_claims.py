@@ -1,4 +1,4 @@
-"""Measure the paper's claims that no experiment runner covers (issue 15).
+"""Measure the paper's claims that no experiment runner covers.
 
 One part per claim; each writes ``<part>.json`` into ``--out`` (default
 ``benchmarks/results/paper_claims``) with its settings and the environment:
@@ -12,6 +12,11 @@ One part per claim; each writes ``<part>.json`` into ``--out`` (default
 - ``lac``: Lemma B.1 (trained γ/β) and Supp. C.5 (spread of ‖φ_c‖)
   (``adjinv.paper.analysis.lac_stats``);
 - ``duality``: Theorem 2 over random channel subsets (``adjinv.paper.analysis.duality``);
+- ``fv``: Theorem B.5, Corollary B.6, Remarks 4-5: the cascade direction error δ_c and the
+  two residuals of x̂ against the feature-visualisation directions, per source stage, for
+  the default, ``pixbias`` and identity LACs (``adjinv.paper.analysis.fv_equivalence``);
+- ``b2``: H2 (B2), Eq. 98: foreground energy of the residual sum Σ α_c r_c on the embedded
+  composites, beside shuffled heads, swapped seeds and the mask's area;
 - ``depth``: source-depth monotonicity (Supp. A.5, Prop. B.8): Pearson r of x̂_l with the
   photo against the stage l, bundled vs identity LACs.
 
@@ -281,6 +286,128 @@ def depth(args: argparse.Namespace) -> dict:
             "variants": out}
 
 
+def _quantiles(v: torch.Tensor) -> dict[str, float]:
+    v = v.flatten().double()
+    return {"median": float(v.median()), "p90": float(v.quantile(0.9)), "max": float(v.max()),
+            "mean": float(v.mean())}
+
+
+@part
+def fv(args: argparse.Namespace) -> dict:
+    """Theorem B.5 / Cor. B.6 / Remarks 4-5: cascade direction error δ_c and the residuals."""
+    from adjinv.paper.analysis.fv_equivalence import fv_decomposition
+
+    enc = load_encoder("efficientnet_lite0")
+    names, imgs = _heldout(args.size)
+    x = enc.normalize(imgs)
+    banks = {"default (paper-colour: every β trained)": load_lacs(enc).lacs,
+             "pixbias (inner β = 0)": load_lacs(enc, "pixbias").lacs,
+             "identity (γ = 1, β = 0)": LACBank.for_encoder(enc)}
+    stages = [i.name for i in enc.infos]
+    out: dict[str, dict] = {}
+    for label, bank in banks.items():
+        inv = AdjointInverter(enc, bank)
+        per: dict[str, dict] = {}
+        for s, sname in enumerate(stages):
+            with torch.no_grad(), enc.frozen():
+                w = simplex_measure(enc.forward_stages(x)[s])
+            ch = w.argsort(dim=1, descending=True)[:, : args.fv_channels]
+            d = fv_decomposition(inv, x, s, ch)
+            rel = d.relative()
+            per[sname] = {"delta": _quantiles(d.delta), "r_dir_rel": _quantiles(rel["r_dir"]),
+                          "r_bias_rel": _quantiles(rel["r_bias"]),
+                          "bound_holds": bool((d.r_dir.flatten(2).norm(dim=2)
+                                               <= d.bound_dir * (1 + 1e-4) + 1e-9).all())}
+        out[label] = per
+        log.info("fv: %s done", label)
+    return {"encoder": enc.name, "size": args.size, "photos": names, "stages": stages,
+            "channels_per_stage": args.fv_channels,
+            "definitions": {"delta": "‖û_c − e_c‖ per RGB channel (Eq. 60), over channels, RGB, photos",
+                            "r_dir_rel": "‖Σ w γ s (û − e)‖ / ‖Σ w γ s e‖ per photo (Thm B.5)",
+                            "r_bias_rel": "‖Σ w β_pix‖ / ‖Σ w γ s e‖ per photo (Cor. B.6)"},
+            "variants": out}
+
+
+@part
+def b2(args: argparse.Namespace) -> dict:
+    """H2 (B2), Eq. 98: the residual sum Σ α_c r_c concentrates on the class object."""
+    from adjinv.methods.class_directional import foreground_energy, mask_area_ratio
+    from adjinv.methods.controls import (
+        HEAD_CONTROLS,
+        head_row,
+        partner_derangement,
+        shuffled_head_row,
+        swapped_channel_inversions,
+    )
+    from adjinv.paper.analysis.superposition import centre_rgb, leading_direction
+    from adjinv.paper.data.masks import open_masked
+    from adjinv.paper.runners.interference_common import bootstrap_ci
+
+    enc, lacs, src = _lite0()
+    inv = AdjointInverter(enc, lacs)
+    ds = open_masked("composites", "test", args.size)
+    items = [ds[i] for i in range(len(ds))]
+    partners, rule = partner_derangement([it.label for it in items])
+    variants = ("raw", "zero_mean")
+    rows: list[dict] = []
+    for i, it in enumerate(items):
+        x = enc.normalize(it.image)[None]
+        xp = enc.normalize(items[partners[i]].image)[None]
+        with torch.no_grad(), enc.frozen():
+            a_last = enc.forward_stages(x)[-1]
+            k = enc.head(a_last).argmax(1)
+            wk = head_row(enc, a_last, k)[0]
+            g = a_last.mean(dim=(-2, -1))[0]
+            w = simplex_measure(a_last)[0]
+        ch = w.argsort(descending=True)
+        ch = ch[w[ch] > 0][: args.b2_channels]
+        phi = inv.channel_inversions(x, -1, ch)[0].double()
+        phi_s = swapped_channel_inversions(inv, x, xp, ch)[0].double()
+        mask = it.mask.bool()[None]
+        heads = {"measured": wk} | {f"head_{h}": shuffled_head_row(wk, h, 0) for h in HEAD_CONTROLS}
+        row: dict = {"name": it.name, "group": it.label, "area": float(mask_area_ratio(mask[0]))}
+        for v in variants:
+            f = phi if v == "raw" else centre_rgb(phi)
+            fs = phi_s if v == "raw" else centre_rgb(phi_s)
+            u, _ = leading_direction(f)
+            u = u.view_as(f[0])
+
+            def residual_sum(feats: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor = u) -> torch.Tensor:
+                a = (feats * u).flatten(1).sum(1)
+                r = feats - a.view(-1, 1, 1, 1) * u
+                return (alpha.view(-1, 1, 1, 1) * r).sum(0, keepdim=True)
+
+            cell = {}
+            for h, wrow in heads.items():
+                alpha = (wrow * g)[ch].double()
+                cell[h] = float(foreground_energy(residual_sum(f, alpha), mask)[0])
+            alpha = (wk * g)[ch].double()
+            cell["swapped_seed"] = float(foreground_energy(residual_sum(fs, alpha), mask)[0])
+            cell["full"] = float(foreground_energy((alpha.view(-1, 1, 1, 1) * f).sum(0, keepdim=True),
+                                                   mask)[0])
+            row[v] = cell
+        rows.append(row)
+        log.info("b2: %s done", it.name)
+    groups = [r["group"] for r in rows]
+
+    def ci(vals: list[float]) -> dict:
+        return bootstrap_ci(vals, 2000, 0, groups=groups)
+
+    keys = ["measured", *[f"head_{h}" for h in HEAD_CONTROLS], "swapped_seed", "full"]
+    summary = {"area": ci([r["area"] for r in rows])}
+    summary |= {v: {q: ci([r[v][q] for r in rows]) for q in keys} for v in variants}
+    return {"encoder": enc.name, "size": args.size, "lacs": src, "data": "composites (test)",
+            "channels": args.b2_channels, "partner_rule": rule,
+            "definitions": {
+                "measured": "FG(Σ_c α_c r_c), r_c = φ_c − ⟨φ_c, u⟩ u, u the leading direction of the "
+                            "channel inversions (H1), α_c = W_{k,c} GAP(A_L)_c for the predicted class",
+                "head_*": "the same with the head row shuffled (permuted / Gaussian of matched norm)",
+                "swapped_seed": "the partner photo's features through this image's Jacobians, same α",
+                "full": "FG(Σ α_c φ_c), the class-directional reconstruction on these channels",
+                "zero_mean": "every φ_c made zero-mean per RGB channel first (removes β_pix)"},
+            "images": rows, "summary": summary}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("parts", nargs="+", choices=sorted(PARTS))
@@ -296,6 +423,10 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=24, help="duality: channel pool size")
     ap.add_argument("--k", type=int, nargs="+", default=[4, 8], help="duality: subset sizes")
     ap.add_argument("--subsets", type=int, default=500, help="duality: random subsets")
+    ap.add_argument("--b2-channels", type=int, default=128,
+                    help="b2: top deepest channels by simplex weight per image")
+    ap.add_argument("--fv-channels", type=int, default=16,
+                    help="fv: top channels by simplex weight per stage and photo")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in args.parts:

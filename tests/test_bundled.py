@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import adjinv
@@ -11,8 +12,9 @@ from adjinv.images.photos import HELDOUT, TRAIN, VALIDATION, is_greyscale, photo
 from adjinv.lacs.checkpoint import bundled_checkpoint, bundled_variants, read_checkpoint
 
 
-def test_bundled_checkpoint_is_small_loads_and_never_saw_the_heldout_photos():
-    path = bundled_checkpoint("efficientnet_lite0")
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_bundled_checkpoint_is_small_loads_and_never_saw_the_heldout_photos(name):
+    path = bundled_checkpoint(name)
     assert path is not None and path.stat().st_size < 64_000
     meta, tensors = read_checkpoint(path)
     assert not any(k.startswith(("extra.adam.", "extra.last.", "extra.best.")) for k in tensors)
@@ -23,7 +25,8 @@ def test_bundled_checkpoint_is_small_loads_and_never_saw_the_heldout_photos():
     assert not trained_on & (set(HELDOUT) | set(VALIDATION))
     # the shipped weights are the best validation checkpoint of the run
     assert meta["step"] == meta["early_stopping"]["best_step"]
-    enc = adjinv.load_encoder("efficientnet_lite0")
+    assert meta["variant"] == "paper-colour"
+    enc = adjinv.load_encoder(name)
     lacs, vanilla, source = adjinv.load_lacs(enc)
     assert source == str(path) and vanilla is not None
     assert any((p - q).abs().max() > 1e-2 for p, q in

@@ -168,6 +168,28 @@ def test_lfw_embedded_default():
     assert te.describe()["transform"].startswith("25x25 grey")
 
 
+def test_composite_transfer_sets():
+    """The embedded labelled composites: balanced classes, a disjoint deterministic split,
+    and no held-out photo (adjinv.images.photos) anywhere in them."""
+    from adjinv.images.photos import HELDOUT
+    from adjinv.paper.data.datasets import CompositeObjects, open_dataset
+
+    for label, classes in (("object", 3), ("background", 5)):
+        tr = open_dataset(f"composites:{label}", "train", 24)
+        te = CompositeObjects("test", size=24, label=label)
+        assert len(tr.classes) == classes and len(tr) == len(te) == 60
+        assert all(tr.labels.count(c) == 60 // classes for c in range(classes))
+        assert not {s[2] for s in tr.specs} & {s[2] for s in te.specs}
+        assert not {s[0] for s in tr.specs + te.specs} & set(HELDOUT)
+        img, y = te[0]
+        assert img.shape == (3, 24, 24) and 0 <= float(img.min()) <= float(img.max()) <= 1
+        assert torch.equal(img, CompositeObjects("test", size=24, label=label)[0][0])
+        assert tr.describe()["dataset"] == f"composites:{label}"
+    assert open_dataset("composites", "train", 24).label == "object"
+    with pytest.raises(AdjinvError, match="object"):
+        CompositeObjects("train", label="colour")
+
+
 def test_split_helpers_and_corrupted_wrapper():
     tr, te = stratified_split([0] * 5 + [1] * 5, 0.4, seed=0)
     assert len(te) == 4 and sorted(tr + te) == list(range(10))

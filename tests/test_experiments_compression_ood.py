@@ -9,7 +9,7 @@ import pytest
 
 from adjinv.cli import build_parser, main
 from adjinv.paper.runners.compression import CompressionConfig, run_compression
-from adjinv.paper.runners.ood import OODConfig, run_ood
+from adjinv.paper.runners.ood import OODConfig, run_ood, run_ood_figure
 from conftest import staged_from_sequential, tiny_relu_cnn
 
 
@@ -67,6 +67,35 @@ def test_ood_runner(tiny32, tmp_path):
     fig = res["figure_4c"]
     assert fig["lacs"].startswith("identity") and len(fig["files"]) == 6
     assert "Figure 4(c)" in (tmp_path / "table.md").read_text()
+
+
+def test_ood_figure_only(tiny32, tmp_path):
+    """``--figure-only``: Figure 4(c) and its record, no geometry, results.json untouched."""
+    (tmp_path / "results.json").write_text("{}")
+    cfg = OODConfig(size=32, max_images=6, max_iter=30, chunk_size=4, figure_corruption="fog")
+    rec = run_ood_figure(cfg, tmp_path, encoder=tiny32)
+    assert (tmp_path / "results.json").read_text() == "{}"
+    for f in ("reconstructions.png", "figure_4c.json", "reconstructions/input_s0.png",
+              "reconstructions/class_s5.png"):
+        assert (tmp_path / f).is_file(), f
+    on_disk = json.loads((tmp_path / "figure_4c.json").read_text())
+    fig = on_disk["figure_4c"]
+    assert fig["corruption"] == "fog" and [f["severity"] for f in fig["files"]] == [0, 1, 2, 3, 4, 5]
+    assert on_disk["config"]["figure_corruption"] == "fog" and rec["figure_4c"] == fig
+
+
+def test_compression_transfer_on_composites(tiny32, tmp_path):
+    """Cross-dataset transfer onto the embedded composite sets: channels chosen on the
+    in-distribution split, a new probe per transfer set with its own classes."""
+    cfg = CompressionConfig(size=32, max_images=6, shifts=[], prune_ratios=[0.0, 0.9],
+                            random_seeds=2, max_iter=30,
+                            transfer=["composites:object", "composites:background"])
+    res = run_compression(cfg, tmp_path, encoder=tiny32)
+    assert list(res["transfer"]) == ["composites:object", "composites:background"]
+    for spec, rows in res["transfer"].items():
+        assert [r["k"] for r in rows] == [16, 2]
+        assert all(0 <= r["covvol"][spec] <= 1 for r in rows)
+    assert "Transfer set composites:background" in (tmp_path / "table.md").read_text()
 
 
 def test_cli_help_and_errors(tmp_path, capsys):

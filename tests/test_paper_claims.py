@@ -93,9 +93,29 @@ def test_support_leak_zero_for_relu_positive_for_gelu():
     g = support_leak(gelu, x, list(range(6)))
     assert r.energy_outside == 0.0 and r.negative_share == 0.0
     assert r.pixels_outside > 0.3  # not vacuous: the field leaves much of the image out
+    assert 0.5 < r.field_covered <= 1.0  # Remark 2: v is non-zero on (nearly) all of its field
     assert g.energy_outside > 1e-3 and g.negative_share > 0
     with pytest.raises(AdjinvError):
         support_leak(relu, torch.cat([x, x]), [0])
+
+
+def test_field_coverage_sees_a_cancellation():
+    """Remark 2's statistic can fail: on a ramp, z(q) = x(q) − x(q+1) is the same at every
+    position, so v(p) = A(p) − A(p−1) cancels exactly inside the field (the probe's random
+    weights do not cancel)."""
+    conv = nn.Conv2d(3, 1, (1, 2), bias=False).double()
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[0, 0, 0, 0], conv.weight[0, 0, 0, 1] = 1.0, -1.0
+    net = nn.Sequential(conv, nn.ReLU()).eval()
+    x = torch.rand(1, 3, 6, 12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x[0, 0] = -torch.arange(12, dtype=torch.float64)  # integer steps: z = 1 exactly
+    r = support_leak(net, x, [0])
+    assert r.energy_outside == 0.0
+    assert r.field_covered == pytest.approx(2 / 12)  # only the two border pixels per row
+    x[0, 0] = torch.rand(6, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x[0, 0, :, ::2] += 2.0  # alternating: every other position active, no cancellation
+    assert support_leak(net, x, [0]).field_covered == 1.0
 
 
 # ----------------------------------------------------------------------------- Lemma B.1, C.5

@@ -5,6 +5,7 @@ likeness metrics and Guided Backprop / DeconvNet rules it rests on."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -82,8 +83,12 @@ def test_runner_end_to_end(tiny32, setup, monkeypatch):
     res = rec.run_reconstruction(cfg, tmp / "out", encoder=tiny32, reencoders=reenc)
 
     # structure
-    for f in ("results.json", "table.md", "figure.png", "curve.png", "protocol.json"):
+    for f in ("results.json", "table.md", "figure.png", "figure2.png", "curve.png", "protocol.json"):
         assert (tmp / "out" / f).is_file(), f
+    # without weights, Robust inversion and LPIPS are reported unavailable, never computed
+    assert set(res["unavailable"]) == {"robust", "lpips"}
+    assert all(v.startswith("unavailable") for v in res["unavailable"].values())
+    assert "robust" not in res["methods"] and "robust" not in res["protocol"]["config"]
     assert json.loads((tmp / "out" / "results.json").read_text())["heldout"] == ["h0", "h1", "h2"]
     methods = [*rec.BASE_METHODS, "feature_k1", "feature_k2"]
     assert list(res["summary"]) == methods
@@ -135,6 +140,60 @@ def test_runner_end_to_end(tiny32, setup, monkeypatch):
     cfg.size = 40
     with pytest.raises(AdjinvError, match="another protocol"):
         rec.run_reconstruction(cfg, tmp / "out", encoder=tiny32, reencoders=reenc)
+
+
+def test_robust_inversion_and_lpips_with_user_weights(tiny32, setup):
+    """Robust inversion and LPIPS end to end through the runner, with weight files a user
+    would pass (``--robust``, ``--lpips-backbone``, ``--lpips-linear``): random values here,
+    so the test checks the mechanics, not the quality."""
+    import torchvision
+
+    from adjinv.metrics.lpips import load_lpips
+
+    cfg, reenc, tmp = setup
+    torch.manual_seed(0)
+    robust = staged_from_sequential(tiny_relu_cnn(seed=7))  # same architecture, other weights
+    torch.save(robust.state_dict(), tmp / "robust.pth")
+    torch.save(torchvision.models.alexnet().state_dict(), tmp / "alex_backbone.pth")
+    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1)
+                for i, c in enumerate((64, 192, 384, 256, 256))}, tmp / "alex.pth")
+    cfg.curve, cfg.crops = None, 1
+    cfg.robust = str(tmp / "robust.pth")
+    cfg.lpips_backbone, cfg.lpips_linear = str(tmp / "alex_backbone.pth"), str(tmp / "alex.pth")
+    out = tmp / "out-robust"
+    res = rec.run_reconstruction(cfg, out, encoder=tiny32, reencoders=reenc)
+
+    assert "robust" in res["methods"] and res["methods"]["robust"]["kind"] == "baseline"
+    assert res["unavailable"] == {}
+    assert res["protocol"]["config"]["robust"].endswith("robust.pth")
+    assert "lpips" in res["protocol"]["metrics"]
+    metric, reason = load_lpips("alex", cfg.lpips_backbone, cfg.lpips_linear)
+    assert reason == ""
+    cache = rec._Cache(out / "cache")
+    for name in ("h0", "h1"):
+        row = res["per_photo"][name]
+        for m in ("robust", "trained", "flat"):
+            assert math.isfinite(row[m]["pearson"]) and math.isfinite(row[m]["ssim"]), m
+            assert math.isfinite(row[m]["lpips"]) and row[m]["lpips"] > 0, m
+        assert math.isfinite(res["summary"]["robust"]["ssim"]["mean"])
+        # the robust row inverts the robust encoder, not the evaluated one
+        rob, mv = (cache.get("main", name, "crop0", m)[0] for m in ("robust", "mahendran"))
+        assert rob.shape == mv.shape and not torch.allclose(rob, mv)
+        # the table's LPIPS is the metric on the method's own pixel mapping
+        img = rec.crops_of(name, rec.load_image(tmp / "held" / f"{name}.png"), cfg)[0:1]
+        d = metric(tiny32.to_display(rob).clamp(0, 1), img)
+        assert abs(float(d[0]) - row["robust"]["lpips"]) < 1e-5
+        assert float(metric(img, img)[0]) == pytest.approx(0.0, abs=1e-6)
+    table = (out / "table.md").read_text()
+    assert "Robust inversion (M&V on the robust encoder)" in table and "lpips" in table
+    # Figure 2 redrawn from the cache alone, with the robust column present
+    before = (out / "figure2.png").stat().st_size
+    (out / "figure2.png").unlink()
+    assert rec.write_figure2(out, encoder=tiny32).stat().st_size == before
+    # weights of another architecture are refused with a clear error
+    torch.save({"w": torch.zeros(3)}, tmp / "bad.pth")
+    with pytest.raises(AdjinvError, match="do not fit"):
+        rec.load_robust_encoder(tiny32, str(tmp / "bad.pth"), registry=False)
 
 
 def test_metric_sanity_identity_method(tiny32):

@@ -18,7 +18,7 @@ from adjinv.cli import _log_to_stderr, build_parser, main
 from adjinv.errors import AdjinvError
 from adjinv.paper.runners.commands import runners
 from adjinv.paper.runners.common import quiet_log
-from adjinv.paper.runners.skeleton import Runner, config_from_args
+from adjinv.paper.runners.skeleton import Runner, Variant, config_from_args
 from adjinv.paper.runners.skeleton import build_parser as runner_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,6 +141,20 @@ def test_run_logs_on_stderr_and_summarises_on_stdout(tmp_path, capsys):
         args.func(args)
 
 
+def test_a_variant_runs_instead(tmp_path, capsys):
+    def only_x(cfg: Toy, out: Path, *, log=quiet_log) -> dict:
+        out.mkdir(parents=True)
+        (out / "x.txt").write_text(cfg.name)
+        return {}
+
+    toy = dataclasses.replace(TOY, variants=(Variant("--only-x", "just x", only_x, ("x.txt",)),))
+    p = runner_parser(argparse.ArgumentParser(), toy)
+    args = p.parse_args(["--out", str(tmp_path / "o"), "--only-x", "--name", "v"])
+    args.func(args)
+    assert (tmp_path / "o" / "x.txt").read_text() == "v" and not (tmp_path / "o" / "results.json").exists()
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'o' / 'x.txt'} in ")
+
+
 def test_real_runner_round_trip(tmp_path):
     from adjinv.paper.runners.compression import CompressionConfig
     from adjinv.paper.runners.fidelity import FidelityConfig
@@ -187,7 +201,7 @@ def _quoted_commands() -> list[tuple[str, str]]:
             m = pat.search(" ".join(piece.split()))
             if m is None:
                 continue
-            cmd = m.string[m.start() + len("adjinv "):].split("#")[0]
+            cmd = re.split(r"#| \(", m.string[m.start() + len("adjinv "):])[0]  # no comment, no aside
             if "…" in cmd or "|" in cmd or len(cmd.split()) <= 1 + cmd.startswith("experiment"):
                 continue  # a synopsis with placeholders, or a command named in prose
             words = ["1" if w == "N" else w for w in shlex.split(re.sub(r"[\[\]]", "", cmd))]

@@ -150,7 +150,8 @@ class AdjointInverter:
         """
         return chunked(idx, self._chunk(lin, stage), work)
 
-    def _stage_index(self, stage: int) -> int:
+    def stage_index(self, stage: int) -> int:
+        """``stage`` as a non-negative index (negative counts from the deepest stage)."""
         n = self.encoder.num_stages
         s = stage + n if stage < 0 else stage
         if not 0 <= s < n:
@@ -292,7 +293,7 @@ class AdjointInverter:
         check_anytime_args(mass, max_channels)
         x = self.prepare(x)
         last = self.encoder.num_stages - 1
-        want = sorted({self._stage_index(s) for s in (stages if stages is not None else
+        want = sorted({self.stage_index(s) for s in (stages if stages is not None else
                                                       range(last + 1))})
         with self.encoder.frozen():
             upto = last if extra_weights is not None or not want else want[-1]
@@ -363,7 +364,7 @@ class AdjointInverter:
         """``φ_{stage,c}`` for the given channels: (B, K, 3, H, W). ``channels`` is
         a list (same for every image) or a (B, K) tensor."""
         x = self.prepare(x)
-        s = self._stage_index(stage)
+        s = self.stage_index(stage)
         keep = torch.as_tensor(channels, device=x.device, dtype=torch.long)
         if keep.dim() == 1:
             keep = keep.expand(x.shape[0], -1)
@@ -378,7 +379,7 @@ class AdjointInverter:
     def psi(self, x: torch.Tensor, stage: int, seed: torch.Tensor) -> torch.Tensor:
         """The single-seed cascade ``Ψ_stage(G)`` for any cotangent ``G`` (B, C, h, w)."""
         x = self.prepare(x)
-        s = self._stage_index(stage)
+        s = self.stage_index(stage)
         with self.encoder.frozen():
             lin = self.linearize(x, s)[0]
             return self.cascade.pull_back(lin, s, seed.to(x).unsqueeze(0))[0]
@@ -390,7 +391,7 @@ class AdjointInverter:
         whatever likeness it shows comes from the image's own activation masks and
         the LAC biases, not from the features."""
         x = self.prepare(x)
-        s = self._stage_index(stage)
+        s = self.stage_index(stage)
         with self.encoder.frozen():
             lin = self.linearize(x, s)[0]
             zero = torch.zeros_like(lin.acts[s]).unsqueeze(0)
@@ -400,7 +401,7 @@ class AdjointInverter:
     def vanilla_gradient(self, x: torch.Tensor, stage: int = -1) -> torch.Tensor:
         """Raw ``v = J_{A_l}ᵀ A_l = ∇_x ½‖A_l‖²`` (no LAC): the vanilla baseline's input."""
         x = self.prepare(x)
-        s = self._stage_index(stage)
+        s = self.stage_index(stage)
         with self.encoder.frozen():
             lin = self.cascade.linearize(x, s)
             return self.cascade.raw_pull_back(lin, s, lin.acts[s].unsqueeze(0))[0]

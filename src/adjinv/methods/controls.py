@@ -86,7 +86,7 @@ def swapped_channel_inversions(inverter: AdjointInverter, x: torch.Tensor, sourc
     x = inverter.prepare(x)
     source = inverter.prepare(source)
     _check_pair(x, source)
-    s = inverter._stage_index(stage)
+    s = inverter.stage_index(stage)
     keep = torch.as_tensor(channels, device=x.device, dtype=torch.long)
     if keep.dim() == 1:
         keep = keep.expand(x.shape[0], -1)

@@ -37,14 +37,17 @@ class SupportLeak:
     receptive field of the channel's positive positions; ``energy_outside_max``: the
     largest channel's share; ``pixels_outside``: mean share of the image's pixels outside
     that field (0 makes the test vacuous); ``negative_share``: mean share of the channel's
-    activation energy ``Σ A²`` carried by negative values; ``channels``: how many were
-    measured (channels with no positive position are skipped)."""
+    activation energy ``Σ A²`` carried by negative values; ``field_covered``: mean share of
+    the field's pixels where ``v_{l,c} ≠ 0`` (Remark 2: the inclusion is tight, i.e. 1,
+    except for measure-zero cancellations); ``channels``: how many were measured
+    (channels with no positive position are skipped)."""
 
     energy_outside: float
     energy_outside_max: float
     pixels_outside: float
     negative_share: float
     channels: int
+    field_covered: float = float("nan")
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -89,7 +92,9 @@ def support_leak(features: FeatureFn, x: torch.Tensor, channels: torch.Tensor | 
     neg = (ac.clamp(max=0).pow(2).flatten(1).sum(1)
            / ac.pow(2).flatten(1).sum(1).clamp_min(1e-300))
     pix_out = (~field).flatten(1).double().mean(1)
+    covered = ((e > 0) & field).flatten(1).sum(1).double() / field.flatten(1).sum(1).clamp_min(1)
     return SupportLeak(energy_outside=float(out[keep].mean()),
                        energy_outside_max=float(out[keep].max()),
                        pixels_outside=float(pix_out[keep].mean()),
-                       negative_share=float(neg[keep].mean()), channels=int(keep.sum()))
+                       negative_share=float(neg[keep].mean()), channels=int(keep.sum()),
+                       field_covered=float(covered[keep].mean()))

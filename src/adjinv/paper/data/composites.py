@@ -15,7 +15,11 @@ can see.
 
 Subsets: ``"fg"`` (10 composites: 5 photos × 2 backgrounds) for ``fg-paradox`` and
 ``superposition``; ``"ecr"`` (10 composites of the cat on 5 backgrounds at 2
-placements; the first is the reference, its mask the region) for ``ecr``.
+placements; the first is the reference, its mask the region) for ``ecr``; ``"probe"``
+(60 composites: each photo on the 3 backgrounds it never has in ``"fg"``, 4 placements
+each, from seeds no other subset uses) to train the per-dataset linear probe that
+``fg-paradox`` and ``ecr`` take as their head with ``--head probe`` (never an image they
+score).
 """
 
 from __future__ import annotations
@@ -76,11 +80,19 @@ def _background(name: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def _compose(photo: str, background: str, seed: int) -> Composite:
+    img = _photo(photo).astype(np.float64) / 255.0
+    return paste(img, _BOXES[photo], photo, background, seed)
+
+
+def paste(img: np.ndarray, box: tuple[float, float, float, float], photo: str, background: str,
+          seed: int) -> Composite:
+    """An elliptical cut-out of ``img`` (H, W, 3) in [0, 1] inside ``box`` (top, left,
+    bottom, right as fractions) pasted onto a crop of the texture ``background`` at a
+    placement and scale drawn from ``seed``; the mask is the pasted ellipse."""
     rng = np.random.default_rng(seed)
     bg = _background(background, rng)
-    img = _photo(photo).astype(np.float64) / 255.0
     h, w = img.shape[:2]
-    t, lf, b, r = _BOXES[photo]
+    t, lf, b, r = box
     cut = img[int(t * h):int(b * h), int(lf * w):int(r * w)]
     scale = float(rng.uniform(0.45, 0.65)) * CANVAS / max(cut.shape[:2])
     ch, cw = max(8, round(cut.shape[0] * scale)), max(8, round(cut.shape[1] * scale))
@@ -100,6 +112,11 @@ def _compose(photo: str, background: str, seed: int) -> Composite:
                      torch.from_numpy(out).float().clamp(0, 1), torch.from_numpy(mask))
 
 
+def background_crop(background: str, seed: int) -> torch.Tensor:
+    """A crop of the texture ``background`` alone (3, 224, 224), from ``seed``."""
+    return torch.from_numpy(_background(background, np.random.default_rng(seed))).float().clamp(0, 1)
+
+
 @lru_cache(maxsize=4)
 def _composite_set(subset: str) -> tuple[Composite, ...]:
     if subset == "fg":
@@ -108,11 +125,29 @@ def _composite_set(subset: str) -> tuple[Composite, ...]:
     elif subset == "ecr":
         specs = [("chelsea", bgd, 200 + 10 * j + i) for j in range(2)
                  for i, bgd in enumerate(BACKGROUNDS)]
+    elif subset == "probe":
+        used = {(p, BACKGROUNDS[(2 * i + j) % len(BACKGROUNDS)]) for i, p in enumerate(PHOTOS)
+                for j in range(2)}
+        specs = [(p, bgd, 400 + 100 * i + 10 * b + j) for i, p in enumerate(PHOTOS)
+                 for b, bgd in enumerate(BACKGROUNDS) if (p, bgd) not in used for j in range(4)]
     else:
-        raise AdjinvError(f"unknown composite subset {subset!r}; use 'fg' or 'ecr'")
+        raise AdjinvError(f"unknown composite subset {subset!r}; use 'fg', 'ecr' or 'probe'")
     return tuple(_compose(p, b, s) for p, b, s in specs)
 
 
 def composite_set(subset: str = "fg") -> list[Composite]:
-    """The composites of ``subset`` (``"fg"`` or ``"ecr"``), deterministic."""
+    """The composites of ``subset`` (``"fg"``, ``"ecr"`` or ``"probe"``), deterministic."""
     return list(_composite_set(subset))
+
+
+# photos of the composites outside the held-out split (adjinv.images.photos): the labelled
+# transfer set (adjinv.paper.data.datasets.CompositeObjects) uses only these
+TRANSFER_PHOTOS: tuple[str, ...] = ("chelsea", "motorcycle", "rocket")
+
+
+def composite(photo: str, background: str, seed: int) -> Composite:
+    """One composite of ``photo`` on ``background`` with placement and scale drawn from
+    ``seed`` (deterministic; the generator behind :func:`composite_set`)."""
+    if photo not in _BOXES or background not in BACKGROUNDS:
+        raise AdjinvError(f"unknown composite photo {photo!r} or background {background!r}")
+    return _compose(photo, background, seed)

@@ -21,6 +21,8 @@ Nothing is downloaded: point the loaders at copies you have.
 - :class:`ImageFolder` — ``<class>/<image>`` (with ``train/`` and ``test/``
   sub-folders if present, else a seeded stratified split).
 - :class:`LFWFaces` — the embedded default, see its docstring.
+- :class:`CompositeObjects` — an embedded labelled set made from the composites
+  (:mod:`adjinv.paper.data.composites`), for cross-dataset transfer; see its docstring.
 - :class:`CorruptedDataset` — any dataset with an ImageNet-C corruption applied
   on the fly (:mod:`adjinv.paper.data.corruptions`).
 """
@@ -213,6 +215,73 @@ class LFWFaces(ImageDataset):
         return {"dataset": self.name, "split": self.split, "size": self.size, "n": len(self),
                 "test_fraction": self.test_fraction, "seed": self.seed, "num_classes": 2,
                 "transform": "25x25 grey -> 3 channels, bilinear upsampling"}
+
+
+# ----------------------------------------------------------------------------- composites
+class CompositeObjects(_LoadedDataset):
+    """An embedded labelled set made, not downloaded: composites (:mod:`adjinv.paper.data.composites`)
+    of the three composite photos outside the held-out photo split (``chelsea``,
+    ``motorcycle``, ``rocket``) pasted on the five scikit-image background textures, with
+    placement and scale drawn from seed ``1000 + i``.
+
+    ``label="object"`` (default): the class is the pasted photo (3 classes); each class
+    cycles through the five backgrounds. ``label="background"``: the class is the
+    background texture (5 classes); each class cycles through the three photos. So the
+    factor that is not the label is balanced across classes. ``per_class`` composites per
+    class (default ``120 // classes``: 40 or 24), split per class by
+    :func:`stratified_split` (``test_fraction``, seeded). Train and test share photos and
+    textures (at other placements, scales and texture crops): a transfer set with its own
+    labels, not a hard benchmark.
+    """
+
+    name = "composites"
+
+    def __init__(self, split: str = "train", size: int = 96, label: str = "object",
+                 per_class: int | None = None, test_fraction: float = 0.5, seed: int = 0) -> None:
+        from .composites import BACKGROUNDS, COMPOSITE_VERSION, TRANSFER_PHOTOS
+
+        super().__init__(size)
+        _check_split(split)
+        if label not in ("object", "background"):
+            raise AdjinvError(f"composites label must be 'object' or 'background', got {label!r}")
+        self.classes = list(TRANSFER_PHOTOS if label == "object" else BACKGROUNDS)
+        per_class = 120 // len(self.classes) if per_class is None else per_class
+        if per_class < 2:
+            raise AdjinvError("composites need at least 2 images per class")
+        other = BACKGROUNDS if label == "object" else TRANSFER_PHOTOS
+        specs: list[tuple[str, str, int]] = []
+        labels: list[int] = []
+        for c, cls in enumerate(self.classes):
+            for j in range(per_class):
+                o = other[j % len(other)]
+                photo, bg = (cls, o) if label == "object" else (o, cls)
+                specs.append((photo, bg, 1000 + len(specs)))
+                labels.append(c)
+        train, test = stratified_split(labels, test_fraction, seed)
+        keep = train if split == "train" else test
+        self.specs = [specs[i] for i in keep]
+        self._labels = [labels[i] for i in keep]
+        self.split, self.label, self.per_class = split, label, per_class
+        self.test_fraction, self.seed, self.version = test_fraction, seed, COMPOSITE_VERSION
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def _load(self, i: int) -> torch.Tensor:
+        from .composites import composite
+
+        return composite(*self.specs[i]).image
+
+    def _label(self, i: int) -> int:
+        return self._labels[i]
+
+    def describe(self) -> dict:
+        """Label kind, split, size, seeds and the composite generator's version."""
+        return {"dataset": f"{self.name}:{self.label}", "split": self.split, "size": self.size,
+                "n": len(self), "num_classes": len(self.classes), "classes": self.classes,
+                "per_class": self.per_class, "test_fraction": self.test_fraction,
+                "seed": self.seed, "composite_version": self.version,
+                "transform": "224 px composite canvas, " + RESIZE}
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -498,18 +567,21 @@ class CorruptedDataset(ImageDataset):
 
 
 # ----------------------------------------------------------------------------- specs
-DATASET_KINDS = ("lfw", "cifar100", "stanford_dogs", "oxford_pet", "imagefolder")
+DATASET_KINDS = ("lfw", "composites", "cifar100", "stanford_dogs", "oxford_pet", "imagefolder")
 
 
 def open_dataset(spec: str, split: str, size: int, seed: int = 0) -> ImageDataset:
-    """A dataset from a spec string: ``lfw`` (embedded) or ``KIND:ROOT`` with KIND one of
-    ``cifar100``, ``stanford_dogs``, ``oxford_pet``, ``imagefolder``."""
+    """A dataset from a spec string: ``lfw`` (embedded), ``composites[:object|background]``
+    (embedded, made from the composites) or ``KIND:ROOT`` with KIND one of ``cifar100``,
+    ``stanford_dogs``, ``oxford_pet``, ``imagefolder``."""
     kind, _, root = spec.partition(":")
     if kind == "lfw":
         return LFWFaces(split, size=size, seed=seed)
+    if kind == "composites":
+        return CompositeObjects(split, size=size, label=root or "object", seed=seed)
     if kind not in DATASET_KINDS:
-        raise AdjinvError(f"unknown dataset {spec!r}; use lfw or KIND:ROOT with KIND in "
-                          f"{', '.join(DATASET_KINDS[1:])}")
+        raise AdjinvError(f"unknown dataset {spec!r}; use lfw, composites[:object|background] or "
+                          f"KIND:ROOT with KIND in {', '.join(DATASET_KINDS[2:])}")
     if not root:
         raise AdjinvError(f"dataset {spec!r} needs a root folder: {kind}:PATH")
     if kind == "cifar100":

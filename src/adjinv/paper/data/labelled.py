@@ -112,3 +112,60 @@ def embedded_labelled_set(size: int = 128, *, train_per_class: int = 24, test_pe
                        f"(>= {min_crop:.0%} of the shorter side, flips) of each of the "
                        f"{len(photos)} bundled photos, one class per photo, seed {seed}, {size} px "
                        "(a sanity check, not a benchmark: train and test crops share their photo)")
+
+
+#: The detection set's textures: the head trains on the first three, is tested on the other two.
+DETECTION_TRAIN_BACKGROUNDS = ("brick", "grass", "gravel")
+DETECTION_TEST_BACKGROUNDS = ("hubble_deep_field", "immunohistochemistry")
+#: Pasted objects: training-split photos for training, the held-out photos for testing.
+DETECTION_TRAIN_OBJECTS = ("chelsea", "motorcycle", "retina", "moon", "coins")
+DETECTION_TEST_OBJECTS = ("china", "flower", "grace_hopper", "astronaut", "coffee")
+
+
+def composite_detection_set(size: int = 128, *, train_per_class: int = 24, test_per_class: int = 8,
+                            seed: int = 0) -> LabelledSet:
+    """An embedded two-class set whose test images are new images, not crops of training ones.
+
+    Class ``object``: an elliptical cut-out (centre 80 % of the photo) pasted onto a
+    texture crop (:func:`adjinv.paper.data.composites.paste`); class ``texture``: the texture
+    crop alone. Training images paste the training-split photos of
+    :mod:`adjinv.images.photos` that are not textures (:data:`DETECTION_TRAIN_OBJECTS`) onto
+    :data:`DETECTION_TRAIN_BACKGROUNDS`; test images paste the held-out photos
+    (:data:`DETECTION_TEST_OBJECTS`, evaluation only) onto
+    :data:`DETECTION_TEST_BACKGROUNDS`, textures no training image shows. Balanced
+    classes; placements from ``seed``. Greyscale photos are replicated to RGB.
+    """
+    from ...images.photos import photo
+    from .composites import background_crop, paste
+
+    if train_per_class < 1 or test_per_class < 1:
+        raise AdjinvError("train_per_class and test_per_class must be >= 1")
+
+    def make(objects: tuple[str, ...], backgrounds: tuple[str, ...], n: int, base: int
+             ) -> tuple[list[torch.Tensor], list[int]]:
+        xs: list[torch.Tensor] = []
+        ys: list[int] = []
+        fgs = {o: photo(o).permute(1, 2, 0).double().numpy() for o in objects}
+        for j in range(n):
+            o, bgd = objects[j % len(objects)], backgrounds[(j // len(objects)) % len(backgrounds)]
+            c = paste(fgs[o], (0.1, 0.1, 0.9, 0.9), o, bgd, base + j)
+            xs.append(resize_center_crop(c.image, size))
+            ys.append(0)
+            xs.append(resize_center_crop(background_crop(backgrounds[j % len(backgrounds)],
+                                                         base + 50_000 + j), size))
+            ys.append(1)
+        return xs, ys
+
+    tr_x, tr_y = make(DETECTION_TRAIN_OBJECTS, DETECTION_TRAIN_BACKGROUNDS, train_per_class,
+                      seed * 1_000_003 + 10_000)
+    te_x, te_y = make(DETECTION_TEST_OBJECTS, DETECTION_TEST_BACKGROUNDS, test_per_class,
+                      seed * 1_000_003 + 20_000)
+    return LabelledSet(["object", "texture"], torch.stack(tr_x), torch.tensor(tr_y),
+                       torch.stack(te_x), torch.tensor(te_y, dtype=torch.long),
+                       f"embedded detection composites: object (cut-out pasted on a texture) vs "
+                       f"texture alone; train {len(tr_y)} images pasting the training-split photos "
+                       f"{', '.join(DETECTION_TRAIN_OBJECTS)} on {', '.join(DETECTION_TRAIN_BACKGROUNDS)}; "
+                       f"test {len(te_y)} images pasting the held-out photos "
+                       f"{', '.join(DETECTION_TEST_OBJECTS)} on "
+                       f"{', '.join(DETECTION_TEST_BACKGROUNDS)} (objects and textures no training "
+                       f"image shows); seed {seed}, {size} px")

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,7 +44,8 @@ from ..heads.attention import (
     token_peak_distance,
     train_head,
 )
-from .common import Log, quiet_log, warnings_to_log
+from .common import Log, environment, quiet_log, warnings_to_log
+from .interference_common import portable_path
 from .skeleton import Runner, option
 
 EPILOG_TRAIN_HEAD = """example:
@@ -69,6 +71,7 @@ class AttentionConfig:
     seed: int = 0
     chunk_size: int | None = None
     split: bool = False
+    control_untrained: bool = False
 
 
 # ----------------------------------------------------------------------------- runner
@@ -107,6 +110,9 @@ def _locality_summary(tps: list, pixel: list, t: int) -> dict:
         "shuffled_tokens": summarize(cat("shuffled", tps)),
         "others_mean_tokens": summarize(cat("others_mean", tps)),
         "own_cell_rate": float(cat("own_cell", tps).mean()),
+        "closer_than_shuffled": float((cat("distance", tps) < cat("shuffled", tps)).double().mean()),
+        "own_energy_above_shuffled": float((cat("own_energy", tps) > cat("shuffled_energy", tps))
+                                           .double().mean()),
         "own_cell_rate_chance": 1.0 / t,
         "own_energy": summarize(cat("own_energy", tps)),
         "shuffled_energy": summarize(cat("shuffled_energy", tps)),
@@ -191,6 +197,35 @@ def visualise_image(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAt
     return rec, peaks
 
 
+def token_locality(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAttentionClassifier,
+                   image: torch.Tensor, cfg: AttentionConfig) -> dict[int, tuple[TokenPeaks, TokenPeaks]]:
+    """Per-token maps of one image through ``head`` (no files): ``{block: (smoothed, pixel)}``
+    :class:`TokenPeaks`, for the untrained-head control (docs/method.md §12)."""
+    x = encoder.normalize(resize_center_crop(image, cfg.size))[None]
+    nb = len(head.blocks)
+    blocks = sorted({_block_index(b, nb) for b in cfg.token_blocks})
+    with torch.no_grad(), encoder.frozen():
+        a = encoder.forward_stages(check_input(x, encoder))[-1]
+    h, w = int(a.shape[-2]), int(a.shape[-1])
+    ro = {f"block{b}/token{t}": TokenEnergy(head, b, t) for b in blocks for t in range(h * w)}
+    res = invert_readouts(encoder, lacs, x, ro, chunk_size=cfg.chunk_size)
+    out = {}
+    for b in blocks:
+        maps = torch.stack([res[f"block{b}/token{t}"].psi[0] for t in range(h * w)])[None]
+        out[b] = (token_peak_distance(maps, (h, w), window=cfg.window, seed=cfg.seed + b),
+                  token_peak_distance(maps, (h, w), window=1, seed=cfg.seed + b))
+    return out
+
+
+def untrained_copy(head: HybridAttentionClassifier, seed: int) -> HybridAttentionClassifier:
+    """A freshly initialised head of the same architecture (seeded), for the control."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ctrl = HybridAttentionClassifier(head.channels, head.num_classes, head.config, head.classes)
+    p = next(head.parameters())
+    return ctrl.to(device=p.device, dtype=p.dtype).eval()
+
+
 def run_attention(encoder: StagedEncoder, lacs: LACBank | None, lac_source: str,
                   head: HybridAttentionClassifier, head_info: dict, images: dict[str, torch.Tensor],
                   out: Path, cfg: AttentionConfig, progress: Progress | None = None) -> dict:
@@ -203,16 +238,23 @@ def run_attention(encoder: StagedEncoder, lacs: LACBank | None, lac_source: str,
         _block_index(b, len(head.blocks))
     recs: list[dict] = []
     per_block: dict[int, list] = {}
+    ctrl_block: dict[int, list] = {}
+    ctrl = untrained_copy(head, cfg.seed + 12345) if cfg.control_untrained else None
     for i, (name, img) in enumerate(images.items()):
         rec, peaks = visualise_image(encoder, lacs, head, name, img, out / name, cfg)
         recs.append(rec)
         for b, pair in peaks.items():
             per_block.setdefault(b, []).append(pair)
+        if ctrl is not None:
+            for b, pair in token_locality(encoder, lacs, ctrl, img, cfg).items():
+                ctrl_block.setdefault(b, []).append(pair)
         if progress is not None:
             progress(i + 1, len(images))
     n_tok = recs[0]["grid"][0] * recs[0]["grid"][1] if recs else 0
     summary = {str(b): _locality_summary([p[0] for p in v], [p[1] for p in v], n_tok)
                for b, v in sorted(per_block.items())}
+    control = {str(b): _locality_summary([p[0] for p in v], [p[1] for p in v], n_tok)
+               for b, v in sorted(ctrl_block.items())}
     results = {
         "experiment": "attention (Sec. 3.5, C.9)",
         "encoder": encoder.name, "lacs": lac_source, "size": cfg.size,
@@ -230,14 +272,58 @@ def run_attention(encoder: StagedEncoder, lacs: LACBank | None, lac_source: str,
             "own_energy: energy fraction inside the token's cell (uniform = 1/T).",
             "The blocks are pre-norm with residual connections: T_{b,t} contains token t's own "
             "input, so part of each token seed sits at its own position by construction.",
+            "control_untrained: the same per-token statistics through a freshly initialised head "
+            "of the same architecture (seeded): locality it also shows is not learned by attention.",
         ],
         "summary": summary,
+        "control_untrained": control,
+        "environment": environment(),
         "images": recs,
         "seconds": {"visualisation": time.perf_counter() - t0},
     }
     atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "table.md", markdown_table(results))
     _write_index(out, results)
     return results
+
+
+def markdown_table(results: dict) -> str:
+    """Token locality per block against the shuffled reference, and the head's accuracy."""
+    head = results["head"]
+    acc = head.get("accuracy") or {}
+    data = head.get("data") or {}
+
+    def f(v: Any) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    n_img = len(results["images"])
+    lines = [f"# Attention head through the LACs (Sec. 3.5) — {results['encoder']}", "",
+             f"LACs `{results['lacs']}`; {results['size']} px, token grid {results['grid']}; "
+             f"{n_img} visualised image(s): {', '.join(r['image'] for r in results['images'])}.", "",
+             f"Head: {head.get('architecture', {}).get('blocks', '?')} attention blocks, trained on "
+             f"{data.get('description', head.get('source'))}; accuracy train {f(acc.get('train'))}, "
+             f"test {f(acc.get('test'))}.", "",
+             "| block | peak–own distance (tokens), mean / median | shuffled other token, mean / "
+             "median | closer than shuffled | peak in own cell (chance) | own-cell energy | "
+             "shuffled-cell energy | uniform | pixel argmax: distance / shuffled |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = [(b, s) for b, s in results["summary"].items()]
+    rows += [(f"{b}, untrained head", s) for b, s in results.get("control_untrained", {}).items()]
+    for b, s in rows:
+        d, sh, pa = s["distance_tokens"], s["shuffled_tokens"], s["pixel_argmax"]
+        lines.append(f"| {b} | {f(d['mean'])} / {f(d['median'])} | {f(sh['mean'])} / "
+                     f"{f(sh['median'])} | {f(s.get('closer_than_shuffled'))} | "
+                     f"{f(s['own_cell_rate'])} ({f(s['own_cell_rate_chance'])}) | "
+                     f"{f(s['own_energy']['mean'])} | {f(s['shuffled_energy']['mean'])} | "
+                     f"{f(s['uniform_energy'])} | {f(pa['distance_tokens']['mean'])} / "
+                     f"{f(pa['shuffled_tokens']['mean'])} |")
+    lines += ["", "Per image, the value of each layer-wise readout ||T_b||^2 and the prediction:", ""]
+    for r in results["images"]:
+        lines.append(f"- {r['image']}: predicted {r['prediction']['name']} (p = "
+                     f"{r['prediction']['probability']:.3f}); block energies "
+                     + ", ".join(f"{v['value']:.3g}" for v in r["layers"].values()) + ".")
+    lines += ["", *[f"- {n}" for n in results["notes"]]]
+    return "\n".join(lines) + "\n"
 
 
 def _write_index(out: Path, results: dict) -> Path:
@@ -287,6 +373,10 @@ class HeadSetup:
     labelled: str | None = option(None, "ImageFolder layout, one sub-folder per class (default: the "
         "embedded set of random crops of the 5 bundled photos, one class per photo: a sanity check)",
         flag="--labelled", metavar="FOLDER", group=LABELLED)
+    labelled_set: str = option("crops", "embedded set without a folder: 'crops' (train and test crops of "
+        "the same 5 photos, a sanity check) or 'detection' (object pasted on a texture vs texture alone; "
+        "tested on held-out photos pasted on textures no training image shows)",
+        choices=["crops", "detection"], group=LABELLED)
     test_fraction: float = option(0.2, "held-out fraction per class of a folder", group=LABELLED)
     train_per_class: int = option(24, "embedded set", group=LABELLED)
     test_per_class: int = option(8, "embedded set", group=LABELLED)
@@ -328,6 +418,8 @@ class AttentionArgs(HeadSetup):
     window: int | None = option(None, "energy smoothing window for the peak, px (default: one token cell)")
     split: bool = option(False, "also the per-channel split sum_c w_c Psi_L(E_c * G) of each layer-wise "
         "seed (one cascade pass per live channel: about a minute per map on 2 CPU cores)")
+    control_untrained: bool = option(False, "also the token locality through a freshly initialised head of "
+        "the same architecture (the control for locality that attention did not learn)")
     lac: str | None = option(None, "LAC checkpoint (default: the bundled one for the encoder)")
     allow_other_weights: bool = option(False, "accept LACs/head trained on other weights of this "
         "architecture")
@@ -348,10 +440,13 @@ def _load_encoder(cfg: HeadSetup, log: Log) -> StagedEncoder:
 
 
 def _labelled(cfg: HeadSetup, size: int) -> LabelledSet:
-    from ..data.labelled import embedded_labelled_set, image_folder
+    from ..data.labelled import composite_detection_set, embedded_labelled_set, image_folder
 
     if cfg.labelled:
         return image_folder(cfg.labelled, size, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    if cfg.labelled_set == "detection":
+        return composite_detection_set(size, train_per_class=cfg.train_per_class,
+                                       test_per_class=cfg.test_per_class, seed=cfg.seed)
     return embedded_labelled_set(size, train_per_class=cfg.train_per_class,
                                  test_per_class=cfg.test_per_class, seed=cfg.seed)
 
@@ -433,6 +528,7 @@ def attention_command(cfg: AttentionArgs, out: Path, *, log: Log = quiet_log) ->
     else:
         size = cfg.size or 128
         data = _labelled(cfg, size)
+        test_data = data
         log(f"no --head: training one on {data.description}")
         th = time.perf_counter()
         res = _train(enc, data, _head_config(cfg), None, False)
@@ -447,16 +543,26 @@ def attention_command(cfg: AttentionArgs, out: Path, *, log: Log = quiet_log) ->
                      "final_losses": res.losses[-5:], "seconds": time.perf_counter() - th}
         log(f"head accuracy train {_fmt_acc(res.train_accuracy)}, test "
             f"{_fmt_acc(res.test_accuracy)} ({head_info['seconds']:.1f} s)")
-    if cfg.images:
-        images: dict = {}
+    if not cfg.images and cfg.labelled_set == "detection" and not cfg.labelled:
+        # the set's test images with an object: held-out photos the head never saw
+        if cfg.head:
+            test_data = _labelled(cfg, size)
+        pos = [i for i, y in enumerate(test_data.test_labels.tolist())
+               if test_data.classes[y] == "object"]
+        pos = pos[: cfg.num_images] if cfg.num_images else pos
+        images = {f"test{i:02d}": test_data.test_images[i] for i in pos}
+    elif cfg.images:
+        images = {}
         taken: set[str] = set()
         for f in map(Path, cfg.images):  # folder names made safe: no "..", "/" or reserved names
             images[safe_name(f.stem, taken)] = load_image(f, mode="convert")
     else:
         names = SAMPLE_NAMES[: cfg.num_images] if cfg.num_images else SAMPLE_NAMES
         images = sample_images(names)
+    source = portable_path(source)
     acfg = AttentionConfig(size=size, token_blocks=cfg.token_blocks, window=cfg.window,
-                           seed=cfg.seed, chunk_size=cfg.chunk_size, split=cfg.split)
+                           seed=cfg.seed, chunk_size=cfg.chunk_size, split=cfg.split,
+                           control_untrained=cfg.control_untrained)
     log(f"encoder {enc.name}, LACs: {source}; visualising {len(images)} image(s) at {size} px")
     bar = _bar("images", len(images), "img")
     try:
@@ -490,7 +596,7 @@ RUNNERS = (
                        "hybrid attention head through the unchanged LAC cascade, with the distance "
                        "between each token map's energy peak and the token's grid position against a "
                        "shuffled reference.",
-           epilog=EPILOG_ATTENTION, outputs=("results.json", "index.html"),
+           epilog=EPILOG_ATTENTION, outputs=("results.json", "table.md", "index.html"),
            write=lambda results, out: atomic_write_json(out / "results.json", results),
            summary=_locality_lines, out_default="attention-out"),
 )

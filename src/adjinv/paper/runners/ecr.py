@@ -37,7 +37,7 @@ from ...viz.display import robust_minmax
 from ..analysis.ecr import ecr_ablation, energy_concentration_ratio, spearman
 from ..analysis.superposition import centre_rgb
 from ..data.composites import composite_set
-from ..data.masks import load_mask, resize_center_crop_pair
+from ..data.masks import load_mask, open_masked, resize_center_crop_pair
 from .common import Log, environment, pyplot, quiet_log, save_figure
 from .interference_common import (
     CONTROLS_NOTE,
@@ -49,6 +49,7 @@ from .interference_common import (
     parse_levels,
     tensor_digest,
 )
+from .probe_head import HEADS, probe_encoder
 from .skeleton import Runner, option
 
 
@@ -76,6 +77,11 @@ class ECRConfig:
         flag="--all-test-images", const=False)
     seed: int = option(0, "Random orders, model randomisation")
     chunk_size: int | None = option(None, "channels per batched cascade pass")
+    head: str = option("encoder", "classifier: the encoder's own (ImageNet) head (default), or 'probe': a "
+        "linear probe trained first on --probe-data's training split (C.2)", choices=HEADS)
+    probe_data: str = option("composites", "the probe's dataset: composites (default: the embedded 'probe' "
+        "subset, no image of the ecr set), cub:ROOT or oxford_pet:ROOT (their train split; keep --data's "
+        "test images out of it)")
 
 
 def load_inputs(cfg: ECRConfig) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, torch.Tensor]], str]:
@@ -148,6 +154,12 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
     out = Path(out)
     enc, bank, src = model_with_lacs(cfg.encoder, cfg.weights, cfg.random_init, cfg.lac, log,
                                      encoder, lacs)
+    head_rec: dict = {"head": "encoder"}
+    if cfg.head not in HEADS:
+        raise AdjinvError(f"head must be one of {HEADS}, got {cfg.head!r}")
+    if cfg.head == "probe":  # C.2: the dataset's probe; its split never holds a scored image
+        scored = open_masked("composites:ecr", size=cfg.size) if cfg.reference is None else None
+        enc, head_rec = probe_encoder(enc, cfg.probe_data, cfg.size, scored=scored, log=log)
     if any(not 0 <= f <= 1 for f in cfg.fractions):
         raise AdjinvError("ablation fractions must lie in [0, 1]")
     ref, reg, tests, desc = load_inputs(cfg)
@@ -246,6 +258,7 @@ def run_ecr(cfg: ECRConfig, out: str | Path, *, log: Log = quiet_log,
     results = {
         "experiment": "ecr ablation (Sec. 3.4, C.8)",
         "encoder": enc.name, "lacs": src, "inputs": desc, "n_test_images": len(tests),
+        "head": head_rec,
         "class": {"index": k, "name": enc.class_name(k),
                   "reference_probability": float(ref_logits.softmax(0)[k])},
         "region_area_ratio": float(reg.double().mean()),
@@ -312,7 +325,7 @@ def table(results: dict) -> str:
              f"{results.get('live_fraction', 1):.2f} ablated, Descending = Ascending by construction); "
              f"{ti.get('classified_as_class', '?')} test images classified as the class, mean p before "
              f"ablation {fmt(ti.get('mean_p_before'))}; curves over {ti.get('used', 'all test images')}.",
-             "",
+             "", *head_lines(results),
              "| fraction ablated | Descending | Ascending | Random (mean ± std) | "
              + " | ".join(f"{k} desc / asc" for k in results["controls"] if k != "seed_zero") + " |",
              "|---|---|---|---|" + "---|" * (len(results["controls"]) - 1)]
@@ -334,6 +347,19 @@ def table(results: dict) -> str:
             lines.append(f"Spearman({k}, measured) = {fmt(v['spearman_with_measured'])}.")
     lines += ["", *[f"- {n}" for n in results["notes"]], "", f"Wall time {results['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def head_lines(results: dict) -> list[str]:
+    """What classified the images: the encoder's own head or the per-dataset probe (C.2)."""
+    h = results.get("head", {"head": "encoder"})
+    if h.get("head") != "probe":
+        return []
+    sp = h["split"]
+    return [f"Head: a linear probe (C.2) trained on {h['n_train']} images of `{sp['dataset']}`"
+            + (f" subset `{sp['subset']}`" if "subset" in sp else "")
+            + f" ({len(h['classes'])} classes: {', '.join(h['classes'])}), none of them the "
+            f"reference or a test image; accuracy on its training split {h['train_accuracy']:.3f}.",
+            ""]
 
 
 def plot_curves(results: dict, path: Path) -> Path:

@@ -63,6 +63,7 @@ from .interference_common import (
     parse_levels,
     tensor_digest,
 )
+from .probe_head import HEADS, probe_encoder
 from .skeleton import Runner, option
 
 
@@ -88,6 +89,9 @@ class FGParadoxConfig:
     seed: int = option(0, "swapped seeds, controls, bootstrap")
     n_boot: int = option(2000, "bootstrap resamples of the intervals")
     chunk_size: int | None = option(None, "channels per batched cascade pass")
+    head: str = option("encoder", "classifier: the encoder's own (ImageNet) head (default), or 'probe': a "
+        "linear probe trained on the dataset's training split first (C.2; composites: the 'probe' "
+        "subset, never a scored image)", choices=HEADS)
 
 
 def _fg(x: torch.Tensor | None, mask: torch.Tensor) -> float | None:
@@ -264,19 +268,29 @@ def run_fg_paradox(cfg: FGParadoxConfig, out: str | Path, *, log: Log = quiet_lo
     out = Path(out)
     if cfg.mode not in MODES:
         raise AdjinvError(f"mode must be one of {MODES}, got {cfg.mode!r}")
+    if cfg.head not in HEADS:
+        raise AdjinvError(f"head must be one of {HEADS}, got {cfg.head!r}")
     ds = open_masked(cfg.data, cfg.split, cfg.size)
     shares: list[dict | None] = []
+
+    def run_one(enc: StagedEncoder, bank: LACBank, src: str) -> dict | None:
+        """One encoder with its own head or, ``head="probe"``, the dataset's probe (C.2)."""
+        head: dict = {"head": "encoder"}
+        if cfg.head == "probe":
+            enc, head = probe_encoder(enc, cfg.data, cfg.size, scored=ds, log=log)
+        rec = run_encoder(enc, bank, src, ds, cfg, out, log)
+        return None if rec is None else {**rec, "head": head}
+
     if encoders is None:
         if not cfg.encoders:
             raise AdjinvError("give at least one encoder")
         for name in cfg.encoders:
-            enc, bank, src = model_with_lacs(name, cfg.weights, cfg.random_init, cfg.lac, log)
-            shares.append(run_encoder(enc, bank, src, ds, cfg, out, log))
+            shares.append(run_one(*model_with_lacs(name, cfg.weights, cfg.random_init, cfg.lac, log)))
     else:
         for j, enc in enumerate(encoders):
             _, bank, src = model_with_lacs("", None, False, None, log, enc,
                                            lacs[j] if lacs is not None else None)
-            shares.append(run_encoder(enc, bank, src, ds, cfg, out, log))
+            shares.append(run_one(enc, bank, src))
     if not is_main():  # under torchrun: wait for rank 0's results.json
         barrier()
         return json.loads((out / "results.json").read_text())
@@ -340,6 +354,20 @@ def encoder_table(p: dict) -> list[str]:
     return lines
 
 
+def head_lines(p: dict) -> list[str]:
+    """What classified the images: the encoder's own head or the per-dataset probe (C.2)."""
+    h = p.get("head", {"head": "encoder"})
+    if h.get("head") != "probe":
+        return []
+    acc = h.get("scored_accuracy")
+    sp = h["split"]
+    return [f"Head: a linear probe (C.2) trained on {h['n_train']} images of `{sp['dataset']}`"
+            + (f" subset `{sp['subset']}`" if "subset" in sp else "")
+            + f" ({len(h['classes'])} classes: {', '.join(h['classes'])}), none of them scored; "
+            f"accuracy on its training split {h['train_accuracy']:.3f}"
+            + (f", on the scored images {acc:.3f}" if acc is not None else "") + ".", ""]
+
+
 def table(results: dict) -> str:
     """The Markdown summary."""
     lines = [f"# Foreground-energy paradox — {results['dataset']['dataset']}, "
@@ -351,7 +379,7 @@ def table(results: dict) -> str:
                   f"Mask area ratio {fmt_ci(s['area_ratio'])}. Swapped-seed partners: "
                   f"{p.get('partner_rule', 'next image')}. LAC_pix bias share of every φ_c's energy "
                   f"‖b‖²/(‖b‖²+‖s‖²) = {fmt(lp.get('bias_share'))}.", ""]
-        lines += encoder_table(p)
+        lines += head_lines(p) + encoder_table(p)
         sz = s["seed_zero"]
         lines += ["", f"seed-zero undefined (Ψ_L(0) = 0) for {sz['undefined']} image(s); a uniform "
                       f"image (per RGB) for {sz.get('uniform', 0)}.", ""]

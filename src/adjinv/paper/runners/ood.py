@@ -32,7 +32,8 @@ are ``lac`` if given, else the encoder's bundled checkpoint, else identity LACs
 
 Outputs in ``out/``: ``results.json``, ``table.md``, ``geometry.png`` (4(d),
 mean over corruptions), ``geometry_per_corruption.png``, ``reconstructions.png``
-(4(c)) and ``reconstructions/*.png``.
+(4(c)) and ``reconstructions/*.png``. ``--figure-only`` (:func:`run_ood_figure`) makes
+Figure 4(c) alone, with ``figure_4c.json``, and leaves ``results.json`` untouched.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ from .common import (
     warnings_to_log,
 )
 from .interference_common import portable_path
-from .skeleton import Runner, option
+from .skeleton import Runner, Variant, option
 
 INDICATORS = ("accuracy", "logdet_subset", "effective_rank", "trace", "mmd2",
               "logdet_corr_subset", "mean_norm", "logdet_random_subset", "logdet_corr_random_subset")
@@ -233,6 +234,45 @@ def run_ood(cfg: OODConfig, out: str | Path, *, encoder: StagedEncoder | None = 
     log(f"wrote {out}/results.json, table.md, geometry.png ({times['total']:.1f} s)")
     barrier()  # under torchrun the other ranks wait for results.json
     return results
+
+
+def run_ood_figure(cfg: OODConfig, out: str | Path, *, encoder: StagedEncoder | None = None,
+                   log: Log = quiet_log) -> dict:
+    """Figure 4(c) alone (``--figure-only``): the probe on the clean train features and the
+    class-directional reconstructions, nothing of the geometry. Writes ``reconstructions.png``,
+    ``reconstructions/*.png`` and ``figure_4c.json`` (this run's settings and record) to
+    ``out`` and leaves an existing ``results.json`` as it is (docs/method.md §6, §9)."""
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    times: dict[str, float] = {}
+    t_all = time.perf_counter()
+    with timer(times, "load_encoder"):
+        enc = encoder if encoder is not None else load_named_encoder(
+            cfg.encoder, cfg.weights, cfg.random_init, log)
+    scale = cfg.spatial_scale if cfg.spatial_scale is not None else cfg.size / 224
+    with timer(times, "clean"):
+        train_ds = open_dataset(cfg.dataset, "train", cfg.size, cfg.seed)
+        test_ds = open_dataset(cfg.dataset, "test", cfg.size, cfg.seed)
+        if cfg.max_images is not None:
+            train_ds = first_per_class(train_ds, cfg.max_images)
+            test_ds = first_per_class(test_ds, cfg.max_images)
+        ftr = features(enc, train_ds, "clean train", cache, cfg.batch_size, log)
+        probe = LinearProbe(len(train_ds.classes), ProbeConfig(
+            weight_decay=cfg.weight_decay, max_iter=cfg.max_iter, seed=cfg.seed)
+        ).fit(ftr.features, ftr.labels)
+    with timer(times, "figure_4c"):
+        figure = reconstructions(enc, probe, test_ds, cfg, scale, out, log)
+    times["total"] = round(time.perf_counter() - t_all, 3)
+    record = {"experiment": "ood --figure-only", "config": asdict(cfg),
+              "encoder": {"name": enc.name, "weights_hash": enc.weights_hash()},
+              "dataset": {"train": train_ds.describe(), "test": test_ds.describe()},
+              "spatial_scale": scale, "figure_4c": figure, "seconds": times,
+              "environment": environment()}
+    atomic_write_json(out / "figure_4c.json", record)
+    log(f"wrote {out}/reconstructions.png and figure_4c.json ({times['total']:.1f} s)")
+    return record
 
 
 def normalise(rows: list[dict], k: int) -> list[dict]:
@@ -412,10 +452,20 @@ EPILOG = """examples:
 """
 
 
+def _figure_only(cfg: OODConfig, out: Path, *, log: Log = quiet_log) -> dict:
+    """``--figure-only``: :func:`run_ood_figure`, refused with ``--no-figure``."""
+    if not cfg.figure:
+        raise AdjinvError("--figure-only and --no-figure contradict each other")
+    return run_ood_figure(cfg, out, log=log)
+
+
 RUNNERS = (Runner(
     "ood", OODConfig, run_ood,
     help="accuracy and covariance geometry vs corruption severity (Figure 4(c)-(d))",
     description="Per corruption and severity: probe accuracy, log det of the clean CovVol "
                 "subset, effective rank, trace and MMD² to clean features; plus class-directional "
                 "reconstructions of one image at increasing severity.",
-    epilog=EPILOG, outputs=("results.json", "table.md", "figures"), distributed=True),)
+    epilog=EPILOG, outputs=("results.json", "table.md", "figures"), distributed=True,
+    variants=(Variant("--figure-only", "only Figure 4(c): probe on clean train features, "
+                      "reconstructions.png and figure_4c.json (results.json untouched)", _figure_only,
+                      ("reconstructions.png", "figure_4c.json")),)),)

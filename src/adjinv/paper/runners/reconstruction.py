@@ -22,7 +22,9 @@ never itself); Gaussian seeds with ``A_L``'s per-channel ℓ2 norms and this pho
 weights; x̂_L with the top stage re-initialised; the vanilla gradient with its map fitted
 on the training photos, per-image min-max, or per-image least-squares affine (an upper
 bound); the flat mean colour of the training photos; Mahendran & Vedaldi; UpConvNet;
-Guided Backprop and DeconvNet (shown per-image min-max); and the feature-specific view
+Guided Backprop and DeconvNet (shown per-image min-max); Robust inversion (the Mahendran
+& Vedaldi optimisation on an adversarially robust copy of the encoder) only when
+``--robust PATH`` gives its weights (else "unavailable"); and the feature-specific view
 ``x̂ − mean_{j≤K} x̂_swap(i+j)`` for each K in ``partners``.
 
 **Metrics**, the same for every method (``x``: the input crop in [0, 1]):
@@ -30,7 +32,9 @@ Guided Backprop and DeconvNet (shown per-image min-max); and the feature-specifi
 ``ssim_affine``/``psnr_affine`` on the *display mapping* — a least-squares affine map per
 image and RGB channel fitted to ``x``, then clipped (:func:`~adjinv.metrics.likeness.affine_fit`),
 which is also what the figure shows; ``pearson`` (per-RGB r, mean over RGB); ``gmsd`` and
-``haarpsi`` (``piq``, on the display mapping); re-encoding agreement (top-5 overlap and
+``haarpsi`` (``piq``, on the display mapping); ``lpips`` (own pixel mapping) only when
+``--lpips-backbone`` and ``--lpips-linear`` name the weight files (else "unavailable",
+never a number from random weights); re-encoding agreement (top-5 overlap and
 GAP-feature cosine of display vs ``x`` under each independent network, at its own input
 size); and ``l1``, the training objective ``mean |out − x|`` in the encoder's input space.
 
@@ -41,6 +45,12 @@ the first); V2 trained beats the flat colour and the best of the three vanilla r
 V3 the feature share ``(r_x̂ − r_swap)/(r_x̂ − r_identity)`` on Pearson is ≥ 0.5;
 V4 (a description, not a pass) whether seed-zero and swapped-seed Pearson rise from
 the first to the last learning-curve point. "Reconstructs from the features" = V1 ∧ V2 ∧ V3.
+
+**Figure 2** (``figure2.png``): the qualitative grid of the paper's Sec. 3.1 — held-out
+photos as rows; the input, Ours (x̂_L), Vanilla (map fitted on the training photos),
+Mahendran & Vedaldi, Robust inversion ("unavailable" without weights) and UpConvNet as
+columns, plus the seed-zero control (docs/method.md §14) — each in its own pixel mapping,
+no per-image fit. ``--figure2-only`` redraws it from a finished run's cache.
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ import copy
 import json
 import math
 import re
+import textwrap
 import time
 import zlib
 from dataclasses import asdict, dataclass
@@ -62,16 +73,18 @@ from ...core.lac import LACBank
 from ...core.simplex import simplex_measure
 from ...distributed import all_reduce_sum, barrier, is_main, rank_world, share_work
 from ...encoders.staged import StagedEncoder
+from ...encoders.weights import load_into, read_state_dict
 from ...errors import AdjinvError
 from ...fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ...images.files import list_images, load_image, random_crop, resize_center_crop
 from ...lacs.checkpoint import load_checkpoint, resolve_checkpoint
 from ...lacs.vanilla import VanillaMap, fit_vanilla_map
 from ...metrics.likeness import affine_fit, bootstrap_ci, gmsd, haarpsi, pearson_rgb, reencoding_agreement
+from ...metrics.lpips import LPIPS, load_lpips
 from ...metrics.reconstruction import psnr, ssim
 from ..analysis.ecr import spearman
 from ..baselines.guided import modified_gradient
-from ..baselines.mahendran import MVConfig, mahendran_vedaldi
+from ..baselines.mahendran import MVConfig, mahendran_vedaldi, robust_inversion
 from ..baselines.upconv import UpConvConfig, train_upconv, upconv_reconstruct
 from .common import (
     Log,
@@ -82,7 +95,7 @@ from .common import (
     save_figure,
 )
 from .interference_common import portable_path
-from .skeleton import Runner, option
+from .skeleton import Runner, Variant, option
 
 PROTOCOL_VERSION = 1
 
@@ -101,17 +114,25 @@ LABELS: dict[str, str] = {
     "vanilla_affine": "vanilla, per-image LS affine (upper bound)",
     "flat": "flat mean colour (training photos)", "mahendran": "Mahendran & Vedaldi",
     "upconv": "UpConvNet (training photos)", "guided": "Guided Backprop",
-    "deconvnet": "DeconvNet",
+    "deconvnet": "DeconvNet", "robust": "Robust inversion (M&V on the robust encoder)",
 }
 KIND: dict[str, str] = {
     "trained": "method", "identity": "control", "seed_zero": "control", "swapped": "control",
     "random_seed": "control", "top_reinit": "control", "vanilla_train": "baseline",
     "vanilla_minmax": "baseline", "vanilla_affine": "baseline", "flat": "baseline",
     "mahendran": "baseline", "upconv": "baseline", "guided": "baseline", "deconvnet": "baseline",
+    "robust": "baseline",
 }
 METRICS: tuple[str, ...] = ("pearson", "ssim_affine", "psnr_affine", "ssim", "psnr", "gmsd",
                             "haarpsi", "l1")
-HIGHER_BETTER = {"gmsd": False, "l1": False}
+HIGHER_BETTER = {"gmsd": False, "l1": False, "lpips": False}
+# optional settings, left out of protocol.json at their defaults (older protocols stay valid)
+OPTIONAL_DEFAULTS: dict[str, Any] = {"robust": None, "lpips_net": "alex", "lpips_backbone": None,
+                                     "lpips_linear": None}
+# Figure 2's columns (docs/method.md §13), then the control (§14)
+FIGURE2: tuple[tuple[str, str], ...] = (
+    ("trained", "Ours (x̂_L)"), ("vanilla_train", "Vanilla"), ("mahendran", "Mahendran & Vedaldi"),
+    ("robust", "Robust inversion"), ("upconv", "UpConvNet"), ("seed_zero", "control: seed zero"))
 CURVE_METHODS = ("trained", "swapped", "random_seed", "seed_zero")
 CURVE_METRICS = ("pearson", "ssim_affine", "l1")
 # Input side of each re-encoding network (its ImageNet evaluation resolution).
@@ -143,6 +164,11 @@ class ReconstructionConfig:
     seed: int = option(0, "crops, random seeds, baselines")
     chunk_size: int | None = option(None, "channels per batched cascade pass")
     quick: bool = option(False, "64 px, 1 crop, 3 photos, cheap baselines: minutes")
+    robust: str | None = option(None, "adversarially robust weights of the same encoder (Robust "
+        "inversion; without them it is reported unavailable)")
+    lpips_net: str = option("alex", "LPIPS backbone kind", choices=["alex", "vgg"])
+    lpips_backbone: str | None = option(None, "torchvision alexnet/vgg16 state dict (LPIPS)")
+    lpips_linear: str | None = option(None, "lpips v0.1 linear-layer weights (LPIPS)")
 
     def apply_quick(self) -> None:
         """The ``--quick`` setting: tiny size, one crop, three photos, cheap baselines."""
@@ -266,6 +292,8 @@ def _minmax(v: torch.Tensor) -> torch.Tensor:
 
 # ------------------------------------------------------------------ the run
 class _Runner:
+    lpips: LPIPS | None = None  # the metric, when its weight files are given
+
     def __init__(self, cfg: ReconstructionConfig, out: Path, log: Log,
                  encoder: StagedEncoder | None) -> None:
         self.cfg, self.out, self.log = cfg, out, log
@@ -284,12 +312,23 @@ class _Runner:
         # identity LACs linearised where the trained ones are (docs/method.md §16)
         self.inv_id = AdjointInverter(enc, LACBank.for_encoder(enc, linearize_at=lacs.linearize_at),
                                       chunk_size=cfg.chunk_size)
+        self.unavailable: dict[str, str] = {}
+        self.robust_enc: StagedEncoder | None = None
+        if cfg.robust is None:
+            self.unavailable["robust"] = ("unavailable: no adversarially robust weights given "
+                                          "(--robust PATH)")
+        else:
+            self.robust_enc = load_robust_encoder(enc, cfg.robust, registry=encoder is None, log=log)
+        self.lpips, reason = load_lpips(cfg.lpips_net, cfg.lpips_backbone, cfg.lpips_linear)
+        if self.lpips is None:
+            self.unavailable["lpips"] = reason
+        self.extra = [] if self.robust_enc is None else ["robust"]
         self.train, self.held = _photos(cfg)
         self.names = list(self.held)
         self.x = {n: crops_of(n, im, cfg) for n, im in self.held.items()}
         self.max_k = min(max(cfg.partners), len(self.names) - 1)
         self.ks = sorted({min(k, self.max_k) for k in cfg.partners})
-        self.methods = list(BASE_METHODS) + [f"feature_k{k}" for k in self.ks]
+        self.methods = list(BASE_METHODS) + self.extra + [f"feature_k{k}" for k in self.ks]
         self._acts: dict[tuple[str, int], torch.Tensor] = {}
         self._fitted: dict[str, Any] = {}
         self.fit_wall = self.fit_cpu = 0.0
@@ -405,6 +444,12 @@ class _Runner:
             return self.norm(self.flat().view(1, 3, 1, 1).expand_as(img).clone())
         if method == "mahendran":
             return mahendran_vedaldi(self.enc, x, MVConfig(steps=self.cfg.mv_steps, seed=self.cfg.seed))
+        if method == "robust":
+            if self.robust_enc is None:
+                raise AdjinvError(self.unavailable["robust"])
+            return robust_inversion(self.robust_enc, x, MVConfig(steps=self.cfg.mv_steps,
+                                                                 seed=self.cfg.seed),
+                                    weights=self.cfg.robust)
         if method == "upconv":
             return upconv_reconstruct(self.enc, self.upconv(), x)
         if method in ("guided", "deconvnet"):
@@ -446,6 +491,8 @@ class _Runner:
             "gmsd": gmsd(disp, ref), "haarpsi": haarpsi(disp, ref),
             "l1": (out - self.norm(ref)).abs().flatten(1).mean(1),
         }
+        if self.lpips is not None:
+            cols["lpips"] = self.lpips(native.clamp(0, 1), ref)
         for rn, renc in reenc.items():
             agree = reencoding_agreement(renc, disp, ref, size=REENCODE_SIZE.get(rn, self.cfg.size))
             short = rn.replace("efficientnet_", "")
@@ -462,11 +509,12 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def _protocol(cfg: ReconstructionConfig, r: _Runner, curve: list[tuple[int, str]]) -> dict:
     return {
-        "version": PROTOCOL_VERSION, "config": asdict(cfg), "encoder": r.enc.name,
+        "version": PROTOCOL_VERSION, "config": _protocol_config(cfg), "encoder": r.enc.name,
         "encoder_hash": r.enc.weights_hash(), "lac": portable_path(r.lac_path),
         "train_photos": sorted(r.train), "heldout_photos": r.names,
         "partners": {str(j): derangement(r.names, j) for j in range(1, r.max_k + 1)},
-        "methods": r.methods, "metrics": list(METRICS), "curve": [portable_path(c) for _, c in curve],
+        "methods": r.methods, "metrics": list(METRICS) + (["lpips"] if r.lpips is not None else []),
+        "curve": [portable_path(c) for _, c in curve],
         "rule": {"V1": "pearson and ssim_affine: trained > identity; with >= 3 curve points also "
                        "Spearman(step, gain over identity) > 0 and last gain > first",
                  "V2": "pearson and ssim_affine: trained > flat and > max(vanilla_train, "
@@ -476,6 +524,31 @@ def _protocol(cfg: ReconstructionConfig, r: _Runner, curve: list[tuple[int, str]
                  "V4": "seed_zero and swapped pearson: last curve point > first (descriptive)",
                  "reconstructs_from_features": "V1 and V2 and V3"},
     }
+
+
+def _protocol_config(cfg: ReconstructionConfig) -> dict:
+    """The settings as ``protocol.json`` records them: the optional ones (Robust inversion,
+    LPIPS) only when set, so that a protocol written before they existed still matches."""
+    d = asdict(cfg)
+    for k, v in OPTIONAL_DEFAULTS.items():
+        if d.get(k) == v:
+            d.pop(k)
+    for k in ("robust", "lpips_backbone", "lpips_linear"):
+        if d.get(k) is not None:
+            d[k] = portable_path(d[k])
+    return d
+
+
+def load_robust_encoder(encoder: StagedEncoder, path: str, *, registry: bool,
+                        log: Log = quiet_log) -> StagedEncoder:
+    """The adversarially robust encoder of Robust inversion (docs/method.md §13): the
+    registry's ``encoder.name`` loaded with the weights file ``path`` when ``registry``,
+    else a copy of ``encoder`` (a network of your own) with ``path``'s state dict."""
+    if registry:
+        return load_named_encoder(encoder.name, path, False, log)
+    enc = copy.deepcopy(encoder)
+    load_into(enc, read_state_dict(path), encoder.name, path)
+    return enc.eval()
 
 
 def _curve_checkpoints(cfg: ReconstructionConfig, main_step: int, main_path: str) -> list[tuple[int, str]]:
@@ -533,7 +606,7 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
         f"{cfg.crops} crops, {len(r.train)} training photos, LACs {portable_path(r.lac_path)}")
 
     swaps = ["swapped"] + [f"swap{j}" for j in range(2, r.max_k + 1)]
-    main_methods = [*BASE_METHODS, *swaps[1:]]
+    main_methods = [*BASE_METHODS, *r.extra, *swaps[1:]]
     curve_invs: dict[str, tuple[AdjointInverter, str]] = {}
 
     def curve_inverter(step: int, path: str) -> tuple[AdjointInverter, str]:
@@ -648,10 +721,14 @@ def run_reconstruction(cfg: ReconstructionConfig, out_dir: str | Path, *,
         "environment": environment(),
         "display_mapping": "per image and RGB channel, least-squares gain and offset fitted to the "
                            "input, then clipped to [0, 1]",
+        "unavailable": r.unavailable,
     }
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "table.md", markdown_table(results))
     _figure(r, per_crop, per_photo, out / "figure.png")
+    draw_figure2({n: r.x[n][0:1] for n in r.names},
+                 {n: {m: per_crop[n][0][m] for m in r.methods} for n in r.names},
+                 r.enc, r.unavailable, out / "figure2.png", seen=_seen(r.lac_meta), size=cfg.size)
     _curve_plot([row for row in curve_rows if row["photo"] not in seen], out / "curve.png")
     for line in verdict_lines(results):
         log(line)
@@ -781,6 +858,8 @@ def markdown_table(results: dict) -> str:
               "not recorded)", "", "| method | wall s | CPU s |", "|---|---|---|"]
     for m, s in results["cost_seconds"].items():
         lines.append(f"| {m} | {s:.1f} | {results['cost_cpu_seconds'].get(m, math.nan):.1f} |")
+    for what, why in results.get("unavailable", {}).items():
+        lines.append(f"{'Robust inversion' if what == 'robust' else what.upper()}: {why}.")
     lines += ["", f"Wall time {results['seconds']:.1f} s ({results['computed']} outputs computed "
               "this run, the rest from the cache)."]
     return "\n".join(lines) + "\n"
@@ -813,6 +892,88 @@ def _figure(r: _Runner, per_crop: dict, per_photo: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def draw_figure2(inputs: dict[str, torch.Tensor], outputs: dict[str, dict[str, torch.Tensor]],
+                 encoder: StagedEncoder, unavailable: dict[str, str], path: Path, *,
+                 seen: set[str] | frozenset[str] = frozenset(), size: int | None = None) -> Path:
+    """Figure 2 (module docstring): one row per held-out photo (``inputs``: name → (1, 3, S, S)
+    in [0, 1]), one column per method of :data:`FIGURE2`, each output (encoder input space)
+    shown in its own pixel mapping — de-normalised and clipped, no per-image fit — with its
+    Pearson r and SSIM against the input. A method missing from ``outputs`` is drawn as a
+    grey "unavailable" panel with the reason from ``unavailable``."""
+    plt = pyplot()
+    names = list(inputs)
+    cols = [("input", "input"), *FIGURE2]
+    fig, axes = plt.subplots(len(names), len(cols), figsize=(1.5 * len(cols), 1.7 * len(names)),
+                             squeeze=False)
+    for i, name in enumerate(names):
+        img = inputs[name]
+        for j, (m, label) in enumerate(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.text(0.5, 1.32, label, transform=ax.transAxes, ha="center", fontsize=7)
+            if m == "input":
+                ax.imshow(img[0].permute(1, 2, 0).clamp(0, 1).numpy())
+                ax.set_title(name + (" (seen)" if name in seen else ""), fontsize=6)
+                continue
+            out = outputs.get(name, {}).get(m)
+            if out is None:
+                ax.imshow(torch.full_like(img[0], 0.85).permute(1, 2, 0).numpy())
+                why = unavailable.get(m, "not computed in this run")
+                ax.text(0.5, 0.5, "\n".join(textwrap.wrap(why, 18)), transform=ax.transAxes,
+                        ha="center", va="center", fontsize=4.5)
+                ax.set_title("unavailable", fontsize=6)
+                continue
+            shown = encoder.to_display(out).float().clamp(0, 1)
+            r_val = float(pearson_rgb(out, img)[0])
+            s_val = float(ssim(shown, img)[0])
+            ax.imshow(shown[0].permute(1, 2, 0).numpy())
+            ax.set_title(f"r {r_val:.2f}  SSIM {s_val:.2f}", fontsize=6)
+    px = f"{size} px " if size else ""
+    fig.suptitle(f"Figure 2: {px}held-out photos (centre crop), every method in its own pixel "
+                 "mapping (no per-image fit); r: Pearson, SSIM: on the shown image", fontsize=8)
+    return save_figure(fig, path)
+
+
+def write_figure2(out_dir: str | Path, *, log: Log = quiet_log,
+                  encoder: StagedEncoder | None = None) -> Path:
+    """Redraw ``figure2.png`` of a finished run in ``out_dir`` from its ``protocol.json``
+    and cached outputs (``--figure2-only``): nothing is computed but the display."""
+    out = Path(out_dir)
+    ppath, rpath = out / "protocol.json", out / "results.json"
+    if not ppath.is_file():
+        raise AdjinvError(f"{ppath} does not exist: run the evaluation first")
+    proto = json.loads(ppath.read_text())
+    cfg = ReconstructionConfig(**proto["config"])
+    enc = encoder or load_named_encoder(cfg.encoder, cfg.weights, cfg.random_init, log)
+    _, held = _photos(cfg)
+    cache = _Cache(out / "cache")
+    inputs: dict[str, torch.Tensor] = {}
+    outputs: dict[str, dict[str, torch.Tensor]] = {}
+    for name in proto["heldout_photos"]:
+        inputs[name] = crops_of(name, held[name], cfg)[0:1]
+        outputs[name] = {}
+        for m, _ in FIGURE2:
+            hit = cache.get("main", name, "crop0", m)
+            if hit is not None:
+                outputs[name][m] = hit[0]
+            elif m in proto["methods"]:
+                raise AdjinvError(f"{cache.path('main', name, 'crop0', m)} is missing: the cache of "
+                                  "this run is incomplete; rerun the evaluation to fill it")
+    res = json.loads(rpath.read_text()) if rpath.is_file() else {}
+    unavailable = {"robust": "unavailable: no adversarially robust weights given (--robust PATH)",
+                   **res.get("unavailable", {})}
+    lac = proto.get("lac")
+    seen: set[str] = set()
+    if lac is not None and res.get("seen_by_lacs"):
+        seen = set(res["seen_by_lacs"])
+    path = draw_figure2(inputs, outputs, enc, unavailable, out / "figure2.png", seen=seen,
+                        size=cfg.size)
+    log(f"wrote {path}")
+    return path
+
+
 def _curve_plot(rows: list[dict], path: Path) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(4 * len(CURVE_METRICS), 3))
@@ -838,16 +999,24 @@ EPILOG = """examples:
 """
 
 
+def _figure2_only(cfg: ReconstructionConfig, out: Path, *, log: Log = quiet_log) -> dict:
+    """``--figure2-only``: :func:`write_figure2` of the finished run in ``out``."""
+    return {"figure2": str(write_figure2(out, log=log))}
+
+
 RUNNERS = (Runner(
     "reconstruction", ReconstructionConfig, run_reconstruction,
     help="held-out, controlled test: does x̂_L reconstruct from the features?",
     description="Scores x̂_L against its controls (identity LACs, seed zero, swapped and "
                 "random seeds, top stage re-initialised) and baselines on held-out photos, "
                 "and prints the pre-registered verdict per photo.",
-    epilog=EPILOG, outputs=("results.json", "table.md", "figure.png", "curve.png"),
+    epilog=EPILOG, outputs=("results.json", "table.md", "figure.png", "figure2.png", "curve.png"),
     summary=lambda results, out: verdict_lines(results), out_help="output folder (rerun to resume)",
-    distributed=True),)
+    distributed=True, variants=(Variant(
+        "--figure2-only", "redraw figure2.png of the finished run in --out from its cache; compute "
+        "nothing", _figure2_only, ("figure2.png",)),)),)
 
 
 __all__: list[str] = ["ReconstructionConfig", "run_reconstruction", "markdown_table",
-                      "verdict_lines", "derangement", "crops_of", "reinit_top_stage", "METHODS"]
+                      "verdict_lines", "derangement", "crops_of", "reinit_top_stage", "METHODS",
+                      "draw_figure2", "write_figure2", "load_robust_encoder"]

@@ -65,6 +65,22 @@ RunFn = Callable[..., Results]  # run(cfg, out, *, log=…) -> results
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A switch that runs another function on the same config, on its own (``ood
+    --figure-only``): no torchrun group, no ``write`` or ``summary``, its own outputs."""
+
+    flag: str
+    help: str
+    run: RunFn
+    outputs: tuple[str, ...]
+
+    @property
+    def dest(self) -> str:
+        """The argparse destination of :attr:`flag`."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+@dataclass(frozen=True)
 class Runner:
     """A command of the paper's harness, described once; :func:`add_command` builds it."""
 
@@ -84,6 +100,7 @@ class Runner:
     command: bool = False  # True: a top-level ``adjinv NAME``, not an experiment
     out_help: str = "output folder"
     out_default: str | None = None  # None: --out is required
+    variants: tuple[Variant, ...] = ()
 
 
 def option(default: Any = None, help: str = "", **flag: Any) -> Any:
@@ -206,19 +223,21 @@ def execute(runner: Runner, args: argparse.Namespace) -> Results:
     run with a logger on the main rank, write, summarise on stdout."""
     set_threads(getattr(args, "threads", None))
     cfg = config_from_args(runner.config, args)
-    if runner.distributed:
+    variant = next((v for v in runner.variants if getattr(args, v.dest, False)), None)
+    if runner.distributed and variant is None:
         init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
     log: Log = logging.getLogger(runner.run.__module__).info if is_main() else quiet_log
     out = Path(args.out)
     t0 = time.perf_counter()
-    results = runner.run(cfg, out, log=log)
+    results = (variant or runner).run(cfg, out, log=log)
     if not is_main():
         return results
-    if runner.write is not None:
+    if variant is None and runner.write is not None:
         runner.write(results, out)
-    lines = runner.summary(results, out) if runner.summary is not None else []
-    if runner.outputs:
-        lines.append(_wrote(out, runner.outputs, time.perf_counter() - t0))
+    lines = runner.summary(results, out) if variant is None and runner.summary is not None else []
+    outputs = runner.outputs if variant is None else variant.outputs
+    if outputs:
+        lines.append(_wrote(out, outputs, time.perf_counter() - t0))
     for line in lines:
         print(line)
     return results
@@ -236,6 +255,8 @@ def build_parser(p: argparse.ArgumentParser, runner: Runner) -> argparse.Argumen
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a "
                                                "busy machine 1 can be several times faster)")
     add_config_flags(p, runner.config)
+    for v in runner.variants:
+        p.add_argument(v.flag, dest=v.dest, action="store_true", help=v.help)
     p.set_defaults(func=lambda args: execute(runner, args))
     return p
 

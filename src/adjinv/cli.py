@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import logging
 import math
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -546,6 +547,27 @@ def _out_of_memory(e: BaseException) -> bool:
                                          or "out of memory" in str(e).lower()))
 
 
+@contextlib.contextmanager
+def _log_to_stderr() -> Iterator[None]:
+    """While a command runs: adjinv's warnings, and the experiment runners' progress lines
+    (INFO of ``adjinv.paper.runners``), go to stderr as bare lines. Outside ``main`` nothing
+    is installed, so library use stays silent unless the application configures logging."""
+    top, runners = logging.getLogger("adjinv"), logging.getLogger("adjinv.paper.runners")
+    levels = top.level, runners.level
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    top.addHandler(handler)
+    if top.level == logging.NOTSET:
+        top.setLevel(logging.WARNING)
+    runners.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        top.removeHandler(handler)
+        top.setLevel(levels[0])
+        runners.setLevel(levels[1])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``adjinv`` console script.
 
@@ -559,7 +581,8 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     debug = getattr(args, "debug", False)
     try:
-        args.func(args)
+        with _log_to_stderr():
+            args.func(args)
     except AdjinvError as e:
         if debug:
             raise

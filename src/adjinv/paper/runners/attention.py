@@ -10,7 +10,6 @@ energy peak lies to the token's own grid position against a shuffled reference
 
 from __future__ import annotations
 
-import argparse
 import html
 import sys
 import time
@@ -45,8 +44,9 @@ from ..heads.attention import (
     token_peak_distance,
     train_head,
 )
-from .common import environment, warnings_to_log
+from .common import Log, environment, quiet_log, warnings_to_log
 from .interference_common import portable_path
+from .skeleton import Runner, option
 
 EPILOG_TRAIN_HEAD = """example:
   adjinv train-head --out head.safetensors            # embedded labelled set (bundled photos)
@@ -358,41 +358,105 @@ def _write_index(out: Path, results: dict) -> Path:
 
 
 # ----------------------------------------------------------------------------- CLI
+LABELLED, HEAD = "labelled set", "hybrid head"
+
+
+@dataclass
+class HeadSetup:
+    """Encoder, labelled set and head hyper-parameters shared by ``adjinv train-head`` and
+    ``adjinv experiment attention``."""
+
+    encoder: str = option("efficientnet_lite0", "registry name, see `adjinv encoders`")
+    weights: str | None = option(None, "local encoder state dict (.pth or .safetensors)")
+    random_init: bool = option(False, "allow an encoder without pretrained weights (for testing only)")
+    seed: int = option(0, "data split, crops, init and batches")
+    labelled: str | None = option(None, "ImageFolder layout, one sub-folder per class (default: the "
+        "embedded set of random crops of the 5 bundled photos, one class per photo: a sanity check)",
+        flag="--labelled", metavar="FOLDER", group=LABELLED)
+    labelled_set: str = option("crops", "embedded set without a folder: 'crops' (train and test crops of "
+        "the same 5 photos, a sanity check) or 'detection' (object pasted on a texture vs texture alone; "
+        "tested on held-out photos pasted on textures no training image shows)",
+        choices=["crops", "detection"], group=LABELLED)
+    test_fraction: float = option(0.2, "held-out fraction per class of a folder", group=LABELLED)
+    train_per_class: int = option(24, "embedded set", group=LABELLED)
+    test_per_class: int = option(8, "embedded set", group=LABELLED)
+    steps: int = option(30, "Adam steps", group=HEAD)
+    lr: float = option(3e-4, "Adam learning rate", group=HEAD)
+    batch_size: int = option(16, "images per step", group=HEAD)
+    blocks: int = option(3, "attention blocks", group=HEAD)
+    heads: int = option(8, "attention heads per block", group=HEAD)
+    mlp_ratio: float = option(1.0, "MLP width / token width", group=HEAD)
+    dropout: float = option(0.0, "dropout in the blocks", group=HEAD)
+    dim: int | None = option(None, "project tokens to this width first (default: keep C_L, as the paper)",
+        group=HEAD)
+    checkpoint_every: int = option(20, "steps between checkpoints", group=HEAD)
+
+
+@dataclass
+class TrainHeadArgs(HeadSetup):
+    """What ``adjinv train-head`` trains (``--out`` is the checkpoint path)."""
+
+    labelled: str | None = option(None, "ImageFolder layout, one sub-folder per class (default: the "
+        "embedded set of random crops of the 5 bundled photos, one class per photo: a sanity check)",
+        flag="--images", metavar="FOLDER", group=LABELLED)
+    size: int = option(128, "image side in px")
+    resume: bool = option(False, "continue the run saved at --out")
+
+
+@dataclass
+class AttentionArgs(HeadSetup):
+    """What ``adjinv experiment attention`` loads, trains and visualises
+    (:class:`AttentionConfig` is the part :func:`run_attention` needs)."""
+
+    head: str | None = option(None, "head checkpoint from `adjinv train-head` (default: train one on the "
+        "labelled set first, in memory)")
+    images: list[str] | None = option(None, "images to visualise (default: the bundled photos)")
+    num_images: int = option(0, "use only the first N bundled photos; 0: all")
+    size: int | None = option(None, "image side in px (default: the head's training size, else 128)")
+    token_blocks: list[int] = option([0, -1], "blocks with per-token maps (default 0 -1: the first and the "
+        "last)")
+    window: int | None = option(None, "energy smoothing window for the peak, px (default: one token cell)")
+    split: bool = option(False, "also the per-channel split sum_c w_c Psi_L(E_c * G) of each layer-wise "
+        "seed (one cascade pass per live channel: about a minute per map on 2 CPU cores)")
+    control_untrained: bool = option(False, "also the token locality through a freshly initialised head of "
+        "the same architecture (the control for locality that attention did not learn)")
+    lac: str | None = option(None, "LAC checkpoint (default: the bundled one for the encoder)")
+    allow_other_weights: bool = option(False, "accept LACs/head trained on other weights of this "
+        "architecture")
+    chunk_size: int | None = option(None, "seeds per batched backward (default: from free memory)")
+
+
 def _bar(desc: str, total: int, unit: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr, disable=None)
 
 
-def _cli_log(msg: str) -> None:
-    print(f"adjinv: {msg}", file=sys.stderr)
-
-
-def _load_encoder(args: argparse.Namespace) -> StagedEncoder:
+def _load_encoder(cfg: HeadSetup, log: Log) -> StagedEncoder:
     from ...encoders import load_encoder
 
-    with warnings_to_log(_cli_log):
-        return load_encoder(args.encoder, args.weights, random_init=args.random_init)
+    with warnings_to_log(log):
+        return load_encoder(cfg.encoder, cfg.weights, random_init=cfg.random_init)
 
 
-def _labelled(args: argparse.Namespace, size: int) -> LabelledSet:
+def _labelled(cfg: HeadSetup, size: int) -> LabelledSet:
     from ..data.labelled import composite_detection_set, embedded_labelled_set, image_folder
 
-    if args.labelled:
-        return image_folder(args.labelled, size, test_fraction=args.test_fraction, seed=args.seed)
-    if args.labelled_set == "detection":
-        return composite_detection_set(size, train_per_class=args.train_per_class,
-                                       test_per_class=args.test_per_class, seed=args.seed)
-    return embedded_labelled_set(size, train_per_class=args.train_per_class,
-                                 test_per_class=args.test_per_class, seed=args.seed)
+    if cfg.labelled:
+        return image_folder(cfg.labelled, size, test_fraction=cfg.test_fraction, seed=cfg.seed)
+    if cfg.labelled_set == "detection":
+        return composite_detection_set(size, train_per_class=cfg.train_per_class,
+                                       test_per_class=cfg.test_per_class, seed=cfg.seed)
+    return embedded_labelled_set(size, train_per_class=cfg.train_per_class,
+                                 test_per_class=cfg.test_per_class, seed=cfg.seed)
 
 
-def _head_config(args: argparse.Namespace) -> HeadTrainConfig:
-    return HeadTrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                           checkpoint_every=args.checkpoint_every,
-                           model=HybridConfig(blocks=args.blocks, heads=args.heads,
-                                              mlp_ratio=args.mlp_ratio, dropout=args.dropout,
-                                              dim=args.dim))
+def _head_config(cfg: HeadSetup) -> HeadTrainConfig:
+    return HeadTrainConfig(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
+                           checkpoint_every=cfg.checkpoint_every,
+                           model=HybridConfig(blocks=cfg.blocks, heads=cfg.heads,
+                                              mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
+                                              dim=cfg.dim))
 
 
 def _train(enc: StagedEncoder, data: LabelledSet, cfg: HeadTrainConfig,
@@ -420,178 +484,119 @@ def _fmt_acc(v: float | None) -> str:
     return "n/a (no test images)" if v is None else f"{v:.3f}"
 
 
-def cmd_train_head(args: argparse.Namespace) -> None:
-    """``adjinv train-head``."""
-    out = Path(args.out)
-    if out.exists() and not args.resume:
+def train_head_command(cfg: TrainHeadArgs, out: Path, *, log: Log = quiet_log) -> dict:
+    """``adjinv train-head``: train, checkpoint to ``out``; a summary of the run."""
+    if out.exists() and not cfg.resume:
         raise AdjinvError(f"{out} exists; pass --resume to continue that run or choose another --out")
     t0 = time.perf_counter()
-    enc = _load_encoder(args)
-    data = _labelled(args, args.size)
-    print(f"labelled set: {data.description}", file=sys.stderr)
-    cfg = _head_config(args)
-    res = _train(enc, data, cfg, out, args.resume)
+    enc = _load_encoder(cfg, log)
+    data = _labelled(cfg, cfg.size)
+    log(f"labelled set: {data.description}")
+    hcfg = _head_config(cfg)
+    res = _train(enc, data, hcfg, out, cfg.resume)
     first = sum(res.losses[:5]) / max(1, len(res.losses[:5]))
     last = sum(res.losses[-5:]) / max(1, len(res.losses[-5:]))
-    print(f"trained a {cfg.model.blocks}-block attention head on {enc.name} for {cfg.steps} steps "
-          f"(cross-entropy {first:.3g} first 5 -> {last:.3g} last 5): accuracy train "
-          f"{_fmt_acc(res.train_accuracy)}, test {_fmt_acc(res.test_accuracy)}; "
-          f"{time.perf_counter() - t0:.1f} s; wrote {out}")
+    return {"encoder": enc.name, "blocks": hcfg.model.blocks, "steps": hcfg.steps,
+            "first_losses": first, "last_losses": last, "train_accuracy": res.train_accuracy,
+            "test_accuracy": res.test_accuracy, "seconds": time.perf_counter() - t0}
 
 
-def cmd_attention(args: argparse.Namespace) -> None:
-    """``adjinv experiment attention``."""
+def _trained(r: dict, out: Path) -> list[str]:
+    return [f"trained a {r['blocks']}-block attention head on {r['encoder']} for {r['steps']} steps "
+            f"(cross-entropy {r['first_losses']:.3g} first 5 -> {r['last_losses']:.3g} last 5): "
+            f"accuracy train {_fmt_acc(r['train_accuracy'])}, test {_fmt_acc(r['test_accuracy'])}; "
+            f"{r['seconds']:.1f} s; wrote {out}"]
+
+
+def attention_command(cfg: AttentionArgs, out: Path, *, log: Log = quiet_log) -> dict:
+    """``adjinv experiment attention``: load (or train) the head, visualise, summarise."""
     from ...images.files import load_image
     from ...images.samples import SAMPLE_NAMES, sample_images
     from ...lacs.bundled import load_lacs
 
     t0 = time.perf_counter()
-    out = Path(args.out)
-    enc = _load_encoder(args)
-    with warnings_to_log(_cli_log):
-        lacs, _, source = load_lacs(enc, args.lac, allow_other_weights=args.allow_other_weights)
-    if args.head:
-        head, meta, _ = load_head(args.head, enc, allow_other_weights=args.allow_other_weights)
-        size = args.size or int(meta.get("data", {}).get("size", 128))
-        head_info = {"source": str(args.head), "architecture": meta.get("architecture"),
+    enc = _load_encoder(cfg, log)
+    with warnings_to_log(log):
+        lacs, _, source = load_lacs(enc, cfg.lac, allow_other_weights=cfg.allow_other_weights)
+    if cfg.head:
+        head, meta, _ = load_head(cfg.head, enc, allow_other_weights=cfg.allow_other_weights)
+        size = cfg.size or int(meta.get("data", {}).get("size", 128))
+        head_info = {"source": str(cfg.head), "architecture": meta.get("architecture"),
                      "classes": meta.get("classes"), "data": meta.get("data"),
                      "training": meta.get("training"), "accuracy": meta.get("accuracy"),
                      "step": meta.get("step")}
     else:
-        size = args.size or 128
-        data = _labelled(args, size)
+        size = cfg.size or 128
+        data = _labelled(cfg, size)
         test_data = data
-        print(f"no --head: training one on {data.description}", file=sys.stderr)
+        log(f"no --head: training one on {data.description}")
         th = time.perf_counter()
-        res = _train(enc, data, _head_config(args), None, False)
+        res = _train(enc, data, _head_config(cfg), None, False)
         head = res.model
         head_info = {"source": "trained in this run", "architecture": asdict(head.config),
                      "classes": head.classes,
                      "data": {"description": data.description, "size": size,
                               "train": int(data.train_images.shape[0]),
                               "test": int(data.test_images.shape[0])},
-                     "training": asdict(_head_config(args)),
+                     "training": asdict(_head_config(cfg)),
                      "accuracy": {"train": res.train_accuracy, "test": res.test_accuracy},
                      "final_losses": res.losses[-5:], "seconds": time.perf_counter() - th}
-        print(f"head accuracy train {_fmt_acc(res.train_accuracy)}, test "
-              f"{_fmt_acc(res.test_accuracy)} ({head_info['seconds']:.1f} s)", file=sys.stderr)
-    if not args.images and args.labelled_set == "detection" and not args.labelled:
+        log(f"head accuracy train {_fmt_acc(res.train_accuracy)}, test "
+            f"{_fmt_acc(res.test_accuracy)} ({head_info['seconds']:.1f} s)")
+    if not cfg.images and cfg.labelled_set == "detection" and not cfg.labelled:
         # the set's test images with an object: held-out photos the head never saw
-        if args.head:
-            test_data = _labelled(args, size)
+        if cfg.head:
+            test_data = _labelled(cfg, size)
         pos = [i for i, y in enumerate(test_data.test_labels.tolist())
                if test_data.classes[y] == "object"]
-        pos = pos[: args.num_images] if args.num_images else pos
+        pos = pos[: cfg.num_images] if cfg.num_images else pos
         images = {f"test{i:02d}": test_data.test_images[i] for i in pos}
-    elif args.images:
+    elif cfg.images:
         images = {}
         taken: set[str] = set()
-        for f in map(Path, args.images):  # folder names made safe: no "..", "/" or reserved names
+        for f in map(Path, cfg.images):  # folder names made safe: no "..", "/" or reserved names
             images[safe_name(f.stem, taken)] = load_image(f, mode="convert")
     else:
-        names = SAMPLE_NAMES[: args.num_images] if args.num_images else SAMPLE_NAMES
+        names = SAMPLE_NAMES[: cfg.num_images] if cfg.num_images else SAMPLE_NAMES
         images = sample_images(names)
     source = portable_path(source)
-    cfg = AttentionConfig(size=size, token_blocks=args.token_blocks, window=args.window,
-                          seed=args.seed, chunk_size=args.chunk_size, split=args.split,
-                          control_untrained=args.control_untrained)
-    print(f"encoder {enc.name}, LACs: {source}; visualising {len(images)} image(s) at {size} px",
-          file=sys.stderr)
+    acfg = AttentionConfig(size=size, token_blocks=cfg.token_blocks, window=cfg.window,
+                           seed=cfg.seed, chunk_size=cfg.chunk_size, split=cfg.split,
+                           control_untrained=cfg.control_untrained)
+    log(f"encoder {enc.name}, LACs: {source}; visualising {len(images)} image(s) at {size} px")
     bar = _bar("images", len(images), "img")
     try:
-        results = run_attention(enc, lacs, source, head, head_info, images, out, cfg,
+        results = run_attention(enc, lacs, source, head, head_info, images, out, acfg,
                                 progress=lambda d, n: bar.update(d - bar.n))
     finally:
         bar.close()
     results["seconds"]["total"] = time.perf_counter() - t0
-    atomic_write_json(out / "results.json", results)
-    for b, s in results["summary"].items():
-        print(f"block {b}: token-peak distance mean {s['distance_tokens']['mean']:.2f} / median "
-              f"{s['distance_tokens']['median']:.2f} tokens vs shuffled {s['shuffled_tokens']['mean']:.2f}"
-              f" / {s['shuffled_tokens']['median']:.2f}; own-cell energy "
-              f"{s['own_energy']['mean']:.3f} (uniform {s['uniform_energy']:.3f})")
-    print(f"wrote {out}/results.json and {out}/index.html ({results['seconds']['total']:.1f} s)")
+    return results
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--encoder", default="efficientnet_lite0",
-                   help="registry name (see `adjinv encoders`; default efficientnet_lite0)")
-    p.add_argument("--weights", help="local encoder state dict (.pth or .safetensors)")
-    p.add_argument("--random-init", action="store_true",
-                   help="allow an encoder without pretrained weights (for testing only)")
-    p.add_argument("--seed", type=int, default=0, help="data split, crops, init and batches")
+def _locality_lines(results: dict, out: Path) -> list[str]:
+    return [f"block {b}: token-peak distance mean {s['distance_tokens']['mean']:.2f} / median "
+            f"{s['distance_tokens']['median']:.2f} tokens vs shuffled {s['shuffled_tokens']['mean']:.2f}"
+            f" / {s['shuffled_tokens']['median']:.2f}; own-cell energy "
+            f"{s['own_energy']['mean']:.3f} (uniform {s['uniform_energy']:.3f})"
+            for b, s in results["summary"].items()]
 
 
-def _head_args(p: argparse.ArgumentParser, labelled_flag: str) -> None:
-    g = p.add_argument_group("labelled set")
-    g.add_argument(labelled_flag, dest="labelled", metavar="FOLDER",
-                   help="ImageFolder layout, one sub-folder per class (default: the embedded set of "
-                        "random crops of the 5 bundled photos, one class per photo: a sanity check)")
-    g.add_argument("--labelled-set", choices=["crops", "detection"], default="crops",
-                   help="embedded set without a folder: 'crops' (default; train and test crops of "
-                        "the same 5 photos, a sanity check) or 'detection' (object pasted on a "
-                        "texture vs texture alone; tested on held-out photos pasted on textures no "
-                        "training image shows)")
-    g.add_argument("--test-fraction", type=float, default=0.2,
-                   help="held-out fraction per class of a folder (default 0.2)")
-    g.add_argument("--train-per-class", type=int, default=24, help="embedded set (default 24)")
-    g.add_argument("--test-per-class", type=int, default=8, help="embedded set (default 8)")
-    g = p.add_argument_group("hybrid head")
-    g.add_argument("--steps", type=int, default=30, help="Adam steps (default 30)")
-    g.add_argument("--lr", type=float, default=3e-4)
-    g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--blocks", type=int, default=3, help="attention blocks (default 3)")
-    g.add_argument("--heads", type=int, default=8, help="attention heads per block (default 8)")
-    g.add_argument("--mlp-ratio", type=float, default=1.0, help="MLP width / token width (default 1)")
-    g.add_argument("--dropout", type=float, default=0.0)
-    g.add_argument("--dim", type=int, default=None,
-                   help="project tokens to this width first (default: keep C_L, as the paper)")
-    g.add_argument("--checkpoint-every", type=int, default=20)
-
-
-def register(sub: argparse._SubParsersAction, experiment_sub: Any) -> None:
-    """Add ``adjinv train-head`` and ``adjinv experiment attention``."""
-    fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("train-head", help="train a hybrid attention head on the frozen encoder",
-                       description="Train the attention blocks + linear head of a hybrid classifier "
-                       "(Sec. 3.5) on a labelled set; the encoder stays frozen. Checkpointed, "
-                       "resumable; prints train/test accuracy.",
-                       epilog=EPILOG_TRAIN_HEAD, formatter_class=fmt)
-    p.add_argument("--out", required=True, help="checkpoint path (.safetensors)")
-    p.add_argument("--size", type=int, default=128, help="image side in px (default 128)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
-    _common(p)
-    _head_args(p, "--images")
-    p.set_defaults(func=cmd_train_head)
-
-    p = experiment_sub.add_parser(
-        "attention", help="attention heads through the trained LACs (Sec. 3.5, Fig. 6)",
-        description="Layer-wise (block energy) and per-token (token energy) visualisations of a "
-        "hybrid attention head through the unchanged LAC cascade, with the distance between each "
-        "token map's energy peak and the token's grid position against a shuffled reference.",
-        epilog=EPILOG_ATTENTION, formatter_class=fmt)
-    p.add_argument("--out", default="attention-out", help="output folder (default attention-out)")
-    p.add_argument("--head", help="head checkpoint from `adjinv train-head` (default: train one "
-                   "on the labelled set first, in memory)")
-    p.add_argument("--images", nargs="+", help="images to visualise (default: the bundled photos)")
-    p.add_argument("--num-images", type=int, default=0, help="use only the first N bundled photos")
-    p.add_argument("--size", type=int, default=None,
-                   help="image side in px (default: the head's training size, else 128)")
-    p.add_argument("--token-blocks", type=int, nargs="+", default=[0, -1],
-                   help="blocks with per-token maps (default 0 -1: the first and the last)")
-    p.add_argument("--window", type=int, default=None,
-                   help="energy smoothing window for the peak, px (default: one token cell)")
-    p.add_argument("--split", action="store_true",
-                   help="also the per-channel split sum_c w_c Psi_L(E_c * G) of each layer-wise seed "
-                   "(one cascade pass per live channel: about a minute per map on 2 CPU cores)")
-    p.add_argument("--control-untrained", action="store_true",
-                   help="also the token locality through a freshly initialised head of the same "
-                   "architecture (the control for locality that attention did not learn)")
-    p.add_argument("--lac", help="LAC checkpoint (default: the bundled one for the encoder)")
-    p.add_argument("--allow-other-weights", action="store_true",
-                   help="accept LACs/head trained on other weights of this architecture")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="seeds per batched backward (default: from free memory)")
-    _common(p)
-    _head_args(p, "--labelled")
-    p.set_defaults(func=cmd_attention)
+RUNNERS = (
+    Runner("train-head", TrainHeadArgs, train_head_command, command=True,
+           help="train a hybrid attention head on the frozen encoder",
+           description="Train the attention blocks + linear head of a hybrid classifier (Sec. 3.5) "
+                       "on a labelled set; the encoder stays frozen. Checkpointed, resumable; "
+                       "prints train/test accuracy.",
+           epilog=EPILOG_TRAIN_HEAD, outputs=(), summary=_trained,
+           out_help="checkpoint path (.safetensors)"),
+    Runner("attention", AttentionArgs, attention_command,
+           help="attention heads through the trained LACs (Sec. 3.5, Fig. 6)",
+           description="Layer-wise (block energy) and per-token (token energy) visualisations of a "
+                       "hybrid attention head through the unchanged LAC cascade, with the distance "
+                       "between each token map's energy peak and the token's grid position against a "
+                       "shuffled reference.",
+           epilog=EPILOG_ATTENTION, outputs=("results.json", "table.md", "index.html"),
+           write=lambda results, out: atomic_write_json(out / "results.json", results),
+           summary=_locality_lines, out_default="attention-out"),
+)

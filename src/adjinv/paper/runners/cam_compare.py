@@ -14,20 +14,20 @@ Per-image results are cached in ``out/cache/`` (a rerun resumes); ``results.json
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ...core.inverter import AdjointInverter
-from ...distributed import barrier, init_from_env, is_main, share_work
+from ...distributed import barrier, is_main, share_work
 from ...encoders.staged import StagedEncoder
 from ...errors import AdjinvError
 from ...fileio import atomic_write_json, atomic_write_text
+from ...methods.class_directional import MODES
 from ...methods.controls import randomization_levels, randomized_encoder
 from ...metrics.faithfulness import insertion_deletion
 from ...metrics.localisation import LocalisationMetric
@@ -42,9 +42,10 @@ from ..baselines.cam import (
     RandomSaliency,
 )
 from ..data.evalsets import EvalSet, open_eval_set
-from .common import Log, environment, load_config, load_named_encoder, quiet_log, stderr_log, warnings_to_log
+from .common import Log, environment, load_named_encoder, quiet_log, warnings_to_log
 from .fidelity import _key
 from .interference_common import parse_levels, portable_path
+from .skeleton import Runner, option
 
 METHODS = ("gradcam", "gradcam++", "scorecam", "ours", "ours_zero_mean", "random", "edge")
 LABELS = {"gradcam": "G-CAM", "gradcam++": "G-CAM++", "scorecam": "S-CAM", "ours": "Ours",
@@ -52,27 +53,35 @@ LABELS = {"gradcam": "G-CAM", "gradcam++": "G-CAM++", "scorecam": "S-CAM", "ours
           "edge": "sanity: Sobel edges of the input"}
 
 
+def _levels_or_none(values: list[str]) -> list:
+    """``--randomize`` values: stage counts and 'all', or just 'none' (no check)."""
+    return [] if values == ["none"] else parse_levels(values)
+
+
 @dataclass
 class CamCompareConfig:
     """Settings of the CAM comparison (JSON keys = field names)."""
 
-    encoder: str = "efficientnet_lite0"
-    weights: str | None = None
-    lac: str | None = None
-    random_init: bool = False
-    data: list[str] = field(default_factory=lambda: ["samples", "composites"])
-    size: int = 128
-    max_images: int | None = None
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    mode: str = "contribution"
-    steps: int = 100
-    internal_batch_size: int = 64
-    score_batch_size: int = 32
-    tolerance: float = 15.0
-    chunk_size: int | None = None
-    seed: int = 0
-    randomize: list = field(default_factory=lambda: [1, 3])
-    blurred_deletion: bool = True
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    lac: str | None = option(None, "LAC checkpoint or bundled variant name (default: bundled, else identity)")
+    random_init: bool = option(False, "testing only")
+    data: list[str] = option(["samples", "composites"], "samples, composites, images:DIR, KIND:ROOT; append "
+        "@MASKDIR for masks; repeatable", append=True)
+    size: int = option(128, "image side in px")
+    max_images: int | None = option(None, "images per data set")
+    methods: list[str] = option(list(METHODS), f"subset of {', '.join(METHODS)} (default: all)")
+    mode: str = option("contribution", "class weighting α of ours (docs/method.md §6)", choices=MODES)
+    steps: int = option(100, "insertion/deletion steps")
+    internal_batch_size: int = option(64, "perturbed images per forward")
+    score_batch_size: int = option(32, "Score-CAM forward batch")
+    tolerance: float = option(15.0, "pointing-game tolerance in px")
+    chunk_size: int | None = option(None, "channels per batched cascade pass")
+    seed: int = option(0, "random map, model randomisation")
+    randomize: list = option([1, 3], "stage counts re-initialised for the model-randomisation sanity check "
+        "(integers or 'all'; 'none': no check)", parse=_levels_or_none)
+    blurred_deletion: bool = option(True, "skip the deletion curve onto a blurred copy",
+        flag="--no-blurred-deletion", const=False)
 
     def validate(self) -> None:
         """Reject impossible settings."""
@@ -246,44 +255,9 @@ EPILOG = """examples:
 """
 
 
-def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
-    """Add ``adjinv experiment cam-compare``."""
-    p = experiment_sub.add_parser(  # type: ignore[attr-defined]
-        "cam-compare", help="our saliency vs Grad-CAM, Grad-CAM++, Score-CAM (Table 3)",
-        description="Insertion/Deletion AUC and (with masks) mIoU, mAP, pixel accuracy and the "
-                    "pointing game for our class-directional saliency and three CAMs.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder (rerun to resume)")
-    p.add_argument("--config", help="JSON file with CamCompareConfig fields; flags override it")
-    p.add_argument("--encoder", help="registry name (default efficientnet_lite0)")
-    p.add_argument("--weights", help="local encoder state dict")
-    p.add_argument("--lac", help="LAC checkpoint or bundled variant name (default: bundled, else identity)")
-    p.add_argument("--random-init", action="store_true", default=None, help="testing only")
-    p.add_argument("--data", action="append", help="samples (default), images:DIR, KIND:ROOT; "
-                                                   "append @MASKDIR for masks; repeatable")
-    p.add_argument("--size", type=int, help="image side in px (default 128)")
-    p.add_argument("--max-images", type=int)
-    p.add_argument("--methods", nargs="+", help=f"subset of {', '.join(METHODS)}")
-    p.add_argument("--steps", type=int, help="insertion/deletion steps (default 100)")
-    p.add_argument("--internal-batch-size", type=int, help="perturbed images per forward (64)")
-    p.add_argument("--score-batch-size", type=int, help="Score-CAM forward batch (default 32)")
-    p.add_argument("--chunk-size", type=int, help="channels per batched cascade pass")
-    p.add_argument("--randomize", nargs="+", help="stage counts re-initialised for the model-"
-                                                  "randomisation sanity check (default 1 3; 'none')")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-
-    def run(args: argparse.Namespace) -> None:
-        if args.threads is not None:
-            torch.set_num_threads(max(1, args.threads))
-        over = {k: getattr(args, k) for k in (
-            "encoder", "weights", "lac", "random_init", "data", "size", "max_images", "methods",
-            "steps", "internal_batch_size", "score_batch_size", "chunk_size")}
-        if args.randomize is not None:
-            over["randomize"] = [] if args.randomize == ["none"] else parse_levels(args.randomize)
-        cfg = load_config(CamCompareConfig, args.config, over)
-        init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
-        res = run_cam_compare(cfg, args.out, log=stderr_log if is_main() else quiet_log)
-        if is_main():
-            print(f"wrote {args.out}/results.json and {args.out}/table.md in {res['seconds']:.1f} s")
-
-    p.set_defaults(func=run)
+RUNNERS = (Runner(
+    "cam-compare", CamCompareConfig, run_cam_compare,
+    help="our saliency vs Grad-CAM, Grad-CAM++, Score-CAM (Table 3)",
+    description="Insertion/Deletion AUC and (with masks) mIoU, mAP, pixel accuracy and the "
+                "pointing game for our class-directional saliency and three CAMs.",
+    epilog=EPILOG, out_help="output folder (rerun to resume)", distributed=True),)

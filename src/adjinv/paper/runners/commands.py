@@ -1,11 +1,13 @@
 """Extension point of the command line: experiment runners register here.
 
-Each module in :data:`COMMAND_MODULES` defines ``register(sub, experiment_sub)``,
-where ``sub`` is the top-level subparser set (for commands such as
-``adjinv train-head``) and ``experiment_sub`` has ``add_parser(name, …)`` for
-``adjinv experiment NAME``. A handler is set with
-``parser.set_defaults(func=callable(args))`` and raises ``AdjinvError`` for
-user errors, like the built-in commands.
+Each module in :data:`COMMAND_MODULES` defines ``RUNNERS``, a tuple of
+:class:`~.skeleton.Runner` descriptions (config dataclass, run function, help): the
+skeleton generates their flags and shared handling, as ``adjinv experiment NAME`` or,
+with ``command=True``, as a top-level ``adjinv NAME``. A module may instead define a
+hand-written ``register(sub, experiment_sub)``, where ``sub`` is the top-level subparser
+set and ``experiment_sub`` has ``add_parser(name, …)`` for ``adjinv experiment NAME``; a
+handler is set with ``parser.set_defaults(func=callable(args))`` and raises
+``AdjinvError`` for user errors, like the built-in commands.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib
 from typing import Any
+
+from .skeleton import Runner, add_command
 
 # Modules (relative to this package) that add commands.
 COMMAND_MODULES: list[str] = [
@@ -38,8 +42,18 @@ class _ExperimentGroup:
         return self._group.add_parser(name, **kw)
 
 
+def runners() -> list[Runner]:
+    """Every runner of :data:`COMMAND_MODULES`, in order."""
+    return [r for name in COMMAND_MODULES
+            for r in getattr(importlib.import_module(f".{name}", __package__), "RUNNERS", ())]
+
+
 def register_commands(sub: argparse._SubParsersAction) -> None:
     """Add ``adjinv experiment …`` and any other registered commands to ``sub``."""
     exp_sub = _ExperimentGroup(sub)
     for name in COMMAND_MODULES:
-        importlib.import_module(f".{name}", __package__).register(sub, exp_sub)
+        module = importlib.import_module(f".{name}", __package__)
+        for runner in getattr(module, "RUNNERS", ()):
+            add_command(sub if runner.command else exp_sub, runner)
+        if hasattr(module, "register"):
+            module.register(sub, exp_sub)

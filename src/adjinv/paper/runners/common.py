@@ -23,19 +23,16 @@ from ..features import FeatureSet, extract_gap_features
 Log = Callable[[str], None]
 
 
-def stderr_log(msg: str) -> None:
-    """Print a progress line to stderr."""
-    print(msg, file=sys.stderr, flush=True)
-
-
 def quiet_log(msg: str) -> None:
-    """Discard progress lines (library use, tests)."""
+    """Discard progress lines (library use, tests; the CLI logs them instead)."""
 
 
 def load_config(cls: type, path: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
     """A config dataclass from defaults, then the JSON file ``path``, then the non-None
-    ``overrides`` (command-line flags). Unknown keys are an error, not silently ignored."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    ``overrides`` (command-line flags). Unknown keys are an error, not silently ignored.
+    A dict override updates the keys it names; any other override replaces the value."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     values: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -52,7 +49,15 @@ def load_config(cls: type, path: str | os.PathLike | None, overrides: dict[str, 
             raise AdjinvError(f"unknown key(s) in {p}: {', '.join(unknown)}; "
                               f"known: {', '.join(sorted(names))}")
         values.update(data)
-    values.update({k: v for k, v in overrides.items() if v is not None and k in names})
+    for k, v in overrides.items():
+        if v is None or k not in names:
+            continue
+        if isinstance(v, dict):
+            f = fields[k]
+            base = values.get(k, f.default_factory() if f.default_factory is not dataclasses.MISSING
+                              else f.default)
+            v = {**base, **v} if isinstance(base, dict) else v
+        values[k] = v
     return cls(**values)
 
 

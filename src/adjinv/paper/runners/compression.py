@@ -22,9 +22,8 @@ feature cache in ``out/cache`` unless ``cache_dir`` says otherwise).
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -40,15 +39,14 @@ from .common import (
     Log,
     environment,
     features,
-    load_config,
     load_named_encoder,
     pyplot,
     quiet_log,
     relative_ridge,
     save_figure,
-    stderr_log,
     timer,
 )
+from .skeleton import Runner, option
 
 SELECTORS = ("covvol", "energy", "random")
 ID_SET = "in-distribution"
@@ -58,23 +56,27 @@ ID_SET = "in-distribution"
 class CompressionConfig:
     """Settings of the compression runner (JSON keys = field names)."""
 
-    encoder: str = "efficientnet_lite0"
-    weights: str | None = None
-    random_init: bool = False
-    dataset: str = "lfw"
-    shifts: list[str] = field(default_factory=lambda: ["corrupt:all:3"])
-    transfer: list[str] = field(default_factory=list)
-    size: int = 96
-    prune_ratios: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.8, 0.9, 0.95, 0.98])
-    random_seeds: int = 50
-    ridge_rel: float = 1e-6
-    weight_decay: float = 1e-3
-    max_iter: int = 200
-    spatial_scale: float | None = None
-    max_images: int | None = None
-    batch_size: int = 64
-    seed: int = 0
-    cache_dir: str | None = None
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    random_init: bool = option(False, "allow an untrained encoder (testing only)")
+    dataset: str = option("lfw", "lfw (embedded, default) or cifar100:ROOT, stanford_dogs:ROOT, "
+        "oxford_pet:ROOT, imagefolder:ROOT")
+    shifts: list[str] = option(["corrupt:all:3"], "shifted test set with the same labels, repeatable: "
+        "corrupt:NAME|all:SEVERITY or cifar100c:ROOT[:NAME[:SEVERITY]]", flag="--shift", append=True,
+        clear=("--no-shift", "evaluate in-distribution only"))
+    transfer: list[str] = option([], "another dataset with its own labels, repeatable", append=True)
+    size: int = option(96, "image side in px")
+    prune_ratios: list[float] = option([0.0, 0.5, 0.8, 0.9, 0.95, 0.98], "pruning ratios in [0, 1)",
+        flag="--prune")
+    random_seeds: int = option(50, "seeds for the Random selector")
+    ridge_rel: float = option(1e-6, "ridge as a fraction of the mean channel variance")
+    weight_decay: float = option(1e-3, "probe L2 penalty")
+    max_iter: int = option(200, "probe optimiser iterations")
+    spatial_scale: float | None = option(None, "corruption pixel-size scale (default size/224)")
+    max_images: int | None = option(None, "use at most N images per split (quick runs)")
+    batch_size: int = option(64, "images per feature batch")
+    seed: int = option(0, "data split, corruptions, Random selector")
+    cache_dir: str | None = option(None, "feature cache folder (default OUT/cache)")
 
     def validate(self) -> None:
         """Reject impossible settings with a message."""
@@ -296,55 +298,9 @@ EPILOG = """examples:
   adjinv experiment compression --config compression.json --out runs/mine
 """
 
-
-
-def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
-    """Add ``adjinv experiment compression``."""
-    p = experiment_sub.add_parser(  # type: ignore[attr-defined]
-        "compression", help="CovVol vs Energy vs Random channel selection (Tables 4-5)",
-        description="Select k = ceil((1-p)C) GAP channels by covariance volume, energy or at "
-                    "random, train a linear probe, report test accuracy in- and out-of-distribution.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--config", help="JSON file with CompressionConfig fields; flags override it")
-    p.add_argument("--encoder", help="registry name (default efficientnet_lite0)")
-    p.add_argument("--weights", help="local encoder state dict")
-    p.add_argument("--random-init", action="store_true", default=None,
-                   help="allow an untrained encoder (testing only)")
-    p.add_argument("--dataset", help="lfw (embedded, default) or cifar100:ROOT, stanford_dogs:ROOT, "
-                                     "oxford_pet:ROOT, imagefolder:ROOT")
-    p.add_argument("--shift", action="append", dest="shifts",
-                   help="shifted test set with the same labels, repeatable: corrupt:NAME|all:SEVERITY "
-                        "or cifar100c:ROOT[:NAME[:SEVERITY]] (default corrupt:all:3)")
-    p.add_argument("--no-shift", action="store_true", help="evaluate in-distribution only")
-    p.add_argument("--transfer", action="append", help="another dataset with its own labels, repeatable")
-    p.add_argument("--size", type=int, help="image side in px (default 96)")
-    p.add_argument("--prune", type=float, nargs="+", dest="prune_ratios",
-                   help="pruning ratios in [0, 1) (default 0 .5 .8 .9 .95 .98)")
-    p.add_argument("--random-seeds", type=int, help="seeds for the Random selector (default 50)")
-    p.add_argument("--ridge-rel", type=float, help="ridge as a fraction of the mean channel variance")
-    p.add_argument("--weight-decay", type=float, help="probe L2 penalty (default 1e-3)")
-    p.add_argument("--max-images", type=int, help="use at most N images per split (quick runs)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--cache-dir", help="feature cache folder (default OUT/cache)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a "
-                                               "busy machine 1 can be several times faster)")
-
-    def run(args: argparse.Namespace) -> None:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise AdjinvError("--threads must be at least 1")
-            torch.set_num_threads(args.threads)
-        over = {k: getattr(args, k, None) for k in (
-            "encoder", "weights", "random_init", "dataset", "shifts", "transfer", "size",
-            "prune_ratios", "random_seeds", "ridge_rel", "weight_decay", "max_images",
-            "batch_size", "seed", "cache_dir")}
-        if args.no_shift:
-            over["shifts"] = []
-        cfg = load_config(CompressionConfig, args.config, over)
-        res = run_compression(cfg, args.out, log=stderr_log)
-        print(f"wrote {args.out}/results.json, {args.out}/table.md and {args.out}/accuracy.png "
-              f"in {res['seconds']['total']:.1f} s")
-
-    p.set_defaults(func=run)
+RUNNERS = (Runner(
+    "compression", CompressionConfig, run_compression,
+    help="CovVol vs Energy vs Random channel selection (Tables 4-5)",
+    description="Select k = ceil((1-p)C) GAP channels by covariance volume, energy or at "
+                "random, train a linear probe, report test accuracy in- and out-of-distribution.",
+    epilog=EPILOG, outputs=("results.json", "table.md", "accuracy.png")),)

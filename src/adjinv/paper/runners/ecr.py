@@ -12,9 +12,8 @@ arbitrary); rankings from swapped seeds and from randomised encoders, applied to
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -39,7 +38,7 @@ from ..analysis.ecr import ecr_ablation, energy_concentration_ratio, spearman
 from ..analysis.superposition import centre_rgb
 from ..data.composites import composite_set
 from ..data.masks import load_mask, open_masked, resize_center_crop_pair
-from .common import Log, environment, load_config, pyplot, quiet_log, save_figure, stderr_log
+from .common import Log, environment, pyplot, quiet_log, save_figure
 from .interference_common import (
     CONTROLS_NOTE,
     ImageCache,
@@ -48,10 +47,10 @@ from .interference_common import (
     lac_digest,
     model_with_lacs,
     parse_levels,
-    set_threads,
     tensor_digest,
 )
 from .probe_head import HEADS, probe_encoder
+from .skeleton import Runner, option
 
 
 @dataclass
@@ -60,24 +59,29 @@ class ECRConfig:
     the embedded composites (the cat on five backgrounds; the first is the reference,
     its pasted ellipse the region, the other nine the test images)."""
 
-    encoder: str = "efficientnet_lite0"
-    weights: str | None = None
-    lac: str | None = None
-    random_init: bool = False
-    reference: str | None = None
-    region: str | None = None
-    data: str | None = None
-    target: int | None = None
-    size: int = 96
-    fractions: list[float] = field(default_factory=lambda: [i / 10 for i in range(11)])
-    random_seeds: int = 50
-    randomize: list = field(default_factory=lambda: [1, 3])
-    max_images: int | None = None
-    correct_only: bool = True
-    seed: int = 0
-    chunk_size: int | None = None
-    head: str = "encoder"
-    probe_data: str = "composites"
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    lac: str | None = option(None, "LAC checkpoint or bundled variant name (default: bundled, else identity "
+        "with a warning)")
+    random_init: bool = option(False, "untrained encoder (tests)")
+    reference: str | None = option(None, "reference image file")
+    region: str | None = option(None, "region mask file for the reference")
+    data: str | None = option(None, "folder of test images of the class")
+    target: int | None = option(None, "class index (default: reference top-1)", flag="--class")
+    size: int = option(96, "image side in px")
+    fractions: list[float] = option([i / 10 for i in range(11)], "ablation fractions (default 0, .1, …, 1)")
+    random_seeds: int = option(50, "Random order seeds")
+    randomize: list = option([1, 3], "stage counts to re-initialise (integers or 'all')", parse=parse_levels)
+    max_images: int | None = option(None, "use the first N test images")
+    correct_only: bool = option(True, "ablate on every test image, not only those classified as the class",
+        flag="--all-test-images", const=False)
+    seed: int = option(0, "Random orders, model randomisation")
+    chunk_size: int | None = option(None, "channels per batched cascade pass")
+    head: str = option("encoder", "classifier: the encoder's own (ImageNet) head (default), or 'probe': a "
+        "linear probe trained first on --probe-data's training split (C.2)", choices=HEADS)
+    probe_data: str = option("composites", "the probe's dataset: composites (default: the embedded 'probe' "
+        "subset, no image of the ecr set), cub:ROOT or oxford_pet:ROOT (their train split; keep --data's "
+        "test images out of it)")
 
 
 def load_inputs(cfg: ECRConfig) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, torch.Tensor]], str]:
@@ -414,52 +418,9 @@ of test images, all of the class; --class K fixes the class, default the referen
 """
 
 
-def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
-    """Add ``adjinv experiment ecr``."""
-    p = experiment_sub.add_parser(  # type: ignore[attr-defined]
-        "ecr", help="ECR-ranked channel ablation with controls (Sec. 3.4)",
-        description="Rank deepest-stage channels by the energy concentration ratio (Eq. 17) of "
-                    "their inversions inside a region of one reference image; ablate the GAP "
-                    "features of test images in Descending / Ascending / Random order.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--config", help="JSON file with ECRConfig fields; flags override it")
-    p.add_argument("--reference", help="reference image file")
-    p.add_argument("--region", help="region mask file for the reference")
-    p.add_argument("--data", help="folder of test images of the class")
-    p.add_argument("--class", type=int, dest="target", help="class index (default: reference top-1)")
-    p.add_argument("--encoder", help="registry name (default efficientnet_lite0)")
-    p.add_argument("--weights", help="local encoder state dict")
-    p.add_argument("--lac", help="LAC checkpoint or bundled variant name "
-                   "(default: bundled, else identity with a warning)")
-    p.add_argument("--random-init", action="store_true", default=None, help="untrained encoder (tests)")
-    p.add_argument("--size", type=int, help="image side in px (default 96)")
-    p.add_argument("--fractions", type=float, nargs="+", help="ablation fractions (default 0, .1, …, 1)")
-    p.add_argument("--random-seeds", type=int, help="Random order seeds (default 50)")
-    p.add_argument("--randomize", nargs="+", help="stage counts to re-initialise (default 1 3; 'all')")
-    p.add_argument("--max-images", type=int)
-    p.add_argument("--all-test-images", action="store_false", dest="correct_only", default=None,
-                   help="ablate on every test image, not only those classified as the class")
-    p.add_argument("--head", choices=HEADS,
-                   help="classifier: the encoder's own (ImageNet) head (default), or 'probe': a "
-                        "linear probe trained first on --probe-data's training split (C.2)")
-    p.add_argument("--probe-data", help="the probe's dataset: composites (default: the embedded "
-                   "'probe' subset, no image of the ecr set), cub:ROOT or oxford_pet:ROOT (their "
-                   "train split; keep --data's test images out of it)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--chunk-size", type=int)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-
-    def run(args: argparse.Namespace) -> None:
-        set_threads(args.threads)
-        over = {k: getattr(args, k, None) for k in (
-            "reference", "region", "data", "target", "encoder", "weights", "lac", "random_init",
-            "size", "fractions", "random_seeds", "max_images", "correct_only", "seed", "chunk_size",
-            "head", "probe_data")}
-        if args.randomize is not None:
-            over["randomize"] = parse_levels(args.randomize)
-        cfg = load_config(ECRConfig, args.config, over)
-        res = run_ecr(cfg, args.out, log=stderr_log)
-        print(f"wrote {args.out}/results.json, table.md, ablation.png in {res['seconds']:.1f} s")
-
-    p.set_defaults(func=run)
+RUNNERS = (Runner(
+    "ecr", ECRConfig, run_ecr, help="ECR-ranked channel ablation with controls (Sec. 3.4)",
+    description="Rank deepest-stage channels by the energy concentration ratio (Eq. 17) of "
+                "their inversions inside a region of one reference image; ablate the GAP "
+                "features of test images in Descending / Ascending / Random order.",
+    epilog=EPILOG, outputs=("results.json", "table.md", "ablation.png")),)

@@ -16,17 +16,16 @@ the numbers to say.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ...core.inverter import AdjointInverter
 from ...core.lac import LACBank
-from ...distributed import barrier, init_from_env, is_main, share_work
+from ...distributed import barrier, is_main, share_work
 from ...encoders.staged import StagedEncoder
 from ...errors import AdjinvError
 from ...fileio import atomic_write_json, atomic_write_text
@@ -50,7 +49,7 @@ from ...methods.controls import (
 from ...viz.display import robust_minmax
 from ..analysis.superposition import VARIANTS, centre_rgb, lac_pix_floor, variants
 from ..data.masks import MaskedDataset, open_masked
-from .common import Log, environment, load_config, pyplot, quiet_log, save_figure, stderr_log
+from .common import Log, environment, pyplot, quiet_log, save_figure
 from .interference_common import (
     BIAS_NOTE,
     CONTROLS_NOTE,
@@ -62,31 +61,37 @@ from .interference_common import (
     lac_digest,
     model_with_lacs,
     parse_levels,
-    set_threads,
     tensor_digest,
 )
 from .probe_head import HEADS, probe_encoder
+from .skeleton import Runner, option
 
 
 @dataclass
 class FGParadoxConfig:
     """What ``adjinv experiment fg-paradox`` measures."""
 
-    encoders: list[str] = field(default_factory=lambda: ["efficientnet_lite0"])
-    weights: str | None = None
-    lac: str | None = None
-    random_init: bool = False
-    data: str = "composites"
-    split: str = "test"
-    size: int = 96
-    max_images: int | None = None
-    mode: str = "contribution"
-    target: int | None = None
-    randomize: list = field(default_factory=lambda: [1, 3])
-    seed: int = 0
-    n_boot: int = 2000
-    chunk_size: int | None = None
-    head: str = "encoder"
+    encoders: list[str] = option(["efficientnet_lite0"], "registry name, repeatable", flag="--encoder",
+        append=True)
+    weights: str | None = option(None, "local encoder state dict (single encoder)")
+    lac: str | None = option(None, "LAC checkpoint or bundled variant name (default: bundled, else identity "
+        "with a warning)")
+    random_init: bool = option(False, "allow an untrained encoder (testing only)")
+    data: str = option("composites", "composites (embedded, default), cub:ROOT, oxford_pet:ROOT, "
+        "masks:IMAGES_DIR:MASKS_DIR")
+    split: str = option("test", "dataset split", choices=["train", "test"])
+    size: int = option(96, "image side in px")
+    max_images: int | None = option(None, "use the first N images")
+    mode: str = option("contribution", "class weighting α (default contribution = W·g)", choices=MODES)
+    target: int | None = option(None, "fixed class k (default: top-1 per image)", flag="--class")
+    randomize: list = option([1, 3], "stage counts to re-initialise from the top (integers or 'all')",
+        parse=parse_levels)
+    seed: int = option(0, "swapped seeds, controls, bootstrap")
+    n_boot: int = option(2000, "bootstrap resamples of the intervals")
+    chunk_size: int | None = option(None, "channels per batched cascade pass")
+    head: str = option("encoder", "classifier: the encoder's own (ImageNet) head (default), or 'probe': a "
+        "linear probe trained on the dataset's training split first (C.2; composites: the 'probe' "
+        "subset, never a scored image)", choices=HEADS)
 
 
 def _fg(x: torch.Tensor | None, mask: torch.Tensor) -> float | None:
@@ -442,51 +447,10 @@ A second run with the same --out reuses every finished image (out/cache).
 """
 
 
-def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
-    """Add ``adjinv experiment fg-paradox``."""
-    p = experiment_sub.add_parser(  # type: ignore[attr-defined]
-        "fg-paradox", help="foreground energy of x̂, x̂+, x̂− with controls (Sec. 3.2.1)",
-        description="FG (Eq. 95) of the class-directional reconstruction and its sign hemispheres "
-                    "(Eq. 12) per image, with seed-zero, swapped-seed and model-randomisation "
-                    "controls; O1, O2, O3 as measured numbers.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--config", help="JSON file with FGParadoxConfig fields; flags override it")
-    p.add_argument("--encoder", action="append", dest="encoders",
-                   help="registry name, repeatable (default efficientnet_lite0)")
-    p.add_argument("--weights", help="local encoder state dict (single encoder)")
-    p.add_argument("--lac", help="LAC checkpoint or bundled variant name "
-                   "(default: bundled, else identity with a warning)")
-    p.add_argument("--random-init", action="store_true", default=None,
-                   help="allow an untrained encoder (testing only)")
-    p.add_argument("--data", help="composites (embedded, default), cub:ROOT, oxford_pet:ROOT, "
-                                  "masks:IMAGES_DIR:MASKS_DIR")
-    p.add_argument("--split", choices=["train", "test"], help="dataset split (default test)")
-    p.add_argument("--size", type=int, help="image side in px (default 96)")
-    p.add_argument("--max-images", type=int, help="use the first N images")
-    p.add_argument("--mode", choices=MODES, help="class weighting α (default contribution = W·g)")
-    p.add_argument("--class", type=int, dest="target", help="fixed class k (default: top-1 per image)")
-    p.add_argument("--randomize", nargs="+", help="stage counts to re-initialise from the top "
-                                                  "(integers or 'all'; default 1 3)")
-    p.add_argument("--head", choices=HEADS,
-                   help="classifier: the encoder's own (ImageNet) head (default), or 'probe': a "
-                        "linear probe trained on the dataset's training split first (C.2; "
-                        "composites: the 'probe' subset, never a scored image)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--chunk-size", type=int)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-
-    def run(args: argparse.Namespace) -> None:
-        set_threads(args.threads)
-        over = {k: getattr(args, k, None) for k in (
-            "encoders", "weights", "lac", "random_init", "data", "split", "size", "max_images",
-            "mode", "target", "seed", "chunk_size", "head")}
-        if args.randomize is not None:
-            over["randomize"] = parse_levels(args.randomize)
-        cfg = load_config(FGParadoxConfig, args.config, over)
-        init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
-        res = run_fg_paradox(cfg, args.out, log=stderr_log if is_main() else quiet_log)
-        if is_main():
-            print(f"wrote {args.out}/results.json, table.md and fg.png in {res['seconds']:.1f} s")
-
-    p.set_defaults(func=run)
+RUNNERS = (Runner(
+    "fg-paradox", FGParadoxConfig, run_fg_paradox,
+    help="foreground energy of x̂, x̂+, x̂− with controls (Sec. 3.2.1)",
+    description="FG (Eq. 95) of the class-directional reconstruction and its sign hemispheres "
+                "(Eq. 12) per image, with seed-zero, swapped-seed and model-randomisation "
+                "controls; O1, O2, O3 as measured numbers.",
+    epilog=EPILOG, outputs=("results.json", "table.md", "fg.png"), distributed=True),)

@@ -24,12 +24,12 @@ written atomically.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -45,35 +45,56 @@ from ...state import module_device, to_module
 from ..baselines.mahendran import MVConfig, mahendran_vedaldi
 from ..baselines.upconv import UpConvConfig, train_upconv, upconv_reconstruct
 from ..data.evalsets import EvalSet, open_eval_set
-from .common import Log, environment, load_named_encoder, quiet_log, stderr_log, warnings_to_log
+from .common import Log, environment, load_named_encoder, quiet_log, warnings_to_log
 from .interference_common import portable_path
+from .skeleton import Runner, option
 
 METHODS = ("ours", "control", "vanilla", "mahendran", "robust", "upconv")
 LABELS = {"ours": "Ours (x̂_L)", "control": "Control: seed zero", "vanilla": "Vanilla gradient",
           "mahendran": "Mahendran & Vedaldi", "robust": "Robust inversion", "upconv": "UpConvNet"}
 
 
+def _pairs(flag: str) -> Callable[[list[str]], dict[str, str]]:
+    """Parser of a repeatable ``NAME=PATH`` flag into ``{NAME: PATH}``."""
+    def parse(items: list[str]) -> dict[str, str]:
+        out = {}
+        for it in items:
+            k, sep, v = it.partition("=")
+            if not sep or not k or not v:
+                raise AdjinvError(f"{flag} expects NAME=PATH, got {it!r}")
+            out[k] = v
+        return out
+
+    return parse
+
+
 @dataclass
 class FidelityConfig:
     """Settings of the fidelity runner (JSON keys = field names)."""
 
-    encoders: list[str] = field(default_factory=lambda: ["efficientnet_lite0"])
-    data: list[str] = field(default_factory=lambda: ["samples"])
-    weights: dict[str, str] = field(default_factory=dict)
-    lac: dict[str, str] = field(default_factory=dict)
-    robust: dict[str, str] = field(default_factory=dict)
-    random_init: bool = False
-    size: int = 128
-    max_images: int | None = None
-    train_images: int = 64
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    mv: dict = field(default_factory=dict)
-    upconv: dict = field(default_factory=dict)
-    lpips_net: str = "alex"
-    lpips_backbone: str | None = None
-    lpips_linear: str | None = None
-    chunk_size: int | None = None
-    seed: int = 0
+    encoders: list[str] = option(["efficientnet_lite0"], "registry names")
+    data: list[str] = option(["samples"], "samples, images:DIR, KIND:ROOT; append @MASKDIR for masks; "
+        "repeatable", append=True)
+    weights: dict[str, str] = option({}, "encoder weights, repeatable", append=True, metavar="NAME=PATH",
+        parse=_pairs("--weights"))
+    lac: dict[str, str] = option({}, "LAC checkpoint, repeatable", append=True, metavar="NAME=PATH",
+        parse=_pairs("--lac"))
+    robust: dict[str, str] = option({}, "adversarially robust weights, repeatable", append=True,
+        metavar="NAME=PATH", parse=_pairs("--robust"))
+    random_init: bool = option(False, "testing only")
+    size: int = option(128, "image side in px")
+    max_images: int | None = option(None, "test images per data set")
+    train_images: int = option(64, "training images for UpConvNet/vanilla fit")
+    methods: list[str] = option(list(METHODS), f"subset of {', '.join(METHODS)} (default: all)")
+    mv: dict = option({}, f"M&V optimisation steps (default {MVConfig.steps}; JSON: any MVConfig field)",
+        flag="--mv-steps", type=int, parse=lambda n: {"steps": n})
+    upconv: dict = option({}, f"UpConvNet training steps (default {UpConvConfig.steps}; JSON: any "
+        "UpConvConfig field)", flag="--upconv-steps", type=int, parse=lambda n: {"steps": n})
+    lpips_net: str = option("alex", "LPIPS network", choices=["alex", "vgg"])
+    lpips_backbone: str | None = option(None, "torchvision alexnet/vgg16 state dict")
+    lpips_linear: str | None = option(None, "lpips v0.1 linear-layer weights (alex.pth / vgg.pth)")
+    chunk_size: int | None = option(None, "channels per batched cascade pass")
+    seed: int = option(0, "training subsets, baselines' initialisation")
 
     def validate(self) -> None:
         """Reject impossible settings."""
@@ -306,63 +327,9 @@ EPILOG = """examples:
 """
 
 
-def _pairs(items: list[str] | None, flag: str) -> dict[str, str] | None:
-    if items is None:
-        return None
-    out = {}
-    for it in items:
-        k, sep, v = it.partition("=")
-        if not sep or not k or not v:
-            raise AdjinvError(f"{flag} expects NAME=PATH, got {it!r}")
-        out[k] = v
-    return out
-
-
-def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
-    """Add ``adjinv experiment fidelity``."""
-    p = experiment_sub.add_parser(  # type: ignore[attr-defined]
-        "fidelity", help="reconstruction fidelity vs inversion baselines (Table 1)",
-        description="Invert the deepest features with ours (+ seed-zero control), vanilla gradient, "
-                    "Mahendran & Vedaldi, robust inversion and UpConvNet; score SSIM, PSNR, LPIPS.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder (rerun to resume)")
-    p.add_argument("--config", help="JSON file with FidelityConfig fields; flags override it")
-    p.add_argument("--encoders", nargs="+", help="registry names (default efficientnet_lite0)")
-    p.add_argument("--data", action="append", help="samples (default), images:DIR, KIND:ROOT; "
-                                                   "append @MASKDIR for masks; repeatable")
-    p.add_argument("--weights", action="append", help="NAME=PATH encoder weights, repeatable")
-    p.add_argument("--lac", action="append", help="NAME=PATH LAC checkpoint, repeatable")
-    p.add_argument("--robust", action="append", help="NAME=PATH adversarially robust weights")
-    p.add_argument("--random-init", action="store_true", default=None, help="testing only")
-    p.add_argument("--size", type=int, help="image side in px (default 128)")
-    p.add_argument("--max-images", type=int, help="test images per data set")
-    p.add_argument("--train-images", type=int, help="training images for UpConvNet/vanilla fit")
-    p.add_argument("--methods", nargs="+", help=f"subset of {', '.join(METHODS)}")
-    p.add_argument("--mv-steps", type=int, help="M&V optimisation steps (default 200)")
-    p.add_argument("--upconv-steps", type=int, help="UpConvNet training steps (default 300)")
-    p.add_argument("--lpips-net", choices=["alex", "vgg"])
-    p.add_argument("--lpips-backbone", help="torchvision alexnet/vgg16 state dict")
-    p.add_argument("--lpips-linear", help="lpips v0.1 linear-layer weights (alex.pth / vgg.pth)")
-    p.add_argument("--chunk-size", type=int, help="channels per batched cascade pass")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-
-    def run(args: argparse.Namespace) -> None:
-        if args.threads is not None:
-            torch.set_num_threads(max(1, args.threads))
-        over = {k: getattr(args, k) for k in ("encoders", "data", "random_init", "size", "max_images",
-                                             "train_images", "methods", "lpips_net", "lpips_backbone",
-                                             "lpips_linear", "chunk_size", "seed")}
-        over.update(weights=_pairs(args.weights, "--weights"), lac=_pairs(args.lac, "--lac"),
-                    robust=_pairs(args.robust, "--robust"))
-        from .common import load_config
-
-        cfg = load_config(FidelityConfig, args.config, over)
-        if args.mv_steps is not None:
-            cfg.mv = {**cfg.mv, "steps": args.mv_steps}
-        if args.upconv_steps is not None:
-            cfg.upconv = {**cfg.upconv, "steps": args.upconv_steps}
-        res = run_fidelity(cfg, args.out, log=stderr_log)
-        print(f"wrote {args.out}/results.json and {args.out}/table.md in {res['seconds']:.1f} s")
-
-    p.set_defaults(func=run)
+RUNNERS = (Runner(
+    "fidelity", FidelityConfig, run_fidelity,
+    help="reconstruction fidelity vs inversion baselines (Table 1)",
+    description="Invert the deepest features with ours (+ seed-zero control), vanilla gradient, "
+                "Mahendran & Vedaldi, robust inversion and UpConvNet; score SSIM, PSNR, LPIPS.",
+    epilog=EPILOG, out_help="output folder (rerun to resume)"),)

@@ -47,14 +47,6 @@ BIAS_NOTE = [
 ]
 
 
-def set_threads(n: int | None) -> None:
-    """``torch.set_num_threads`` from a ``--threads`` flag."""
-    if n is not None:
-        if n < 1:
-            raise AdjinvError("--threads must be at least 1")
-        torch.set_num_threads(n)
-
-
 def model_with_lacs(name: str, weights: str | None, random_init: bool, lac: str | None,
                     log: Log, encoder: StagedEncoder | None = None,
                     lacs: LACBank | None = None) -> tuple[StagedEncoder, LACBank, str]:

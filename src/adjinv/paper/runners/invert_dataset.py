@@ -11,7 +11,6 @@ numbers do not depend on how many processes ran. Rank 0 then merges every shard'
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,6 +28,8 @@ from ...images.files import list_images, load_image, resize_center_crop
 from ...methods.class_directional import class_directional_weights
 from ...metrics.likeness import pearson_rgb
 from ...metrics.reconstruction import psnr, ssim
+from .common import Log, quiet_log, warnings_to_log
+from .skeleton import Runner, option
 
 log = logging.getLogger(__name__)
 
@@ -135,48 +136,56 @@ def run(inv: AdjointInverter, data: Path, out: Path, cfg: DatasetConfig) -> Path
     return atomic_write_json(out / "results.json", {"config": asdict(cfg), "images": results})
 
 
-def _cmd(args: argparse.Namespace) -> None:
+@dataclass
+class InvertDatasetArgs:
+    """The command line of ``adjinv invert-dataset``; :class:`DatasetConfig` is the part
+    stored in ``manifest.json``."""
+
+    data: str = option("", "folder of images (searched recursively)", positional=True)
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    random_init: bool = option(False, "untrained encoder (testing only)")
+    lac: str | None = option(None, "LAC checkpoint or bundled variant name (default: the bundled one)")
+    size: int = option(224, "image side in px")
+    stages: list[int] = option([-1], "stages whose x̂ to store (negative counts from the deepest)")
+    shard_size: int = option(16, "images per shard")
+    class_directional: bool = option(False, "also store the class-directional x̂ of the top-1 class")
+    chunk_size: int | None = option(None, "channels per batched cascade pass (default: from free memory)")
+    device: str = option("cpu", "torch device (under torchrun, cuda: one GPU per rank)")
+
+
+def invert_dataset_command(args: InvertDatasetArgs, out: Path, *, log: Log = quiet_log) -> dict:
+    """``adjinv invert-dataset``: load, join the torchrun group, :func:`run`. On rank 0 the
+    number of images, the LACs' source and the ``results.json`` path; elsewhere ``{}``."""
     from ...encoders import load_encoder
     from ...lacs.bundled import load_lacs
 
     if args.size < 1 or args.shard_size < 1:
         raise AdjinvError("--size and --shard-size must be at least 1")
-    data, out = Path(args.data), Path(args.out)
+    data = Path(args.data)
     if not data.is_dir():
         raise AdjinvError(f"{data} is not a folder of images; pass the dataset's folder")
     dev = torch.device(args.device)
     if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
         dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per rank
     init_from_env(dev)
-    enc = load_encoder(args.encoder, args.weights, random_init=args.random_init).to(dev)
-    lacs, _, source = load_lacs(enc, args.lac)
+    with warnings_to_log(log):
+        enc = load_encoder(args.encoder, args.weights, random_init=args.random_init).to(dev)
+        lacs, _, source = load_lacs(enc, args.lac)
     cfg = DatasetConfig(size=args.size, stages=tuple(args.stages), shard_size=args.shard_size,
                         class_directional=args.class_directional, encoder=args.encoder,
                         lac=args.lac or "bundled")
     inv = AdjointInverter(enc, lacs, chunk_size=args.chunk_size)
     res = run(inv, data, out, cfg)
-    if res is not None:
-        print(f"inverted {json.loads(res.read_text())['images'].__len__()} images with LACs "
-              f"{source}; wrote {res}")
+    if res is None:
+        return {}
+    return {"images": len(json.loads(res.read_text())["images"]), "lacs": source,
+            "results": str(res)}
 
 
-def register(sub: argparse._SubParsersAction, exp_sub: object) -> None:
-    """Add ``adjinv invert-dataset``."""
-    p = sub.add_parser("invert-dataset", help="invert a folder of images, sharded and resumable",
-                       description=__doc__.splitlines()[0], epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", help="folder of images (searched recursively)")
-    p.add_argument("--out", required=True, help="output folder (resumable: re-run to finish)")
-    p.add_argument("--encoder", default="efficientnet_lite0")
-    p.add_argument("--weights", help="local encoder state dict")
-    p.add_argument("--random-init", action="store_true", help="untrained encoder (testing only)")
-    p.add_argument("--lac", help="LAC checkpoint or bundled variant name (default: the bundled one)")
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--stages", type=int, nargs="+", default=[-1],
-                   help="stages whose x̂ to store (negative counts from the deepest; default -1)")
-    p.add_argument("--shard-size", type=int, default=16, help="images per shard (default 16)")
-    p.add_argument("--class-directional", action="store_true",
-                   help="also store the class-directional x̂ of the top-1 class")
-    p.add_argument("--chunk-size", type=int, default=None)
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=_cmd)
+RUNNERS = (Runner(
+    "invert-dataset", InvertDatasetArgs, invert_dataset_command, command=True,
+    help="invert a folder of images, sharded and resumable", description=__doc__.splitlines()[0],
+    epilog=EPILOG, outputs=(), out_help="output folder (resumable: re-run to finish)",
+    summary=lambda r, out: [f"inverted {r['images']} images with LACs {r['lacs']}; "
+                            f"wrote {r['results']}"]),)

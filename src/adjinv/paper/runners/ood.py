@@ -38,17 +38,16 @@ Figure 4(c) alone, with ``figure_4c.json``, and leaves ``results.json`` untouche
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ...distributed import barrier, init_from_env, is_main, share_work
+from ...distributed import barrier, share_work
 from ...encoders.staged import StagedEncoder
 from ...errors import AdjinvError
 from ...fileio import atomic_write_json, atomic_write_text, save_png
@@ -70,17 +69,16 @@ from .common import (
     Log,
     environment,
     features,
-    load_config,
     load_named_encoder,
     pyplot,
     quiet_log,
     relative_ridge,
     save_figure,
-    stderr_log,
     timer,
     warnings_to_log,
 )
 from .interference_common import portable_path
+from .skeleton import Runner, Variant, option
 
 INDICATORS = ("accuracy", "logdet_subset", "effective_rank", "trace", "mmd2",
               "logdet_corr_subset", "mean_norm", "logdet_random_subset", "logdet_corr_random_subset")
@@ -90,29 +88,29 @@ INDICATORS = ("accuracy", "logdet_subset", "effective_rank", "trace", "mmd2",
 class OODConfig:
     """Settings of the OOD-geometry runner (JSON keys = field names)."""
 
-    encoder: str = "efficientnet_lite0"
-    weights: str | None = None
-    random_init: bool = False
-    dataset: str = "lfw"
-    size: int = 96
-    corruptions: list[str] = field(default_factory=lambda: list(CORRUPTIONS))
-    severities: list[int] = field(default_factory=lambda: list(SEVERITIES))
-    prune_ratio: float = 0.95
-    keep: int | None = None
-    ridge_rel: float = 1e-6
-    weight_decay: float = 1e-3
-    max_iter: int = 200
-    spatial_scale: float | None = None
-    max_images: int | None = None
-    batch_size: int = 64
-    seed: int = 0
-    cache_dir: str | None = None
-    figure: bool = True
-    figure_corruption: str = "gaussian_noise"
-    figure_image: int = 0
-    lac: str | None = None
-    chunk_size: int | None = None
-    random_subsets: int = 10
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    random_init: bool = option(False, "allow an untrained encoder (testing only)")
+    dataset: str = option("lfw", "lfw (embedded, default) or KIND:ROOT (see compression)")
+    size: int = option(96, "image side in px")
+    corruptions: list[str] = option(list(CORRUPTIONS), f"subset of: {' '.join(CORRUPTIONS)} (default: all)")
+    severities: list[int] = option(list(SEVERITIES), "subset of 1 2 3 4 5")
+    prune_ratio: float = option(0.95, "CovVol subset size k = ceil((1 - p) C) unless --keep is given")
+    keep: int | None = option(None, "CovVol subset size k (default ceil(0.05 C))")
+    ridge_rel: float = option(1e-6, "ridge as a fraction of the mean channel variance")
+    weight_decay: float = option(1e-3, "probe L2 penalty")
+    max_iter: int = option(200, "probe optimiser iterations")
+    spatial_scale: float | None = option(None, "corruption pixel-size scale (default size/224)")
+    max_images: int | None = option(None, "use at most N images per split (quick runs)")
+    batch_size: int = option(64, "images per feature batch")
+    seed: int = option(0, "data split, corruptions, random subsets")
+    cache_dir: str | None = option(None, "feature cache folder (default OUT/cache)")
+    figure: bool = option(True, "skip the Figure 4(c) reconstructions", flag="--no-figure", const=False)
+    figure_corruption: str = option("gaussian_noise", "corruption of Figure 4(c)")
+    figure_image: int = option(0, "test-split index of the Figure 4(c) image")
+    lac: str | None = option(None, "LAC checkpoint for Figure 4(c) (default: bundled, else identity)")
+    chunk_size: int | None = option(None, "channels per batched backward in Figure 4(c)")
+    random_subsets: int = option(10, "random channel subsets of size k (the CovVol subset's control)")
 
     def validate(self) -> None:
         """Reject impossible settings with a message."""
@@ -454,65 +452,20 @@ EPILOG = """examples:
 """
 
 
-def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
-    """Add ``adjinv experiment ood``."""
-    p = experiment_sub.add_parser(  # type: ignore[attr-defined]
-        "ood", help="accuracy and covariance geometry vs corruption severity (Figure 4(c)-(d))",
-        description="Per corruption and severity: probe accuracy, log det of the clean CovVol "
-                    "subset, effective rank, trace and MMD² to clean features; plus class-directional "
-                    "reconstructions of one image at increasing severity.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--config", help="JSON file with OODConfig fields; flags override it")
-    p.add_argument("--encoder", help="registry name (default efficientnet_lite0)")
-    p.add_argument("--weights", help="local encoder state dict")
-    p.add_argument("--random-init", action="store_true", default=None,
-                   help="allow an untrained encoder (testing only)")
-    p.add_argument("--dataset", help="lfw (embedded, default) or KIND:ROOT (see compression)")
-    p.add_argument("--size", type=int, help="image side in px (default 96)")
-    p.add_argument("--corruptions", nargs="+", help=f"subset of: {' '.join(CORRUPTIONS)}")
-    p.add_argument("--severities", type=int, nargs="+", help="subset of 1 2 3 4 5")
-    p.add_argument("--keep", type=int, help="CovVol subset size k (default ceil(0.05 C))")
-    p.add_argument("--ridge-rel", type=float, help="ridge as a fraction of the mean channel variance")
-    p.add_argument("--spatial-scale", type=float, help="corruption pixel-size scale (default size/224)")
-    p.add_argument("--max-images", type=int, help="use at most N images per split (quick runs)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--cache-dir", help="feature cache folder (default OUT/cache)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a "
-                                               "busy machine 1 can be several times faster)")
-    p.add_argument("--no-figure", action="store_true", help="skip the Figure 4(c) reconstructions")
-    p.add_argument("--figure-only", action="store_true",
-                   help="only Figure 4(c): probe on clean train features, reconstructions.png and "
-                        "figure_4c.json (results.json untouched)")
-    p.add_argument("--figure-corruption", help="corruption of Figure 4(c) (default gaussian_noise)")
-    p.add_argument("--figure-image", type=int, help="test-split index of the Figure 4(c) image")
-    p.add_argument("--lac", help="LAC checkpoint for Figure 4(c) (default: bundled, else identity)")
-    p.add_argument("--chunk-size", type=int, help="channels per batched backward in Figure 4(c)")
+def _figure_only(cfg: OODConfig, out: Path, *, log: Log = quiet_log) -> dict:
+    """``--figure-only``: :func:`run_ood_figure`, refused with ``--no-figure``."""
+    if not cfg.figure:
+        raise AdjinvError("--figure-only and --no-figure contradict each other")
+    return run_ood_figure(cfg, out, log=log)
 
-    def run(args: argparse.Namespace) -> None:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise AdjinvError("--threads must be at least 1")
-            torch.set_num_threads(args.threads)
-        over = {k: getattr(args, k, None) for k in (
-            "encoder", "weights", "random_init", "dataset", "size", "corruptions", "severities",
-            "keep", "ridge_rel", "spatial_scale", "max_images", "batch_size", "seed", "cache_dir",
-            "figure_corruption", "figure_image", "lac", "chunk_size")}
-        if args.no_figure:
-            over["figure"] = False
-        cfg = load_config(OODConfig, args.config, over)
-        if args.figure_only:
-            if args.no_figure:
-                raise AdjinvError("--figure-only and --no-figure contradict each other")
-            rec = run_ood_figure(cfg, args.out, log=stderr_log)
-            print(f"wrote {args.out}/reconstructions.png and figure_4c.json in "
-                  f"{rec['seconds']['total']:.1f} s")
-            return
-        init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
-        res = run_ood(cfg, args.out, log=stderr_log if is_main() else quiet_log)
-        if is_main():
-            print(f"wrote {args.out}/results.json, {args.out}/table.md and figures in "
-                  f"{res['seconds']['total']:.1f} s")
 
-    p.set_defaults(func=run)
+RUNNERS = (Runner(
+    "ood", OODConfig, run_ood,
+    help="accuracy and covariance geometry vs corruption severity (Figure 4(c)-(d))",
+    description="Per corruption and severity: probe accuracy, log det of the clean CovVol "
+                "subset, effective rank, trace and MMD² to clean features; plus class-directional "
+                "reconstructions of one image at increasing severity.",
+    epilog=EPILOG, outputs=("results.json", "table.md", "figures"), distributed=True,
+    variants=(Variant("--figure-only", "only Figure 4(c): probe on clean train features, "
+                      "reconstructions.png and figure_4c.json (results.json untouched)", _figure_only,
+                      ("reconstructions.png", "figure_4c.json")),)),)

@@ -55,7 +55,6 @@ no per-image fit. ``--figure2-only`` redraws it from a finished run's cache.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -63,7 +62,7 @@ import re
 import textwrap
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +71,7 @@ import torch
 from ...core.inverter import AdjointInverter
 from ...core.lac import LACBank
 from ...core.simplex import simplex_measure
-from ...distributed import all_reduce_sum, barrier, init_from_env, is_main, rank_world, share_work
+from ...distributed import all_reduce_sum, barrier, is_main, rank_world, share_work
 from ...encoders.staged import StagedEncoder
 from ...encoders.weights import load_into, read_state_dict
 from ...errors import AdjinvError
@@ -90,14 +89,13 @@ from ..baselines.upconv import UpConvConfig, train_upconv, upconv_reconstruct
 from .common import (
     Log,
     environment,
-    load_config,
     load_named_encoder,
     pyplot,
     quiet_log,
     save_figure,
-    stderr_log,
 )
 from .interference_common import portable_path
+from .skeleton import Runner, Variant, option
 
 PROTOCOL_VERSION = 1
 
@@ -145,30 +143,32 @@ REENCODE_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficien
 class ReconstructionConfig:
     """Settings of the evaluation (all stored in ``protocol.json``)."""
 
-    encoder: str = "efficientnet_lite0"
-    weights: str | None = None
-    random_init: bool = False
-    lac: str | None = None
-    curve: str | None = None
-    train: str | None = None
-    heldout: str | None = None
-    size: int = 128
-    crops: int = 3
-    min_crop: float = 0.5
-    max_photos: int | None = None
-    partners: list[int] = field(default_factory=lambda: [1, 2, 4])
-    mv_steps: int = 200
-    upconv_steps: int = 300
-    upconv_crops: int = 8
-    reencoders: list[str] = field(default_factory=lambda: ["efficientnet_lite1",
-                                                            "efficientnet_lite2"])
-    seed: int = 0
-    chunk_size: int | None = None
-    quick: bool = False
-    robust: str | None = None
-    lpips_net: str = "alex"
-    lpips_backbone: str | None = None
-    lpips_linear: str | None = None
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    random_init: bool = option(False, "testing only")
+    lac: str | None = option(None, "LAC checkpoint or bundled variant name to evaluate (default: the "
+        "bundled one)")
+    curve: str | None = option(None, "folder of step-N.lac.safetensors for the learning curve")
+    train: str | None = option(None, "folder of training photos (with --heldout)")
+    heldout: str | None = option(None, "folder of held-out photos (with --train)")
+    size: int = option(128, "crop side in px")
+    crops: int = option(3, "crops per photo")
+    min_crop: float = option(0.5, "smallest random crop, as a fraction of the photo's side")
+    max_photos: int | None = option(None, "use only the first N held-out photos")
+    partners: list[int] = option([1, 2, 4], "K values of the feature-specific view")
+    mv_steps: int = option(200, "Mahendran & Vedaldi steps")
+    upconv_steps: int = option(300, "UpConvNet training steps")
+    upconv_crops: int = option(8, "crops per training photo for UpConvNet")
+    reencoders: list[str] = option(["efficientnet_lite1", "efficientnet_lite2"], "independent networks of "
+        "the re-encoding agreement")
+    seed: int = option(0, "crops, random seeds, baselines")
+    chunk_size: int | None = option(None, "channels per batched cascade pass")
+    quick: bool = option(False, "64 px, 1 crop, 3 photos, cheap baselines: minutes")
+    robust: str | None = option(None, "adversarially robust weights of the same encoder (Robust "
+        "inversion; without them it is reported unavailable)")
+    lpips_net: str = option("alex", "LPIPS backbone kind", choices=["alex", "vgg"])
+    lpips_backbone: str | None = option(None, "torchvision alexnet/vgg16 state dict (LPIPS)")
+    lpips_linear: str | None = option(None, "lpips v0.1 linear-layer weights (LPIPS)")
 
     def apply_quick(self) -> None:
         """The ``--quick`` setting: tiny size, one crop, three photos, cheap baselines."""
@@ -999,63 +999,22 @@ EPILOG = """examples:
 """
 
 
-def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
-    """Add ``adjinv experiment reconstruction``."""
-    p = experiment_sub.add_parser(  # type: ignore[attr-defined]
-        "reconstruction", help="held-out, controlled test: does x̂_L reconstruct from the features?",
-        description="Scores x̂_L against its controls (identity LACs, seed zero, swapped and "
-                    "random seeds, top stage re-initialised) and baselines on held-out photos, "
-                    "and prints the pre-registered verdict per photo.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder (rerun to resume)")
-    p.add_argument("--config", help="JSON file with ReconstructionConfig fields; flags override it")
-    p.add_argument("--encoder", help="registry name (default efficientnet_lite0)")
-    p.add_argument("--weights", help="local encoder state dict")
-    p.add_argument("--lac", help="LAC checkpoint or bundled variant name to evaluate "
-                   "(default: the bundled one)")
-    p.add_argument("--curve", help="folder of step-N.lac.safetensors for the learning curve")
-    p.add_argument("--train", help="folder of training photos (with --heldout)")
-    p.add_argument("--heldout", help="folder of held-out photos (with --train)")
-    p.add_argument("--size", type=int, help="crop side in px (default 128)")
-    p.add_argument("--crops", type=int, help="crops per photo (default 3)")
-    p.add_argument("--max-photos", type=int, help="use only the first N held-out photos")
-    p.add_argument("--partners", type=int, nargs="+", help="K values of the feature-specific view")
-    p.add_argument("--mv-steps", type=int, help="Mahendran & Vedaldi steps (default 200)")
-    p.add_argument("--upconv-steps", type=int, help="UpConvNet training steps (default 300)")
-    p.add_argument("--chunk-size", type=int, help="channels per batched cascade pass")
-    p.add_argument("--robust", help="adversarially robust weights of the same encoder (Robust "
-                   "inversion; without them it is reported unavailable)")
-    p.add_argument("--lpips-net", choices=["alex", "vgg"], help="LPIPS backbone kind (default alex)")
-    p.add_argument("--lpips-backbone", help="torchvision alexnet/vgg16 state dict (LPIPS)")
-    p.add_argument("--lpips-linear", help="lpips v0.1 linear-layer weights (LPIPS)")
-    p.add_argument("--figure2-only", action="store_true",
-                   help="redraw figure2.png of the finished run in --out from its cache; compute nothing")
-    p.add_argument("--random-init", action="store_true", default=None, help="testing only")
-    p.add_argument("--quick", action="store_true", default=None,
-                   help="64 px, 1 crop, 3 photos, cheap baselines: minutes")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+def _figure2_only(cfg: ReconstructionConfig, out: Path, *, log: Log = quiet_log) -> dict:
+    """``--figure2-only``: :func:`write_figure2` of the finished run in ``out``."""
+    return {"figure2": str(write_figure2(out, log=log))}
 
-    def run(args: argparse.Namespace) -> None:
-        if args.threads is not None:
-            torch.set_num_threads(max(1, args.threads))
-        if args.figure2_only:
-            print(f"wrote {write_figure2(args.out, log=stderr_log)}")
-            return
-        over = {k: getattr(args, k) for k in (
-            "encoder", "weights", "lac", "curve", "train", "heldout", "size", "crops", "max_photos",
-            "partners", "mv_steps", "upconv_steps", "chunk_size", "random_init", "quick", "robust",
-            "lpips_net", "lpips_backbone", "lpips_linear")}
-        cfg = load_config(ReconstructionConfig, args.config, over)
-        init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
-        res = run_reconstruction(cfg, args.out, log=stderr_log if is_main() else quiet_log)
-        if not is_main():
-            return
-        for line in verdict_lines(res):
-            print(line)
-        print(f"wrote {args.out}/results.json, table.md, figure.png, figure2.png, curve.png "
-              f"in {res['seconds']:.1f} s")
 
-    p.set_defaults(func=run)
+RUNNERS = (Runner(
+    "reconstruction", ReconstructionConfig, run_reconstruction,
+    help="held-out, controlled test: does x̂_L reconstruct from the features?",
+    description="Scores x̂_L against its controls (identity LACs, seed zero, swapped and "
+                "random seeds, top stage re-initialised) and baselines on held-out photos, "
+                "and prints the pre-registered verdict per photo.",
+    epilog=EPILOG, outputs=("results.json", "table.md", "figure.png", "figure2.png", "curve.png"),
+    summary=lambda results, out: verdict_lines(results), out_help="output folder (rerun to resume)",
+    distributed=True, variants=(Variant(
+        "--figure2-only", "redraw figure2.png of the finished run in --out from its cache; compute "
+        "nothing", _figure2_only, ("figure2.png",)),)),)
 
 
 __all__: list[str] = ["ReconstructionConfig", "run_reconstruction", "markdown_table",

@@ -12,10 +12,9 @@ reconstructions ``x̂_l`` with ``x̂^(k)``, ``x̂^(k)_+``, ``x̂^(k)_-``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ import torch
 from ...core.inverter import AdjointInverter
 from ...core.lac import LACBank
 from ...core.simplex import simplex_measure
-from ...distributed import barrier, init_from_env, is_main, share_work
+from ...distributed import barrier, share_work
 from ...encoders.staged import StagedEncoder
 from ...errors import AdjinvError
 from ...fileio import atomic_write_json, atomic_write_text
@@ -51,7 +50,7 @@ from ..analysis.superposition import (
     variants,
 )
 from ..data.masks import open_masked
-from .common import Log, environment, load_config, pyplot, quiet_log, save_figure, stderr_log
+from .common import Log, environment, pyplot, quiet_log, save_figure
 from .interference_common import (
     BIAS_NOTE,
     CONTROLS_NOTE,
@@ -63,9 +62,9 @@ from .interference_common import (
     lac_digest,
     model_with_lacs,
     parse_levels,
-    set_threads,
     tensor_digest,
 )
+from .skeleton import Runner, option
 
 SCALARS = ("energy_fraction", "variance_before", "variance_after", "expansion")
 H2_ROWS = ("measured", "head_permuted", "head_random")
@@ -75,21 +74,22 @@ H2_ROWS = ("measured", "head_permuted", "head_random")
 class SuperpositionConfig:
     """What ``adjinv experiment superposition`` measures."""
 
-    encoder: str = "efficientnet_lite0"
-    weights: str | None = None
-    lac: str | None = None
-    random_init: bool = False
-    data: str = "composites"
-    split: str = "test"
-    size: int = 96
-    max_images: int | None = None
-    max_channels: int = 128
-    randomize: list = field(default_factory=lambda: [1, 3])
-    figure_images: int = 1
-    panel_channels: int = 4
-    seed: int = 0
-    n_boot: int = 2000
-    chunk_size: int | None = None
+    encoder: str = option("efficientnet_lite0", "registry name")
+    weights: str | None = option(None, "local encoder state dict")
+    lac: str | None = option(None, "LAC checkpoint or bundled variant name (default: bundled, else identity "
+        "with a warning)")
+    random_init: bool = option(False, "untrained encoder (tests)")
+    data: str = option("composites", "composites (default), cub:ROOT, oxford_pet:ROOT, masks:IMAGES:MASKS")
+    split: str = option("test", "dataset split", choices=["train", "test"])
+    size: int = option(96, "image side in px")
+    max_images: int | None = option(None, "use the first N images")
+    max_channels: int = option(128, "top channels by simplex weight (0 = all live)")
+    randomize: list = option([1, 3], "stage counts to re-initialise (integers or 'all')", parse=parse_levels)
+    figure_images: int = option(1, "images with Figure-3 panels")
+    panel_channels: int = option(4, "channels shown per Figure-3 panel")
+    seed: int = option(0, "swapped seeds, controls, bootstrap")
+    n_boot: int = option(2000, "bootstrap resamples of the intervals")
+    chunk_size: int | None = option(None, "channels per batched cascade pass")
 
 
 def top_channels(enc: StagedEncoder, x: torch.Tensor, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -435,45 +435,10 @@ A second run with the same --out reuses every finished image (out/cache).
 """
 
 
-def register(sub: argparse._SubParsersAction, experiment_sub: object) -> None:
-    """Add ``adjinv experiment superposition``."""
-    p = experiment_sub.add_parser(  # type: ignore[attr-defined]
-        "superposition", help="H1 statistics of channel inversions with controls (Sec. 3.2.3)",
-        description="Leading-eigenvalue energy fraction, rank-one subtraction, inter-channel "
-                    "variance and cosine ranges of the deepest channel inversions (docs/method.md §7), "
-                    "with seed-zero, swapped-seed and model-randomisation controls; Figure-3 panels.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--config", help="JSON file with SuperpositionConfig fields; flags override it")
-    p.add_argument("--encoder", help="registry name (default efficientnet_lite0)")
-    p.add_argument("--weights", help="local encoder state dict")
-    p.add_argument("--lac", help="LAC checkpoint or bundled variant name "
-                   "(default: bundled, else identity with a warning)")
-    p.add_argument("--random-init", action="store_true", default=None, help="untrained encoder (tests)")
-    p.add_argument("--data", help="composites (default), cub:ROOT, oxford_pet:ROOT, masks:IMAGES:MASKS")
-    p.add_argument("--split", choices=["train", "test"])
-    p.add_argument("--size", type=int, help="image side in px (default 96)")
-    p.add_argument("--max-images", type=int)
-    p.add_argument("--max-channels", type=int,
-                   help="top channels by simplex weight (default 128; 0 = all live)")
-    p.add_argument("--randomize", nargs="+", help="stage counts to re-initialise (default 1 3; 'all')")
-    p.add_argument("--figure-images", type=int, help="images with Figure-3 panels (default 1)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--chunk-size", type=int)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-
-    def run(args: argparse.Namespace) -> None:
-        set_threads(args.threads)
-        over = {k: getattr(args, k, None) for k in (
-            "encoder", "weights", "lac", "random_init", "data", "split", "size", "max_images",
-            "max_channels", "figure_images", "seed", "chunk_size")}
-        if args.randomize is not None:
-            over["randomize"] = parse_levels(args.randomize)
-        cfg = load_config(SuperpositionConfig, args.config, over)
-        init_from_env()  # under torchrun: one rank of the group (docs/cluster.md)
-        res = run_superposition(cfg, args.out, log=stderr_log if is_main() else quiet_log)
-        if is_main():
-            print(f"wrote {args.out}/results.json, table.md and figures in {res['seconds']:.1f} s")
-
-    p.set_defaults(func=run)
-
+RUNNERS = (Runner(
+    "superposition", SuperpositionConfig, run_superposition,
+    help="H1 statistics of channel inversions with controls (Sec. 3.2.3)",
+    description="Leading-eigenvalue energy fraction, rank-one subtraction, inter-channel "
+                "variance and cosine ranges of the deepest channel inversions (docs/method.md §7), "
+                "with seed-zero, swapped-seed and model-randomisation controls; Figure-3 panels.",
+    epilog=EPILOG, outputs=("results.json", "table.md", "figures"), distributed=True),)

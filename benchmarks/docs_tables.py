@@ -905,7 +905,8 @@ def cam_table() -> str:
     c = _json("cam-compare/results.json")["config"]
     cmd = ("adjinv experiment cam-compare " + " ".join(f"--data {d}" for d in c["data"])
            + (f" --max-images {c['max_images']}" if c.get("max_images") is not None else "")
-           + f" --size {c['size']} --steps {c['steps']} --methods {' '.join(c['methods'])} --threads 1")
+           + f" --size {c['size']} --steps {c['steps']} --methods {' '.join(c['methods'])}"
+           + (f" --lac {c['lac']}" if c.get("lac") else "") + " --threads 1")
     return _runner_block("cam-compare/results.json", "adjinv.paper.runners.cam_compare", cmd)
 
 

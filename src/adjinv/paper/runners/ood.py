@@ -123,31 +123,44 @@ class OODConfig:
             raise AdjinvError(f"unknown figure_corruption {self.figure_corruption!r}")
 
 
+def _prepare(cfg: OODConfig, out: str | Path, encoder: StagedEncoder | None, log: Log,
+             times: dict[str, float]) -> tuple[Path, Path, StagedEncoder, float]:
+    """Validate, create ``out``, load the encoder: ``(out, feature cache, encoder, spatial scale)``."""
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    with timer(times, "load_encoder"):
+        enc = encoder if encoder is not None else load_named_encoder(
+            cfg.encoder, cfg.weights, cfg.random_init, log)
+    scale = cfg.spatial_scale if cfg.spatial_scale is not None else cfg.size / 224
+    return out, cache, enc, scale
+
+
+def _clean_sets(cfg: OODConfig) -> tuple[Any, Any]:
+    """The clean train and test sets (at most ``max_images`` per class each)."""
+    train_ds = open_dataset(cfg.dataset, "train", cfg.size, cfg.seed)
+    test_ds = open_dataset(cfg.dataset, "test", cfg.size, cfg.seed)
+    if cfg.max_images is not None:
+        train_ds = first_per_class(train_ds, cfg.max_images)
+        test_ds = first_per_class(test_ds, cfg.max_images)
+    return train_ds, test_ds
+
+
 def run_ood(cfg: OODConfig, out: str | Path, *, encoder: StagedEncoder | None = None,
             log: Log = quiet_log) -> dict:
     """Run the protocol; write results, table and figures to ``out``. Under ``torchrun``
     the ranks share the feature extraction (one clean or corrupted set each, into the
     feature cache), then rank 0 computes and writes; every rank returns the results."""
-    cfg.validate()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     times: dict[str, float] = {}
     t_all = time.perf_counter()
-    with timer(times, "load_encoder"):
-        enc = encoder if encoder is not None else load_named_encoder(
-            cfg.encoder, cfg.weights, cfg.random_init, log)
-    scale = cfg.spatial_scale if cfg.spatial_scale is not None else cfg.size / 224
+    out, cache, enc, scale = _prepare(cfg, out, encoder, log, times)
     severities = sorted(set(cfg.severities))
     log(f"ood: encoder {enc.name}, dataset {cfg.dataset}, {cfg.size} px, "
         f"{len(cfg.corruptions)} corruptions x severities {severities}, spatial scale {scale:.3f}")
 
     with timer(times, "clean"):
-        train_ds = open_dataset(cfg.dataset, "train", cfg.size, cfg.seed)
-        test_ds = open_dataset(cfg.dataset, "test", cfg.size, cfg.seed)
-        if cfg.max_images is not None:
-            train_ds = first_per_class(train_ds, cfg.max_images)
-            test_ds = first_per_class(test_ds, cfg.max_images)
+        train_ds, test_ds = _clean_sets(cfg)
         # under torchrun the ranks share the feature sets (each one fills its cache folder);
         # rank 0 alone then reads them all and computes the geometry (docs/cluster.md)
         sets: list[tuple[str, Any]] = [("clean train", train_ds), ("clean test", test_ds)] + [
@@ -242,22 +255,11 @@ def run_ood_figure(cfg: OODConfig, out: str | Path, *, encoder: StagedEncoder | 
     class-directional reconstructions, nothing of the geometry. Writes ``reconstructions.png``,
     ``reconstructions/*.png`` and ``figure_4c.json`` (this run's settings and record) to
     ``out`` and leaves an existing ``results.json`` as it is (docs/method.md §6, §9)."""
-    cfg.validate()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     times: dict[str, float] = {}
     t_all = time.perf_counter()
-    with timer(times, "load_encoder"):
-        enc = encoder if encoder is not None else load_named_encoder(
-            cfg.encoder, cfg.weights, cfg.random_init, log)
-    scale = cfg.spatial_scale if cfg.spatial_scale is not None else cfg.size / 224
+    out, cache, enc, scale = _prepare(cfg, out, encoder, log, times)
     with timer(times, "clean"):
-        train_ds = open_dataset(cfg.dataset, "train", cfg.size, cfg.seed)
-        test_ds = open_dataset(cfg.dataset, "test", cfg.size, cfg.seed)
-        if cfg.max_images is not None:
-            train_ds = first_per_class(train_ds, cfg.max_images)
-            test_ds = first_per_class(test_ds, cfg.max_images)
+        train_ds, test_ds = _clean_sets(cfg)
         ftr = features(enc, train_ds, "clean train", cache, cfg.batch_size, log)
         probe = LinearProbe(len(train_ds.classes), ProbeConfig(
             weight_decay=cfg.weight_decay, max_iter=cfg.max_iter, seed=cfg.seed)

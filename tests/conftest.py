@@ -98,12 +98,13 @@ def smooth_image(size: int = 32, batch: int = 1, seed: int = 0,
 
 
 def reference_psi(enc: StagedEncoder, lacs: LACBank, x: torch.Tensor, stage: int,
-                  seeds: torch.Tensor) -> torch.Tensor:
+                  seeds: torch.Tensor, keep_graph: bool = False) -> torch.Tensor:
     """Ψ_stage(S) for each seed S in ``seeds`` (N, B, C, h, w) → (N, B, 3, H, W), written
     out from docs/method.md §3 with plain autograd, one seed and one stage at a time, with no vmap
     and no use of ``StageInfo``/``lac_boundaries``: after the pull-back through a stage
     whose output is smaller than its input, apply the LAC on the gradient w.r.t. that
-    stage's input; after the stem, ``LAC_pix``."""
+    stage's input; after the stem, ``LAC_pix``. ``keep_graph``: keep the autograd graph
+    (the result can be differentiated w.r.t. the LAC parameters, for training tests)."""
     with enc.frozen():
         ins, outs = [], []
         a = x.detach()
@@ -117,12 +118,13 @@ def reference_psi(enc: StagedEncoder, lacs: LACBank, x: torch.Tensor, stage: int
         for seed in seeds:
             u = seed
             for k in range(stage, -1, -1):
-                (u,) = torch.autograd.grad(outs[k], ins[k], grad_outputs=u, retain_graph=True)
+                (u,) = torch.autograd.grad(outs[k], ins[k], grad_outputs=u, retain_graph=True,
+                                           create_graph=keep_graph)
                 if k == 0:
                     u = lacs.lacs["pix"](u)
                 elif outs[k].shape[-1] < ins[k].shape[-1] or outs[k].shape[-2] < ins[k].shape[-2]:
                     u = lacs.lacs[f"s{k - 1}"](u)
-            res.append(u.detach())
+            res.append(u if keep_graph else u.detach())
     return torch.stack(res)
 
 

@@ -21,7 +21,7 @@ from adjinv.lacs.training import (
     sample_weights,
     train_lacs,
 )
-from conftest import random_lacs, smooth_image
+from conftest import random_lacs, reference_psi, smooth_image
 
 
 def _imgs(n=3):
@@ -221,7 +221,7 @@ def test_multipath_is_the_sum_of_independent_per_stage_losses(tiny_enc):
                 seeds = torch.zeros(c, *a.shape, dtype=a.dtype)
                 for k in range(c):
                     seeds[k, :, k] = a[:, k].detach()
-                phi = _psi_with_grad(tiny_enc, lacs, x, s, seeds)
+                phi = reference_psi(tiny_enc, lacs, x, s, seeds, keep_graph=True)
                 x_hat = torch.einsum("bc,cbkhw->bkhw", w, phi)
                 loss = (x_hat - x).abs().mean()
                 per.append(float(loss.detach()))
@@ -239,30 +239,6 @@ def test_multipath_is_the_sum_of_independent_per_stage_losses(tiny_enc):
     inner = torch.cat([torch.full((p.numel(),), not n.startswith("lacs.pix"))
                        for n, p in lacs.named_parameters()])
     assert inner.any() and not torch.allclose(g_multi[inner], g_deep[inner])
-
-def _psi_with_grad(enc, lacs, x, stage, seeds):
-    """``conftest.reference_psi`` with the autograd graph kept (it detaches its output)."""
-    with enc.frozen():
-        ins, outs = [], []
-        a = x.detach()
-        for st in enc.stages[: stage + 1]:
-            a_in = a.detach().requires_grad_(True)
-            a = st(a_in)
-            ins.append(a_in)
-            outs.append(a)
-        res = []
-        for seed in seeds:
-            u = seed
-            for k in range(stage, -1, -1):
-                (u,) = torch.autograd.grad(outs[k], ins[k], grad_outputs=u, retain_graph=True,
-                                           create_graph=True)
-                if k == 0:
-                    u = lacs.lacs["pix"](u)
-                elif outs[k].shape[-1] < ins[k].shape[-1]:
-                    u = lacs.lacs[f"s{k - 1}"](u)
-            res.append(u)
-    return torch.stack(res)
-
 
 def test_multipath_trains_and_logs_every_stage(tiny_enc, tmp_path):
     imgs, val = _imgs(), _imgs(5)[3:]

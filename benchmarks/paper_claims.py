@@ -355,7 +355,7 @@ def b2(args: argparse.Namespace) -> dict:
         shuffled_head_row,
         swapped_channel_inversions,
     )
-    from adjinv.paper.analysis.superposition import centre_rgb, leading_direction
+    from adjinv.paper.analysis.superposition import centre_rgb, leading_direction, rank_one_subtract
     from adjinv.paper.data.masks import open_masked
     from adjinv.paper.runners.interference_common import bootstrap_ci
 
@@ -386,11 +386,9 @@ def b2(args: argparse.Namespace) -> dict:
             f = phi if v == "raw" else centre_rgb(phi)
             fs = phi_s if v == "raw" else centre_rgb(phi_s)
             u, _ = leading_direction(f)
-            u = u.view_as(f[0])
 
             def residual_sum(feats: torch.Tensor, alpha: torch.Tensor, u: torch.Tensor = u) -> torch.Tensor:
-                a = (feats * u).flatten(1).sum(1)
-                r = feats - a.view(-1, 1, 1, 1) * u
+                r = rank_one_subtract(feats, u)[0]  # r_c = φ_c − ⟨φ_c, u⟩ u (Eq. 13)
                 return (alpha.view(-1, 1, 1, 1) * r).sum(0, keepdim=True)
 
             cell = {}

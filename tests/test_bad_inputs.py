@@ -26,7 +26,8 @@ from PIL import Image
 from adjinv.cli import main
 from adjinv.core.inverter import AdjointInverter
 from adjinv.errors import AdjinvError
-from adjinv.fileio import LOCK, MARKER, safe_name
+from adjinv.fileio import PARTIAL_TAG, TMP_TAG, safe_name
+from adjinv.outdir import LOCK, MARKER
 from adjinv.images.files import load_image
 from conftest import random_lacs, smooth_image
 
@@ -127,7 +128,7 @@ def cli(tmp_path, capsys, monkeypatch):
         else:
             assert not errors
         if out.is_dir():
-            assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+            assert not [p for p in out.rglob("*") if p.name.endswith((TMP_TAG, PARTIAL_TAG))]
         return Run(code, cap.out, cap.err, errors)
 
     run.work = work
@@ -506,13 +507,14 @@ def test_stale_temporaries_are_cleaned_on_the_next_run(cli):
     out = cli.work / "out"
     img = photo(cli.work / "a.png")
     assert cli([*INV, img, W, out, *FAST]).code == 0
-    (out / "a" / ".input.png.x1y2.tmp").write_bytes(b"half")
-    (out / ".b.partial").mkdir()
-    (out / ".b.partial" / "input.png").write_bytes(b"half")
-    (out / ".index.html.q.tmp").write_bytes(b"half")
+    (out / "a" / f".input.png.x1y2{TMP_TAG}").write_bytes(b"half")
+    (out / f".b{PARTIAL_TAG}").mkdir()
+    (out / f".b{PARTIAL_TAG}" / "input.png").write_bytes(b"half")
+    (out / f".index.html.q{TMP_TAG}").write_bytes(b"half")
+    (out / ".a.old").mkdir()  # what an older version left for its image folder a
     r = cli([*INV, img, W, out, *FAST])
-    assert r.code == 0 and "removed 3 stale temporary" in r.err
-    assert not (out / ".b.partial").exists()
+    assert r.code == 0 and "removed 4 stale temporary" in r.err
+    assert not (out / f".b{PARTIAL_TAG}").exists() and not (out / ".a.old").exists()
 
 
 def test_overwrite_writes_into_a_user_folder(cli):

@@ -141,7 +141,7 @@ class InvertDatasetArgs:
     """The command line of ``adjinv invert-dataset``; :class:`DatasetConfig` is the part
     stored in ``manifest.json``."""
 
-    data: str = option("", "folder of images (searched recursively)", positional=True)
+    data: str = option("", "folder of images (searched recursively)", positional=True, input=True)
     encoder: str = option("efficientnet_lite0", "registry name")
     weights: str | None = option(None, "local encoder state dict")
     random_init: bool = option(False, "untrained encoder (testing only)")

@@ -35,6 +35,8 @@ Field metadata (every key optional; :func:`option` takes them as keywords):
     title of the argparse group the flag is listed under in ``--help``.
 ``positional``
     the field is a positional argument, not a flag.
+``input``
+    the field names a folder the run reads: ``--out`` may not be it nor lie inside it.
 
 A dict field's flag values update the keys they name in the JSON/default dict; every
 other flag replaces the field's value.
@@ -58,6 +60,7 @@ import torch
 
 from ...distributed import init_from_env, is_main
 from ...errors import AdjinvError
+from ...outdir import OutputFile, OutputFolder
 from .common import Log, load_config, quiet_log
 
 Results = dict[str, Any]
@@ -101,6 +104,7 @@ class Runner:
     out_help: str = "output folder"
     out_default: str | None = None  # None: --out is required
     variants: tuple[Variant, ...] = ()
+    out_file: bool = False  # --out is one file (a checkpoint), not a folder
 
 
 def option(default: Any = None, help: str = "", **flag: Any) -> Any:
@@ -229,18 +233,34 @@ def execute(runner: Runner, args: argparse.Namespace) -> Results:
     log: Log = logging.getLogger(runner.run.__module__).info if is_main() else quiet_log
     out = Path(args.out)
     t0 = time.perf_counter()
-    results = (variant or runner).run(cfg, out, log=log)
-    if not is_main():
-        return results
-    if variant is None and runner.write is not None:
-        runner.write(results, out)
-    lines = runner.summary(results, out) if variant is None and runner.summary is not None else []
     outputs = runner.outputs if variant is None else variant.outputs
+    with _claim(runner, cfg, out, getattr(args, "overwrite", False), outputs):
+        results = (variant or runner).run(cfg, out, log=log)
+        if not is_main():
+            return results
+        if variant is None and runner.write is not None:
+            runner.write(results, out)
+    lines = runner.summary(results, out) if variant is None and runner.summary is not None else []
     if outputs:
         lines.append(_wrote(out, outputs, time.perf_counter() - t0))
     for line in lines:
         print(line)
     return results
+
+
+def _inputs(cfg: Any) -> list[str]:
+    """The folders a run reads: the values of its config's ``input`` fields."""
+    return [str(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+            if f.metadata.get("input") and getattr(cfg, f.name)]
+
+
+def _claim(runner: Runner, cfg: Any, out: Path, overwrite: bool,
+           outputs: Sequence[str]) -> OutputFile | OutputFolder:
+    """The output contract (adjinv.outdir) for ``out``: a file or a folder."""
+    if runner.out_file:
+        return OutputFile(out, inputs=_inputs(cfg))
+    return OutputFolder(out, overwrite, inputs=_inputs(cfg),
+                        files=[o for o in outputs if "/" not in o and "." in o])
 
 
 def build_parser(p: argparse.ArgumentParser, runner: Runner) -> argparse.ArgumentParser:
@@ -250,6 +270,10 @@ def build_parser(p: argparse.ArgumentParser, runner: Runner) -> argparse.Argumen
     else:
         p.add_argument("--out", default=runner.out_default,
                        help=f"{runner.out_help} (default {runner.out_default})")
+    if not runner.out_file:
+        p.add_argument("--overwrite", action="store_true",
+                       help="write into an existing non-empty folder that adjinv did not create "
+                            "(files with adjinv's output names are replaced; nothing else is)")
     p.add_argument("--config", metavar="JSON",
                    help=f"JSON file with {runner.config.__name__} fields; flags override it")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a "

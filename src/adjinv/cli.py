@@ -294,18 +294,9 @@ def _os_message(e: OSError) -> str:
 
 
 def _device(name: str):
-    import torch
+    from .state import parse_device
 
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise AdjinvError(f"--device {name!r} is not a torch device ({e}); use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AdjinvError(f"--device {name}: PyTorch sees no CUDA device here "
-                          "(torch.cuda.is_available() is False); use --device cpu")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise AdjinvError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return dev
+    return parse_device(name)
 
 
 def _unique_names(paths: list[str]) -> dict[str, Path]:

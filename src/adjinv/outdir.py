@@ -167,13 +167,23 @@ def _rank() -> int:
 
 
 def lock_path(path: str | os.PathLike, what: str) -> FileLock:
-    """Hold a lock on ``path`` (a lock file), refusing at once when another run holds it."""
+    """Hold a lock on ``path`` (a lock file), refusing at once when another run holds it
+    (or has just removed that file, see :class:`OutputFile`)."""
     lock = FileLock(str(path))
+    busy = AdjinvError(f"another adjinv run is writing {what}; wait for it to finish or "
+                       "choose another --out")
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise AdjinvError(f"another adjinv run is writing {what}; wait for it to finish or "
-                          "choose another --out") from None
+        raise busy from None
+    fd = getattr(lock._context, "lock_file_fd", None)
+    try:
+        same = fd is None or os.fstat(fd).st_ino == os.stat(path).st_ino
+    except OSError:
+        same = False
+    if not same:  # we locked a file that its previous holder has since removed
+        lock.release()
+        raise busy
     return lock
 
 
@@ -277,8 +287,8 @@ class OutputFile:
     """Claim a single output file (a checkpoint) for one run: the contract for commands
     whose ``--out`` is a file (``adjinv train``, ``adjinv train-head``).
 
-    The path may not be a folder, a file-system root, nor lie inside an input folder; its
-    folder is created; a sibling lock ``.NAME.lock`` admits one run at a time.
+    The path may not be a folder nor lie inside an input folder; its folder is created; a
+    sibling lock ``.NAME.lock``, removed at the end, admits one run at a time.
 
     Args:
         path: the ``--out`` file.
@@ -317,5 +327,8 @@ class OutputFile:
 
     def __exit__(self, *exc: object) -> None:
         if self._lock is not None:
+            # the lock file goes with the run: nothing but the checkpoint (and its log)
+            # stays beside it; lock_path refuses a lock on a file removed meanwhile
+            Path(self._lock.lock_file).unlink(missing_ok=True)
             self._lock.release()
             self._lock = None

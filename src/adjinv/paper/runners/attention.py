@@ -391,6 +391,10 @@ class HeadSetup:
         group=HEAD)
     checkpoint_every: int = option(20, "steps between checkpoints", group=HEAD)
 
+    def check(self) -> None:
+        """Refuse impossible hyper-parameters (the skeleton calls this before any work)."""
+        _check_setup(self, getattr(self, "size", None))
+
 
 @dataclass
 class TrainHeadArgs(HeadSetup):

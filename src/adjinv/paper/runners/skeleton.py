@@ -234,6 +234,8 @@ def execute(runner: Runner, args: argparse.Namespace) -> Results:
     out = Path(args.out)
     t0 = time.perf_counter()
     outputs = runner.outputs if variant is None else variant.outputs
+    if callable(getattr(cfg, "check", None)):
+        cfg.check()  # refuse impossible values before --out is touched
     with _claim(runner, cfg, out, getattr(args, "overwrite", False), outputs):
         results = (variant or runner).run(cfg, out, log=log)
         if not is_main():

@@ -17,18 +17,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from adjinv.cli import main
 from adjinv.core.inverter import AdjointInverter
 from adjinv.errors import AdjinvError
 from adjinv.fileio import PARTIAL_TAG, TMP_TAG, safe_name
-from adjinv.outdir import LOCK, MARKER
 from adjinv.images.files import load_image
+from adjinv.outdir import LOCK, MARKER
 from conftest import random_lacs, smooth_image
 
 
@@ -290,9 +293,9 @@ def _config(obj: object) -> Callable[[Path], list]:
 
 
 def _bad_lac_meta(w: Path) -> list:
+    from adjinv.core.lac import LACBank
     from adjinv.encoders import load_encoder
     from adjinv.lacs.checkpoint import save_checkpoint
-    from adjinv.core.lac import LACBank
 
     enc = load_encoder("efficientnet_lite0")
     ck = save_checkpoint(w / "bad.safetensors", LACBank.for_encoder(enc), enc,
@@ -976,3 +979,107 @@ def test_inconsistent_torchrun_environment_fails_fast(monkeypatch, caplog):
         init_from_env()
     assert time.monotonic() - t0 < 30 and not dist.is_initialized()
     assert "waiting for the other ranks" in caplog.text
+
+
+# ----------------------------------------------------------------------------- LAC fuzz
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                 max_size=3),
+    max_leaves=6)
+_META_KEYS = ["encoder", "encoder_hash", "lac_boundaries", "lac_eps", "lac_eps_mode",
+              "lac_linearize_at", "complete", "format"]
+_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
+           torch.uint8, torch.bool]
+
+
+@st.composite
+def _tensor(draw: st.DrawFn) -> torch.Tensor:
+    shape = draw(st.lists(st.integers(0, 4), max_size=3))
+    dtype = draw(st.sampled_from(_DTYPES))
+    fill = draw(st.sampled_from([0.5, float("nan"), float("inf"), -float("inf"), 1.0]))
+    t = torch.full(shape, 1.0, dtype=torch.float64)
+    if t.numel() and draw(st.booleans()):
+        t.view(-1)[draw(st.integers(0, t.numel() - 1))] = fill
+    return t.to(dtype) if dtype.is_floating_point else t.nan_to_num().to(dtype)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(meta_edits=st.dictionaries(st.sampled_from(_META_KEYS), _JSONISH, max_size=2),
+       drop_meta=st.lists(st.sampled_from(_META_KEYS), max_size=2),
+       tensor_edits=st.dictionaries(
+           st.sampled_from(["lac.lacs.pix.gamma", "lac.lacs.pix.beta", "lac.lacs.s1.gamma",
+                            "extra.vanilla.gain", "extra.vanilla.offset", "lac.extra"]),
+           _tensor(), max_size=2),
+       keep_format=st.booleans())
+def test_fuzz_lac_checkpoint_fields(tmp_path_factory, meta_edits, drop_meta, tensor_edits,
+                                    keep_format):
+    """Shapes, dtypes, non-finite values and metadata types of a LAC checkpoint: every
+    variant loads to finite LACs or is refused with an AdjinvError, never an internal error."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from adjinv.lacs.bundled import load_lacs
+    from conftest import staged_from_sequential, tiny_relu_cnn
+
+    enc = staged_from_sequential(tiny_relu_cnn(seed=0).double())
+    tmp = tmp_path_factory.mktemp("fuzz")
+    ck = _checkpoint(tmp, enc)
+    with safe_open(str(ck), "pt") as f:
+        meta = json.loads(f.metadata()["adjinv"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for k in drop_meta:
+        meta.pop(k, None)
+    meta.update(meta_edits)
+    if keep_format:
+        meta["format"] = "adjinv-lac/1"
+    tensors.update(tensor_edits)
+    save_file(tensors, str(ck), metadata={"adjinv": json.dumps(meta)})
+    try:
+        loaded = load_lacs(enc, ck, allow_other_weights=True)
+    except AdjinvError:
+        return
+    assert all(torch.isfinite(p).all() for p in loaded.lacs.parameters())
+    if loaded.vanilla_map is not None:
+        assert torch.isfinite(loaded.vanilla_map.gain).all()
+        assert torch.isfinite(loaded.vanilla_map.offset).all()
+
+
+# ----------------------------------------------------------------------------- issue 29, item 15
+def _api_cases() -> dict[str, Callable[[Any], object]]:
+    from adjinv import encoder_from_module, load_lacs
+    from adjinv.core.lac import LACBank
+    from adjinv.fileio import save_png
+    from adjinv.images.files import resize_center_crop
+
+    x = smooth_image(32)
+    return {
+        "target-str": lambda inv: inv.invert(x, target="cat"),
+        "target-2d": lambda inv: inv.invert(x, target=torch.zeros(2, 2, dtype=torch.long)),
+        "channel-out-of-range": lambda inv: inv.channel_inversions(x, -1, [10**6]),
+        "channels-str": lambda inv: inv.channel_inversions(x, -1, "a"),
+        "psi-seed-shape": lambda inv: inv.psi(x, -1, torch.zeros(1, 3, 2, 2)),
+        "readout-not-callable": lambda inv: inv.readout(x, 5),
+        "load-lacs-int": lambda inv: load_lacs(inv.encoder, 5),
+        "lac-eps-mode": lambda inv: LACBank({1: 8}, eps_mode="bad"),
+        "lac-negative-channels": lambda inv: LACBank({1: -3}),
+        "encoder-from-str": lambda inv: encoder_from_module("resnet"),
+        "resize-list": lambda inv: resize_center_crop([1], 32),
+        "load-image-none": lambda inv: load_image(None),
+        "save-png-shape": lambda inv: save_png("never.png", torch.zeros(5)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_api_cases()))
+def test_api_misuse_is_an_adjinv_error(case, monkeypatch, tmp_path):
+    """Item 15: direct API calls that raised a raw TypeError/RuntimeError/ValueError."""
+    from adjinv import Inverter
+    from conftest import tiny_relu_cnn
+
+    monkeypatch.chdir(tmp_path)
+    inv = Inverter(tiny_relu_cnn(seed=0), lacs="identity")
+    with pytest.raises(AdjinvError) as e:
+        _api_cases()[case](inv)
+    assert type(e.value) is AdjinvError
+    assert not (tmp_path / "never.png").exists()

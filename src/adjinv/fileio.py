@@ -71,6 +71,9 @@ def finite_json(obj: object) -> object:
 
 def to_uint8_hwc(img: torch.Tensor) -> np.ndarray:
     """(3, H, W) in [0, 1] → H x W x 3 uint8 (the numpy edge)."""
+    if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.shape[0] != 3:
+        got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+        raise AdjinvError(f"an image to save must be a (3, H, W) tensor in [0, 1], got {got}")
     arr = img.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
     return arr.permute(1, 2, 0).cpu().numpy()
 

@@ -146,6 +146,9 @@ def load_image(path: str | os.PathLike, mode: str = "strict",
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise AdjinvError(f"load_image takes a file path, got {type(path).__name__}; for an "
+                          "array use array_to_tensor")
     p = Path(path)
     src = f"image {str(p)!r}"
     if p.is_dir():
@@ -193,8 +196,9 @@ def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
     more than 4 times longer than wide is cropped to its central square first)."""
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise AdjinvError(f"size must be a positive integer (pixels), got {size!r}")
-    if img.dim() != 3 or min(img.shape[1:]) < 1:
-        raise AdjinvError(f"expected an image of shape (C, H, W), got {tuple(img.shape)}")
+    if not isinstance(img, torch.Tensor) or img.dim() != 3 or min(img.shape[1:]) < 1:
+        got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+        raise AdjinvError(f"expected an image tensor of shape (C, H, W), got {got}")
     _, h, w = img.shape
     side = min(h, w)
     if max(h, w) > _CROP_FIRST * side:

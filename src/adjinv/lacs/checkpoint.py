@@ -226,6 +226,9 @@ def resolve_checkpoint(name: str, lac: str | os.PathLike | None) -> Path | None:
     existing file → itself; anything else is refused, naming the choices."""
     if lac is None:
         return bundled_checkpoint(name)
+    if not isinstance(lac, (str, os.PathLike)):
+        raise AdjinvError(f"a LAC checkpoint is a path or a bundled name (str), got "
+                          f"{type(lac).__name__}; pass e.g. 'paper' or 'my.lac.safetensors'")
     p = Path(lac)
     plain = isinstance(lac, str) and bool(lac) and "/" not in lac and os.sep not in lac
     variant = bundled_checkpoint(name, str(lac)) if plain else None

@@ -6,8 +6,10 @@ A :class:`Runner` names the command, its config dataclass and its run function
 from the dataclass: one flag per field, the value type from the annotation
 (``X | None`` is ``X``; ``bool`` a switch; ``list[X]`` takes several values), the help
 text from ``field(metadata={"help": …})`` with the default appended. What every command
-shares is here and nowhere else: ``--out``, ``--config`` (a JSON object of config fields;
-flags override it, unknown keys are an error), ``--threads``, joining a ``torchrun``
+shares is here and nowhere else: ``--out`` under the output contract of
+:mod:`adjinv.outdir` (with ``--overwrite``; a config's ``check()`` runs before it),
+``--config`` (a JSON object of config fields; flags override it, unknown keys and values of
+the wrong type are an error), ``--threads``, joining a ``torchrun``
 group, progress lines through :mod:`logging` on the main rank only (the CLI shows them
 on stderr), and the summary on stdout.
 

@@ -1012,9 +1012,11 @@ def _tensor(draw: st.DrawFn) -> torch.Tensor:
            st.sampled_from(["lac.lacs.pix.gamma", "lac.lacs.pix.beta", "lac.lacs.s1.gamma",
                             "extra.vanilla.gain", "extra.vanilla.offset", "lac.extra"]),
            _tensor(), max_size=2),
+       drop_tensors=st.lists(st.sampled_from(["lac.lacs.pix.gamma", "extra.vanilla.offset"]),
+                             max_size=1),
        keep_format=st.booleans())
 def test_fuzz_lac_checkpoint_fields(tmp_path_factory, meta_edits, drop_meta, tensor_edits,
-                                    keep_format):
+                                    drop_tensors, keep_format):
     """Shapes, dtypes, non-finite values and metadata types of a LAC checkpoint: every
     variant loads to finite LACs or is refused with an AdjinvError, never an internal error."""
     from safetensors import safe_open
@@ -1035,6 +1037,8 @@ def test_fuzz_lac_checkpoint_fields(tmp_path_factory, meta_edits, drop_meta, ten
     if keep_format:
         meta["format"] = "adjinv-lac/1"
     tensors.update(tensor_edits)
+    for k in drop_tensors:
+        tensors.pop(k, None)
     save_file(tensors, str(ck), metadata={"adjinv": json.dumps(meta)})
     try:
         loaded = load_lacs(enc, ck, allow_other_weights=True)
@@ -1083,3 +1087,14 @@ def test_api_misuse_is_an_adjinv_error(case, monkeypatch, tmp_path):
         _api_cases()[case](inv)
     assert type(e.value) is AdjinvError
     assert not (tmp_path / "never.png").exists()
+
+
+def test_half_a_vanilla_map_is_refused(tmp_path, tiny_enc):
+    """A checkpoint with a vanilla gain but no offset: an AdjinvError, not a KeyError."""
+    from adjinv.lacs.bundled import load_lacs
+    from adjinv.lacs.checkpoint import save_checkpoint
+
+    ck = save_checkpoint(tmp_path / "c.safetensors", random_lacs(tiny_enc), tiny_enc,
+                         extras={"vanilla.gain": torch.ones(3)})
+    with pytest.raises(AdjinvError, match="only one of"):
+        load_lacs(tiny_enc, ck)

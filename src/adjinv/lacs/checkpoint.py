@@ -137,9 +137,9 @@ def _check_meta(meta: dict, tensors: dict[str, torch.Tensor], path: str | os.Pat
             raise AdjinvError(f"{where}: tensor {k!r} has dtype {v.dtype}, not floating "
                               f"point; {fix}")
     for k in ("extra.vanilla.gain", "extra.vanilla.offset"):
-        if (k in used) != ("extra.vanilla.gain" in used) or (k in used and used[k].shape != (3,)):
-            raise AdjinvError(f"{where}: the vanilla map needs 'vanilla.gain' and "
-                              f"'vanilla.offset' of shape (3,); {fix}")
+        if k in used and used[k].shape != (3,):
+            raise AdjinvError(f"{where}: {k!r} has shape {tuple(used[k].shape)}, not (3,) (one "
+                              f"value per RGB channel); {fix}")
     check_finite(used.items(), where, fix)
     return bounds
 

@@ -229,6 +229,9 @@ def encoder_from_module(
     The modules are shared, not copied; the model's train/eval mode and
     ``requires_grad`` flags are restored after every adjinv call.
     """
+    if not isinstance(model, nn.Module):
+        raise AdjinvError(f"encoder_from_module takes a torch nn.Module, got "
+                          f"{type(model).__name__}; for a registry name use load_encoder(name)")
     with eval_mode(model):
         probe = torch.randn(1, 3, probe_size, probe_size, generator=torch.Generator().manual_seed(0))
         probe = to_module(probe, model)

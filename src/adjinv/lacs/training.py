@@ -381,9 +381,19 @@ def validate(inverter: AdjointInverter, x: torch.Tensor, config: TrainConfig) ->
                         contrast_margin=config.contrast_margin, backward=False)
 
 
+def run_stem(checkpoint: str | os.PathLike) -> str:
+    """The name a run's log, plot and kept steps share: the checkpoint's file name less
+    ``.lac.safetensors`` / ``.safetensors`` (else its last suffix), so that ``run.a`` and
+    ``run.b`` keep apart (``lite0.lac.safetensors`` still gives ``lite0``)."""
+    name = Path(checkpoint).name
+    for suffix in (".lac.safetensors", ".safetensors"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem or name
+
+
 def _step_dir(checkpoint: str | os.PathLike) -> Path:
-    p = Path(checkpoint)
-    return p.with_name(p.name.split(".")[0] + ".steps")
+    return Path(checkpoint).with_name(run_stem(checkpoint) + ".steps")
 
 
 def kept_checkpoints(checkpoint: str | os.PathLike) -> list[Path]:
@@ -395,7 +405,7 @@ def kept_checkpoints(checkpoint: str | os.PathLike) -> list[Path]:
 def write_log(path: str | os.PathLike, history: list[dict]) -> tuple[Path, Path]:
     """The training history as ``<stem>.log.json`` and ``<stem>.log.csv`` beside ``path``."""
     p = Path(path)
-    stem = p.name.split(".")[0]
+    stem = run_stem(p)
     js = atomic_write_json(p.with_name(stem + ".log.json"), history)
     keys: list[str] = []
     for row in history:
@@ -434,7 +444,7 @@ def plot_history(path: str | os.PathLike, history: list[dict]) -> Path:
     p = Path(path)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    return atomic_write_bytes(p.with_name(p.name.split(".")[0] + ".loss.png"), buf.getvalue())
+    return atomic_write_bytes(p.with_name(run_stem(p) + ".loss.png"), buf.getvalue())
 
 
 def train_lacs(

@@ -328,3 +328,22 @@ def test_sampled_xhat_config_is_checked_and_resumes(tiny_enc, tmp_path):
     assert la == lb
     for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=n)
+
+
+def test_resume_may_change_how_often_validation_runs(tiny_enc, tmp_path):
+    """validate_every and patience pick the checkpoint, not the trajectory: a resumed run may
+    change them, and the steps stay those of an uninterrupted run."""
+    val = _imgs(1)
+    cfg = TrainConfig(steps=4, size=32, checkpoint_every=2, validate_every=1, lr=0.05)
+    a, _, la = train_lacs(tiny_enc, _imgs(2), cfg, checkpoint=tmp_path / "a.lac.safetensors",
+                          validation=val)
+    cfg.steps = 2
+    train_lacs(tiny_enc, _imgs(2), cfg, checkpoint=tmp_path / "b.lac.safetensors", validation=val)
+    cfg.steps, cfg.validate_every, cfg.patience = 4, 2, 3
+    _, _, lb = train_lacs(tiny_enc, _imgs(2), cfg, checkpoint=tmp_path / "b.lac.safetensors",
+                          resume=True, validation=val)
+    assert la == lb
+    cfg.lr = 0.01
+    with pytest.raises(AdjinvError, match="differs in lr"):
+        train_lacs(tiny_enc, _imgs(2), cfg, checkpoint=tmp_path / "b.lac.safetensors",
+                   resume=True, validation=val)

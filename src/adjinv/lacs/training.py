@@ -67,10 +67,12 @@ log = logging.getLogger(__name__)
 OBJECTIVES = ("paper", "pixbias", "contrastive", "reference", "multipath")
 SCHEDULES = ("cosine", "constant")
 XHAT_MODES = ("exact", "sampled")
-# the config fields a resumed run must share with the saved one
+# the config fields a resumed run must share with the saved one: those that shape the
+# trajectory of γ/β. How often validation runs and how many checks early stopping waits
+# (validate_every, patience) may change on resume: they pick the checkpoint, not the steps.
 _RESUME_KEYS = ("lr", "size", "batch_size", "seed", "channel_fraction", "min_crop", "objective",
                 "contrast_weight", "contrast_margin", "schedule", "min_lr_ratio", "images",
-                "validate_every", "patience", "xhat", "top")
+                "xhat", "top")
 
 
 @dataclass

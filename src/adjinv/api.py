@@ -23,6 +23,7 @@ from torch import nn
 
 from .core.inverter import AdjointInverter, Inversion, Progress
 from .core.lac import LACBank
+from .core.stagedict import stage_index
 from .encoders.auto import encoder_from_module
 from .encoders.registry import load_encoder
 from .encoders.staged import StagedEncoder
@@ -30,6 +31,7 @@ from .errors import AdjinvError
 from .lacs.bundled import IDENTITY_SOURCE, LoadedLACs, load_lacs
 from .methods.class_directional import MODES, class_directional_weights
 from .methods.readout import Readout, ReadoutInversion, invert_readout
+from .methods.resolve import Target, class_target
 from .state import to_module
 
 logger = logging.getLogger(__name__)
@@ -93,11 +95,12 @@ class Inverter(nn.Module):
         return self.inverter.prepare(x)
 
     def to_display(self, x: torch.Tensor) -> torch.Tensor:
-        """A reconstruction in encoder space → image in [0, 1] (de-normalised, clipped)."""
+        """A tensor in encoder space → image in [0, 1] (de-normalised, clipped): right for
+        inputs; for reconstructions, whose contrast is small, use ``res.image(stage)``."""
         return self.encoder.to_display(x)
 
     # ------------------------------------------------------------------ inversion
-    def forward(self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
+    def forward(self, x: torch.Tensor, target: Target = None, *,
                 stages: Sequence[int | str] | None = None, top_k: int = 0,
                 mode: str = "contribution", progress: Progress | None = None,
                 mass: float | None = None, max_channels: int | None = None) -> Inversion:
@@ -105,7 +108,7 @@ class Inverter(nn.Module):
         return self.invert(x, target=target, stages=stages, top_k=top_k, mode=mode,
                            progress=progress, mass=mass, max_channels=max_channels)
 
-    def invert(self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
+    def invert(self, x: torch.Tensor, target: Target = None, *,
                stages: Sequence[int | str] | None = None, top_k: int = 0,
                mode: str = "contribution", progress: Progress | None = None,
                mass: float | None = None, max_channels: int | None = None) -> Inversion:
@@ -115,10 +118,11 @@ class Inverter(nn.Module):
         Args:
             x: images (B, 3, H, W) or (3, H, W); in [0, 1] if the inverter was built with
                 ``normalize=True``, else in the encoder's input space.
-            target: class ``k`` (an int, or one per image as a (B,) tensor); ``None`` skips
+            target: class ``k`` (an int, a class name such as ``"kite"``, or one per image);
+                ``None`` skips
                 the class-directional synthesis. It shares the deepest stage's pass.
-            stages: stages to reconstruct, by index (negative counts from the deepest) or
-                name; default all.
+            stages: stages to reconstruct, by index (negative counts from the deepest), by
+                name or by the model's module path (``"layer4"``); default all.
             top_k: also keep the ``top_k`` per-channel inversions ``φ_{l,c}`` with the
                 largest simplex weight (Eq. 2) at each stage.
             mode: the class direction ``α`` (``"contribution"``: ``W_{k,c} g_c``, the
@@ -130,11 +134,13 @@ class Inverter(nn.Module):
             max_channels: anytime inversion: at most this many channels per stage.
 
         Returns:
-            An :class:`Inversion`; ``res.x_hat[-1]`` is the deepest reconstruction, and with
+            An :class:`Inversion`; ``res.x_hat[-1]`` is the deepest reconstruction (encoder
+            space), ``res.image(-1)`` the same as a displayable image in [0, 1], and with
             ``target`` ``res.extra["class"]``, ``["class+"]``, ``["class-"]`` hold ``x̂^(k)``,
             ``x̂^(k)_+``, ``x̂^(k)_-`` and ``res.extra_weights["class"]`` holds ``α``.
         """
         xs = self.prepare(x)
+        target = class_target(target, self.encoder)
         want = None if stages is None else [self._stage(s) for s in stages]
         if mode not in MODES:
             raise AdjinvError(f"mode must be one of {MODES}, got {mode!r}")
@@ -172,10 +178,11 @@ class Inverter(nn.Module):
 
     def _stage(self, stage: int | str) -> int:
         if isinstance(stage, str):
-            names = [i.name for i in self.encoder.infos]
-            if stage not in names:
-                raise AdjinvError(f"no stage named {stage!r}; the stages are {names}")
-            return names.index(stage)
+            try:
+                return stage_index(stage, [i.name for i in self.encoder.infos],
+                                   self.encoder.stage_aliases)
+            except KeyError as e:
+                raise AdjinvError(e.args[0]) from None
         n = self.encoder.num_stages
         s = int(stage) + n if int(stage) < 0 else int(stage)
         if not 0 <= s < n:

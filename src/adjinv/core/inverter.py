@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -22,6 +22,7 @@ from .anytime import (
     select_channels,
 )
 from .cascade import AdjointCascade, Linearization, auto_chunk, channel_seeds, chunked
+from .display import centred_display
 from .lac import LACBank
 from .simplex import simplex_measure
 from .stagedict import StageDict
@@ -33,7 +34,7 @@ ChunkFn = Callable[[dict[str, torch.Tensor], torch.Tensor], None]
 R = TypeVar("R")
 
 
-@dataclass
+@dataclass(repr=False)
 class Inversion:
     """Everything one :meth:`AdjointInverter.invert` call computed (tensors in encoder space).
 
@@ -44,14 +45,21 @@ class Inversion:
     ``omitted_mass[l]`` (B,): simplex weight of the live channels left out by an anytime
     call (``mass``/``max_channels``; 0 otherwise), ``error_bound_abs[l]`` and
     ``error_bound[l]`` (B,): proven bounds on ``‖x̂_l − x̂_l^full‖`` and on that divided by
-    ``‖x̂_l^full‖`` (:mod:`adjinv.core.anytime`); the same keyed by name for ``extra``;
-    the per-stage fields are :class:`StageDict` s: ``x_hat[-1]`` is the deepest stage and
-    ``x_hat["stem"]`` looks a stage up by name (``stage_names``).
+    ``‖x̂_l^full‖`` (:mod:`adjinv.core.anytime`); the same keyed by name for ``extra``.
+
+    Every per-stage field is a :class:`~adjinv.core.stagedict.StageDict`: ``x_hat[-1]`` is
+    the deepest stage, ``x_hat["stem"]`` looks a stage up by name (``stage_names``) and
+    ``x_hat["layer4"]`` by the model's own module path (``stage_aliases``).
+
+    To look at a result, :meth:`image` maps any reconstruction to a displayable image
+    through the one display mapping the HTML report uses
+    (:func:`~adjinv.core.display.centred_display`), and :meth:`to_input` takes it back
+    to the input space of the images (de-normalised with the encoder's mean/std).
     """
 
     x: torch.Tensor
     logits: torch.Tensor
-    x_hat: dict[int, torch.Tensor] = field(default_factory=dict)
+    x_hat: dict[Any, torch.Tensor] = field(default_factory=dict)
     weights: dict[int, torch.Tensor] = field(default_factory=dict)
     channels: dict[int, torch.Tensor] = field(default_factory=dict)
     phi: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -61,10 +69,58 @@ class Inversion:
     error_bound_abs: dict[int | str, torch.Tensor] = field(default_factory=dict)
     error_bound: dict[int | str, torch.Tensor] = field(default_factory=dict)
     stage_names: tuple[str, ...] = ()
+    stage_aliases: tuple[tuple[str, ...], ...] = ()
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
         for f in ("x_hat", "weights", "channels", "phi"):
-            setattr(self, f, StageDict(getattr(self, f), self.stage_names))
+            setattr(self, f, StageDict(getattr(self, f), self.stage_names, self.stage_aliases))
+        for f in ("omitted_mass", "error_bound_abs", "error_bound"):
+            setattr(self, f, StageDict(getattr(self, f), self.stage_names, self.stage_aliases,
+                                       extras=True))
+
+    def _get(self, key: int | str) -> torch.Tensor:
+        if isinstance(key, str) and key in self.extra:
+            return self.extra[key]
+        try:
+            return self.x_hat[key]
+        except KeyError as e:
+            have = [*(self.stage_names[k] for k in self.x_hat if k < len(self.stage_names)),
+                    *self.extra]
+            raise AdjinvError(f"{e.args[0]}; this result holds {have} (pass stages=… or "
+                              "target=… to invert() for the others)") from None
+
+    def to_input(self, key: int | str = -1) -> torch.Tensor:
+        """Reconstruction ``key`` (a stage as in ``x_hat``, or an ``extra`` name such as
+        ``"class"``) in the images' own input space: ``x̂ · std + mean`` with the encoder's
+        normalisation, not clipped (B, 3, H, W)."""
+        x = self._get(key)
+        m = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        s = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return x * s + m
+
+    def image(self, key: int | str = -1) -> torch.Tensor:
+        """Reconstruction ``key`` as a displayable image (B, 3, H, W) in [0, 1], through the
+        one display mapping of the HTML report (docs/method.md §4):
+        :func:`~adjinv.core.display.centred_display` of :meth:`to_input` — each RGB channel
+        centred, then the 1–99 % quantiles stretched to [0, 1]. It shows structure at any
+        scale; how much it resembles the photo is what the controls measure."""
+        return centred_display(self.to_input(key))
+
+    def __repr__(self) -> str:
+        shape = "×".join(str(d) for d in self.x.shape)
+        stages = [self.stage_names[k] if k < len(self.stage_names) else str(k) for k in self.x_hat]
+        parts = [f"x: {shape}", f"x_hat: {stages}"]
+        if self.phi:
+            parts.append(f"phi: top-{next(iter(self.phi.values())).shape[1]}")
+        if self.extra:
+            parts.append(f"extra: {list(self.extra)}")
+        om = [float(v.max()) for v in self.omitted_mass.values()]
+        if om and max(om) > 0:
+            eb = max(float(v.max()) for v in self.error_bound.values())
+            parts.append(f"anytime: omitted mass ≤ {max(om):.3g}, relative error ≤ {eb:.3g}")
+        return f"Inversion({', '.join(parts)})"
 
 
 def reference_input(x: torch.Tensor) -> torch.Tensor:
@@ -302,7 +358,7 @@ class AdjointInverter:
             for st in self.encoder.stages[upto + 1:]:  # finish the forward, don't redo it
                 a = st(a)
             logits = self.encoder.head(a)
-            res = Inversion(x=x, logits=logits, stage_names=tuple(i.name for i in self.encoder.infos))
+            res = self.new_result(x, logits)
             extra = extra_weights(acts, logits) if extra_weights is not None else {}
             res.extra_weights = extra
             todo = sorted(set(want) | ({last} if extra else set()))
@@ -334,6 +390,14 @@ class AdjointInverter:
                 if keep is not None and kept is not None:
                     res.channels[s], res.phi[s] = keep, kept
         return res
+
+    def new_result(self, x: torch.Tensor, logits: torch.Tensor) -> Inversion:
+        """An empty :class:`Inversion` for ``x`` that knows this encoder's stage names,
+        module paths and normalisation."""
+        enc = self.encoder
+        return Inversion(x=x, logits=logits, stage_names=tuple(i.name for i in enc.infos),
+                         stage_aliases=tuple(enc.stage_aliases),
+                         mean=tuple(float(v) for v in enc.mean), std=tuple(float(v) for v in enc.std))
 
     def _bound(self, res: Inversion, key: int | str, x_k: torch.Tensor, w: torch.Tensor,
                chosen: torch.Tensor, radius: float) -> torch.Tensor:

@@ -184,6 +184,9 @@ class StagedEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self.infos = self._probe(names, probe_size)
         self.split_method = "given"  # how encoder_from_module found the stages, if it did
+        # per stage, the module paths of the wrapped model whose output is the stage's
+        # output (set by encoder_from_module); stage lookups accept them as names
+        self.stage_aliases: list[tuple[str, ...]] = [() for _ in names]
         self._hash: tuple[tuple, str] | None = None
 
     # ------------------------------------------------------------------ layout

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ..core.inverter import AdjointInverter
 from ..core.simplex import simplex_measure
 from ..encoders.staged import LinearHead, StagedEncoder
 from ..errors import AdjinvError
+from .resolve import Target, class_target, resolve
 
 MODES = ("contribution", "weight", "weight*simplex")
 
@@ -87,10 +88,26 @@ class ClassDirectional:
     alpha: torch.Tensor
 
 
-def class_directional_inversion(inverter: AdjointInverter, x: torch.Tensor,
-                                target: int | torch.Tensor | None = None,
+def class_directional_inversion(inverter: Any, x: torch.Tensor, target: Target = None,
                                 mode: str = "contribution") -> ClassDirectional:
-    """Eq. 12 for class ``target`` (default: top-1 prediction of each image)."""
+    """Eq. 12 for class ``target`` (docs/method.md §6).
+
+    Args:
+        inverter: ``adjinv.Inverter(model, …)`` (then ``x`` as it takes images), an
+            :class:`AdjointInverter`, a :class:`StagedEncoder` or a CNN ``nn.Module``
+            (:func:`adjinv.methods.resolve.resolve`).
+        x: images (B, 3, H, W).
+        target: a class index, a class name (``"kite"``), one per image, or ``None`` for
+            each image's top-1 prediction.
+        mode: the class direction ``α`` ([choice] of docs/method.md §6).
+
+    Returns:
+        ``x̂^(k)``, its hemispheres and ``α``, in the encoder's input space.
+    """
+    r = resolve(inverter)
+    inverter = r.inverter
+    x = r.prepare(x)
+    target = class_target(target, inverter.encoder)
     chosen: dict[str, torch.Tensor] = {}
 
     def weights(acts: list[torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -41,12 +41,15 @@ from ..core.inverter import AdjointInverter
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from .class_directional import ClassDirectional, class_directional_weights
+from .resolve import Target, class_target, resolve
 
 
 @torch.no_grad()
-def seed_zero(inverter: AdjointInverter, x: torch.Tensor, stage: int = -1) -> torch.Tensor:
-    """``Ψ_stage(0)`` for each image (B, 3, H, W): control 1 (see the module docstring)."""
-    return inverter.seed_zero_control(x, stage)
+def seed_zero(inverter: Any, x: torch.Tensor, stage: int = -1) -> torch.Tensor:
+    """``Ψ_stage(0)`` for each image (B, 3, H, W): control 1 (see the module docstring).
+    ``inverter``: anything :func:`adjinv.methods.resolve.resolve` takes."""
+    r = resolve(inverter)
+    return r.inverter.seed_zero_control(r.prepare(x), stage)
 
 
 def _check_pair(x: torch.Tensor, source: torch.Tensor) -> None:
@@ -55,21 +58,27 @@ def _check_pair(x: torch.Tensor, source: torch.Tensor) -> None:
                           f"{tuple(x.shape)} and {tuple(source.shape)}: resize both to one size")
 
 
+def _resolve_pair(model: Any, x: torch.Tensor, source: torch.Tensor
+                  ) -> tuple[AdjointInverter, torch.Tensor, torch.Tensor]:
+    r = resolve(model)
+    x, source = r.inverter.prepare(r.prepare(x)), r.inverter.prepare(r.prepare(source))
+    _check_pair(x, source)
+    return r.inverter, x, source
+
+
 @torch.no_grad()
-def swapped_class_directional(inverter: AdjointInverter, x: torch.Tensor, source: torch.Tensor,
-                              target: int | torch.Tensor, mode: str = "contribution"
-                              ) -> ClassDirectional:
+def swapped_class_directional(inverter: Any, x: torch.Tensor, source: torch.Tensor,
+                              target: Target, mode: str = "contribution") -> ClassDirectional:
     """Eq. 12 for class ``target`` with the seeds ``E_c ⊙ A_L(source)`` *and* the
     weights ``α`` of ``source`` (its GAP features), pulled back through the Jacobians
     of ``x``: control 2. [choice] The weights follow the seeds, so the only thing taken
     from ``x`` is its linearisation; the class index is the caller's (normally ``x``'s
-    own top-1 class)."""
-    x = inverter.prepare(x)
-    source = inverter.prepare(source)
-    _check_pair(x, source)
+    own top-1 class, or its name). ``inverter``: anything
+    :func:`adjinv.methods.resolve.resolve` takes."""
+    inverter, x, source = _resolve_pair(inverter, x, source)
     enc = inverter.encoder
     last = enc.num_stages - 1
-    k = torch.as_tensor(target, device=x.device).long().expand(x.shape[0])
+    k = torch.as_tensor(class_target(target, enc), device=x.device).long().expand(x.shape[0])
     with enc.frozen():
         lin = inverter.linearize(x, last)[0]
         a_src = enc.forward_stages(source)[-1]
@@ -79,13 +88,12 @@ def swapped_class_directional(inverter: AdjointInverter, x: torch.Tensor, source
 
 
 @torch.no_grad()
-def swapped_channel_inversions(inverter: AdjointInverter, x: torch.Tensor, source: torch.Tensor,
+def swapped_channel_inversions(inverter: Any, x: torch.Tensor, source: torch.Tensor,
                                channels: torch.Tensor, stage: int = -1) -> torch.Tensor:
     """``Ψ_stage^{(x)}(E_c ⊙ A_stage(source))`` for the channels (B, K) or (K,): the
-    per-channel inversions of control 2, (B, K, 3, H, W)."""
-    x = inverter.prepare(x)
-    source = inverter.prepare(source)
-    _check_pair(x, source)
+    per-channel inversions of control 2, (B, K, 3, H, W). ``inverter``: anything
+    :func:`adjinv.methods.resolve.resolve` takes."""
+    inverter, x, source = _resolve_pair(inverter, x, source)
     s = inverter.stage_index(stage)
     keep = torch.as_tensor(channels, device=x.device, dtype=torch.long)
     if keep.dim() == 1:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -31,6 +31,7 @@ from ..core.simplex import simplex_measure
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..state import frozen
+from .resolve import resolve
 
 Readout = Callable[[torch.Tensor], torch.Tensor]
 
@@ -186,7 +187,7 @@ def readout_seed(readout: Readout, a_last: torch.Tensor, name: str = "readout"
 
 # ----------------------------------------------------------------------------- public API
 @torch.no_grad()
-def invert_readouts(encoder: StagedEncoder | AdjointInverter, lacs: LACBank | None,
+def invert_readouts(encoder: StagedEncoder | AdjointInverter | nn.Module, lacs: LACBank | None,
                     images: torch.Tensor, readouts: Mapping[str, Readout], *, split: bool = False,
                     top_k: int = 0, chunk_size: int | None = None,
                     memory_budget: int | None = None) -> dict[str, ReadoutInversion]:
@@ -194,23 +195,26 @@ def invert_readouts(encoder: StagedEncoder | AdjointInverter, lacs: LACBank | No
     forward linearisation; the seeds go through the cascade together, chunked to the
     memory budget. Returns ``{name: ReadoutInversion}`` in the order given.
 
-    ``encoder`` may be an :class:`AdjointInverter`: its LACs, precision, engine and chunking
-    are used as they are (then ``lacs``, ``chunk_size`` and ``memory_budget`` must be
-    ``None``)."""
+    ``encoder`` may be ``adjinv.Inverter(model, …)`` (then ``images`` as it takes them) or
+    an :class:`AdjointInverter`: its LACs, precision, engine and chunking are used as they
+    are (then ``lacs``, ``chunk_size`` and ``memory_budget`` must be ``None``); or a plain
+    CNN ``nn.Module`` (:func:`adjinv.methods.resolve.resolve`)."""
     if not readouts:
         raise AdjinvError("no readouts given; pass at least one scalar function of A_L")
     if top_k < 0:
         raise AdjinvError(f"top_k must be >= 0, got {top_k}")
-    if isinstance(encoder, AdjointInverter):
+    if isinstance(encoder, StagedEncoder):
+        inverter = AdjointInverter(encoder, lacs, chunk_size=chunk_size,
+                                   memory_budget=memory_budget)
+        prepare: Callable[[torch.Tensor], torch.Tensor] = inverter.prepare
+    else:
         if lacs is not None or chunk_size is not None or memory_budget is not None:
             raise AdjinvError("pass the LACs and chunking through the inverter, not beside it "
                               "(lacs, chunk_size and memory_budget must be None)")
-        inverter = encoder
+        resolved = resolve(encoder)
+        inverter, prepare = resolved.inverter, resolved.prepare
         encoder = inverter.encoder
-    else:
-        inverter = AdjointInverter(encoder, lacs, chunk_size=chunk_size,
-                                   memory_budget=memory_budget)
-    x = inverter.prepare(images)
+    x = inverter.prepare(prepare(images))
     last = encoder.num_stages - 1
     out: dict[str, ReadoutInversion] = {}
     # no gradient can reach the trained LACs; their flags are restored on exit
@@ -246,14 +250,16 @@ def invert_readouts(encoder: StagedEncoder | AdjointInverter, lacs: LACBank | No
     return out
 
 
-def invert_readout(encoder: StagedEncoder | AdjointInverter, lacs: LACBank | None,
-                   images: torch.Tensor, readout: Readout, *, split: bool = False, top_k: int = 0,
+def invert_readout(encoder: StagedEncoder | AdjointInverter | nn.Module,
+                   lacs: LACBank | torch.Tensor | None, images: torch.Tensor | Readout,
+                   readout: Readout | None = None, *, split: bool = False, top_k: int = 0,
                    chunk_size: int | None = None,
                    memory_budget: int | None = None) -> ReadoutInversion:
     """Visualise any scalar readout ``s`` of the deepest feature map (Sec. 3.5, docs/method.md §12).
 
-    ``encoder``: the encoder, or an :class:`AdjointInverter` whose LACs, precision and
-    engine are used (``lacs`` then ``None``);
+    ``encoder``: the encoder; or ``adjinv.Inverter(model, …)``, an :class:`AdjointInverter`
+    or a CNN ``nn.Module``, whose LACs, precision and engine are used (``lacs`` then
+    ``None``, or left out: ``invert_readout(inv, images, readout)``);
     ``images``: a normalised batch (B, 3, H, W) (validated by ``check_input``);
     ``lacs``: the trained LACs (``None``: identity LACs), never modified — no gradient
     reaches them and their ``requires_grad`` flags are restored. ``readout`` maps
@@ -270,5 +276,10 @@ def invert_readout(encoder: StagedEncoder | AdjointInverter, lacs: LACBank | Non
 
     Raises :class:`AdjinvError` if the readout ignores the features (zero seed).
     """
+    if isinstance(lacs, torch.Tensor):  # invert_readout(inv, images, readout)
+        lacs, images, readout = None, lacs, cast(Readout, images)  # type: ignore[assignment]
+    if readout is None or not isinstance(images, torch.Tensor):
+        raise AdjinvError("call invert_readout(inverter, images, readout) or "
+                          "invert_readout(encoder, lacs, images, readout)")
     return invert_readouts(encoder, lacs, images, {"readout": readout}, split=split, top_k=top_k,
                            chunk_size=chunk_size, memory_budget=memory_budget)["readout"]

@@ -23,7 +23,7 @@ from ..methods.class_directional import class_directional_weights
 from ..metrics.likeness import affine_fit, pearson_rgb
 from ..metrics.reconstruction import psnr, ssim
 from ..state import module_device
-from .display import robust_minmax
+from .display import centred_display, robust_minmax
 from .html import figure, page, table
 
 Progress = Callable[[str, int, int], None]
@@ -148,10 +148,7 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
         for key, label in COMPARISON:
             if key in panels:
                 fn = f"compare_{key}.png"
-                centred = panels[key] - panels[key].mean(dim=(-2, -1), keepdim=True)
-                if float(centred.abs().max()) <= 1e-5 * float(panels[key].abs().max()):
-                    centred = torch.zeros_like(centred)  # constant up to rounding: plain grey
-                save_png(out / fn, robust_minmax(centred))
+                save_png(out / fn, centred_display(panels[key]))
                 comparison.append({"key": key, "label": label, "file": fn,
                                    **_likeness(panels[key], img)})
         summary = {

@@ -31,7 +31,7 @@ from ..._optional import require
 from ...core.inverter import AdjointInverter
 from ...encoders.staged import StagedEncoder
 from ...errors import AdjinvError
-from ...methods.class_directional import class_directional_inversion
+from ...methods.saliency import AdjointSaliency as LibraryAdjointSaliency
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam")
 CAM_LIBRARY = "grad-cam==1.5.7 (pytorch-grad-cam)"
@@ -53,20 +53,22 @@ def _targets(logits: torch.Tensor, target: int | torch.Tensor | None) -> torch.T
 
 
 class AdjointSaliency:
-    """``Σ_rgb |x̂^(k)|`` of the class-directional inversion (Eq. 12, docs/method.md §6/§11).
+    """``Σ_rgb |x̂^(k)|`` of the class-directional inversion (Eq. 12, docs/method.md §6/§11):
+    the library's :class:`adjinv.methods.saliency.AdjointSaliency` in this harness's
+    (B, H, W) call shape.
 
     ``mode`` is the [choice] of α of docs/method.md §6 (default the logit contribution ``W_{k,c} g_c``)."""
 
     def __init__(self, inverter: AdjointInverter, mode: str = "contribution") -> None:
+        self.method = LibraryAdjointSaliency(inverter, mode)
         self.inverter = inverter
         self.mode = mode
         self.name = "ours"
-        self.postprocess = "sum over RGB of |x̂^(k)| (raw magnitude, no normalisation)"
+        self.postprocess = self.method.postprocess
 
     def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
         """Saliency (B, H, W) for class ``target`` (default top-1)."""
-        cd = class_directional_inversion(self.inverter, x, target, self.mode)
-        return cd.x_class.abs().sum(1)
+        return self.method.saliency(x, target)
 
 
 class CentredAdjointSaliency(AdjointSaliency):
@@ -80,8 +82,8 @@ class CentredAdjointSaliency(AdjointSaliency):
 
     def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
         """Saliency (B, H, W) for class ``target`` (default top-1)."""
-        cd = class_directional_inversion(self.inverter, x, target, self.mode)
-        xc = cd.x_class
+        xc = self.method.attribute(x, target, abs=False)
+        assert isinstance(xc, torch.Tensor)
         return (xc - xc.mean(dim=(-2, -1), keepdim=True)).abs().sum(1)
 
 

@@ -164,3 +164,12 @@ def test_timm_model_keeps_its_own_normalisation():
     inv = adjinv.Inverter(model, lacs="identity", normalize=True, encoder_kw={"probe_size": 64})
     assert inv.encoder.mean.tolist() == [0.5] * 3
     assert "layer4" in inv.encoder.stage_aliases[-1]
+
+
+def test_report_takes_the_inverter(inv, tmp_path):
+    from adjinv.viz.report import ReportConfig, write_report
+
+    imgs = {"a": smooth_image(32, seed=1)[0], "b": smooth_image(32, seed=2)[0]}
+    index = write_report(inv, imgs, tmp_path, ReportConfig(size=32, top_k=2))
+    assert index == tmp_path / "index.html" and "x̂_L" in index.read_text()
+    assert (tmp_path / "a" / "summary.json").is_file() and (tmp_path / "b" / "compare_swapped.png").is_file()

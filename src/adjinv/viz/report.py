@@ -6,9 +6,10 @@ import html
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,10 +17,11 @@ from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
 from ..encoders.staged import StagedEncoder
-from ..fileio import atomic_write_json, atomic_write_text, publish_dir, save_png, staging_dir
+from ..fileio import atomic_write_json, atomic_write_text, inside, publish_dir, save_png, staging_dir
 from ..images.files import resize_center_crop
 from ..lacs.vanilla import VanillaMap
 from ..methods.class_directional import class_directional_weights
+from ..methods.resolve import resolve
 from ..metrics.likeness import affine_fit, pearson_rgb
 from ..metrics.reconstruction import psnr, ssim
 from ..state import module_device
@@ -239,3 +241,37 @@ def write_index(out: Path, summaries: list[dict], title: str, intro: str = "") -
             "reconstruction score beside it (docs/method.md §14).</p>")
     sections = [image_section(s, s["image"]) for s in summaries]
     return atomic_write_text(out / "index.html", page(title, [overview, *sections], intro + note))
+
+
+def write_report(model: Any, images: Mapping[str, torch.Tensor], out: str | Path,
+                 cfg: ReportConfig | None = None, *, partners: int = 2,
+                 title: str = "adjinv report") -> Path:
+    """The HTML report of ``adjinv invert`` from Python: per image x̂_L beside its controls
+    through one display mapping (the one of ``Inversion.image``), the spectrum, the top
+    channels and ``x̂^(k)`` (docs/method.md §4, §6, §14).
+
+    Args:
+        model: ``adjinv.Inverter(model, …)`` (its LACs and vanilla map are used), an
+            :class:`AdjointInverter`, a :class:`StagedEncoder` or a CNN ``nn.Module``
+            (:func:`adjinv.methods.resolve.resolve`).
+        images: ``{name: image (3, H, W) in [0, 1]}``, whatever the model's ``normalize``;
+            each is resized and centre-cropped to ``cfg.size``.
+        out: the folder; one sub-folder per image and ``index.html`` are written in it.
+        cfg: what to compute per image (default :class:`ReportConfig`).
+        partners: other images' features pulled back through each image's Jacobians (the
+            swapped-seed control), at most ``len(images) - 1``.
+        title: the page's title.
+
+    Returns:
+        The path of ``index.html``.
+    """
+    inv = resolve(model).inverter
+    cfg = cfg or ReportConfig()
+    names = list(images)
+    k = min(partners, len(names) - 1)
+    acts = {n: deepest_acts(inv.encoder, images[n], cfg.size) for n in names} if k > 0 else {}
+    summaries = [invert_one(inv.encoder, inv.lacs, getattr(model, "vanilla_map", None), n,
+                            images[n], inside(out, n), cfg,
+                            partners=[acts[names[(i + j) % len(names)]] for j in range(1, k + 1)])
+                 for i, n in enumerate(names)]
+    return write_index(Path(out), summaries, title)

@@ -1,14 +1,16 @@
 """adjinv beside Captum and Quantus (docs/ecosystem.md): Captum's call shape, and Quantus's
 randomisation and faithfulness metrics run on adjinv's attributions and on Saliency's.
 
-Needs captum and quantus (the ``[test]`` extra). Skips where they are missing, except in
+Needs captum, quantus and torchcam (the ``[test]`` extra). Skips where they are missing, except in
 CI (``CI`` set), where a missing one fails.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,3 +87,20 @@ def test_quantus_randomisation_and_faithfulness_on_adjinv_and_saliency():
         assert len(scores) > 1 and all(np.isfinite(np.asarray(v, dtype=float)).all()
                                        for v in scores.values())
         assert len(corr) == 4 and np.isfinite(np.asarray(corr, dtype=float)).all()
+
+
+def test_ecosystem_page_runs():
+    """docs/ecosystem.md's block: adjinv, Captum, Quantus and torch-cam on one model."""
+    for name in ("captum", "quantus", "torchcam"):
+        _need(name)
+    page = Path(__file__).resolve().parents[1] / "docs" / "ecosystem.md"
+    block = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)[0]
+    ns: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exec(compile(block, "docs/ecosystem.md", "exec"), ns)
+    assert ns["ours"].shape == ns["theirs"].shape == ns["x"].shape
+    assert bool(torch.isfinite(ns["sens"]).all())
+    assert all(np.isfinite(np.asarray(v, dtype=float)).all() for v in ns["scores"].values())
+    assert ns["cams"].shape == (2, 2, 2)
+    assert float(ns["x_hat_layer4"].min()) >= 0 and float(ns["x_hat_layer4"].max()) <= 1

@@ -22,7 +22,7 @@ def robust_minmax(img: torch.Tensor, q: float = 0.01) -> torch.Tensor:
 def centred_display(img: torch.Tensor, q: float = 0.01) -> torch.Tensor:
     """The shared display mapping of a reconstruction: each RGB channel centred on its
     spatial mean, then the image's ``q`` … ``1-q`` quantiles stretched to [0, 1]
-    (:func:`robust_minmax`). Structure is shown at any scale, whether or not it resembles
+    ([`robust_minmax()`][robust_minmax]). Structure is shown at any scale, whether or not it resembles
     the photo; an image constant up to rounding is plain grey (0.5).
 
     Args:

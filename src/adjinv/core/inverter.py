@@ -36,7 +36,7 @@ R = TypeVar("R")
 
 @dataclass(repr=False)
 class Inversion:
-    """Everything one :meth:`AdjointInverter.invert` call computed (tensors in encoder space).
+    """Everything one [`AdjointInverter.invert()`][AdjointInverter.invert] call computed (tensors in encoder space).
 
     ``x_hat[l]``: layer-wise reconstruction (B, 3, H, W) (Eq. 8);
     ``weights[l]``: simplex measure (B, C_l) (Eq. 2);
@@ -45,15 +45,15 @@ class Inversion:
     ``omitted_mass[l]`` (B,): simplex weight of the live channels left out by an anytime
     call (``mass``/``max_channels``; 0 otherwise), ``error_bound_abs[l]`` and
     ``error_bound[l]`` (B,): proven bounds on ``‖x̂_l − x̂_l^full‖`` and on that divided by
-    ``‖x̂_l^full‖`` (:mod:`adjinv.core.anytime`); the same keyed by name for ``extra``.
+    ``‖x̂_l^full‖`` ([`adjinv.core.anytime`][adjinv.core.anytime]); the same keyed by name for ``extra``.
 
-    Every per-stage field is a :class:`~adjinv.core.stagedict.StageDict`: ``x_hat[-1]`` is
+    Every per-stage field is a [`StageDict`][adjinv.core.stagedict.StageDict]: ``x_hat[-1]`` is
     the deepest stage, ``x_hat["stem"]`` looks a stage up by name (``stage_names``) and
     ``x_hat["layer4"]`` by the model's own module path (``stage_aliases``).
 
-    To look at a result, :meth:`image` maps any reconstruction to a displayable image
+    To look at a result, [`image()`][image] maps any reconstruction to a displayable image
     through the one display mapping the HTML report uses
-    (:func:`~adjinv.core.display.centred_display`), and :meth:`to_input` takes it back
+    ([`centred_display()`][adjinv.core.display.centred_display]), and [`to_input()`][to_input] takes it back
     to the input space of the images (de-normalised with the encoder's mean/std).
     """
 
@@ -103,7 +103,7 @@ class Inversion:
     def image(self, key: int | str = -1) -> torch.Tensor:
         """Reconstruction ``key`` as a displayable image (B, 3, H, W) in [0, 1], through the
         one display mapping of the HTML report (docs/method.md §4):
-        :func:`~adjinv.core.display.centred_display` of :meth:`to_input` — each RGB channel
+        [`centred_display()`][adjinv.core.display.centred_display] of [`to_input()`][to_input] — each RGB channel
         centred, then the 1–99 % quantiles stretched to [0, 1]. It shows structure at any
         scale; how much it resembles the photo is what the controls measure."""
         return centred_display(self.to_input(key))
@@ -131,15 +131,15 @@ def reference_input(x: torch.Tensor) -> torch.Tensor:
 
 
 class AdjointInverter:
-    """Adjoint inversion of a frozen :class:`StagedEncoder` through trained LACs.
+    """Adjoint inversion of a frozen [`StagedEncoder`][StagedEncoder] through trained LACs.
 
     ``chunk_size`` fixes the number of channels per batched backward (default:
-    chosen from free memory, see :mod:`adjinv.core.memory`); ``memory_budget``
+    chosen from free memory, see [`adjinv.core.memory`][adjinv.core.memory]); ``memory_budget``
     caps the bytes one chunk may use. ``lacs=None`` uses identity LACs (γ=1, β=0).
     Dead channels (``w = 0``) are skipped: they contribute exactly nothing to Eq. 8.
     ``engine``, ``precision``, ``channels_last``, ``verify`` (the per-stage self-check of
     the explicit transposes) and ``kernels`` choose how the cascade computes (see
-    :class:`~adjinv.core.cascade.AdjointCascade` and :mod:`adjinv.core.precision`).
+    ``AdjointCascade`` and [`adjinv.core.precision`][adjinv.core.precision]).
     """
 
     def __init__(self, encoder: StagedEncoder, lacs: LACBank | None = None, *,
@@ -169,7 +169,7 @@ class AdjointInverter:
     def linearize(self, x: torch.Tensor, stage: int) -> tuple[Linearization, list[torch.Tensor]]:
         """The linearisation the LACs were trained for, and ``x``'s own activations
         ``[A_0 … A_stage]``. With LACs trained for the reference (docs/method.md §16) the
-        Jacobians are those of :func:`reference_input`, never ``x``'s own; the seeds and
+        Jacobians are those of [`reference_input()`][reference_input], never ``x``'s own; the seeds and
         simplex weights always come from ``x``."""
         if not self.at_reference:
             lin = self.cascade.linearize(x, stage)
@@ -178,7 +178,7 @@ class AdjointInverter:
                 self.encoder.forward_stages(x, upto=stage))
 
     def _source(self, acts: list[torch.Tensor], stage: int) -> torch.Tensor | None:
-        """The seed tensor for :meth:`synthesize`: ``x``'s own ``A_stage`` at the reference."""
+        """The seed tensor for [`synthesize()`][synthesize]: ``x``'s own ``A_stage`` at the reference."""
         return acts[stage] if self.at_reference else None
 
     def _chunk(self, lin: Linearization, stage: int) -> int:
@@ -190,7 +190,7 @@ class AdjointInverter:
                work: Callable[[torch.Tensor], R]) -> Iterator[tuple[torch.Tensor, R]]:
         """Run ``work`` on the chunks of ``idx`` this inverter's ``chunk_size`` or memory
         budget allows at ``stage``, halving them on CUDA out-of-memory (docs/method.md §3,
-        [choice] batching; :func:`~adjinv.core.cascade.chunked`). Every chunked pull-back —
+        [choice] batching; ``chunked()``). Every chunked pull-back —
         Eq. 8's synthesis, LAC training (Eq. 9, §4), readouts (§12) — goes through here.
 
         Args:
@@ -286,7 +286,7 @@ class AdjointInverter:
                          order: torch.Tensor | None = None,
                          on_chunk: ChunkFn | None = None,
                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """:meth:`synthesize` image by image (one extra forward each); ``counts``: each
+        """[`synthesize()`][synthesize] image by image (one extra forward each); ``counts``: each
         image's own channels, so that ``progress`` counts on over the whole batch, and
         ``on_chunk`` sees the whole batch (finished images, the partial one, zeros)."""
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in weight_sets}
@@ -334,7 +334,7 @@ class AdjointInverter:
         any ``extra_weights(acts, logits) -> {name: (B, C_L)}`` syntheses at the
         deepest stage, sharing the deepest stage's pass.
 
-        Anytime inversion (:mod:`adjinv.core.anytime`): ``mass`` in (0, 1] synthesises,
+        Anytime inversion ([`adjinv.core.anytime`][adjinv.core.anytime]): ``mass`` in (0, 1] synthesises,
         per image and stage, the channels of largest simplex weight until their
         cumulative weight reaches ``mass``; ``max_channels`` caps their number, and the
         omitted channels' exact ``LAC_pix`` bias is added. The extra syntheses use the
@@ -392,7 +392,7 @@ class AdjointInverter:
         return res
 
     def new_result(self, x: torch.Tensor, logits: torch.Tensor) -> Inversion:
-        """An empty :class:`Inversion` for ``x`` that knows this encoder's stage names,
+        """An empty [`Inversion`][Inversion] for ``x`` that knows this encoder's stage names,
         module paths and normalisation."""
         enc = self.encoder
         return Inversion(x=x, logits=logits, stage_names=tuple(i.name for i in enc.infos),
@@ -402,7 +402,7 @@ class AdjointInverter:
     def _bound(self, res: Inversion, key: int | str, x_k: torch.Tensor, w: torch.Tensor,
                chosen: torch.Tensor, radius: float) -> torch.Tensor:
         """Record the omitted mass and the bounds of one anytime synthesis; return ``x_k``
-        with the omitted channels' bias added (:func:`~adjinv.core.anytime.add_omitted_bias`)."""
+        with the omitted channels' bias added ([`add_omitted_bias()`][adjinv.core.anytime.add_omitted_bias])."""
         om = omitted_weight(w, chosen)
         if bool((om != 0).any()):
             x_k = add_omitted_bias(x_k, omitted_weight(w, chosen, signed=True), self.lacs.pix)
@@ -412,7 +412,7 @@ class AdjointInverter:
 
     def _previewer(self, stage: int, w: torch.Tensor, chosen: torch.Tensor, radius: float,
                    preview: PreviewFn) -> ChunkFn:
-        """The chunk hook turning partial sums into :class:`Preview` objects."""
+        """The chunk hook turning partial sums into [`Preview`][Preview] objects."""
         def hook(sums: dict[str, torch.Tensor], processed: torch.Tensor) -> None:
             added = processed & chosen
             x_k = add_omitted_bias(sums["x_hat"], omitted_weight(w, added, signed=True),

@@ -71,8 +71,8 @@ def _trunk_and_head(model: nn.Module, probe: torch.Tensor) -> tuple[list[nn.Modu
 
 
 def _split_head(rest: list[nn.Module], a_last: torch.Tensor, model: nn.Module) -> LinearHead | ModuleHead:
-    """``GAP -> [LayerNorm] -> Linear`` as a :class:`LinearHead`; any other chain of head
-    modules as a :class:`ModuleHead` (a flatten added before its first linear layer and
+    """``GAP -> [LayerNorm] -> Linear`` as a [`LinearHead`][LinearHead]; any other chain of head
+    modules as a [`ModuleHead`][ModuleHead] (a flatten added before its first linear layer and
     after a final 1x1 map, as ``forward`` methods do functionally)."""
     leaves = [s for m in rest for s in ([m] if _is_leaf(m) else m.modules()) if _is_leaf(s)]
     linears = [m for m in leaves if isinstance(m, nn.Linear)]
@@ -264,7 +264,7 @@ def encoder_from_module(
     probe_size: int = 224,
     check: bool = True,
 ) -> StagedEncoder:
-    """Wrap a torchvision/timm-style CNN as a :class:`StagedEncoder`.
+    """Wrap a torchvision/timm-style CNN as a [`StagedEncoder`][StagedEncoder].
 
     Without ``stages``, three splits are tried in turn, each accepted only if the staged
     chain reproduces ``model(x)`` on a probe image (with ``check``):
@@ -273,17 +273,17 @@ def encoder_from_module(
        on to the end of ``forward_features``), cut from the FX graph;
     2. the model's top-level children (``features`` unrolled), run on a probe image and
        grouped so that a stage begins wherever the spatial resolution drops;
-    3. the FX graph (:mod:`adjinv.encoders.graph`), cut before every drop of resolution,
+    3. the FX graph ([`adjinv.encoders.graph`][adjinv.encoders.graph]), cut before every drop of resolution,
        for models whose forward is not a chain of children.
 
     ``stage_nodes`` names the FX nodes (or modules) where stages end, the last one the
     deepest map (names as ``torchvision.models.feature_extraction.get_graph_node_names``
-    lists them). The head may be ``GAP -> [LayerNorm] -> Linear`` (a :class:`LinearHead`)
-    or any differentiable map of the deepest map to logits (a :class:`ModuleHead`: MLP or
+    lists them). The head may be ``GAP -> [LayerNorm] -> Linear`` (a [`LinearHead`][LinearHead])
+    or any differentiable map of the deepest map to logits (a [`ModuleHead`][ModuleHead]: MLP or
     convolutional classifiers, pooling done in ``forward``). If no split works the error
     lists why each failed and what to pass.
 
-    The normalisation (``normalize=True`` of :class:`adjinv.Inverter`) is, in this order:
+    The normalisation (``normalize=True`` of [`adjinv.Inverter`][adjinv.Inverter]) is, in this order:
     ``mean``/``std`` if given; the one of ``transform`` (torchvision's
     ``weights.transforms()``, or a timm data config); the model's timm ``pretrained_cfg``;
     else ImageNet's (logged). Class names: ``categories``, else ImageNet's for a

@@ -48,7 +48,7 @@ class LinearHead(nn.Module):
     """``z = W · norm(g) + b`` with ``g = GAP(A_L)``.
 
     ``norm`` is optional and may only be a LayerNorm over channels (ConvNeXt);
-    for a fixed image it is affine in ``g``, so :meth:`effective_weights` gives
+    for a fixed image it is affine in ``g``, so [`effective_weights()`][effective_weights] gives
     the exact per-image linear form ``z = W_eff g + b_eff`` used by Eq. 12.
     """
 
@@ -104,7 +104,7 @@ class ModuleHead(nn.Module):
     """Any differentiable head ``z = h(A_L)`` on the deepest map: an MLP after pooling
     (VGG, MobileNetV3, AlexNet), a convolutional classifier (SqueezeNet), pooling done in
     the model's forward. Class-directional weights then come from the logit's gradient
-    (:func:`adjinv.methods.class_directional.class_directional_weights`)."""
+    ([`adjinv.methods.class_directional.class_directional_weights()`][adjinv.methods.class_directional.class_directional_weights])."""
 
     module: nn.Module
 
@@ -138,8 +138,8 @@ class StagedEncoder(nn.Module):
     Parameters
     ----------
     stages: the stage modules in order; ``stage_names`` names them.
-    head: the linear head over GAP of the deepest stage (:class:`LinearHead`, or an
-        ``nn.Linear``), or any differentiable head on the deepest map (:class:`ModuleHead`,
+    head: the linear head over GAP of the deepest stage ([`LinearHead`][LinearHead], or an
+        ``nn.Linear``), or any differentiable head on the deepest map ([`ModuleHead`][ModuleHead],
         or any other module).
     mean, std: the input normalisation the weights expect (image in [0, 1]).
     name: registry name (stored in LAC checkpoints).
@@ -147,7 +147,7 @@ class StagedEncoder(nn.Module):
     probe_size: side of the zero image used to measure channels and strides.
 
     The encoder never changes the modules' state permanently: every operation
-    of adjinv runs inside :meth:`frozen`, which restores train/eval modes and
+    of adjinv runs inside [`frozen()`][frozen], which restores train/eval modes and
     ``requires_grad`` flags on exit, even after an error.
     """
 

@@ -40,12 +40,12 @@ def class_directional_weights(encoder: StagedEncoder, a_last: torch.Tensor,
     ``"weight*simplex"``: ``α = W_{k,c} w_{L,c}``. ``W`` is the head's exact
     per-image linear form (a ConvNeXt head LayerNorm is folded in).
 
-    Any other head (:class:`~adjinv.encoders.staged.ModuleHead`: MLP, convolutional
+    Any other head ([`ModuleHead`][adjinv.encoders.staged.ModuleHead]: MLP, convolutional
     classifier) uses the logit's gradient ``G = ∂z_k/∂A_L``: ``W_{k,c}`` becomes
     ``Σ_{h,w} G_{c,h,w}`` and the contribution ``W_{k,c} g_c`` becomes
     ``Σ_{h,w} G_{c,h,w} A_{c,h,w}``, the channel's first-order share of the logit at
     this image. For a linear head on GAP, ``G = W_{k,c}/(h·w)`` everywhere, so both
-    coincide with the linear definitions (:func:`gradient_class_weights`).
+    coincide with the linear definitions ([`gradient_class_weights()`][gradient_class_weights]).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -59,7 +59,7 @@ def class_directional_weights(encoder: StagedEncoder, a_last: torch.Tensor,
 
 def gradient_class_weights(head: torch.nn.Module, a_last: torch.Tensor, target: torch.Tensor,
                            mode: str = "contribution") -> dict[str, torch.Tensor]:
-    """:func:`class_directional_weights` from the logit gradient, for any head."""
+    """[`class_directional_weights()`][class_directional_weights] from the logit gradient, for any head."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     grad = logit_gradient(head, a_last, target)
@@ -94,8 +94,8 @@ def class_directional_inversion(inverter: Any, x: torch.Tensor, target: Target =
 
     Args:
         inverter: ``adjinv.Inverter(model, …)`` (then ``x`` as it takes images), an
-            :class:`AdjointInverter`, a :class:`StagedEncoder` or a CNN ``nn.Module``
-            (:func:`adjinv.methods.resolve.resolve`).
+            [`AdjointInverter`][AdjointInverter], a [`StagedEncoder`][StagedEncoder] or a CNN ``nn.Module``
+            ([`adjinv.methods.resolve.resolve()`][adjinv.methods.resolve.resolve]).
         x: images (B, 3, H, W).
         target: a class index, a class name (``"kite"``), one per image, or ``None`` for
             each image's top-1 prediction.

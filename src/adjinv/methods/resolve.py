@@ -1,11 +1,12 @@
 """What every method accepts: the ``adjinv.Inverter`` of the one-liner, an
-:class:`~adjinv.core.inverter.AdjointInverter`, a :class:`~adjinv.encoders.staged.StagedEncoder`
+[`AdjointInverter`][adjinv.core.inverter.AdjointInverter], a [`StagedEncoder`][adjinv.encoders.staged.StagedEncoder]
 or a plain CNN ``nn.Module``; and a class given by index or by name (docs/method.md §6)."""
 
 from __future__ import annotations
 
 import difflib
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,14 +45,19 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+# A plain model's inverter, built once: its staged encoder shares the model's modules, so
+# it follows any change of the weights; a copy (Quantus's randomised models) is a new key.
+_BUILT: weakref.WeakKeyDictionary[nn.Module, AdjointInverter] = weakref.WeakKeyDictionary()
+
+
 def resolve(model: Any) -> Resolved:
-    """The :class:`Resolved` inverter behind ``model``.
+    """The [`Resolved`][Resolved] inverter behind ``model``.
 
     Args:
         model: ``adjinv.Inverter(…)`` (its LACs and ``normalize`` are used), an
-            :class:`AdjointInverter`, a :class:`StagedEncoder` or a CNN ``nn.Module``. The
+            [`AdjointInverter`][AdjointInverter], a [`StagedEncoder`][StagedEncoder] or a CNN ``nn.Module``. The
             last two get the LACs bundled for them, else identity LACs with a warning
-            (:func:`adjinv.load_lacs`); build ``adjinv.Inverter(model)`` once to reuse it.
+            ([`adjinv.load_lacs()`][adjinv.load_lacs]); build ``adjinv.Inverter(model)`` once to reuse it.
 
     Returns:
         The inverter, with the ``prepare`` map of the caller's images.
@@ -61,13 +67,16 @@ def resolve(model: Any) -> Resolved:
         return Resolved(inner, model.prepare)
     if isinstance(model, AdjointInverter):
         return Resolved(model, _identity)
-    if isinstance(model, StagedEncoder):
+    if isinstance(model, StagedEncoder):  # cheap to wrap, and it would keep itself alive in _BUILT
         return Resolved(AdjointInverter(model, load_lacs(model).lacs), _identity)
     if isinstance(model, nn.Module):
-        logger.info("building the staged encoder of %s for this call; pass adjinv.Inverter(model) "
-                    "to build it once", type(model).__name__)
-        enc = encoder_from_module(model)
-        return Resolved(AdjointInverter(enc, load_lacs(enc).lacs), _identity)
+        inv = _BUILT.get(model)
+        if inv is None:
+            logger.info("building the staged encoder of %s; pass adjinv.Inverter(model) to "
+                        "choose its LACs and normalisation", type(model).__name__)
+            enc = encoder_from_module(model)
+            inv = _BUILT[model] = AdjointInverter(enc, load_lacs(enc).lacs)
+        return Resolved(inv, _identity)
     raise AdjinvError(f"expected adjinv.Inverter(model), an AdjointInverter, a StagedEncoder or a "
                       f"CNN nn.Module, got {type(model).__name__}; build one with "
                       "adjinv.Inverter(model, normalize=True)")

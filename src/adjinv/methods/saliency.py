@@ -1,10 +1,10 @@
 """Captum's and Quantus's shapes for the class-directional inversion (Eq. 12,
 docs/method.md §6 and §11).
 
-:class:`AdjointSaliency` has Captum's one verb, ``attribute(inputs, target=…)``: a
+[`AdjointSaliency`][AdjointSaliency] has Captum's one verb, ``attribute(inputs, target=…)``: a
 tensor (or a tuple holding one) in, attributions of the same shape out, so Captum's
 metrics (``sensitivity_max``, ``infidelity``) and anything written for Captum take it
-as it is. :func:`quantus_explain` is the ``explain_func`` Quantus calls (numpy arrays
+as it is. [`quantus_explain()`][quantus_explain] is the ``explain_func`` Quantus calls (numpy arrays
 in and out, as Quantus wants).
 """
 
@@ -25,15 +25,15 @@ class AdjointSaliency:
 
     ``attribute`` returns ``|x̂^(k)|`` per input channel (``abs=False``: the signed
     ``x̂^(k)``), in the encoder's input space, shaped like the input: Captum's
-    ``Saliency(model).attribute(x, target=k)`` shape. :meth:`saliency` sums it over RGB
+    ``Saliency(model).attribute(x, target=k)`` shape. [`saliency()`][saliency] sums it over RGB
     into one (B, H, W) map, the saliency of docs/method.md §11 (unnormalised).
 
     Args:
         model: ``adjinv.Inverter(model, …)`` (then inputs as it takes them: in [0, 1]
-            with ``normalize=True``), an :class:`~adjinv.core.inverter.AdjointInverter`,
-            a :class:`~adjinv.encoders.staged.StagedEncoder` or a CNN ``nn.Module`` (inputs
+            with ``normalize=True``), an [`AdjointInverter`][adjinv.core.inverter.AdjointInverter],
+            a [`StagedEncoder`][adjinv.encoders.staged.StagedEncoder] or a CNN ``nn.Module`` (inputs
             in its own input space; its bundled LACs or identity ones,
-            :func:`adjinv.methods.resolve.resolve`).
+            [`adjinv.methods.resolve.resolve()`][adjinv.methods.resolve.resolve]).
         mode: the class direction ``α`` ([choice] of docs/method.md §6, default the logit
             contribution ``W_{k,c} g_c``).
     """
@@ -46,7 +46,7 @@ class AdjointSaliency:
 
     @property
     def inverter(self) -> Any:
-        """The :class:`~adjinv.core.inverter.AdjointInverter` behind this method."""
+        """The [`AdjointInverter`][adjinv.core.inverter.AdjointInverter] behind this method."""
         return self.resolved.inverter
 
     def _x_class(self, x: torch.Tensor, target: Target) -> torch.Tensor:
@@ -94,7 +94,7 @@ def quantus_explain(model: Any, inputs: Any, targets: Any, **kwargs: Any) -> np.
 
     Args:
         model: what Quantus passes (the ``nn.Module``, or a randomised copy of it), or
-            anything :class:`AdjointSaliency` takes.
+            anything [`AdjointSaliency`][AdjointSaliency] takes.
         inputs: images (B, 3, H, W) as a numpy array or tensor, in the model's input space.
         targets: class indices (B,) (numpy, tensor or list).
         **kwargs: ``mode`` (the class direction of Eq. 12), ``channels="sum"`` (default:

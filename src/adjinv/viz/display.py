@@ -1,5 +1,5 @@
 """Tensors → displayable images in [0, 1] (the mappings live in
-:mod:`adjinv.core.display`, so that results can display themselves)."""
+[`adjinv.core.display`][adjinv.core.display], so that results can display themselves)."""
 
 from ..core.display import centred_display, robust_minmax
 

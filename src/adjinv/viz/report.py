@@ -75,7 +75,7 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
                partners: list[torch.Tensor] | None = None) -> dict:
     """Invert one image (3, H, W) in [0, 1]; write PNGs and ``summary.json`` to ``out``.
 
-    ``partners``: deepest activations of other photos (:func:`deepest_acts`); each is
+    ``partners``: deepest activations of other photos ([`deepest_acts()`][deepest_acts]); each is
     pulled back through this image's Jacobians with its own simplex weights (the
     swapped-seed control), and ``x̂_L − mean(swapped)`` is the feature-specific view
     (docs/evidence.md). Every panel of the comparison row is shown through the same
@@ -252,12 +252,12 @@ def write_report(model: Any, images: Mapping[str, torch.Tensor], out: str | Path
 
     Args:
         model: ``adjinv.Inverter(model, …)`` (its LACs and vanilla map are used), an
-            :class:`AdjointInverter`, a :class:`StagedEncoder` or a CNN ``nn.Module``
-            (:func:`adjinv.methods.resolve.resolve`).
+            [`AdjointInverter`][AdjointInverter], a [`StagedEncoder`][StagedEncoder] or a CNN ``nn.Module``
+            ([`adjinv.methods.resolve.resolve()`][adjinv.methods.resolve.resolve]).
         images: ``{name: image (3, H, W) in [0, 1]}``, whatever the model's ``normalize``;
             each is resized and centre-cropped to ``cfg.size``.
         out: the folder; one sub-folder per image and ``index.html`` are written in it.
-        cfg: what to compute per image (default :class:`ReportConfig`).
+        cfg: what to compute per image (default [`ReportConfig`][ReportConfig]).
         partners: other images' features pulled back through each image's Jacobians (the
             swapped-seed control), at most ``len(images) - 1``.
         title: the page's title.

@@ -58,7 +58,7 @@ def median_bandwidth(x: torch.Tensor, y: torch.Tensor, max_samples: int | None =
     """Median heuristic: the median Euclidean distance between distinct points of the
     pooled sample ``x ∪ y`` (Gretton et al. 2012; for an even count, the lower of the
     two middle values). A zero median falls back to the mean distance, then to 1.
-    Each sample is first cut to ``max_samples`` rows (:func:`subsample`), since the
+    Each sample is first cut to ``max_samples`` rows ([`subsample()`][subsample]), since the
     distance matrix is quadratic in the number of images."""
     z = torch.cat([_features(subsample(x, max_samples), "x"),
                    _features(subsample(y, max_samples, 1), "y")])
@@ -77,7 +77,7 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = No
     and ``y`` (n, C), and the bandwidth used.
 
     [choice, docs/method.md §9] Gaussian kernel ``k(a, b) = exp(−‖a − b‖² / (2h²))`` with ``h``
-    the median heuristic (:func:`median_bandwidth`: median pairwise distance of the
+    the median heuristic ([`median_bandwidth()`][median_bandwidth]: median pairwise distance of the
     pooled sample) unless ``bandwidth`` is given. The estimator drops the diagonal
     terms ``k(x_i, x_i)``, so it is unbiased and can be slightly **negative** when
     the two distributions are equal; it is 0 in expectation then. Samples larger

@@ -1,9 +1,9 @@
 """The trained LAC parameters against Lemma B.1, and the inversion norm of Supp. C.5.
 
 Lemma B.1 says that, trained with the ℓ1 loss of Eq. 9 on images of zero mean, every
-LAC converges to ``β_c → 0`` and ``γ_c > 0`` for active channels. :func:`lac_parameter_report`
+LAC converges to ``β_c → 0`` and ``γ_c > 0`` for active channels. [`lac_parameter_report()`][lac_parameter_report]
 lists what the trained γ/β are. The premise "zero mean" depends on the encoder's
-normalisation (docs/method.md §0), so :func:`pixel_median` gives what Lemma B.1's own
+normalisation (docs/method.md §0), so [`pixel_median()`][pixel_median] gives what Lemma B.1's own
 argument predicts for ``β_pix`` when it does not hold: the ℓ1 location of the targets.
 
 Supp. C.5 states that the LAC makes the inversion norm ``‖φ_c‖`` the same for every
@@ -11,7 +11,7 @@ channel "to machine precision". Every ``φ_c`` ends with ``LAC_pix`` (docs/metho
 ``φ_c = s_c + β_pix`` with ``s_c`` per-RGB zero-mean of second moment
 ``γ_rgb² · var/(var + ε)``, so ``‖φ_c‖² = P Σ_rgb (γ_rgb² ρ_{c,rgb} + β_rgb²)`` with
 ``ρ ≤ 1`` and ``P`` pixels per channel. The spread comes only from ``ρ`` — the ε of
-docs/method.md §3 — and from rounding. :func:`inversion_norm_spread` measures it against
+docs/method.md §3 — and from rounding. [`inversion_norm_spread()`][inversion_norm_spread] measures it against
 that prediction.
 """
 

@@ -199,7 +199,7 @@ def measured_floor(phi: torch.Tensor) -> float:
     ``s_c``; constants are orthogonal to zero-mean images, so ``G = S Sᵀ + B Bᵀ`` with
     both terms positive semi-definite and ``λ₁(G) ≥ λ₁(B Bᵀ)`` (Weyl). This returns
     ``λ₁(B Bᵀ) / tr G`` (docs/method.md §15): it needs no assumption about the LACs, and
-    equals :func:`lac_pix_floor` when every ``b_c = β_pix`` and every ``‖s_c‖²`` is equal."""
+    equals [`lac_pix_floor()`][lac_pix_floor] when every ``b_c = β_pix`` and every ``‖s_c‖²`` is equal."""
     f = _rows(phi)
     b = _rows(phi - centre_rgb(phi))
     tr = float(f.pow(2).sum())

@@ -65,7 +65,7 @@ def support_leak(features: FeatureFn, x: torch.Tensor, channels: torch.Tensor | 
         seed: for the random positive weights ``r_p`` of the receptive-field probe.
 
     Returns:
-        A :class:`SupportLeak`.
+        A [`SupportLeak`][SupportLeak].
     """
     if x.dim() != 4 or x.shape[0] != 1:
         raise AdjinvError(f"support_leak takes one image (1, 3, H, W), got {tuple(x.shape)}")

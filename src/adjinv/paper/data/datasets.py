@@ -4,27 +4,27 @@ A dataset here is anything with ``len(ds)``, ``ds[i] -> (image, label)`` where
 ``image`` is a (3, size, size) float tensor in [0, 1] and ``label`` an ``int``,
 a ``classes`` list, and ``describe() -> dict`` (everything that determines its
 images, used as the feature-cache key). Images are resized (shorter side) and
-centre-cropped to ``size`` with :func:`adjinv.images.files.resize_center_crop`.
+centre-cropped to ``size`` with [`adjinv.images.files.resize_center_crop()`][adjinv.images.files.resize_center_crop].
 
 Nothing is downloaded: point the loaders at copies you have.
 
-- :class:`CIFAR100` — ``cifar-100-python/{train,test,meta}``, the official
+- [`CIFAR100`][CIFAR100] — ``cifar-100-python/{train,test,meta}``, the official
   *python* batches. These are pickles. They are read with a restricted
   unpickler that accepts only the NumPy array reconstructors and
   ``_codecs.encode`` (how protocol-2 pickles store bytes) and refuses every
   other global, so a tampered file cannot run code; it fails with an error.
-- :class:`CIFAR100C` — ``CIFAR-100-C/<corruption>.npy`` (severities 1–5 stacked,
+- [`CIFAR100C`][CIFAR100C] — ``CIFAR-100-C/<corruption>.npy`` (severities 1–5 stacked,
   10 000 images each) + ``labels.npy`` (Hendrycks & Dietterich 2019).
-- :class:`StanfordDogs` — ``Images/<wnid>-<breed>/*.jpg`` and the split lists
+- [`StanfordDogs`][StanfordDogs] — ``Images/<wnid>-<breed>/*.jpg`` and the split lists
   ``lists/{train,test}_list.mat`` (or beside ``Images/``).
-- :class:`OxfordPets` — ``images/*.jpg`` and ``annotations/{trainval,test}.txt``.
-- :class:`ImageFolder` — ``<class>/<image>`` (with ``train/`` and ``test/``
+- [`OxfordPets`][OxfordPets] — ``images/*.jpg`` and ``annotations/{trainval,test}.txt``.
+- [`ImageFolder`][ImageFolder] — ``<class>/<image>`` (with ``train/`` and ``test/``
   sub-folders if present, else a seeded stratified split).
-- :class:`LFWFaces` — the embedded default, see its docstring.
-- :class:`CompositeObjects` — an embedded labelled set made from the composites
-  (:mod:`adjinv.paper.data.composites`), for cross-dataset transfer; see its docstring.
-- :class:`CorruptedDataset` — any dataset with an ImageNet-C corruption applied
-  on the fly (:mod:`adjinv.paper.data.corruptions`).
+- [`LFWFaces`][LFWFaces] — the embedded default, see its docstring.
+- [`CompositeObjects`][CompositeObjects] — an embedded labelled set made from the composites
+  ([`adjinv.paper.data.composites`][adjinv.paper.data.composites]), for cross-dataset transfer; see its docstring.
+- [`CorruptedDataset`][CorruptedDataset] — any dataset with an ImageNet-C corruption applied
+  on the fly ([`adjinv.paper.data.corruptions`][adjinv.paper.data.corruptions]).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class ImageDataset(ABC):
 
 
 class _LoadedDataset(ImageDataset):
-    """An :class:`ImageDataset` that loads image ``i`` with ``_load`` and resizes it."""
+    """An [`ImageDataset`][ImageDataset] that loads image ``i`` with ``_load`` and resizes it."""
 
     @abstractmethod
     def _load(self, i: int) -> torch.Tensor:  # pragma: no cover - abstract
@@ -219,7 +219,7 @@ class LFWFaces(ImageDataset):
 
 # ----------------------------------------------------------------------------- composites
 class CompositeObjects(_LoadedDataset):
-    """An embedded labelled set made, not downloaded: composites (:mod:`adjinv.paper.data.composites`)
+    """An embedded labelled set made, not downloaded: composites ([`adjinv.paper.data.composites`][adjinv.paper.data.composites])
     of the three composite photos outside the held-out photo split (``chelsea``,
     ``motorcycle``, ``rocket``) pasted on the five scikit-image background textures, with
     placement and scale drawn from seed ``1000 + i``.
@@ -229,7 +229,7 @@ class CompositeObjects(_LoadedDataset):
     background texture (5 classes); each class cycles through the three photos. So the
     factor that is not the label is balanced across classes. ``per_class`` composites per
     class (default ``120 // classes``: 40 or 24), split per class by
-    :func:`stratified_split` (``test_fraction``, seeded). Train and test share photos and
+    [`stratified_split()`][stratified_split] (``test_fraction``, seeded). Train and test share photos and
     textures (at other placements, scales and texture crops): a transfer set with its own
     labels, not a hard benchmark.
     """
@@ -301,7 +301,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(path: str | os.PathLike) -> object:
-    """Load a CIFAR python batch with :class:`_RestrictedUnpickler` (no arbitrary code)."""
+    """Load a CIFAR python batch with [`_RestrictedUnpickler`][_RestrictedUnpickler] (no arbitrary code)."""
     p = Path(path)
     if not p.is_file():
         raise AdjinvError(f"{p} does not exist")
@@ -496,7 +496,7 @@ class OxfordPets(_FileDataset):
 
 class ImageFolder(_FileDataset):
     """``root/<class>/<images>``; if ``root/train`` and ``root/test`` exist they are the
-    splits, else each class is split with :func:`stratified_split`."""
+    splits, else each class is split with [`stratified_split()`][stratified_split]."""
 
     name = "imagefolder"
 
@@ -596,7 +596,7 @@ def open_dataset(spec: str, split: str, size: int, seed: int = 0) -> ImageDatase
 def open_shifted(spec: str, test_set: ImageDataset, size: int, seed: int = 0,
                  spatial_scale: float = 1.0) -> list[ImageDataset]:
     """Shifted copies of the in-distribution test set (same labels), from a spec:
-    ``corrupt:NAME:SEVERITY`` (NAME may be ``all``) applies :mod:`~adjinv.paper.data.corruptions`
+    ``corrupt:NAME:SEVERITY`` (NAME may be ``all``) applies [`corruptions`][adjinv.paper.data.corruptions]
     on the fly; ``cifar100c:ROOT[:NAME[:SEVERITY]]`` reads CIFAR-100-C files (NAME
     ``all`` or omitted: every corruption found; SEVERITY omitted: 1–5)."""
     kind, _, rest = spec.partition(":")

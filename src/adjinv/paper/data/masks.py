@@ -5,18 +5,18 @@ boolean mask (S, S), label, name) and ``describe()``. Image and mask are resized
 (shorter side) and centre-cropped with the same geometry; the mask is resized
 bilinearly and thresholded at 0.5.
 
-- :class:`CUB200` — CUB-200-2011 (Wah et al. 2011): ``images.txt``,
+- [`CUB200`][CUB200] — CUB-200-2011 (Wah et al. 2011): ``images.txt``,
   ``image_class_labels.txt``, ``train_test_split.txt``, ``classes.txt``,
   ``images/<class>/<file>.jpg`` and the separately distributed
   ``segmentations/<class>/<file>.png`` (inside the root or beside it).
   [choice] CUB masks are soft (several annotators); foreground is ``≥ 0.5``.
-- :class:`OxfordPetMasks` — Oxford-IIIT Pet (Parkhi et al. 2012): ``images/*.jpg``,
+- [`OxfordPetMasks`][OxfordPetMasks] — Oxford-IIIT Pet (Parkhi et al. 2012): ``images/*.jpg``,
   ``annotations/{trainval,test}.txt`` and ``annotations/trimaps/<name>.png``
-  (1 = pet, 2 = background, 3 = border). [choice] foreground = 1 (:func:`pet_foreground`,
+  (1 = pet, 2 = background, 3 = border). [choice] foreground = 1 ([`pet_foreground()`][pet_foreground],
   shared with the evaluation sets); ``boundary=True`` counts the border as foreground too.
-- :class:`ImageMaskFolder` — any ``images/`` folder with a ``masks/`` folder holding
+- [`ImageMaskFolder`][ImageMaskFolder] — any ``images/`` folder with a ``masks/`` folder holding
   one mask per image with the same file stem (non-zero = foreground, any format).
-- :class:`CompositeMasks` — the embedded sample set: see :mod:`adjinv.paper.data.composites`.
+- [`CompositeMasks`][CompositeMasks] — the embedded sample set: see [`adjinv.paper.data.composites`][adjinv.paper.data.composites].
 
 Nothing is downloaded.
 """
@@ -207,7 +207,7 @@ def pet_foreground(trimap: torch.Tensor, boundary: bool = False) -> torch.Tensor
     the border (3) is neither pet nor background and stays out unless ``boundary=True``.
 
     Args:
-        trimap: integer trimap values (H, W), as :func:`read_pet_trimap` returns them.
+        trimap: integer trimap values (H, W), as [`read_pet_trimap()`][read_pet_trimap] returns them.
         boundary: count the border (3) as foreground too.
 
     Returns:
@@ -297,7 +297,7 @@ class ImageMaskFolder(MaskedDataset):
 
 
 class CompositeMasks(MaskedDataset):
-    """The embedded composites of :mod:`adjinv.paper.data.composites` (masks exact by construction)."""
+    """The embedded composites of [`adjinv.paper.data.composites`][adjinv.paper.data.composites] (masks exact by construction)."""
 
     name = "composites"
 

@@ -43,15 +43,18 @@ class Inverter(nn.Module):
     """Adjoint inversion of a classifier in one line (Eq. 7–8, Eq. 12).
 
     Args:
-        model: a registry name ([`adjinv.load_encoder()`][adjinv.load_encoder], e.g. ``"efficientnet_lite0"``),
+        model: a registry name ([`adjinv.load_encoder()`][adjinv.load_encoder], e.g.
+            ``"efficientnet_lite0"``),
             a [`StagedEncoder`][StagedEncoder], or any torchvision/timm-style CNN ``nn.Module``,
-            split into stages where its resolution drops ([`adjinv.encoder_from_module()`][adjinv.encoder_from_module]).
+            split into stages where its resolution drops
+            ([`adjinv.encoder_from_module()`][adjinv.encoder_from_module]).
             Modules are shared, not copied; their mode and ``requires_grad`` flags are
             restored after every call.
         lacs: ``None`` (default): the checkpoint bundled for this encoder, else identity
             LACs with a warning; ``"identity"``: identity LACs (γ=1, β=0) without one;
             a path to a LAC checkpoint; the name of another checkpoint bundled for the
-            encoder ([`adjinv.lacs.checkpoint.bundled_variants()`][adjinv.lacs.checkpoint.bundled_variants], e.g. ``"paper"``); a
+            encoder ([`adjinv.lacs.checkpoint.bundled_variants()`][adjinv.lacs.checkpoint.bundled_variants],
+            e.g. ``"paper"``); a
             [`LACBank`][LACBank]; or what [`adjinv.load_lacs()`][adjinv.load_lacs] returned.
         normalize: if True, inputs are images in [0, 1] and are normalised with the
             encoder's mean/std inside the call; if False (default) they are already in the
@@ -59,7 +62,8 @@ class Inverter(nn.Module):
         weights: local weights file for a registry name (never downloaded).
         allow_other_weights: accept a LAC checkpoint made for other weights of the same
             architecture.
-        encoder_kw: further arguments of [`adjinv.encoder_from_module()`][adjinv.encoder_from_module] (``stages``,
+        encoder_kw: further arguments of [`adjinv.encoder_from_module()`][adjinv.encoder_from_module]
+            (``stages``,
             ``head``, ``mean``, ``std``, …), for a plain ``nn.Module`` only.
         **inverter_kw: ``chunk_size``, ``memory_budget``, ``engine``, ``precision``,
             ``channels_last`` of [`AdjointInverter`][AdjointInverter].
@@ -128,7 +132,8 @@ class Inverter(nn.Module):
             mode: the class direction ``α`` (``"contribution"``: ``W_{k,c} g_c``, the
                 default; ``"weight"``; ``"weight*simplex"``).
             progress: ``callback(done, total)`` over channels.
-            mass: anytime inversion ([`AdjointInverter.invert()`][AdjointInverter.invert]): synthesise the channels
+            mass: anytime inversion ([`AdjointInverter.invert()`][AdjointInverter.invert]): synthesise the
+                channels
                 of largest weight up to this simplex mass; ``res.error_bound`` holds a proven
                 bound on the relative error.
             max_channels: anytime inversion: at most this many channels per stage.
@@ -172,7 +177,8 @@ class Inverter(nn.Module):
     def readout(self, x: torch.Tensor, readout: Readout, *, split: bool = False,
                 top_k: int = 0) -> ReadoutInversion:
         """Any scalar readout of the deepest features, pulled back through this inverter's
-        cascade (docs/method.md §12; [`adjinv.methods.readout.invert_readout()`][adjinv.methods.readout.invert_readout])."""
+        cascade (docs/method.md §12;
+        [`adjinv.methods.readout.invert_readout()`][adjinv.methods.readout.invert_readout])."""
         return invert_readout(self.inverter, None, self.prepare(x), readout, split=split,
                               top_k=top_k)
 

@@ -36,7 +36,8 @@ R = TypeVar("R")
 
 @dataclass(repr=False)
 class Inversion:
-    """Everything one [`AdjointInverter.invert()`][AdjointInverter.invert] call computed (tensors in encoder space).
+    """Everything one [`AdjointInverter.invert()`][AdjointInverter.invert] call computed (tensors in encoder
+    space).
 
     ``x_hat[l]``: layer-wise reconstruction (B, 3, H, W) (Eq. 8);
     ``weights[l]``: simplex measure (B, C_l) (Eq. 2);
@@ -103,7 +104,8 @@ class Inversion:
     def image(self, key: int | str = -1) -> torch.Tensor:
         """Reconstruction ``key`` as a displayable image (B, 3, H, W) in [0, 1], through the
         one display mapping of the HTML report (docs/method.md §4):
-        [`centred_display()`][adjinv.core.display.centred_display] of [`to_input()`][to_input] — each RGB channel
+        [`centred_display()`][adjinv.core.display.centred_display] of [`to_input()`][to_input] — each RGB
+        channel
         centred, then the 1–99 % quantiles stretched to [0, 1]. It shows structure at any
         scale; how much it resembles the photo is what the controls measure."""
         return centred_display(self.to_input(key))
@@ -402,7 +404,8 @@ class AdjointInverter:
     def _bound(self, res: Inversion, key: int | str, x_k: torch.Tensor, w: torch.Tensor,
                chosen: torch.Tensor, radius: float) -> torch.Tensor:
         """Record the omitted mass and the bounds of one anytime synthesis; return ``x_k``
-        with the omitted channels' bias added ([`add_omitted_bias()`][adjinv.core.anytime.add_omitted_bias])."""
+        with the omitted channels' bias added
+        ([`add_omitted_bias()`][adjinv.core.anytime.add_omitted_bias])."""
         om = omitted_weight(w, chosen)
         if bool((om != 0).any()):
             x_k = add_omitted_bias(x_k, omitted_weight(w, chosen, signed=True), self.lacs.pix)

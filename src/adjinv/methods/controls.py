@@ -233,7 +233,8 @@ def head_row(encoder: StagedEncoder, a_last: torch.Tensor, target: torch.Tensor)
 def shuffled_head_weights(encoder: StagedEncoder, a_last: torch.Tensor, target: torch.Tensor,
                           kind: str, mode: str = "contribution", seed: int = 0
                           ) -> dict[str, torch.Tensor]:
-    """[`class_directional_weights()`][adjinv.methods.class_directional.class_directional_weights] with the class
+    """[`class_directional_weights()`][adjinv.methods.class_directional.class_directional_weights] with the
+    class
     row replaced by [`shuffled_head_row()`][shuffled_head_row]: ``α'_c = W'_{k,c} g_c`` (contribution),
     ``W'_{k,c}`` (weight) or ``W'_{k,c} w_{L,c}``; the hemispheres split by the sign of
     ``W'``. Keys ``"class"``, ``"class+"``, ``"class-"`` as there (docs/method.md §6, §15)."""

@@ -1,5 +1,6 @@
 """What every method accepts: the ``adjinv.Inverter`` of the one-liner, an
-[`AdjointInverter`][adjinv.core.inverter.AdjointInverter], a [`StagedEncoder`][adjinv.encoders.staged.StagedEncoder]
+[`AdjointInverter`][adjinv.core.inverter.AdjointInverter], a
+[`StagedEncoder`][adjinv.encoders.staged.StagedEncoder]
 or a plain CNN ``nn.Module``; and a class given by index or by name (docs/method.md §6)."""
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def resolve(model: Any) -> Resolved:
 
     Args:
         model: ``adjinv.Inverter(…)`` (its LACs and ``normalize`` are used), an
-            [`AdjointInverter`][AdjointInverter], a [`StagedEncoder`][StagedEncoder] or a CNN ``nn.Module``. The
+            [`AdjointInverter`][AdjointInverter], a [`StagedEncoder`][StagedEncoder] or a CNN ``nn.Module``.
+            The
             last two get the LACs bundled for them, else identity LACs with a warning
             ([`adjinv.load_lacs()`][adjinv.load_lacs]); build ``adjinv.Inverter(model)`` once to reuse it.
 

@@ -1,7 +1,8 @@
 """The trained LAC parameters against Lemma B.1, and the inversion norm of Supp. C.5.
 
 Lemma B.1 says that, trained with the ℓ1 loss of Eq. 9 on images of zero mean, every
-LAC converges to ``β_c → 0`` and ``γ_c > 0`` for active channels. [`lac_parameter_report()`][lac_parameter_report]
+LAC converges to ``β_c → 0`` and ``γ_c > 0`` for active channels.
+[`lac_parameter_report()`][lac_parameter_report]
 lists what the trained γ/β are. The premise "zero mean" depends on the encoder's
 normalisation (docs/method.md §0), so [`pixel_median()`][pixel_median] gives what Lemma B.1's own
 argument predicts for ``β_pix`` when it does not hold: the ℓ1 location of the targets.

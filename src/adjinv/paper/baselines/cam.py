@@ -54,7 +54,8 @@ def _targets(logits: torch.Tensor, target: int | torch.Tensor | None) -> torch.T
 
 class AdjointSaliency:
     """``Σ_rgb |x̂^(k)|`` of the class-directional inversion (Eq. 12, docs/method.md §6/§11):
-    the library's [`adjinv.methods.saliency.AdjointSaliency`][adjinv.methods.saliency.AdjointSaliency] in this harness's
+    the library's [`adjinv.methods.saliency.AdjointSaliency`][adjinv.methods.saliency.AdjointSaliency] in
+    this harness's
     (B, H, W) call shape.
 
     ``mode`` is the [choice] of α of docs/method.md §6 (default the logit contribution ``W_{k,c} g_c``)."""

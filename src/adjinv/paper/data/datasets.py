@@ -4,7 +4,8 @@ A dataset here is anything with ``len(ds)``, ``ds[i] -> (image, label)`` where
 ``image`` is a (3, size, size) float tensor in [0, 1] and ``label`` an ``int``,
 a ``classes`` list, and ``describe() -> dict`` (everything that determines its
 images, used as the feature-cache key). Images are resized (shorter side) and
-centre-cropped to ``size`` with [`adjinv.images.files.resize_center_crop()`][adjinv.images.files.resize_center_crop].
+centre-cropped to ``size`` with
+[`adjinv.images.files.resize_center_crop()`][adjinv.images.files.resize_center_crop].
 
 Nothing is downloaded: point the loaders at copies you have.
 
@@ -22,7 +23,8 @@ Nothing is downloaded: point the loaders at copies you have.
   sub-folders if present, else a seeded stratified split).
 - [`LFWFaces`][LFWFaces] — the embedded default, see its docstring.
 - [`CompositeObjects`][CompositeObjects] — an embedded labelled set made from the composites
-  ([`adjinv.paper.data.composites`][adjinv.paper.data.composites]), for cross-dataset transfer; see its docstring.
+  ([`adjinv.paper.data.composites`][adjinv.paper.data.composites]), for cross-dataset transfer; see its
+  docstring.
 - [`CorruptedDataset`][CorruptedDataset] — any dataset with an ImageNet-C corruption applied
   on the fly ([`adjinv.paper.data.corruptions`][adjinv.paper.data.corruptions]).
 """
@@ -219,7 +221,8 @@ class LFWFaces(ImageDataset):
 
 # ----------------------------------------------------------------------------- composites
 class CompositeObjects(_LoadedDataset):
-    """An embedded labelled set made, not downloaded: composites ([`adjinv.paper.data.composites`][adjinv.paper.data.composites])
+    """An embedded labelled set made, not downloaded: composites
+    ([`adjinv.paper.data.composites`][adjinv.paper.data.composites])
     of the three composite photos outside the held-out photo split (``chelsea``,
     ``motorcycle``, ``rocket``) pasted on the five scikit-image background textures, with
     placement and scale drawn from seed ``1000 + i``.

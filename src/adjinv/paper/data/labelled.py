@@ -127,9 +127,11 @@ def composite_detection_set(size: int = 128, *, train_per_class: int = 24, test_
     """An embedded two-class set whose test images are new images, not crops of training ones.
 
     Class ``object``: an elliptical cut-out (centre 80 % of the photo) pasted onto a
-    texture crop ([`adjinv.paper.data.composites.paste()`][adjinv.paper.data.composites.paste]); class ``texture``: the texture
+    texture crop ([`adjinv.paper.data.composites.paste()`][adjinv.paper.data.composites.paste]); class
+    ``texture``: the texture
     crop alone. Training images paste the training-split photos of
-    [`adjinv.images.photos`][adjinv.images.photos] that are not textures ([`DETECTION_TRAIN_OBJECTS`][DETECTION_TRAIN_OBJECTS]) onto
+    [`adjinv.images.photos`][adjinv.images.photos] that are not textures
+    ([`DETECTION_TRAIN_OBJECTS`][DETECTION_TRAIN_OBJECTS]) onto
     [`DETECTION_TRAIN_BACKGROUNDS`][DETECTION_TRAIN_BACKGROUNDS]; test images paste the held-out photos
     ([`DETECTION_TEST_OBJECTS`][DETECTION_TEST_OBJECTS], evaluation only) onto
     [`DETECTION_TEST_BACKGROUNDS`][DETECTION_TEST_BACKGROUNDS], textures no training image shows. Balanced

@@ -16,7 +16,8 @@ bilinearly and thresholded at 0.5.
   shared with the evaluation sets); ``boundary=True`` counts the border as foreground too.
 - [`ImageMaskFolder`][ImageMaskFolder] — any ``images/`` folder with a ``masks/`` folder holding
   one mask per image with the same file stem (non-zero = foreground, any format).
-- [`CompositeMasks`][CompositeMasks] — the embedded sample set: see [`adjinv.paper.data.composites`][adjinv.paper.data.composites].
+- [`CompositeMasks`][CompositeMasks] — the embedded sample set: see
+[`adjinv.paper.data.composites`][adjinv.paper.data.composites].
 
 Nothing is downloaded.
 """
@@ -297,7 +298,8 @@ class ImageMaskFolder(MaskedDataset):
 
 
 class CompositeMasks(MaskedDataset):
-    """The embedded composites of [`adjinv.paper.data.composites`][adjinv.paper.data.composites] (masks exact by construction)."""
+    """The embedded composites of [`adjinv.paper.data.composites`][adjinv.paper.data.composites] (masks exact
+    by construction)."""
 
     name = "composites"
 

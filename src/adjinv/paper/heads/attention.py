@@ -431,7 +431,8 @@ def token_peak_distance(maps: torch.Tensor, grid: tuple[int, int], *, window: in
     """Locality of per-token maps: ``maps`` (B, T, 3, H, W) with ``T = h·w``, map ``t``
     being the visualisation of token ``t`` (row-major) of the ``h×w`` token ``grid``.
 
-    The peak is the argmax of [`token_energy_maps()`][token_energy_maps] after [`smooth_energy()`][smooth_energy]
+    The peak is the argmax of [`token_energy_maps()`][token_energy_maps] after
+    [`smooth_energy()`][smooth_energy]
     at the scale ``window`` px. [choice] ``window=None`` (default) is one token cell
     (``H/h`` px): a single-pixel argmax of these speckled maps is dominated by pixel
     noise; ``window=1`` gives the raw per-pixel argmax. Pixel ``(y, x)`` maps to grid

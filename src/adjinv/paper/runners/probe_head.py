@@ -4,14 +4,16 @@ The paper freezes each encoder and trains one linear probe on the target dataset
 that the class directions ``W_k`` under study are those that classify that dataset.
 [`probe_encoder()`][probe_encoder] does the same for ``fg-paradox`` and ``ecr`` (``--head probe``):
 GAP features of the deepest stage on a *training* split, a multinomial logistic
-regression ([`adjinv.paper.heads.probe.LinearProbe`][adjinv.paper.heads.probe.LinearProbe]), and a copy of the encoder whose
+regression ([`adjinv.paper.heads.probe.LinearProbe`][adjinv.paper.heads.probe.LinearProbe]), and a copy of
+the encoder whose
 head is the probe's exact linear form on raw GAP features (``effective_weights``). The
 LACs are loaded for the original encoder first: they are head-independent
 (docs/method.md §3), so the same cascade inverts both heads.
 
 Training splits (never an image the runners score):
 
-- ``composites``: the ``"probe"`` subset of [`adjinv.paper.data.composites`][adjinv.paper.data.composites], one class per
+- ``composites``: the ``"probe"`` subset of [`adjinv.paper.data.composites`][adjinv.paper.data.composites],
+one class per
   source photo, each photo on the backgrounds it never has in the scored ``"fg"`` set and
   at placements (seeds) no scored composite uses.
 - ``cub:ROOT``, ``oxford_pet:ROOT``: the dataset's own ``train`` split (the runners

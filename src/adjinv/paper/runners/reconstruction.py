@@ -7,7 +7,8 @@ folder is refused.
 
 **Photos.** LAC-free parts (the vanilla map, UpConvNet, the flat colour) are fitted on the
 training photos only; every score is measured on held-out photos only, and the held-out
-photos choose nothing. Defaults: [`adjinv.images.photos.split_photos()`][adjinv.images.photos.split_photos] (``--train DIR
+photos choose nothing. Defaults: [`adjinv.images.photos.split_photos()`][adjinv.images.photos.split_photos]
+(``--train DIR
 --heldout DIR`` for your own). A held-out photo that the evaluated LAC checkpoint names
 among its training images is flagged ``seen_by_lacs`` and left out of the verdicts and
 the summary. Crop 0 is the centre crop, crops 1… are fixed random crops (a generator

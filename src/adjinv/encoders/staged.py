@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import AdjinvError
+from ..records import Record
 from ..state import frozen, to_module
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -18,17 +19,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class StageInfo:
-    """Static facts about one stage ``f_l`` (measured with a probe input)."""
+class StageInfo(Record):
+    """Static facts about one stage ``f_l`` (measured with a probe input); ``to_dict`` is
+    the form checkpoint metadata records."""
 
     name: str
     channels: int
     reduction: int
     decimates: bool
-
-    def to_dict(self) -> dict:
-        """JSON-ready form (used in checkpoint metadata)."""
-        return asdict(self)
 
 
 class Stage(nn.Module):

@@ -30,7 +30,7 @@ states the LAC placement.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +39,11 @@ from ...core.cascade import AdjointCascade, channel_seeds
 from ...core.lac import LocalAdjointCorrector
 from ...core.simplex import simplex_measure
 from ...errors import AdjinvError
+from ...records import Record
 
 
 @dataclass
-class CrisisStats:
+class CrisisStats(Record):
     """Crisis I / II statistics of one signal, averaged over its leading items.
 
     ``lattice_share``: energy share of the most energetic ``s×s`` coset (uniform:
@@ -63,10 +64,6 @@ class CrisisStats:
     n_par_ratio: float
     n_perp_ratio: float
     hypotheses_hold: float
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 def lattice_shares(u: torch.Tensor, period: int) -> torch.Tensor:

@@ -17,11 +17,12 @@ correlation (SciPy's, ties at their average rank) and whether the maximisers coi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from ...errors import AdjinvError
+from ...records import Record
 from .covvol import subset_logdet
 
 
@@ -77,7 +78,7 @@ def inversion_log_volume(phi: torch.Tensor, subset: torch.Tensor | list[int], *,
 
 
 @dataclass
-class DualityResult:
+class DualityResult(Record):
     """Theorem 2 over ``n_subsets`` random subsets of size ``k`` from a pool of channels.
 
     ``spearman`` / ``p_value``: rank correlation of mean ``log Vol`` (over images) with
@@ -95,10 +96,6 @@ class DualityResult:
     same_maximiser: bool
     gap_best_volume_rank: int
     volume_best_gap_rank: int
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 def random_subsets(pool: int, k: int, n: int, seed: int = 0) -> list[list[int]]:

@@ -7,11 +7,12 @@ All functions take feature matrices ``(N, C)`` (rows = images) or covariances
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from ...errors import AdjinvError
+from ...records import Record
 from .covvol import subset_logdet
 
 
@@ -102,7 +103,7 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = No
 
 
 @dataclass
-class GeometryIndicators:
+class GeometryIndicators(Record):
     """The four covariance indicators of Figure 4(d) for one feature set."""
 
     logdet_subset: float
@@ -110,10 +111,6 @@ class GeometryIndicators:
     trace: float
     mmd2: float
     bandwidth: float
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 def geometry_indicators(reference: torch.Tensor, features: torch.Tensor, subset: torch.Tensor, *,

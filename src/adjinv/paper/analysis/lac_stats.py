@@ -18,12 +18,13 @@ that prediction.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from ...core.lac import LACBank, LocalAdjointCorrector
 from ...errors import AdjinvError
+from ...records import Record
 
 
 def lac_parameter_report(lacs: LACBank) -> dict[str, dict]:
@@ -53,7 +54,7 @@ def pixel_median(images: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class NormSpread:
+class NormSpread(Record):
     """``‖φ_c‖`` over the channels of one image (Supp. C.5).
 
     ``predicted``: ``sqrt(P Σ_rgb (γ_rgb² + β_rgb²))``, the norm with ρ = 1;
@@ -74,10 +75,6 @@ class NormSpread:
     share_within_1e_6: float
     beta_only_norm: float
     share_beta_only: float
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 def inversion_norm_spread(phi: torch.Tensor, lacs: LACBank) -> NormSpread:

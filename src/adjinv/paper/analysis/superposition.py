@@ -8,15 +8,16 @@ All computations are in float64.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from ...errors import AdjinvError
+from ...records import Record
 
 
 @dataclass
-class SuperpositionStats:
+class SuperpositionStats(Record):
     """The H1 statistics of one image (docs/method.md §7).
 
     ``energy_fraction``: ``λ₁ / tr(G)``; ``variance_before`` / ``variance_after``:
@@ -35,10 +36,6 @@ class SuperpositionStats:
     expansion: float
     cos_before: dict[str, float]
     cos_after: dict[str, float]
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 def _rows(phi: torch.Tensor) -> torch.Tensor:

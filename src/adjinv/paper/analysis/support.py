@@ -19,18 +19,19 @@ Theorem 1 bounds the support by.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch.func import vjp, vmap
 
 from ...errors import AdjinvError
+from ...records import Record
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
-class SupportLeak:
+class SupportLeak(Record):
     """Support containment of ``v_{l,c}`` for some channels of one image.
 
     ``energy_outside``: mean over channels of the share of ``‖v_{l,c}‖²`` outside the
@@ -48,10 +49,6 @@ class SupportLeak:
     negative_share: float
     channels: int
     field_covered: float = float("nan")
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 def support_leak(features: FeatureFn, x: torch.Tensor, channels: torch.Tensor | list[int], *,

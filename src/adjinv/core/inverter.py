@@ -110,17 +110,23 @@ class Inversion:
         scale; how much it resembles the photo is what the controls measure."""
         return centred_display(self.to_input(key))
 
+    def _label(self, k: int) -> str:
+        """Stage ``k``'s name, with the model's module path where it differs (``stage4=layer4``)."""
+        name = self.stage_names[k] if k < len(self.stage_names) else str(k)
+        alias = self.stage_aliases[k][0] if k < len(self.stage_aliases) and self.stage_aliases[k] else name
+        return name if alias == name else f"{name}={alias}"
+
     def __repr__(self) -> str:
         shape = "×".join(str(d) for d in self.x.shape)
-        stages = [self.stage_names[k] if k < len(self.stage_names) else str(k) for k in self.x_hat]
+        stages = [self._label(k) for k in self.x_hat]
         parts = [f"x: {shape}", f"x_hat: {stages}"]
         if self.phi:
             parts.append(f"phi: top-{next(iter(self.phi.values())).shape[1]}")
         if self.extra:
             parts.append(f"extra: {list(self.extra)}")
-        om = [float(v.max()) for v in self.omitted_mass.values()]
+        om = [float(v.max()) for k, v in self.omitted_mass.items() if isinstance(k, int)]
         if om and max(om) > 0:
-            eb = max(float(v.max()) for v in self.error_bound.values())
+            eb = max(float(v.max()) for k, v in self.error_bound.items() if isinstance(k, int))
             parts.append(f"anytime: omitted mass ≤ {max(om):.3g}, relative error ≤ {eb:.3g}")
         return f"Inversion({', '.join(parts)})"
 

@@ -147,6 +147,7 @@ class Inverter(nn.Module):
         xs = self.prepare(x)
         target = class_target(target, self.encoder)
         want = None if stages is None else [self._stage(s) for s in stages]
+        _check_target(target, xs.shape[0])
         if mode not in MODES:
             raise AdjinvError(f"mode must be one of {MODES}, got {mode!r}")
 
@@ -168,17 +169,36 @@ class Inverter(nn.Module):
     def channel_inversions(self, x: torch.Tensor, stage: int | str,
                            channels: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """``φ_{stage,c}`` for the given channels: (B, K, 3, H, W)."""
-        return self.inverter.channel_inversions(self.prepare(x), self._stage(stage), channels)
+        s = self._stage(stage)
+        n = self.encoder.infos[s].channels
+        try:
+            idx = torch.as_tensor(channels).long()
+        except (TypeError, ValueError, RuntimeError):
+            raise AdjinvError(f"channels must be channel indices (ints), got {channels!r}") from None
+        if idx.dim() != 1 or ((idx < -n) | (idx >= n)).any():
+            raise AdjinvError(f"channels must be a list of indices in 0…{n - 1} (stage {s} has "
+                              f"{n} channels), got {channels!r}")
+        return self.inverter.channel_inversions(self.prepare(x), s, idx % n)
 
     def psi(self, x: torch.Tensor, stage: int | str, seed: torch.Tensor) -> torch.Tensor:
         """The cascade ``Ψ_stage(G)`` for any cotangent ``G`` (B, C, h, w) (Eq. 7)."""
-        return self.inverter.psi(self.prepare(x), self._stage(stage), seed)
+        xs, s = self.prepare(x), self._stage(stage)
+        with torch.no_grad(), self.encoder.frozen():
+            want = tuple(self.encoder.forward_stages(xs, upto=s)[s].shape)
+        if not isinstance(seed, torch.Tensor) or tuple(seed.shape) != want:
+            got = tuple(seed.shape) if isinstance(seed, torch.Tensor) else type(seed).__name__
+            raise AdjinvError(f"seed must be a tensor shaped like stage {s}'s features "
+                              f"{want}, got {got}")
+        return self.inverter.psi(xs, s, seed)
 
     def readout(self, x: torch.Tensor, readout: Readout, *, split: bool = False,
                 top_k: int = 0) -> ReadoutInversion:
         """Any scalar readout of the deepest features, pulled back through this inverter's
         cascade (docs/method.md §12;
         [`adjinv.methods.readout.invert_readout()`][adjinv.methods.readout.invert_readout])."""
+        if not callable(readout):
+            raise AdjinvError(f"readout must be a function of the deepest features (a "
+                              f"Readout), got {type(readout).__name__}")
         return invert_readout(self.inverter, None, self.prepare(x), readout, split=split,
                               top_k=top_k)
 
@@ -229,3 +249,16 @@ def _as_lacs(encoder: StagedEncoder, lacs: LacsSpec, allow_other_weights: bool) 
         return load_lacs(encoder, lacs, allow_other_weights=allow_other_weights)
     raise AdjinvError(f"lacs must be None, 'identity', a checkpoint path, a LACBank or the "
                       f"result of adjinv.load_lacs, got {type(lacs).__name__}")
+
+
+def _check_target(target: object, batch: int) -> None:
+    """A class index: an int, or an integer tensor of one or ``batch`` entries."""
+    if target is None:
+        return
+    if isinstance(target, bool) or not isinstance(target, (int, torch.Tensor)) or (
+            isinstance(target, torch.Tensor) and (target.is_floating_point() or target.is_complex()
+                                                  or target.numel() not in (1, batch)
+                                                  or target.dim() > 1)):
+        raise AdjinvError(f"target must be a class index (an int, or a (B,) integer tensor "
+                          f"with one per image), got {target!r}")
+

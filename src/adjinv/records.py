@@ -8,7 +8,7 @@ from typing import Any
 
 
 class Record:
-    """Mixin for a dataclass of plain values: :meth:`to_dict` is its JSON-ready form."""
+    """Mixin for a dataclass of plain values: [`to_dict()`][to_dict] is its JSON-ready form."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``dataclasses.asdict``)."""

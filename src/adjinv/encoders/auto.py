@@ -293,6 +293,9 @@ def encoder_from_module(
     The modules are shared, not copied; the model's train/eval mode and
     ``requires_grad`` flags are restored after every adjinv call.
     """
+    if not isinstance(model, nn.Module):
+        raise AdjinvError(f"encoder_from_module takes a torch nn.Module, got "
+                          f"{type(model).__name__}; for a registry name use load_encoder(name)")
     if (mean is None) != (std is None):
         raise AdjinvError("pass mean= and std= together (or neither, to take them from the model)")
     if mean is None or std is None:

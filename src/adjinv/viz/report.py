@@ -17,13 +17,14 @@ from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
 from ..encoders.staged import StagedEncoder
-from ..fileio import atomic_write_json, atomic_write_text, inside, publish_dir, save_png, staging_dir
+from ..fileio import atomic_write_json, atomic_write_text, finite_json, inside, save_png
 from ..images.files import resize_center_crop
 from ..lacs.vanilla import VanillaMap
 from ..methods.class_directional import class_directional_weights
 from ..methods.resolve import resolve
 from ..metrics.likeness import affine_fit, pearson_rgb
 from ..metrics.reconstruction import psnr, ssim
+from ..outdir import publish_dir, staging_dir
 from ..state import module_device
 from .display import centred_display, robust_minmax
 from .html import figure, page, table
@@ -181,7 +182,7 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
             summary["vanilla_gradient"] = {"unavailable": "no fitted vanilla map: the LAC checkpoint "
                                                           "has none (train LACs with adjinv train)"}
         summary["seconds"] = time.perf_counter() - t0
-        atomic_write_json(out / "summary.json", summary)
+        atomic_write_json(out / "summary.json", finite_json(summary))
         publish_dir(out, final)
     except BaseException:  # interrupted or failed: leave no half-filled folder
         shutil.rmtree(out, ignore_errors=True)
@@ -229,7 +230,7 @@ def image_section(summary: dict, prefix: str) -> str:
 
 def write_index(out: Path, summaries: list[dict], title: str, intro: str = "") -> Path:
     """``index.html`` and the combined ``summary.json`` over every image."""
-    atomic_write_json(out / "summary.json", summaries)
+    atomic_write_json(out / "summary.json", finite_json(summaries))
     rows = [[s["image"], s["top1"]["name"], s["top1"]["probability"], s["reconstruction"]["ssim"],
              s["seed_zero_control"]["ssim"], s["vanilla_gradient"].get("ssim", "n/a")]
             for s in summaries]

@@ -53,6 +53,13 @@ SPLITS = ("train", "test")
 RESIZE = "resize shorter side (bilinear, antialias) + centre crop"
 
 
+def dataset_folder(root: str | os.PathLike, name: str) -> Path:
+    """``root / name`` if that folder exists, else ``root``: a data set's root may be given
+    as its own folder or as the folder holding it."""
+    r = Path(root)
+    return r / name if (r / name).is_dir() else r
+
+
 def _check_split(split: str) -> None:
     if split not in SPLITS:
         raise AdjinvError(f"split must be one of {SPLITS}, got {split!r}")
@@ -81,10 +88,9 @@ def stratified_split(labels: Sequence[int], test_fraction: float, seed: int) -> 
     return sorted(train), sorted(test)
 
 
-class ImageDataset(ABC):
-    """Base: subclasses fill ``self.classes`` and implement ``__len__``, ``_label(i)``
-    and ``__getitem__`` (``(image (3, size, size) in [0, 1], label)``); file- or
-    array-backed sets derive from ``_LoadedDataset`` and implement ``_load(i)``."""
+class SizedImages(ABC):  # noqa: B024 (a base for state, not an interface)
+    """What every image set shares (labelled or masked): the side ``size`` (at least
+    8 px) its images come at, and its class names ``classes``."""
 
     name = "dataset"
 
@@ -93,6 +99,12 @@ class ImageDataset(ABC):
             raise AdjinvError(f"image size must be at least 8 px, got {size}")
         self.size = size
         self.classes: list[str] = []
+
+
+class ImageDataset(SizedImages):
+    """Base: subclasses fill ``self.classes`` and implement ``__len__``, ``_label(i)``
+    and ``__getitem__`` (``(image (3, size, size) in [0, 1], label)``); file- or
+    array-backed sets derive from ``_LoadedDataset`` and implement ``_load(i)``."""
 
     @abstractmethod
     def __len__(self) -> int:  # pragma: no cover - abstract
@@ -331,9 +343,7 @@ class CIFAR100(_LoadedDataset):
     def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 32) -> None:
         super().__init__(size)
         _check_split(split)
-        r = Path(root)
-        if (r / "cifar-100-python").is_dir():
-            r = r / "cifar-100-python"
+        r = dataset_folder(root, "cifar-100-python")
         batch = safe_unpickle(r / split)
         if not isinstance(batch, dict):
             raise AdjinvError(f"{r / split} is not a CIFAR batch (a dict)")
@@ -377,9 +387,7 @@ class CIFAR100C(_LoadedDataset):
     def __init__(self, root: str | os.PathLike, corruption: str, severity: int,
                  size: int = 32) -> None:
         super().__init__(size)
-        r = Path(root)
-        if (r / "CIFAR-100-C").is_dir():
-            r = r / "CIFAR-100-C"
+        r = dataset_folder(root, "CIFAR-100-C")
         f = r / f"{corruption}.npy"
         if not f.is_file():
             have = sorted(p.stem for p in r.glob("*.npy") if p.stem != "labels") if r.is_dir() else []
@@ -617,8 +625,7 @@ def open_shifted(spec: str, test_set: ImageDataset, size: int, seed: int = 0,
         root = parts[0]
         if not root:
             raise AdjinvError(f"{spec!r} needs a root: cifar100c:ROOT[:NAME[:SEVERITY]]")
-        r = Path(root)
-        r = r / "CIFAR-100-C" if (r / "CIFAR-100-C").is_dir() else r
+        r = dataset_folder(root, "CIFAR-100-C")
         if len(parts) > 1 and parts[1] not in ("", "all"):
             names = [parts[1]]
         else:

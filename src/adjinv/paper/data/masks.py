@@ -25,7 +25,7 @@ Nothing is downloaded.
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ...errors import AdjinvError
 from ...images.files import IMAGE_SUFFIXES, list_images, load_image
-from .datasets import _check_split
+from .datasets import SizedImages, _check_split, dataset_folder
 
 RESIZE = "resize shorter side (bilinear, antialias) + centre crop; mask bilinear, > 0.5"
 
@@ -93,17 +93,14 @@ def load_mask(path: str | os.PathLike, threshold: float | None = None) -> torch.
     return t
 
 
-class MaskedDataset(ABC):
+class MaskedDataset(SizedImages):
     """Base: subclasses set ``self.items`` (name, image path, mask source, label) and
     ``self.classes`` and implement ``_mask(i) -> (H, W)`` (float or bool)."""
 
     name = "masked"
 
     def __init__(self, size: int) -> None:
-        if size < 8:
-            raise AdjinvError(f"image size must be at least 8 px, got {size}")
-        self.size = size
-        self.classes: list[str] = []
+        super().__init__(size)
         self.items: list[tuple[str, Path, Any, int]] = []
 
     def __len__(self) -> int:
@@ -149,9 +146,7 @@ class CUB200(MaskedDataset):
     def __init__(self, root: str | os.PathLike, split: str = "test", size: int = 224) -> None:
         super().__init__(size)
         _check_split(split)
-        r = Path(root)
-        if (r / "CUB_200_2011").is_dir():
-            r = r / "CUB_200_2011"
+        r = dataset_folder(root, "CUB_200_2011")
         seg = next((p for p in (r / "segmentations", r.parent / "segmentations") if p.is_dir()), None)
         if seg is None:
             raise AdjinvError(f"no segmentations/ folder in {r} or {r.parent} (the CUB "

@@ -1,8 +1,8 @@
 """The one-liner: ``adjinv.Inverter(model_or_name)``.
 
 It builds the staged encoder (from a registry name, any CNN ``nn.Module`` or a
-:class:`~adjinv.encoders.staged.StagedEncoder`), finds its LACs and delegates the
-work to :class:`~adjinv.core.inverter.AdjointInverter`. Being an ``nn.Module``,
+[`StagedEncoder`][adjinv.encoders.staged.StagedEncoder]), finds its LACs and delegates the
+work to [`AdjointInverter`][adjinv.core.inverter.AdjointInverter]. Being an ``nn.Module``,
 ``.to(device)`` / ``.double()`` move the encoder and the LACs together.
 
     >>> inv = adjinv.Inverter(model, normalize=True)        # doctest: +SKIP
@@ -23,6 +23,7 @@ from torch import nn
 
 from .core.inverter import AdjointInverter, Inversion, Progress
 from .core.lac import LACBank
+from .core.stagedict import stage_index
 from .encoders.auto import encoder_from_module
 from .encoders.registry import load_encoder
 from .encoders.staged import StagedEncoder
@@ -30,6 +31,7 @@ from .errors import AdjinvError
 from .lacs.bundled import IDENTITY_SOURCE, LoadedLACs, load_lacs
 from .methods.class_directional import MODES, class_directional_weights
 from .methods.readout import Readout, ReadoutInversion, invert_readout
+from .methods.resolve import Target, class_target
 from .state import to_module
 
 logger = logging.getLogger(__name__)
@@ -41,26 +43,30 @@ class Inverter(nn.Module):
     """Adjoint inversion of a classifier in one line (Eq. 7–8, Eq. 12).
 
     Args:
-        model: a registry name (:func:`adjinv.load_encoder`, e.g. ``"efficientnet_lite0"``),
-            a :class:`StagedEncoder`, or any torchvision/timm-style CNN ``nn.Module``,
-            split into stages where its resolution drops (:func:`adjinv.encoder_from_module`).
+        model: a registry name ([`adjinv.load_encoder()`][adjinv.load_encoder], e.g.
+            ``"efficientnet_lite0"``),
+            a [`StagedEncoder`][StagedEncoder], or any torchvision/timm-style CNN ``nn.Module``,
+            split into stages where its resolution drops
+            ([`adjinv.encoder_from_module()`][adjinv.encoder_from_module]).
             Modules are shared, not copied; their mode and ``requires_grad`` flags are
             restored after every call.
         lacs: ``None`` (default): the checkpoint bundled for this encoder, else identity
             LACs with a warning; ``"identity"``: identity LACs (γ=1, β=0) without one;
             a path to a LAC checkpoint; the name of another checkpoint bundled for the
-            encoder (:func:`adjinv.lacs.checkpoint.bundled_variants`, e.g. ``"paper"``); a
-            :class:`LACBank`; or what :func:`adjinv.load_lacs` returned.
+            encoder ([`adjinv.lacs.checkpoint.bundled_variants()`][adjinv.lacs.checkpoint.bundled_variants],
+            e.g. ``"paper"``); a
+            [`LACBank`][LACBank]; or what [`adjinv.load_lacs()`][adjinv.load_lacs] returned.
         normalize: if True, inputs are images in [0, 1] and are normalised with the
             encoder's mean/std inside the call; if False (default) they are already in the
             encoder's input space (``encoder.normalize(img)``).
         weights: local weights file for a registry name (never downloaded).
         allow_other_weights: accept a LAC checkpoint made for other weights of the same
             architecture.
-        encoder_kw: further arguments of :func:`adjinv.encoder_from_module` (``stages``,
+        encoder_kw: further arguments of [`adjinv.encoder_from_module()`][adjinv.encoder_from_module]
+            (``stages``,
             ``head``, ``mean``, ``std``, …), for a plain ``nn.Module`` only.
         **inverter_kw: ``chunk_size``, ``memory_budget``, ``engine``, ``precision``,
-            ``channels_last`` of :class:`AdjointInverter`.
+            ``channels_last`` of [`AdjointInverter`][AdjointInverter].
     """
 
     def __init__(self, model: nn.Module | str, lacs: LacsSpec = None, *, normalize: bool = False,
@@ -93,19 +99,20 @@ class Inverter(nn.Module):
         return self.inverter.prepare(x)
 
     def to_display(self, x: torch.Tensor) -> torch.Tensor:
-        """A reconstruction in encoder space → image in [0, 1] (de-normalised, clipped)."""
+        """A tensor in encoder space → image in [0, 1] (de-normalised, clipped): right for
+        inputs; for reconstructions, whose contrast is small, use ``res.image(stage)``."""
         return self.encoder.to_display(x)
 
     # ------------------------------------------------------------------ inversion
-    def forward(self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
+    def forward(self, x: torch.Tensor, target: Target = None, *,
                 stages: Sequence[int | str] | None = None, top_k: int = 0,
                 mode: str = "contribution", progress: Progress | None = None,
                 mass: float | None = None, max_channels: int | None = None) -> Inversion:
-        """Same as :meth:`invert`."""
+        """Same as [`invert()`][invert]."""
         return self.invert(x, target=target, stages=stages, top_k=top_k, mode=mode,
                            progress=progress, mass=mass, max_channels=max_channels)
 
-    def invert(self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
+    def invert(self, x: torch.Tensor, target: Target = None, *,
                stages: Sequence[int | str] | None = None, top_k: int = 0,
                mode: str = "contribution", progress: Progress | None = None,
                mass: float | None = None, max_channels: int | None = None) -> Inversion:
@@ -115,26 +122,30 @@ class Inverter(nn.Module):
         Args:
             x: images (B, 3, H, W) or (3, H, W); in [0, 1] if the inverter was built with
                 ``normalize=True``, else in the encoder's input space.
-            target: class ``k`` (an int, or one per image as a (B,) tensor); ``None`` skips
+            target: class ``k`` (an int, a class name such as ``"kite"``, or one per image);
+                ``None`` skips
                 the class-directional synthesis. It shares the deepest stage's pass.
-            stages: stages to reconstruct, by index (negative counts from the deepest) or
-                name; default all.
+            stages: stages to reconstruct, by index (negative counts from the deepest), by
+                name or by the model's module path (``"layer4"``); default all.
             top_k: also keep the ``top_k`` per-channel inversions ``φ_{l,c}`` with the
                 largest simplex weight (Eq. 2) at each stage.
             mode: the class direction ``α`` (``"contribution"``: ``W_{k,c} g_c``, the
                 default; ``"weight"``; ``"weight*simplex"``).
             progress: ``callback(done, total)`` over channels.
-            mass: anytime inversion (:meth:`AdjointInverter.invert`): synthesise the channels
+            mass: anytime inversion ([`AdjointInverter.invert()`][AdjointInverter.invert]): synthesise the
+                channels
                 of largest weight up to this simplex mass; ``res.error_bound`` holds a proven
                 bound on the relative error.
             max_channels: anytime inversion: at most this many channels per stage.
 
         Returns:
-            An :class:`Inversion`; ``res.x_hat[-1]`` is the deepest reconstruction, and with
+            An [`Inversion`][Inversion]; ``res.x_hat[-1]`` is the deepest reconstruction (encoder
+            space), ``res.image(-1)`` the same as a displayable image in [0, 1], and with
             ``target`` ``res.extra["class"]``, ``["class+"]``, ``["class-"]`` hold ``x̂^(k)``,
             ``x̂^(k)_+``, ``x̂^(k)_-`` and ``res.extra_weights["class"]`` holds ``α``.
         """
         xs = self.prepare(x)
+        target = class_target(target, self.encoder)
         want = None if stages is None else [self._stage(s) for s in stages]
         _check_target(target, xs.shape[0])
         if mode not in MODES:
@@ -183,7 +194,8 @@ class Inverter(nn.Module):
     def readout(self, x: torch.Tensor, readout: Readout, *, split: bool = False,
                 top_k: int = 0) -> ReadoutInversion:
         """Any scalar readout of the deepest features, pulled back through this inverter's
-        cascade (docs/method.md §12; :func:`adjinv.methods.readout.invert_readout`)."""
+        cascade (docs/method.md §12;
+        [`adjinv.methods.readout.invert_readout()`][adjinv.methods.readout.invert_readout])."""
         if not callable(readout):
             raise AdjinvError(f"readout must be a function of the deepest features (a "
                               f"Readout), got {type(readout).__name__}")
@@ -192,10 +204,11 @@ class Inverter(nn.Module):
 
     def _stage(self, stage: int | str) -> int:
         if isinstance(stage, str):
-            names = [i.name for i in self.encoder.infos]
-            if stage not in names:
-                raise AdjinvError(f"no stage named {stage!r}; the stages are {names}")
-            return names.index(stage)
+            try:
+                return stage_index(stage, [i.name for i in self.encoder.infos],
+                                   self.encoder.stage_aliases)
+            except KeyError as e:
+                raise AdjinvError(e.args[0]) from None
         n = self.encoder.num_stages
         s = int(stage) + n if int(stage) < 0 else int(stage)
         if not 0 <= s < n:

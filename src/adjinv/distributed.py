@@ -86,10 +86,10 @@ def init_from_env(device: torch.device | None = None) -> bool:
     ``WORLD_SIZE``, ``MASTER_ADDR``…); NCCL for CUDA devices, gloo otherwise. Returns
     whether this process is distributed. Without those variables, does nothing.
 
-    The environment is checked first (:func:`check_env`). Meeting the other ranks may take
-    ``ADJINV_RENDEZVOUS_TIMEOUT_S`` seconds (default :data:`RENDEZVOUS_TIMEOUT_S`), with a
+    The environment is checked first ([`check_env()`][check_env]). Meeting the other ranks may take
+    ``ADJINV_RENDEZVOUS_TIMEOUT_S`` seconds (default [`RENDEZVOUS_TIMEOUT_S`][RENDEZVOUS_TIMEOUT_S]), with a
     log line while waiting; collectives afterwards time out after ``ADJINV_DIST_TIMEOUT_S``
-    seconds (default :data:`DEFAULT_TIMEOUT_S`)."""
+    seconds (default [`DEFAULT_TIMEOUT_S`][DEFAULT_TIMEOUT_S])."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return False
     if not dist.is_available():
@@ -161,7 +161,7 @@ def share_work(items: Sequence[T], work: Callable[[T], object]) -> bool:
     """Run a per-item loop's work in parallel under ``torchrun``; True on the process that
     then aggregates.
 
-    With several ranks, rank ``r`` calls ``work`` on its :func:`shard` of ``items`` (each
+    With several ranks, rank ``r`` calls ``work`` on its [`shard()`][shard] of ``items`` (each
     item on exactly one rank), then every rank waits at a barrier. ``work`` is expected to
     fill a per-item cache on disk that all ranks share (an output folder on a shared file
     system), so that the aggregation that follows — on rank 0 alone, which is where this
@@ -169,7 +169,7 @@ def share_work(items: Sequence[T], work: Callable[[T], object]) -> bool:
     the aggregation computes (and caches) each item as before, so results do not depend on
     the number of processes as long as each item's computation does not.
 
-    Ranks other than 0 get False; they should wait for rank 0 with :func:`barrier` (rank 0
+    Ranks other than 0 get False; they should wait for rank 0 with [`barrier()`][barrier] (rank 0
     calls it once it has written its results) and must not write shared files."""
     rank, world = rank_world()
     if world == 1:

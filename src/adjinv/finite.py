@@ -18,7 +18,7 @@ def non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
 
 
 def check_finite(named: Iterable[tuple[str, torch.Tensor]], what: str, fix: str) -> None:
-    """Raise :class:`AdjinvError` naming the first tensors of ``what`` that are not finite.
+    """Raise [`AdjinvError`][AdjinvError] naming the first tensors of ``what`` that are not finite.
 
     Args:
         named: ``(name, tensor)`` pairs (``state_dict().items()``, ``named_parameters()``).

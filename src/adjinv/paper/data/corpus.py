@@ -2,7 +2,7 @@
 
 Real photographs from Debian's wallpaper packages (fetched with ``apt-get download`` and
 unpacked with ``dpkg -x``, nothing installed system-wide) plus the photos that ship inside
-the Python packages the project already uses (:mod:`adjinv.images.photos`). The selection
+the Python packages the project already uses ([`adjinv.images.photos`][adjinv.images.photos]). The selection
 below keeps photographs only (no renders, logos or drawings), one file per wallpaper
 (the largest of the resolutions a wallpaper ships in), and fixes the split **by photo**:
 
@@ -11,10 +11,10 @@ below keeps photographs only (no renders, logos or drawings), one file per wallp
 - ``heldout``: evaluation only. The embedded held-out photos stay held out, and corpus
   photos join them.
 
-:func:`build_corpus` writes an ImageFolder-style tree ``ROOT/<split>/<source>/<name>.png``
-(shorter side :data:`SHORT_SIDE` px) and ``ROOT/manifest.json`` (source package and
+[`build_corpus()`][build_corpus] writes an ImageFolder-style tree ``ROOT/<split>/<source>/<name>.png``
+(shorter side [`SHORT_SIDE`][SHORT_SIDE] px) and ``ROOT/manifest.json`` (source package and
 version, file, licence and copyright from the package's ``debian/copyright``, sha256 of
-the source file and of the written PNG, sizes, split). :func:`load_corpus_split` reads a
+the source file and of the written PNG, sizes, split). [`load_corpus_split()`][load_corpus_split] reads a
 built corpus back, checking every file against its manifest hash. Neither the tests nor
 ``adjinv demo`` need the corpus: only the trained LAC weights ship.
 """

@@ -1,6 +1,6 @@
 """Sec. 3.5 / C.9: attention heads through the unchanged LAC cascade.
 
-``adjinv train-head`` trains a :class:`HybridAttentionClassifier` on a labelled set;
+``adjinv train-head`` trains a [`HybridAttentionClassifier`][HybridAttentionClassifier] on a labelled set;
 ``adjinv experiment attention`` visualises block energies ``‖T_b‖²`` (layer-wise),
 token energies ``‖T_{b,t}‖²`` (per token, at an early and a deep block) and the
 head's top logit with the trained LACs, and measures how close each token map's
@@ -127,7 +127,7 @@ def visualise_image(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAt
                     name: str, image: torch.Tensor, out: Path, cfg: AttentionConfig,
                     progress: Progress | None = None) -> tuple[dict, dict]:
     """Layer-wise and per-token maps of one image (3, H, W) in [0, 1]; PNGs into ``out``.
-    Returns the image's JSON record and its :class:`TokenPeaks` per block."""
+    Returns the image's JSON record and its [`TokenPeaks`][TokenPeaks] per block."""
     t0 = time.perf_counter()
     img = resize_center_crop(image, cfg.size)
     x = encoder.normalize(img)[None]
@@ -200,7 +200,7 @@ def visualise_image(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAt
 def token_locality(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAttentionClassifier,
                    image: torch.Tensor, cfg: AttentionConfig) -> dict[int, tuple[TokenPeaks, TokenPeaks]]:
     """Per-token maps of one image through ``head`` (no files): ``{block: (smoothed, pixel)}``
-    :class:`TokenPeaks`, for the untrained-head control (docs/method.md §12)."""
+    [`TokenPeaks`][TokenPeaks], for the untrained-head control (docs/method.md §12)."""
     x = encoder.normalize(resize_center_crop(image, cfg.size))[None]
     nb = len(head.blocks)
     blocks = sorted({_block_index(b, nb) for b in cfg.token_blocks})
@@ -410,7 +410,7 @@ class TrainHeadArgs(HeadSetup):
 @dataclass
 class AttentionArgs(HeadSetup):
     """What ``adjinv experiment attention`` loads, trains and visualises
-    (:class:`AttentionConfig` is the part :func:`run_attention` needs)."""
+    ([`AttentionConfig`][AttentionConfig] is the part [`run_attention()`][run_attention] needs)."""
 
     head: str | None = option(None, "head checkpoint from `adjinv train-head` (default: train one on the "
         "labelled set first, in memory)")

@@ -117,7 +117,8 @@ def load_named_encoder(name: str, weights: str | None, random_init: bool, log: L
 
 def features(encoder: StagedEncoder, dataset: Any, label: str, cache_dir: Path | None,
              batch_size: int, log: Log) -> FeatureSet:
-    """:func:`extract_gap_features` with a tqdm bar (only on a terminal) and a log line."""
+    """[`extract_gap_features()`][extract_gap_features] with a tqdm bar (only on a terminal) and a log
+    line."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(dataset), desc=label, unit="img", leave=False, file=sys.stderr,
@@ -145,7 +146,8 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 def pyplot() -> Any:
     """A pyplot stand-in whose ``subplots`` builds figures with the object-oriented API
-    (:func:`adjinv.viz.figures.subplots`): no global backend switch, no pyplot state."""
+    ([`adjinv.viz.figures.subplots()`][adjinv.viz.figures.subplots]): no global backend switch, no pyplot
+    state."""
     from ...viz.figures import subplots
 
     return types.SimpleNamespace(subplots=subplots)

@@ -175,7 +175,7 @@ def run(inv: AdjointInverter, data: Path, out: Path, cfg: DatasetConfig) -> Path
 
 @dataclass
 class InvertDatasetArgs:
-    """The command line of ``adjinv invert-dataset``; :class:`DatasetConfig` is the part
+    """The command line of ``adjinv invert-dataset``; [`DatasetConfig`][DatasetConfig] is the part
     stored in ``manifest.json``."""
 
     data: str = option("", "folder of images (searched recursively)", positional=True, input=True)
@@ -192,7 +192,7 @@ class InvertDatasetArgs:
 
 
 def invert_dataset_command(args: InvertDatasetArgs, out: Path, *, log: Log = quiet_log) -> dict:
-    """``adjinv invert-dataset``: load, join the torchrun group, :func:`run`. On rank 0 the
+    """``adjinv invert-dataset``: load, join the torchrun group, [`run()`][run]. On rank 0 the
     number of images, the LACs' source and the ``results.json`` path; elsewhere ``{}``."""
     from ...encoders import load_encoder
     from ...lacs.bundled import load_lacs

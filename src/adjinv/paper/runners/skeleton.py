@@ -1,19 +1,19 @@
 """One skeleton for every runner: config dataclass → command line generated from it →
 run (cache, ``results.json``, ``table.md``, figures) → the closing ``wrote …`` line.
 
-A :class:`Runner` names the command, its config dataclass and its run function
-``run(cfg, out, log=…) -> results``. :func:`add_command` builds the argparse subcommand
+A [`Runner`][Runner] names the command, its config dataclass and its run function
+``run(cfg, out, log=…) -> results``. [`add_command()`][add_command] builds the argparse subcommand
 from the dataclass: one flag per field, the value type from the annotation
 (``X | None`` is ``X``; ``bool`` a switch; ``list[X]`` takes several values), the help
 text from ``field(metadata={"help": …})`` with the default appended. What every command
 shares is here and nowhere else: ``--out`` under the output contract of
-:mod:`adjinv.outdir` (with ``--overwrite``; a config's ``check()`` runs before it),
+[`adjinv.outdir`][adjinv.outdir] (with ``--overwrite``; a config's ``check()`` runs before it),
 ``--config`` (a JSON object of config fields; flags override it, unknown keys and values of
 the wrong type are an error), ``--threads``, joining a ``torchrun``
-group, progress lines through :mod:`logging` on the main rank only (the CLI shows them
+group, progress lines through ``logging`` on the main rank only (the CLI shows them
 on stderr), and the summary on stdout.
 
-Field metadata (every key optional; :func:`option` takes them as keywords):
+Field metadata (every key optional; [`option()`][option] takes them as keywords):
 
 ``help``
     the flag's help; `` (default X)`` is appended unless the text speaks of a default.
@@ -81,13 +81,13 @@ class Variant:
 
     @property
     def dest(self) -> str:
-        """The argparse destination of :attr:`flag`."""
+        """The argparse destination of [`flag`][flag]."""
         return self.flag.lstrip("-").replace("-", "_")
 
 
 @dataclass(frozen=True)
 class Runner:
-    """A command of the paper's harness, described once; :func:`add_command` builds it."""
+    """A command of the paper's harness, described once; [`add_command()`][add_command] builds it."""
 
     name: str  # adjinv experiment NAME (or adjinv NAME with ``command=True``)
     config: type  # a dataclass: one flag per field

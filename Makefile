@@ -40,6 +40,6 @@ lac-224:
 	for obj in paper multipath; do \
 	  python3 benchmarks/train_embedded.py --photos corpus --size 224 --batch-size 1 \
 	    --xhat sampled --channel-fraction 0.15 --top 0.5 --lr 0.01 --schedule constant \
-	    --steps 4000 --validate-every 40 --patience 8 --keep-every 40 --threads 1 --min-crop 0.5 \
+	    --steps 4000 --validate-every 80 --patience 5 --keep-every 40 --threads 1 --min-crop 0.5 \
 	    --objective $$obj --out benchmarks/results/training/lite0-224/$$obj.lac.safetensors; \
 	done

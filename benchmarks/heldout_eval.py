@@ -61,16 +61,22 @@ def main() -> None:
     ap.add_argument("--corpus", default="corpus")
     ap.add_argument("--encoder", default="efficientnet_lite0")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--split", default="heldout", choices=("heldout", "validation"),
+                    help="validation: the corpus's colour validation photos, on which a default "
+                         "may be chosen (the training runs' val_l1 uses the same crops)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     enc = load_encoder(args.encoder)
-    photos = {**split_photos("heldout"), **load_corpus_split(args.corpus, "heldout")}
+    if args.split == "heldout":
+        photos = {**split_photos("heldout"), **load_corpus_split(args.corpus, "heldout")}
+    else:
+        photos = load_corpus_split(args.corpus, "validation", colour_only=True)
     variants = dict(v.split("=", 1) for v in args.variants)
     last = enc.num_stages - 1
-    res: dict = {"encoder": args.encoder, "photos": list(photos), "variants": variants,
+    res: dict = {"encoder": args.encoder, "split": args.split, "photos": list(photos), "variants": variants,
                  "total_stride": enc.total_stride, "sizes": {}}
     for size in (int(s) for s in args.sizes.split(",")):
         x01 = torch.stack([resize_center_crop(p, size) for p in photos.values()])

@@ -83,6 +83,14 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
     The files are written into a hidden sibling folder that replaces ``out`` only once
     all of them are complete, so an interrupted run leaves no half-filled folder."""
     t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    clock = [t0]
+
+    def lap(panel: str) -> None:
+        now = time.perf_counter()
+        timing[panel] = timing.get(panel, 0.0) + now - clock[0]
+        clock[0] = now
+
     img = resize_center_crop(image, cfg.size).to(module_device(encoder))
     x = encoder.normalize(img)[None]
     inv = AdjointInverter(encoder, lacs, chunk_size=cfg.chunk_size, precision=cfg.precision)
@@ -103,10 +111,14 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
         if progress is not None:
             progress(name, done, total)
 
+    lap("forward")
     res = inv.invert(x, top_k=top_k, extra_weights=cd, progress=tick,
                      mass=cfg.mass)
+    lap("spectrum, x̂_L, class-directional, top channels")
     control = inv.seed_zero_control(x)[0]
+    lap("seed-zero control")
     raw_vanilla = inv.vanilla_gradient(x)
+    lap("vanilla gradient")
     last_stage = encoder.num_stages - 1
     swapped = []
     if partners:
@@ -116,6 +128,7 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
                 a_p = a_p.to(lin.acts[last_stage])
                 sums, _ = inv.synthesize(lin, last_stage, {"s": simplex_measure(a_p)}, source=a_p)
                 swapped.append(sums["s"][0])
+    lap("swapped-seed partners")
     last = encoder.num_stages - 1
     img = img.to(res.x.device, res.x.dtype)
     probs = res.logits.softmax(1)[0]
@@ -181,7 +194,9 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
         else:
             summary["vanilla_gradient"] = {"unavailable": "no fitted vanilla map: the LAC checkpoint "
                                                           "has none (train LACs with adjinv train)"}
+        lap("scores and files")
         summary["seconds"] = time.perf_counter() - t0
+        summary["timing"] = timing
         atomic_write_json(out / "summary.json", summary)
         publish_dir(out, final)
     except BaseException:  # interrupted or failed: leave no half-filled folder

@@ -16,7 +16,7 @@ Three measurements, one JSON file:
   over the float32 yardstick.
 
     python benchmarks/breakdown.py --threads 1 --photos china --out benchmarks/results/breakdown/before.json
-    python benchmarks/breakdown.py --table benchmarks/results/breakdown/before.json benchmarks/results/breakdown/after.json
+    python benchmarks/breakdown.py --table benchmarks/results/breakdown/{before,after}.json
 """
 
 from __future__ import annotations
@@ -283,7 +283,8 @@ def table(runs: list[dict[str, Any]]) -> str:
             cells.append("—" if v is None else f"{v:.2f} s ({100 * v / k['profiled_wall_s']:.0f} %)")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     rows = [("channels × chunk", lambda k, r: f"{k['channels']} × {k['chunk']}"),
-            ("wall, unprofiled", lambda k, r: f"{k['wall_s']:.2f} s ({1000 * k['wall_s'] / k['channels']:.1f} ms/ch)"),
+            ("wall, unprofiled", lambda k, r: (
+                f"{k['wall_s']:.2f} s ({1000 * k['wall_s'] / k['channels']:.1f} ms/ch)")),
             ("convolution GFLOP/s achieved", lambda k, r: f"{k['gflops_per_s']:.1f}"),
             ("yardstick float32 / bfloat16 GFLOP/s", lambda k, r: (
                 f"{r['yardstick']['float32']['gflops_per_s']:.1f} / "

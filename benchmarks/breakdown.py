@@ -226,6 +226,55 @@ def panels(enc: Any, lacs: Any, names: list[str], size: int, partners: int) -> l
     return out
 
 
+def legacy_report_compute(enc: Any, lacs: Any, image: torch.Tensor, size: int,
+                          partners: list[torch.Tensor], top_k: int = 8) -> None:
+    """The pull-backs of ``invert_one`` before issue 27 (commit 84c4063), without the files:
+    every stage in one call, a linearisation each for the seed-zero control, the vanilla
+    gradient and the partners, and the partners over every live channel."""
+    x = enc.normalize(resize_center_crop(image, size))[None]
+    inv = AdjointInverter(enc, lacs)
+    from adjinv.methods.class_directional import class_directional_weights
+
+    def cd(acts: list[torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        return class_directional_weights(enc, acts[-1], logits.argmax(1), "contribution")
+
+    with torch.no_grad(), enc.frozen():
+        enc.forward_stages(x)
+    inv.invert(x, top_k=top_k, extra_weights=cd)
+    inv.seed_zero_control(x)
+    inv.vanilla_gradient(x)
+    last = enc.num_stages - 1
+    with torch.no_grad(), enc.frozen():
+        lin = inv.linearize(x, last)[0]
+        for a_p in partners:
+            inv.synthesize(lin, last, {"s": simplex_measure(a_p)}, source=a_p)
+
+
+def ab(enc: Any, lacs: Any, names: list[str], size: int, partners: int,
+       repeats: int) -> dict[str, Any]:
+    """The report's compute before (:func:`legacy_report_compute`) and after
+    (``invert_one``), interleaved in one process, per photo; medians of ``repeats``."""
+    acts = {n: deepest_acts(enc, photo(n), size) for n in names}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, n in enumerate(names):
+            ps = [acts[names[(i + j) % len(names)]] for j in range(1, partners + 1)]
+            old, new = [], []
+            for r in range(repeats):
+                t = time.perf_counter()
+                legacy_report_compute(enc, lacs, photo(n), size, ps)
+                old.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                invert_one(enc, lacs, None, n, photo(n), Path(tmp) / f"{n}{r}",
+                           ReportConfig(size=size), partners=ps)
+                new.append(time.perf_counter() - t)
+            rows.append({"image": n, "before_s": sorted(old)[len(old) // 2],
+                         "after_s": sorted(new)[len(new) // 2], "before_all_s": old,
+                         "after_all_s": new})
+            print(json.dumps(rows[-1]), flush=True)
+    return {"partners": partners, "repeats": repeats, "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=None)
@@ -236,6 +285,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None)
     ap.add_argument("--skip", nargs="*", default=[], choices=["panels", "kernels", "yardstick"])
     ap.add_argument("--label", default="")
+    ap.add_argument("--ab", type=int, default=0,
+                    help="also time the report before/after issue 27, interleaved, N repeats")
     ap.add_argument("--out", default=None)
     ap.add_argument("--table", nargs="*", default=None, help="print markdown for these JSON files")
     args = ap.parse_args()
@@ -264,6 +315,8 @@ def main() -> None:
     if "panels" not in args.skip:
         res["panels"] = panels(enc, lacs, args.photos, args.size, args.partners)
         print(json.dumps(res["panels"]), flush=True)
+    if args.ab:
+        res["ab"] = ab(enc, lacs, args.photos, args.size, args.partners, args.ab)
     res["load_average_end"] = os.getloadavg()
     if args.out:
         atomic_write_json(Path(args.out), res)

@@ -1002,7 +1002,23 @@ def _paper_elements():
     return paper_elements
 
 
-BLOCKS = {"cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
+def report_times() -> str:
+    """`adjinv invert` / `adjinv demo` seconds from benchmarks/results/breakdown/after.json."""
+    r = _json("breakdown/after.json")
+    ps = r["panels"]
+    partners = "swapped-seed partners"
+    one = sorted(p["seconds"] - p["panels_s"].get(partners, 0.0) for p in ps)
+    demo = sum(p["seconds"] for p in ps)
+    return (f"Measured (`benchmarks/results/breakdown/after.json`, commit {r['commit']}, "
+            f"{r['size']} px, {r['threads']} thread on a shared 2-core AMD EPYC, load average "
+            f"{r['load_average_start'][0]:.1f}): `adjinv invert photo.jpg` "
+            f"{one[len(one) // 2]:.0f} s per photo (median of {len(one)}; range "
+            f"{one[0]:.0f}–{one[-1]:.0f} s); the demo's {len(ps)} photos with their partners "
+            f"{demo:.0f} s. On two idle cores expect less; BENCHMARKS.md has the breakdown.")
+
+
+BLOCKS = {"cluster-projection": cluster_projection, "report-times": report_times,
+          "reconstruction-table": reconstruction_table,
           "leakage-table": leakage_table, "multipath-table": multipath_table,
           "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"),
           "reconstruction-full-table": lambda: reconstruction_table("reconstruction-full", wall=True),

@@ -32,3 +32,22 @@ def test_one_by_one_convolutions_as_matrix_products_equal_conv_transpose(monkeyp
         monkeypatch.setattr(adjoint, "MATMUL_1X1", False)
         exact = cascade.pull_back(lin, last, seeds)
     assert _rel(fast, exact) <= (1e-6 if dtype == torch.float32 else 1e-13)
+
+
+def test_out_of_place_transposes_under_autograd_give_the_same_lac_gradients(monkeypatch):
+    from adjinv.core.inverter import AdjointInverter
+    from adjinv.lacs.training import lac_step
+    from conftest import random_lacs
+
+    enc = load_encoder("efficientnet_lite0")
+    inv = AdjointInverter(enc, random_lacs(enc))
+    x = enc.normalize(resize_center_crop(photo("china"), 64))[None]
+    got = {}
+    for inplace in (True, False):
+        monkeypatch.setattr(adjoint, "IN_PLACE_UNDER_AUTOGRAD", inplace)
+        for p in inv.lacs.parameters():
+            p.grad = None
+        with enc.frozen():
+            lac_step(inv, x, gen=torch.Generator().manual_seed(0))
+        got[inplace] = torch.cat([p.grad.flatten() for p in inv.lacs.parameters()])
+    assert _rel(got[False], got[True]) <= 1e-6

@@ -160,17 +160,28 @@ def kernel_classes(enc: Any, lacs: Any, x: torch.Tensor, n_channels: int,
             "gflops_per_s": flops / plain / 1e9}
 
 
+def _conv_class(name: str, a: tuple[Any, ...], first: bool) -> str:
+    if first:
+        return "head 1x1 (first of the deepest stage)"
+    if name == "mm" or a[1].shape[-2:] == (1, 1):
+        return "1x1"
+    if name == "conv_transpose2d" and len(a) > 6 and a[6] > 1:
+        return "depthwise"
+    return "stem and other"
+
+
 def yardstick(enc: Any, lacs: Any, x: torch.Tensor, chunk: int, repeats: int = 3) -> dict[str, Any]:
-    """The cascade's own convolutions (one chunk), re-run alone in float32 and bfloat16."""
+    """The cascade's own convolutions (one chunk; 1×1 ones may run as matrix products),
+    re-run alone in float32 and bfloat16, in total and per class."""
     inv = AdjointInverter(enc, lacs, chunk_size=chunk)
     last = enc.num_stages - 1
-    calls: list[tuple[Callable[..., torch.Tensor], tuple[Any, ...]]] = []
-    originals = {"conv2d": F.conv2d, "conv_transpose2d": F.conv_transpose2d}
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    originals = {"conv2d": F.conv2d, "conv_transpose2d": F.conv_transpose2d, "mm": torch.mm}
+    run = {"conv2d": F.conv2d, "conv_transpose2d": F.conv_transpose2d, "mm": torch.mm}
 
     def recorder(name: str) -> Callable[..., torch.Tensor]:
         def rec(*a: Any) -> torch.Tensor:
-            calls.append((originals[name], tuple(t.clone() if isinstance(t, torch.Tensor) else t
-                                                 for t in a)))
+            calls.append((name, tuple(t.clone() if isinstance(t, torch.Tensor) else t for t in a)))
             return originals[name](*a)
         return rec
 
@@ -179,27 +190,39 @@ def yardstick(enc: Any, lacs: Any, x: torch.Tensor, chunk: int, repeats: int = 3
         live = (lin.acts[last][0].abs().amax((-2, -1)) > 0).nonzero().flatten()[:chunk]
         seeds = cascade.channel_seeds(lin.acts[last], live)
         F.conv2d, F.conv_transpose2d = recorder("conv2d"), recorder("conv_transpose2d")  # type: ignore[assignment]
+        torch.mm = recorder("mm")  # type: ignore[assignment]
         try:
             inv.cascade.pull_back(lin, last, seeds)
         finally:
             F.conv2d, F.conv_transpose2d = originals["conv2d"], originals["conv_transpose2d"]  # type: ignore[assignment]
-        with FlopCounterMode(display=False) as fc:
-            for fn, a in calls:
-                fn(*a)
-        flops = fc.get_total_flops()
-        res: dict[str, Any] = {"chunk": chunk, "convolutions": len(calls), "flops": flops}
+            torch.mm = originals["mm"]  # type: ignore[assignment]
+        flops: dict[str, float] = defaultdict(float)
+        for i, (name, a) in enumerate(calls):
+            with FlopCounterMode(display=False) as fc:
+                run[name](*a)
+            flops[_conv_class(name, a, i == 0)] += fc.get_total_flops()
+        total = sum(flops.values())
+        res: dict[str, Any] = {"chunk": chunk, "convolutions": len(calls), "flops": total,
+                               "flops_by_class": dict(flops)}
         for dt in (torch.float32, torch.bfloat16):
-            cast = [(fn, tuple(t.to(dt) if isinstance(t, torch.Tensor) else t for t in a))
-                    for fn, a in calls]
-            for fn, a in cast:
-                fn(*a)
+            cast = [(name, tuple(t.to(dt) if isinstance(t, torch.Tensor) else t for t in a))
+                    for name, a in calls]
+            for name, a in cast:
+                run[name](*a)
             best = float("inf")
+            per: dict[str, float] = {}
             for _ in range(repeats):
-                t = time.perf_counter()
-                for fn, a in cast:
-                    fn(*a)
-                best = min(best, time.perf_counter() - t)
-            res[str(dt).split(".")[-1]] = {"seconds": best, "gflops_per_s": flops / best / 1e9}
+                this: dict[str, float] = defaultdict(float)
+                t0 = time.perf_counter()
+                for i, (name, a) in enumerate(cast):
+                    t = time.perf_counter()
+                    run[name](*a)
+                    this[_conv_class(name, a, i == 0)] += time.perf_counter() - t
+                took = time.perf_counter() - t0
+                if took < best:
+                    best, per = took, dict(this)
+            res[str(dt).split(".")[-1]] = {"seconds": best, "gflops_per_s": total / best / 1e9,
+                                           "seconds_by_class": per}
         m = torch.randn(1024, 1024)
         m @ m
         best = float("inf")
@@ -209,6 +232,34 @@ def yardstick(enc: Any, lacs: Any, x: torch.Tensor, chunk: int, repeats: int = 3
             best = min(best, time.perf_counter() - t)
         res["matmul_1024_float32_gflops_per_s"] = 2 * 1024 ** 3 / best / 1e9
     return res
+
+
+def compile_trial(enc: Any, lacs: Any, x: torch.Tensor, stage: int, chunk: int,
+                  repeats: int = 5) -> dict[str, Any]:
+    """``torch.compile`` (inductor, C++ backend) of one stage transpose: compile seconds,
+    eager vs compiled milliseconds per call (medians, interleaved) and their difference."""
+    inv = AdjointInverter(enc, lacs, chunk_size=chunk)
+    with torch.no_grad(), enc.frozen():
+        lin = inv.cascade.linearize(x, stage)
+        pb = lin.pullbacks[stage]
+        u = torch.randn(chunk, *lin.acts[stage].shape, generator=torch.Generator().manual_seed(0))
+        comp = torch.compile(pb, dynamic=False)
+        t = time.perf_counter()
+        y1 = comp(u)
+        compile_s = time.perf_counter() - t
+        y0 = pb(u)
+        eager, compiled = [], []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            pb(u)
+            eager.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            comp(u)
+            compiled.append(time.perf_counter() - t)
+    return {"stage": stage, "chunk": chunk, "compile_s": compile_s,
+            "eager_ms": 1000 * sorted(eager)[repeats // 2],
+            "compiled_ms": 1000 * sorted(compiled)[repeats // 2],
+            "relative_difference": float((y1 - y0).norm() / y0.norm())}
 
 
 def panels(enc: Any, lacs: Any, names: list[str], size: int, partners: int) -> list[dict[str, Any]]:
@@ -221,7 +272,8 @@ def panels(enc: Any, lacs: Any, names: list[str], size: int, partners: int) -> l
             s = invert_one(enc, lacs, None, n, photo(n), Path(tmp) / n, ReportConfig(size=size),
                            partners=ps)
             out.append({"image": n, "seconds": s["seconds"], "panels_s": s.get("timing", {}),
-                        "partner_error_bound": s.get("partners_anytime", {}).get("error_bound"),
+                        "partner_error_bounds": [b["error_bound"] for b in
+                                                 s.get("partners_anytime", {}).get("per_partner", [])],
                         "ssim_x_hat": s["reconstruction"]["ssim"]})
     return out
 
@@ -251,13 +303,13 @@ def legacy_report_compute(enc: Any, lacs: Any, image: torch.Tensor, size: int,
 
 
 def ab(enc: Any, lacs: Any, names: list[str], size: int, partners: int,
-       repeats: int) -> dict[str, Any]:
+       repeats: int, limit: int) -> dict[str, Any]:
     """The report's compute before (:func:`legacy_report_compute`) and after
     (``invert_one``), interleaved in one process, per photo; medians of ``repeats``."""
     acts = {n: deepest_acts(enc, photo(n), size) for n in names}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, n in enumerate(names):
+        for i, n in enumerate(names[:limit]):
             ps = [acts[names[(i + j) % len(names)]] for j in range(1, partners + 1)]
             old, new = [], []
             for r in range(repeats):
@@ -285,6 +337,9 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None)
     ap.add_argument("--skip", nargs="*", default=[], choices=["panels", "kernels", "yardstick"])
     ap.add_argument("--label", default="")
+    ap.add_argument("--ab-photos", type=int, default=2, help="photos in the A/B timing")
+    ap.add_argument("--compile-stage", type=int, default=None,
+                    help="also try torch.compile on this stage's transpose")
     ap.add_argument("--ab", type=int, default=0,
                     help="also time the report before/after issue 27, interleaved, N repeats")
     ap.add_argument("--out", default=None)
@@ -315,8 +370,11 @@ def main() -> None:
     if "panels" not in args.skip:
         res["panels"] = panels(enc, lacs, args.photos, args.size, args.partners)
         print(json.dumps(res["panels"]), flush=True)
+    if args.compile_stage is not None:
+        res["compile"] = compile_trial(enc, lacs, x, args.compile_stage, args.chunk or 4)
+        print(json.dumps(res["compile"]), flush=True)
     if args.ab:
-        res["ab"] = ab(enc, lacs, args.photos, args.size, args.partners, args.ab)
+        res["ab"] = ab(enc, lacs, args.photos, args.size, args.partners, args.ab, args.ab_photos)
     res["load_average_end"] = os.getloadavg()
     if args.out:
         atomic_write_json(Path(args.out), res)

@@ -551,7 +551,9 @@ def write_markdown(path: Path, result_files: Sequence[Path]) -> Path:
 def breakdown_section(folder: Path) -> list[str]:
     """"Where the time goes": the before/after tables of ``benchmarks/breakdown.py``."""
     import json
+    import sys
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from breakdown import table
 
     files = [folder / "before.json", folder / "after.json"]

@@ -482,9 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mass", type=_mass, default=None, help="anytime: synthesise only the "
                        "channels of largest weight up to this simplex mass in (0, 1], e.g. 0.95 "
                        "(default: all)")
-        p.add_argument("--partner-mass", type=_mass, default=0.75,
+        p.add_argument("--partner-mass", type=_mass, default=0.9,
                        help="anytime mass of each swapped-seed partner, in (0, 1]; its proven "
-                            "error bound is printed on the page (default 0.75; 1: exact)")
+                            "error bound is printed on the page (default 0.9; 1: exact)")
         p.add_argument("--device", default="cpu",
                        help="torch device to run on, e.g. cuda or cuda:1 (default cpu)")
         p.add_argument("--precision", choices=PRECISION_CHOICES, default="float32",

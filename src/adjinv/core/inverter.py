@@ -370,9 +370,10 @@ class AdjointInverter:
                            progress: Progress | None = None) -> AnytimeSynthesis:
         """``Σ_c w_{b,c} φ_{stage,c}`` (Eq. 8) from the channels of largest ``|w|`` up to
         ``mass`` (and at most ``max_channels``), with the proven bound of
-        :mod:`adjinv.core.anytime` (docs/method.md §4); ``mass=None`` and
-        ``max_channels=None``: every channel, bound 0. ``source`` as in :meth:`synthesize`
-        (e.g. another photo's ``A_L`` for the swapped-seed control)."""
+        :mod:`adjinv.core.anytime` (docs/method.md §4; the bound: docs/speed.md, "Anytime
+        inversion"); ``mass=None`` and ``max_channels=None``: every channel, bound 0.
+        ``source`` as in :meth:`synthesize` (e.g. another photo's ``A_L`` for the
+        swapped-seed control)."""
         check_anytime_args(mass, max_channels)
         chosen = select_channels(w, mass, max_channels)
         radius = lac_pix_radius(self.lacs.pix, lin.x.shape[-2] * lin.x.shape[-1], lin.x.dtype)

@@ -42,9 +42,10 @@ class ReportConfig:
     chunk_size: int | None = None
     precision: str = "float32"
     mass: float | None = None
-    partner_mass: float | None = 0.75
-    """Simplex mass of each swapped-seed partner's anytime synthesis (docs/method.md §4);
-    its proven error bound goes on the page. ``None``: every channel (exact)."""
+    partner_mass: float | None = 0.9
+    """Simplex mass of each swapped-seed partner's anytime synthesis (Eq. 8); its proven
+    error bound (docs/speed.md, "Anytime inversion") goes on the page. ``None``: every
+    channel (exact)."""
 
 
 def _scores(encoder: StagedEncoder, rec: torch.Tensor, img: torch.Tensor) -> dict[str, float]:
@@ -95,7 +96,9 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
 
     ``partners``: deepest activations of other photos (:func:`deepest_acts`); each is
     pulled back through this image's Jacobians with its own simplex weights (the
-    swapped-seed control), and ``x̂_L − mean(swapped)`` is the feature-specific view
+    swapped-seed control), from its heaviest channels up to ``cfg.partner_mass`` with the
+    proven bound of docs/speed.md ("Anytime inversion") in ``summary["partners_anytime"]``;
+    ``x̂_L − mean(swapped)`` is the feature-specific view
     (docs/evidence.md). Every panel of the comparison row is shown through the same
     mapping (each RGB channel centred, then a robust min-max) with its Pearson r and
     affine-fitted SSIM.

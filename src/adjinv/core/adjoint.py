@@ -155,7 +155,8 @@ class StageAdjoint:
         fresh = g.untyped_storage().data_ptr() != u.untyped_storage().data_ptr()
         # Under autograd (LAC training), in-place ops on the many views here (channel
         # splits, crops, permuted products) make autograd copy whole base tensors back
-        # (CopySlices): measured 2.3 s of a 12 s Lite0 step at 96 px. Out of place instead.
+        # (CopySlices), a large share of a training step's time (profiled on Lite0 at 96 px;
+        # benchmarks/training_step_ab.py times both). Out of place instead.
         inplace = IN_PLACE_UNDER_AUTOGRAD or not _records(g)
         fresh = fresh and inplace
         grads: dict[fx.Node, tuple[torch.Tensor, bool]] = {self._output: (g, fresh)}
@@ -535,9 +536,9 @@ def _store_weight(w: torch.Tensor, dtype: torch.dtype,
 
 
 # A 1×1 stride-1 convolution's transpose on a channels-last CPU cotangent is one matrix
-# product (nb·h·w, C_out) @ (C_out, C_in) over rows already contiguous in memory: measured
-# 1.2× faster than oneDNN's transposed convolution on Lite0's 32 such convolutions per
-# stage chunk (docs/speed.md) and equal to it (the same float32 sums; tested to 1e-6).
+# product (nb·h·w, C_out) @ (C_out, C_in) over rows already contiguous in memory, which
+# ran faster than oneDNN's transposed convolution on Lite0 (docs/speed.md) and equals it
+# (the same float32 sums; tests/test_fast_paths.py checks 1e-6).
 MATMUL_1X1 = True  # False: always conv_transpose2d (for ablations and the equality test)
 
 

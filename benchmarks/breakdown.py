@@ -406,7 +406,9 @@ def table(runs: list[dict[str, Any]]) -> str:
     for name, fn in rows:
         lines.append(f"| {name} | " + " | ".join(fn(r["kernels"], r) if "kernels" in r else "—"
                                                   for r in runs) + " |")
-    lines += ["", "Panels of the per-photo report (seconds):", "", head, sep]
+    lines += ["", "Panels of the per-photo report (seconds, mean over the photos of each run; "
+              "the runs differ in load and in partners per photo, so compare rows within a "
+              "column, and before with after in the interleaved table below):", "", head, sep]
     keys: list[str] = []
     for r in runs:
         for p in r.get("panels", []):
@@ -419,6 +421,14 @@ def table(runs: list[dict[str, Any]]) -> str:
             vals = [v for v in vals if v is not None]
             cells.append(f"{sum(vals) / len(vals):.1f}" if vals else "—")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    for r in runs:
+        if "ab" not in r:
+            continue
+        lines += ["", f"The report's compute before issue 27 and now, interleaved in one process "
+                  f"({r['file']}, {r['ab']['partners']} partners, seconds):", "",
+                  "| photo | before | after | ratio |", "|---|---|---|---|"]
+        lines += [f"| {a['image']} | {a['before_s']:.1f} | {a['after_s']:.1f} | "
+                  f"{a['before_s'] / a['after_s']:.2f}× |" for a in r["ab"]["rows"]]
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-.PHONY: install demo test lint lac lac-lite conformance
+.PHONY: install demo test lint lac lac-lite conformance corpus lac-224
 install:
 	python3 -m pip install -e ".[test]"
 demo:
@@ -31,3 +31,15 @@ lac-lite:
 conformance:
 	python3 -m pytest -q -m conformance tests/test_conformance.py
 	python3 -m adjinv.encoders.conformance --out benchmarks/results/conformance.json --doc docs/compatibility.md
+# The photo corpus (Debian wallpaper photographs + the embedded photos) into corpus/, with
+# its manifest; the committed copy is benchmarks/corpus/manifest.json (needs apt-get, dpkg).
+corpus:
+	python3 -m adjinv.paper.data.corpus corpus --manifest-copy benchmarks/corpus/manifest.json
+# LACs at 224 px on the corpus, after `make corpus` (hours on 2 cores; re-run to resume): Eq. 9 and Eq. 31.
+lac-224:
+	for obj in paper multipath; do \
+	  python3 benchmarks/train_embedded.py --photos corpus --size 224 --batch-size 1 \
+	    --xhat sampled --channel-fraction 0.15 --top 0.5 --lr 0.01 --schedule constant \
+	    --steps 4000 --validate-every 40 --patience 8 --keep-every 40 --threads 1 --min-crop 0.5 \
+	    --objective $$obj --out benchmarks/results/training/lite0-224/$$obj.lac.safetensors; \
+	done

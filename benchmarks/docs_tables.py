@@ -215,6 +215,112 @@ def training_summary(encoder: str = "efficientnet_lite0", prefix: str = "") -> s
             "(and `.csv`, `.loss.png`).")
 
 
+def corpus_summary() -> str:
+    """The photo corpus from its committed manifest (adjinv.paper.data.corpus)."""
+    man = json.loads((REPO / "benchmarks" / "corpus" / "manifest.json").read_text())
+    rows = man["photos"]
+    by_src: dict[str, list[dict]] = {}
+    for r in rows:
+        by_src.setdefault(r["source"], []).append(r)
+    lines = [f"{len(rows)} photos (training {man['counts']['train']}, validation "
+             f"{man['counts']['validation']}, held out {man['counts']['heldout']}; colour: "
+             f"{man['colour_counts']['train']} / {man['colour_counts']['validation']} / "
+             f"{man['colour_counts']['heldout']}), shorter side {man['short_side']} px; "
+             "from `benchmarks/corpus/manifest.json`.", "",
+             "| source | version | photos | train / validation / held out | licences |",
+             "|---|---|---|---|---|"]
+    for src, rs in sorted(by_src.items()):
+        split = " / ".join(str(sum(r["split"] == k for r in rs)) for k in ("train", "validation", "heldout"))
+        lic = ", ".join(sorted({r["licence"] for r in rs}))
+        lines.append(f"| `{src}` | {rs[0]['package_version'] or '—'} | {len(rs)} | {split} | {lic} |")
+    return "\n".join(lines)
+
+
+def _run_log(name: str) -> tuple[dict, list[dict]]:
+    from safetensors import safe_open
+
+    base = RESULTS / "training" / "lite0-224"
+    with safe_open(str(base / f"{name}.lac.safetensors"), "pt") as f:
+        meta = json.loads(f.metadata()["adjinv"])
+    return meta, json.loads((base / f"{name}.log.json").read_text())
+
+
+def training_224() -> str:
+    """The 224 px corpus runs (Eq. 9 and Eq. 31) from their committed logs."""
+    lines = ["| objective | steps run | s per step (median) | hours of steps | validation ℓ1 of x̂_L: first check → best (step) → last | stopped |",
+             "|---|---|---|---|---|---|"]
+    for name in ("paper", "multipath"):
+        if not (RESULTS / "training" / "lite0-224" / f"{name}.log.json").is_file():
+            continue
+        meta, log = _run_log(name)
+        t = meta["training"]
+        val = [r for r in log if "val_l1" in r]
+        secs = sorted(r["seconds"] for r in log)
+        if val:
+            best = min(val, key=lambda r: r["val_l1"])
+            v = (f"{val[0]['val_l1']:.4f} (step {val[0]['step']}) → {best['val_l1']:.4f} "
+                 f"(step {best['step']}) → {val[-1]['val_l1']:.4f} (step {val[-1]['step']})")
+        else:
+            v = "no check yet"
+        stopped = "early stop" if log and log[-1].get("stopped") else f"not yet (limit {t['steps']})"
+        lines.append(f"| `{name}` | {len(log)} | {secs[len(secs) // 2]:.1f} | "
+                     f"{sum(secs) / 3600:.2f} | {v} | {stopped} |")
+    meta, _ = _run_log("paper")
+    t = meta["training"]
+    lines += ["", f"Recipe: batch {t['batch_size']} at {t['size']} px (random square crops of "
+              f"{t['min_crop']}–1 of the shorter side, flips), {len(t['images'])} colour training "
+              f"photos, Adam at a {t['schedule']} lr {t['lr']}, x̂ `{t['xhat']}` from "
+              f"{t['channel_fraction']:.0%} of the live channels ({t['top']:.0%} of them the "
+              f"largest weights), validation every {t['validate_every']} steps on the corpus's "
+              f"colour validation photos, patience {t['patience']} checks. Logs: "
+              "`benchmarks/results/training/lite0-224/` (`.log.json`, `.log.csv`, `.loss.png`, "
+              "kept copies in `.steps/`)."]
+    return "\n".join(lines)
+
+
+def heldout_224() -> str:
+    """x̂_L of the LAC variants on every held-out photo (benchmarks/heldout_eval.py)."""
+    p = RESULTS / "heldout-224" / "eval.json"
+    r = json.loads(p.read_text())
+    lines = [f"EfficientNet-Lite0, {len(r['photos'])} held-out photos (5 embedded, "
+             f"{len(r['photos']) - 5} from the corpus), centre crops; mean over photos "
+             f"(Pearson r with its 95 % bootstrap interval); {r['seconds'] / 60:.0f} min on a "
+             "shared 2-core machine. Stride-lattice energy: share of x̂'s non-constant spectral "
+             "power at the aliasing frequencies of stride 2 / of the total stride "
+             f"{r['total_stride']} (a photo's own share beside it).", ""]
+    for size, per in r["sizes"].items():
+        lines += [f"**{size} px**", "",
+                  "| LACs | Pearson r | affine SSIM | ℓ1 (Eq. 9) | lattice energy, stride 2 | lattice energy, stride "
+                  f"{r['total_stride']} |", "|---|---|---|---|---|---|"]
+        for name in r["variants"]:
+            m, ci = per[name]["mean"], per[name]["pearson_ci"]
+            lines.append(f"| `{name}` | {m['pearson']:.3f} [{ci[1]:.3f}, {ci[2]:.3f}] | "
+                         f"{m['ssim_affine']:.3f} | {m['l1']:.4f} | {m['lattice_2']:.4f} | "
+                         f"{m['lattice_total']:.4f} |")
+        ph = per["photo"]
+        lines += [f"| the photo itself | 1 | 1 | 0 | {sum(ph['lattice_2']) / len(ph['lattice_2']):.4f} | "
+                  f"{sum(ph['lattice_total']) / len(ph['lattice_total']):.4f} |", ""]
+    return "\n".join(lines).rstrip()
+
+
+def gradient_variance_224() -> str:
+    """The one-pass sampled-x̂ step against the exact step (benchmarks/gradient_variance.py)."""
+    lines = ["| channel fraction (top share) | scheme | s per step | one-draw MSE | squared bias of the mean | cosine |",
+             "|---|---|---|---|---|---|"]
+    for f in ("005", "015"):
+        r = _json(f"gradient_variance_128_f{f}_top05.json")
+        for scheme, label in (("importance", "exact x̂, sampled gradient"),
+                              ("sampled_xhat", "sampled x̂ and gradient (one pass)")):
+            d = r[scheme]
+            lines.append(f"| {r['fraction']} ({r['top']}) | {label} | {d['step_s']:.1f} | "
+                         f"{d['relative_mse_one_draw']:.1e} | {d['relative_sq_bias_of_mean']:.1e} | "
+                         f"{d['cosine_to_exact_mean']:.4f} |")
+    r = _json("gradient_variance_128_f015_top05.json")
+    return (f"Lite0, {r['size']} px, two training photos, {r['draws']} draws, {r['threads']} thread "
+            f"on a shared machine; exact step {r['exact_step_s']:.1f} s. Errors relative to "
+            "‖exact gradient‖².\n\n" + "\n".join(lines))
+
+
 # ----------------------------------------------------------------------------- paper claims
 PC = "paper_claims"
 
@@ -1063,9 +1169,10 @@ def breakdown_summary() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"cluster-projection": cluster_projection, "report-times": report_times,
-          "breakdown-summary": breakdown_summary,
-          "reconstruction-table": reconstruction_table,
+BLOCKS = {"corpus-summary": corpus_summary, "training-224": training_224,
+          "heldout-224": heldout_224, "gradient-variance-224": gradient_variance_224,
+          "cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
+          "report-times": report_times, "breakdown-summary": breakdown_summary,
           "leakage-table": leakage_table, "multipath-table": multipath_table,
           "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"),
           "reconstruction-full-table": lambda: reconstruction_table("reconstruction-full", wall=True),

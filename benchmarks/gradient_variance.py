@@ -3,9 +3,14 @@
 Compares, on EfficientNet-Lite0 and two training photos: the importance-sampled estimator
 of ``adjinv.lacs.training.sample_weights`` (channels drawn in proportion to their simplex
 weight, reweighted by counts: unbiased) with the previous scheme (a uniform random
-subset, weights renormalised: biased). Writes JSON.
+subset, weights renormalised: biased) and, with ``--sampled-xhat``, the one-pass step of
+the corpus recipe (``xhat="sampled"``: x̂ itself estimated from the same stratified
+sample, so no pass covers every live channel; the gradient is then that of
+``ℓ1(Σ ŵ φ, x)``, biased for Eq. 9 through the sign of the residual). Writes JSON.
 
     python benchmarks/gradient_variance.py --out benchmarks/results/gradient_variance.json
+    python benchmarks/gradient_variance.py --size 224 --fraction 0.15 --top 0.5 --sampled-xhat \
+        --schemes importance,sampled_xhat --out benchmarks/results/gradient_variance_224.json
 """
 
 from __future__ import annotations
@@ -35,14 +40,21 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--fraction", type=float, default=0.25)
     ap.add_argument("--draws", type=int, default=8)
+    ap.add_argument("--top", type=float, default=0.0, help="stratified share (sample_weights)")
+    ap.add_argument("--schemes", default="importance,uniform_renormalised",
+                    help="comma-separated: importance, uniform_renormalised, sampled_xhat")
+    ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     enc = load_encoder("efficientnet_lite0")
     photos = split_photos("train")
     x = enc.normalize(torch.stack([resize_center_crop(photos[n], args.size) for n in ("chelsea", "brick")]))
     lacs = load_lacs(enc)[0]  # the bundled (paper-objective) LACs: a trained operating point
     inv = AdjointInverter(enc, lacs)
-    res: dict = {"size": args.size, "fraction": args.fraction, "draws": args.draws}
+    res: dict = {"size": args.size, "fraction": args.fraction, "draws": args.draws, "top": args.top,
+                 "threads": torch.get_num_threads()}
     with enc.frozen():
         t = time.perf_counter()
         lacs.zero_grad(set_to_none=True)
@@ -51,13 +63,16 @@ def main() -> None:
         res["exact_step_s"] = time.perf_counter() - t
         norm2 = float(exact.pow(2).sum())
         gen = torch.Generator().manual_seed(0)
-        for scheme in ("importance", "uniform_renormalised"):
+        for scheme in args.schemes.split(","):
             est, t = [], time.perf_counter()
             for _ in range(args.draws):
                 lacs.zero_grad(set_to_none=True)
                 if scheme == "importance":
-                    lac_step(inv, x, channel_fraction=args.fraction, gen=gen)
-                else:  # the previous, biased scheme, for comparison
+                    lac_step(inv, x, channel_fraction=args.fraction, gen=gen, top=args.top)
+                elif scheme == "sampled_xhat":
+                    lac_step(inv, x, channel_fraction=args.fraction, gen=gen, top=args.top,
+                             xhat="sampled")
+                elif scheme == "uniform_renormalised":  # the previous, biased scheme
                     last = enc.num_stages - 1
                     lin = inv.cascade.linearize(x, last)
                     a = lin.acts[last].detach()
@@ -69,6 +84,8 @@ def main() -> None:
                     ws = w * keep[None]
                     ws = ws / ws.sum(1, keepdim=True).clamp_min(1e-30)
                     _backward(inv, lin, last, [(a, ws, cot)])
+                else:
+                    ap.error(f"unknown scheme {scheme!r}")
                 est.append(grads(lacs))
             e = torch.stack(est)
             res[scheme] = {

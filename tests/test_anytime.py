@@ -196,4 +196,6 @@ def test_cli_mass_records_the_bound(tmp_path):
     assert main(["invert", str(tmp_path / "cat.png"), "--out", str(out), "--size", "32",
                  "--channels", "1", "--mass", "0.5"]) == 0
     s = json.loads((out / "cat" / "summary.json").read_text())["anytime"]
-    assert s["mass"] == 0.5 and 0 < s["omitted_mass"] <= 0.5 and s["error_bound"] > 0
+    assert s["mass"] == 0.5 and 0 < s["omitted_mass"] <= 0.5
+    # strict JSON: an unbounded (infinite) bound is null with its reason, never a bare Infinity
+    assert (s["error_bound"] is None and "inf" in s["error_bound_unavailable"]) or s["error_bound"] > 0

@@ -17,17 +17,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from adjinv.cli import main
 from adjinv.core.inverter import AdjointInverter
 from adjinv.errors import AdjinvError
-from adjinv.fileio import LOCK, MARKER, safe_name
+from adjinv.fileio import PARTIAL_TAG, TMP_TAG, safe_name
 from adjinv.images.files import load_image
+from adjinv.outdir import LOCK, MARKER
 from conftest import random_lacs, smooth_image
 
 
@@ -127,7 +131,7 @@ def cli(tmp_path, capsys, monkeypatch):
         else:
             assert not errors
         if out.is_dir():
-            assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".partial"))]
+            assert not [p for p in out.rglob("*") if p.name.endswith((TMP_TAG, PARTIAL_TAG))]
         return Run(code, cap.out, cap.err, errors)
 
     run.work = work
@@ -271,6 +275,50 @@ CASES: dict[str, Case] = {
 def _save(path: Path, im: Image.Image) -> Path:
     im.save(path)
     return path
+
+
+def _dataset_cmd(*extra: object) -> Callable[[Path], list]:
+    def build(w: Path) -> list:
+        photo(w / "imgs" / "a.png")
+        return ["invert-dataset", w / "imgs", W, OUT, "--size", "32", *extra]
+    return build
+
+
+def _config(obj: object) -> Callable[[Path], list]:
+    def build(w: Path) -> list:
+        photo(w / "imgs" / "a.png")
+        (w / "c.json").write_text(json.dumps(obj))
+        return ["invert-dataset", w / "imgs", W, OUT, "--config", w / "c.json"]
+    return build
+
+
+def _bad_lac_meta(w: Path) -> list:
+    from adjinv.core.lac import LACBank
+    from adjinv.encoders import load_encoder
+    from adjinv.lacs.checkpoint import save_checkpoint
+
+    enc = load_encoder("efficientnet_lite0")
+    ck = save_checkpoint(w / "bad.safetensors", LACBank.for_encoder(enc), enc,
+                         meta={"lac_boundaries": {"x": "y"}})
+    return [*INV, photo(w / "a.png"), W, OUT, "--lac", ck, *FAST]
+
+
+# issue 29, item 14: user errors that were an internal error or exit 1
+CASES.update({
+    "dataset-device-bogus": Case("device", _dataset_cmd("--device", "bogus"), 2,
+                                 "is not a torch device"),
+    "dataset-stages-99": Case("option", _dataset_cmd("--stages", "99"), 2, "--stages 99"),
+    "config-wrong-type": Case("config", _config({"size": "big"}), 2, "'size' is \"big\""),
+    "config-list-of-str": Case("config", _config({"stages": ["x"]}), 2, "'stages'"),
+    "train-head-lr-nan": Case("option", lambda w: ["train-head", W, "h.safetensors", "--lr",
+                                                    "nan"], 2, "--lr nan"),
+    "train-head-size-0": Case("option", lambda w: ["train-head", W, "h.safetensors", "--size",
+                                                    "0"], 2, "--size 0"),
+    "train-head-dropout-2": Case("option", lambda w: ["train-head", W, "h.safetensors",
+                                                       "--dropout", "2"], 2, "--dropout 2.0"),
+    "lac-malformed-metadata": Case("LAC file", _bad_lac_meta, 2, "malformed metadata"),
+    "out-root": Case("out", _dataset_cmd(W, "/"), 2, "file-system root"),
+})
 
 
 # ----------------------------------------------------------------------------- the catalogue
@@ -506,13 +554,14 @@ def test_stale_temporaries_are_cleaned_on_the_next_run(cli):
     out = cli.work / "out"
     img = photo(cli.work / "a.png")
     assert cli([*INV, img, W, out, *FAST]).code == 0
-    (out / "a" / ".input.png.x1y2.tmp").write_bytes(b"half")
-    (out / ".b.partial").mkdir()
-    (out / ".b.partial" / "input.png").write_bytes(b"half")
-    (out / ".index.html.q.tmp").write_bytes(b"half")
+    (out / "a" / f".input.png.x1y2{TMP_TAG}").write_bytes(b"half")
+    (out / f".b{PARTIAL_TAG}").mkdir()
+    (out / f".b{PARTIAL_TAG}" / "input.png").write_bytes(b"half")
+    (out / f".index.html.q{TMP_TAG}").write_bytes(b"half")
+    (out / ".a.old").mkdir()  # what an older version left for its image folder a
     r = cli([*INV, img, W, out, *FAST])
-    assert r.code == 0 and "removed 3 stale temporary" in r.err
-    assert not (out / ".b.partial").exists()
+    assert r.code == 0 and "removed 4 stale temporary" in r.err
+    assert not (out / f".b{PARTIAL_TAG}").exists() and not (out / ".a.old").exists()
 
 
 def test_overwrite_writes_into_a_user_folder(cli):
@@ -595,3 +644,457 @@ def test_cli_pixel_limit_matches_the_loader():
     import adjinv.images.files
 
     assert adjinv.cli.DEFAULT_MAX_PIXELS == adjinv.images.files.DEFAULT_MAX_PIXELS
+
+
+# ----------------------------------------------------------------------------- issue 29
+HIDDEN = ["keep.tmp", ".settings.old/important.txt", "sub/.draft.tmp", "sub/deep/.x.partial/f",
+          "sub/deep/deeper/.y.old/g", ".z.tmp", "a-notes/.b.tmp"]
+
+
+def test_hidden_user_files_at_any_depth_survive_later_runs(cli):
+    """Item 1: clean-up never deletes a user's hidden .tmp / .old / .partial, at any depth."""
+    mine = cli.work / "mine"
+    for rel in HIDDEN:
+        write(mine / rel, rel.encode())
+    img = photo(cli.work / "a.png")
+    assert cli([*INV, img, W, mine, "--overwrite", *FAST], out=mine).code == 0
+    r = cli([*INV, img, W, mine, *FAST], out=mine)
+    assert r.code == 0 and "stale temporary" not in r.err
+    for rel in HIDDEN:
+        assert (mine / rel).read_bytes() == rel.encode(), rel
+
+
+def test_overwrite_never_replaces_a_user_folder_or_file_named_like_an_image(cli):
+    """Item 2: a user folder ``a`` (or file ``a``) where image ``a`` would go is refused."""
+    mine = cli.work / "mine"
+    write(mine / "a" / "notes.txt", b"n")
+    img = photo(cli.work / "in" / "a.png")
+    r = cli([*INV, img, W, mine, "--overwrite", *FAST], out=mine)
+    assert r.code == 2 and "did not write" in r.error_lines[0]
+    assert (mine / "a" / "notes.txt").read_bytes() == b"n"
+    other = cli.work / "other"
+    write(other / "a", b"file")
+    r = cli([*INV, img, W, other, "--overwrite", *FAST], out=other)
+    assert r.code == 2 and (other / "a").read_bytes() == b"file"
+    assert not [p for p in other.iterdir() if p.name != "a"]
+
+
+def test_runners_are_guarded_like_invert(cli):
+    """Item 3: invert-dataset refuses a user folder, the data folder and a locked folder."""
+    from filelock import FileLock
+
+    imgs = cli.work / "imgs"
+    photo(imgs / "a.png")
+    mine = cli.work / "mine"
+    write(mine / "results.json", b"mine")
+    r = cli(["invert-dataset", imgs, W, mine, "--size", "32"], out=mine)
+    assert r.code == 2 and "--overwrite" in r.error_lines[0]
+    assert (mine / "results.json").read_bytes() == b"mine"
+    r = cli(["invert-dataset", imgs, W, imgs, "--size", "32"], out=imgs)
+    assert r.code == 2 and "input" in r.error_lines[0]
+    r = cli(["invert-dataset", imgs, W, imgs / "inside", "--size", "32"], out=imgs / "inside")
+    assert r.code == 2 and "inside the input" in r.error_lines[0]
+    out = cli.work / "out"
+    out.mkdir()
+    (out / MARKER).write_text("x")
+    with FileLock(str(out / LOCK)):
+        r = cli(["invert-dataset", imgs, W, out, "--size", "32"], out=out)
+    assert r.code == 2 and "another adjinv run" in r.error_lines[0]
+
+
+def test_train_and_train_head_outputs_are_locked(cli):
+    """Items 3-4: a second training on one --out is refused while the first holds it."""
+    from filelock import FileLock
+
+    w = cli.work
+    with FileLock(str(w / ".run.safetensors.lock")):
+        r = cli(["train-head", W, w / "run.safetensors", "--steps", "1"], out=w / "run.safetensors")
+        assert r.code == 2 and "another adjinv run" in r.error_lines[0]
+        photo(w / "imgs" / "a.png")
+        r = cli(["train", "--images", w / "imgs", W, w / "run.safetensors", "--random-init",
+                 "--encoder", "resnet18", "--steps", "1", "--size", "32"], out=w / "run.safetensors")
+        assert r.code == 2 and "another adjinv run" in r.error_lines[0]
+    assert not (w / "run.safetensors").exists()
+
+
+def test_train_runs_keep_apart_and_export_keeps_user_files(cli):
+    """Item 4: ``run.a`` and ``run.b`` get their own log and steps; --export never replaces
+    a file that is not a LAC checkpoint."""
+    from adjinv.lacs.training import kept_checkpoints, run_stem, write_log
+
+    assert run_stem("x/run.a.safetensors") == "run.a"
+    assert run_stem("lite0.lac.safetensors") == "lite0"  # the old naming is kept
+    a, _ = write_log(cli.work / "run.a.safetensors", [{"step": 1, "loss": 1.0}])
+    b, _ = write_log(cli.work / "run.b.safetensors", [{"step": 1, "loss": 2.0}])
+    assert a != b and json.loads(a.read_text())[0]["loss"] == 1.0
+    (cli.work / "run.a.steps").mkdir()
+    (cli.work / "run.a.steps" / "step-00001.lac.safetensors").write_bytes(b"")
+    assert kept_checkpoints(cli.work / "run.b.safetensors") == []
+    notes = write(cli.work / "notes.txt", b"mine")
+    photo(cli.work / "imgs" / "a.png")
+    r = cli(["train", "--images", cli.work / "imgs", W, "t.safetensors", "--export", notes,
+             "--random-init", "--encoder", "resnet18"], out=cli.work / "t.safetensors")
+    assert r.code == 2 and "never replaces" in r.error_lines[0]
+    assert notes.read_bytes() == b"mine"
+
+
+def _checkpoint(tmp_path: Path, enc, *, meta: dict | None = None, **tensors: torch.Tensor) -> Path:
+    from adjinv.lacs.checkpoint import save_checkpoint
+
+    lacs = random_lacs(enc)
+    with torch.no_grad():
+        for k, v in tensors.items():
+            lacs.get_parameter(k).copy_(v)
+    extras = {"vanilla.gain": torch.ones(3), "vanilla.offset": torch.zeros(3)}
+    return save_checkpoint(tmp_path / "c.safetensors", lacs, enc, meta=meta, extras=extras)
+
+
+@pytest.mark.parametrize("what", ["gamma-nan", "beta-inf", "eps-nan", "eps-negative",
+                                  "vanilla-nan", "eps-string"])
+def test_non_finite_lac_values_are_refused_at_load(tmp_path, tiny_enc, what):
+    """Item 5: NaN γ, Inf β, NaN vanilla gain, lac_eps NaN or -1 are refused, naming the fix."""
+    from safetensors.torch import load_file, save_file
+
+    from adjinv.lacs.checkpoint import load_checkpoint
+
+    n = tiny_enc.layout()["stages"]  # noqa: F841 (the layout is what the checkpoint records)
+    if what == "gamma-nan":
+        ck = _checkpoint(tmp_path, tiny_enc, **{"lacs.pix.gamma": torch.tensor([1.0, float("nan"), 1.0])})
+    elif what == "beta-inf":
+        ck = _checkpoint(tmp_path, tiny_enc, **{"lacs.pix.beta": torch.tensor([0.0, float("inf"), 0.0])})
+    else:
+        eps = {"eps-nan": float("nan"), "eps-negative": -1.0, "eps-string": "1e-6"}.get(what)
+        ck = _checkpoint(tmp_path, tiny_enc, meta=None if eps is None else {"lac_eps": eps})
+        if what == "vanilla-nan":
+            from safetensors import safe_open
+
+            with safe_open(str(ck), "pt") as f:
+                meta = f.metadata()
+            t = load_file(str(ck))
+            t["extra.vanilla.gain"] = torch.tensor([1.0, float("nan"), 1.0])
+            save_file(t, str(ck), metadata=meta)
+    with pytest.raises(AdjinvError, match="NaN|lac_eps"):
+        load_checkpoint(ck, tiny_enc)
+
+
+def test_non_finite_encoder_weights_are_refused(tmp_path):
+    """Item 5: a state dict with a NaN tensor is refused when loaded."""
+    from adjinv.encoders import load_encoder
+
+    sd = torchvision_resnet18_state()
+    key = next(k for k, v in sd.items() if v.is_floating_point())
+    sd[key] = sd[key].clone()
+    sd[key].view(-1)[0] = float("nan")
+    torch.save(sd, tmp_path / "w.pth")
+    with pytest.raises(AdjinvError, match="NaN or infinite"):
+        load_encoder("resnet18", tmp_path / "w.pth")
+
+
+def torchvision_resnet18_state() -> dict[str, torch.Tensor]:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18().state_dict()
+
+
+def test_summary_json_never_holds_a_bare_nan(tmp_path):
+    """Item 5: a score that is not finite is written as null with a reason."""
+    from adjinv.fileio import atomic_write_json, finite_json
+
+    p = atomic_write_json(tmp_path / "s.json", finite_json([{"ssim": float("nan"), "psnr": 3.0}]))
+
+    def strict(c: str) -> None:
+        raise ValueError(c)
+
+    row = json.loads(p.read_text(), parse_constant=strict)[0]
+    assert row["ssim"] is None and "not a finite number" in row["ssim_unavailable"]
+    assert row["psnr"] == 3.0
+
+
+def test_invert_dataset_reinverts_an_image_whose_content_changed(tmp_path, tiny_enc):
+    """Item 6: the manifest records content hashes; a changed image is inverted again."""
+    from adjinv.fileio import save_png
+    from adjinv.paper.runners.invert_dataset import DatasetConfig, run
+
+    data = tmp_path / "data"
+    data.mkdir()
+    save_png(data / "a.png", smooth_image(40, seed=1)[0])
+    save_png(data / "b.png", smooth_image(40, seed=2)[0])
+    inv = AdjointInverter(tiny_enc, random_lacs(tiny_enc))
+    cfg = DatasetConfig(size=32, stages=(-1,), shard_size=1)
+    first = json.loads(run(inv, data, tmp_path / "out", cfg).read_text())["images"]
+    save_png(data / "a.png", smooth_image(40, seed=7)[0])  # same name, other content
+    again = json.loads(run(inv, data, tmp_path / "out", cfg).read_text())["images"]
+    fresh = json.loads(run(inv, data, tmp_path / "fresh", cfg).read_text())["images"]
+    for rows in (first, again, fresh):
+        for row in rows.values():
+            row.pop("seconds")
+    assert again["a.png"] == fresh["a.png"] != first["a.png"]
+    assert again["b.png"] == first["b.png"]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert len(manifest["sha256"]["a.png"]) == 64
+
+
+def test_stages_out_of_range_are_refused_not_wrapped():
+    """Item 7."""
+    from adjinv.paper.runners.invert_dataset import stage_indices
+
+    assert stage_indices((-1, 0), 4) == [0, 3]
+    for bad in [(99,), (4,), (-5,), ()]:
+        with pytest.raises(AdjinvError, match="stages"):
+            stage_indices(bad, 4)
+
+
+def test_bundled_lac_name_wins_over_a_local_file(cli):
+    """Item 8: ``--lac paper`` is the bundled variant even with a file ``paper`` here."""
+    from adjinv.lacs.checkpoint import bundled_checkpoint, resolve_checkpoint
+
+    (cli.work / "paper").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="local file of that name is ignored"):
+        assert resolve_checkpoint("efficientnet_lite0", "paper") == \
+            bundled_checkpoint("efficientnet_lite0", "paper")
+    assert resolve_checkpoint("efficientnet_lite0", "./paper") == Path("./paper")
+    r = cli([*INV, photo(cli.work / "in" / "a.png"), W, OUT, "--lac", "paper", *FAST])
+    assert r.code == 0 and "efficientnet_lite0-paper" in r.err
+
+
+def test_unfinished_checkpoint_warns(tmp_path, tiny_enc):
+    """Item 9: a checkpoint with complete=false is used with a warning naming the fix."""
+    from adjinv.lacs.bundled import load_lacs
+
+    ck = _checkpoint(tmp_path, tiny_enc, meta={"complete": False, "step": 3})
+    with pytest.warns(UserWarning, match="unfinished training run.*--resume"):
+        load_lacs(tiny_enc, ck)
+
+
+def test_concurrent_calls_on_one_inverter_restore_the_users_model():
+    """Item 10: real threads share one Inverter over a train-mode model with gradients.
+    The first thread in leaves first, while the second is still inside (the order that
+    left the model frozen), then several threads run freely."""
+    import threading
+
+    from adjinv import Inverter
+    from conftest import tiny_relu_cnn
+
+    model = tiny_relu_cnn(seed=0).train()
+    second_inside = threading.Event()
+    seen: set[str] = set()
+
+    def order(*_: object) -> None:
+        name = threading.current_thread().name
+        if name in seen:
+            return
+        seen.add(name)
+        if name == "first":
+            second_inside.wait(timeout=30)  # leave only once the second thread is inside
+        elif name == "second":
+            second_inside.set()
+            threading.Event().wait(0.3)  # and stay inside after the first has left
+
+    model[0].register_forward_pre_hook(order)
+    inv = Inverter(model, lacs="identity")
+    x = smooth_image(32)
+    errors: list[BaseException] = []
+
+    def work(repeat: int) -> None:
+        try:
+            for _ in range(repeat):
+                assert torch.isfinite(inv(x).x_hat[-1]).all()
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    def run(threads: list[threading.Thread]) -> None:
+        for t in threads:
+            t.start()
+            threading.Event().wait(0.05)
+        for t in threads:
+            t.join(timeout=120)
+
+    run([threading.Thread(target=work, args=(1,), name=n) for n in ("first", "second")])
+    run([threading.Thread(target=work, args=(3,), name=f"free{i}") for i in range(3)])
+    assert not errors, errors
+    assert all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_a_second_invert_keeps_the_earlier_images_in_the_index(cli):
+    """Item 11."""
+    out = cli.work / "out"
+    assert cli([*INV, photo(cli.work / "a.png", seed=1), W, out, *FAST]).code == 0
+    r = cli([*INV, photo(cli.work / "b.png", seed=2), W, out, *FAST])
+    assert r.code == 0 and "earlier runs (a)" in r.err
+    assert [s["image"] for s in json.loads((out / "summary.json").read_text())] == ["a", "b"]
+    assert 'href="a/' in (out / "index.html").read_text() or "a/input.png" in (out / "index.html").read_text()
+
+
+def test_extreme_aspect_ratio_is_refused_and_resizing_is_bounded(tmp_path, monkeypatch):
+    """Item 12: a 1 x 400000 PNG passes the pixel limit but is refused by name; a long
+    strip given to the API is cropped before resizing (memory bounded by size²)."""
+    import torch.nn.functional as F
+
+    from adjinv.images import files
+
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (400_000, 1), "red").save(strip)
+    with pytest.raises(AdjinvError, match="aspect ratio"):
+        load_image(strip)
+    asked: list[tuple[int, int]] = []
+    real = F.interpolate
+
+    def spy(x: torch.Tensor, size: tuple[int, int], **kw: object) -> torch.Tensor:
+        asked.append(size)
+        return real(x, size=size, **kw)
+
+    monkeypatch.setattr(files.F, "interpolate", spy)
+    out = files.resize_center_crop(torch.rand(3, 2, 40_000), 64)
+    assert out.shape == (3, 64, 64) and asked[0][0] * asked[0][1] <= 4 * 64 * 64
+
+
+def test_inconsistent_torchrun_environment_fails_fast(monkeypatch, caplog):
+    """Item 13: RANK=1 WORLD_SIZE=1 is refused at once; RANK=0 WORLD_SIZE=2 without a second
+    rank gives up after the short rendezvous timeout, with a line while waiting."""
+    import logging
+    import socket
+    import time
+
+    import torch.distributed as dist
+
+    from adjinv.distributed import init_from_env
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(AdjinvError, match="inconsistent"):
+        init_from_env()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("ADJINV_RENDEZVOUS_TIMEOUT_S", "2")
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="adjinv.distributed"), \
+            pytest.raises(AdjinvError, match="did not meet"):
+        init_from_env()
+    assert time.monotonic() - t0 < 30 and not dist.is_initialized()
+    assert "waiting for the other ranks" in caplog.text
+
+
+# ----------------------------------------------------------------------------- LAC fuzz
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner,
+                                                                 max_size=3),
+    max_leaves=6)
+_META_KEYS = ["encoder", "encoder_hash", "lac_boundaries", "lac_eps", "lac_eps_mode",
+              "lac_linearize_at", "complete", "format"]
+_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
+           torch.uint8, torch.bool]
+
+
+@st.composite
+def _tensor(draw: st.DrawFn) -> torch.Tensor:
+    shape = draw(st.lists(st.integers(0, 4), max_size=3))
+    dtype = draw(st.sampled_from(_DTYPES))
+    fill = draw(st.sampled_from([0.5, float("nan"), float("inf"), -float("inf"), 1.0]))
+    t = torch.full(shape, 1.0, dtype=torch.float64)
+    if t.numel() and draw(st.booleans()):
+        t.view(-1)[draw(st.integers(0, t.numel() - 1))] = fill
+    return t.to(dtype) if dtype.is_floating_point else t.nan_to_num().to(dtype)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(meta_edits=st.dictionaries(st.sampled_from(_META_KEYS), _JSONISH, max_size=2),
+       drop_meta=st.lists(st.sampled_from(_META_KEYS), max_size=2),
+       tensor_edits=st.dictionaries(
+           st.sampled_from(["lac.lacs.pix.gamma", "lac.lacs.pix.beta", "lac.lacs.s1.gamma",
+                            "extra.vanilla.gain", "extra.vanilla.offset", "lac.extra"]),
+           _tensor(), max_size=2),
+       drop_tensors=st.lists(st.sampled_from(["lac.lacs.pix.gamma", "extra.vanilla.offset"]),
+                             max_size=1),
+       keep_format=st.booleans())
+def test_fuzz_lac_checkpoint_fields(tmp_path_factory, meta_edits, drop_meta, tensor_edits,
+                                    drop_tensors, keep_format):
+    """Shapes, dtypes, non-finite values and metadata types of a LAC checkpoint: every
+    variant loads to finite LACs or is refused with an AdjinvError, never an internal error."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from adjinv.lacs.bundled import load_lacs
+    from conftest import staged_from_sequential, tiny_relu_cnn
+
+    enc = staged_from_sequential(tiny_relu_cnn(seed=0).double())
+    tmp = tmp_path_factory.mktemp("fuzz")
+    ck = _checkpoint(tmp, enc)
+    with safe_open(str(ck), "pt") as f:
+        meta = json.loads(f.metadata()["adjinv"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for k in drop_meta:
+        meta.pop(k, None)
+    meta.update(meta_edits)
+    if keep_format:
+        meta["format"] = "adjinv-lac/1"
+    tensors.update(tensor_edits)
+    for k in drop_tensors:
+        tensors.pop(k, None)
+    save_file(tensors, str(ck), metadata={"adjinv": json.dumps(meta)})
+    try:
+        loaded = load_lacs(enc, ck, allow_other_weights=True)
+    except AdjinvError:
+        return
+    assert all(torch.isfinite(p).all() for p in loaded.lacs.parameters())
+    if loaded.vanilla_map is not None:
+        assert torch.isfinite(loaded.vanilla_map.gain).all()
+        assert torch.isfinite(loaded.vanilla_map.offset).all()
+
+
+# ----------------------------------------------------------------------------- issue 29, item 15
+def _api_cases() -> dict[str, Callable[[Any], object]]:
+    from adjinv import encoder_from_module, load_lacs
+    from adjinv.core.lac import LACBank
+    from adjinv.fileio import save_png
+    from adjinv.images.files import resize_center_crop
+
+    x = smooth_image(32)
+    return {
+        "target-str": lambda inv: inv.invert(x, target="cat"),
+        "target-2d": lambda inv: inv.invert(x, target=torch.zeros(2, 2, dtype=torch.long)),
+        "channel-out-of-range": lambda inv: inv.channel_inversions(x, -1, [10**6]),
+        "channels-str": lambda inv: inv.channel_inversions(x, -1, "a"),
+        "psi-seed-shape": lambda inv: inv.psi(x, -1, torch.zeros(1, 3, 2, 2)),
+        "readout-not-callable": lambda inv: inv.readout(x, 5),
+        "load-lacs-int": lambda inv: load_lacs(inv.encoder, 5),
+        "lac-eps-mode": lambda inv: LACBank({1: 8}, eps_mode="bad"),
+        "lac-negative-channels": lambda inv: LACBank({1: -3}),
+        "encoder-from-str": lambda inv: encoder_from_module("resnet"),
+        "resize-list": lambda inv: resize_center_crop([1], 32),
+        "load-image-none": lambda inv: load_image(None),
+        "save-png-shape": lambda inv: save_png("never.png", torch.zeros(5)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_api_cases()))
+def test_api_misuse_is_an_adjinv_error(case, monkeypatch, tmp_path):
+    """Item 15: direct API calls that raised a raw TypeError/RuntimeError/ValueError."""
+    from adjinv import Inverter
+    from conftest import tiny_relu_cnn
+
+    monkeypatch.chdir(tmp_path)
+    inv = Inverter(tiny_relu_cnn(seed=0), lacs="identity")
+    with pytest.raises(AdjinvError) as e:
+        _api_cases()[case](inv)
+    assert type(e.value) is AdjinvError
+    assert not (tmp_path / "never.png").exists()
+
+
+def test_half_a_vanilla_map_is_refused(tmp_path, tiny_enc):
+    """A checkpoint with a vanilla gain but no offset: an AdjinvError, not a KeyError."""
+    from adjinv.lacs.bundled import load_lacs
+    from adjinv.lacs.checkpoint import save_checkpoint
+
+    ck = save_checkpoint(tmp_path / "c.safetensors", random_lacs(tiny_enc), tiny_enc,
+                         extras={"vanilla.gain": torch.ones(3)})
+    with pytest.raises(AdjinvError, match="only one of"):
+        load_lacs(tiny_enc, ck)

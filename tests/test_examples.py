@@ -42,4 +42,8 @@ def test_quickstart_notebook_runs_and_plots():
     assert len(pngs) == 1 and base64.b64decode(pngs[0])[:8] == b"\x89PNG\r\n\x1a\n"
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "deepest reconstruction: (1, 3, 64, 64)" in text
+    # the text's claim about the seed-zero panel, checked against what the notebook measures
+    std = [float(v) for v in text.split("spatial std per channel: x̂_L ")[1].split("\n")[0]
+           .replace("seed-zero Ψ(0) ", "").split(", ")]
+    assert std[1] > 0 and "constant image β_pix" not in NOTEBOOK.read_text()
     print(f"quickstart.ipynb ran in {seconds:.1f} s")

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from adjinv.cli import main
+from adjinv.fileio import OLD_TAG, PARTIAL_TAG, TMP_TAG
 from adjinv.lacs.checkpoint import read_checkpoint
 
 SRC = str(Path(__file__).parents[1] / "src")
@@ -52,7 +53,7 @@ def wait_for(cond, proc: subprocess.Popen, timeout: float = 300.0) -> None:
 
 
 def leftovers(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.endswith((".tmp", ".partial", ".old"))]
+    return [p for p in root.rglob("*") if p.name.endswith((TMP_TAG, PARTIAL_TAG, OLD_TAG))]
 
 
 def complete(folder: Path) -> bool:
@@ -95,7 +96,7 @@ def test_disk_full_keeps_everything_already_written(tmp_path, capsys, monkeypatc
     state = {"q1": 0, "full": False}
 
     def fills_up(path, data):
-        if ".q1.partial" in str(path):
+        if f".q1{PARTIAL_TAG}" in str(path):
             state["q1"] += 1
             state["full"] |= state["q1"] > 2  # the disk fills while image 2 is written
         if state["full"]:

@@ -147,20 +147,15 @@ def test_truncated_png(tmp_path):
         load_image(p)
 
 
-def test_missing_file(tmp_path):
-    with pytest.raises(AdjinvError, match="does not exist"):
-        load_image(tmp_path / "nope.png")
-
-
-def test_empty_folder(tmp_path):
+@pytest.mark.parametrize("read, name, match", [
+    (load_image, "nope.png", "does not exist"),  # a missing file
+    (list_images, "", "holds no images"),  # a folder without images
+    (list_images, "nope", "does not exist"),  # a missing folder
+])
+def test_missing_files_and_folders(tmp_path, read, name, match):
     (tmp_path / "notes.txt").write_text("no images here")
-    with pytest.raises(AdjinvError, match="holds no images"):
-        list_images(tmp_path)
-
-
-def test_missing_folder(tmp_path):
-    with pytest.raises(AdjinvError, match="does not exist"):
-        list_images(tmp_path / "nope")
+    with pytest.raises(AdjinvError, match=match):
+        read(tmp_path / name)
 
 
 def test_list_images_finds_nested_files_sorted(tmp_path):

@@ -12,7 +12,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "adjinv"
 
 # Lower number = lower layer. A module may import its own layer or any lower one.
 LAYER: dict[str, int] = {
-    "errors": 0, "state": 0, "fileio": 0, "filters": 0, "_optional": 0, "distributed": 0,
+    "errors": 0, "records": 0, "state": 0, "fileio": 0, "filters": 0, "_optional": 0, "distributed": 0,
+    "finite": 0, "outdir": 0,
     "encoders": 1, "core": 1,
     "images": 2,
     "lacs": 3,

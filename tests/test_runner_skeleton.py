@@ -143,7 +143,7 @@ def test_run_logs_on_stderr_and_summarises_on_stdout(tmp_path, capsys):
 
 def test_a_variant_runs_instead(tmp_path, capsys):
     def only_x(cfg: Toy, out: Path, *, log=quiet_log) -> dict:
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)  # the skeleton claimed (created) it
         (out / "x.txt").write_text(cfg.name)
         return {}
 

@@ -254,3 +254,96 @@ def test_multipath_trains_and_logs_every_stage(tiny_enc, tmp_path):
     assert last["val_l1"] == pytest.approx(last[f"val_l1_stage{n - 1}"])
     assert last["loss"] == pytest.approx(last[f"l1_stage{n - 1}"])
     assert all(lac.beta.requires_grad for lac in lacs.lacs.values())
+
+
+def test_stratified_sample_weights_keep_the_top_exactly_and_are_unbiased():
+    w = torch.softmax(3 * torch.randn(2, 40, dtype=torch.float64), 1)
+    w[1, :15] = 0
+    w = w / w.sum(1, keepdim=True)
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.stack([sample_weights(w, 0.25, gen, top=0.5) for _ in range(4000)])
+    live = (w > 0).sum(1)
+    for b in range(2):
+        n = int(torch.ceil(0.25 * live[b]))
+        first = w[b].topk(n // 2).indices
+        assert (draws[:, b, first] == w[b, first]).all()  # the top channels: no variance
+    torch.testing.assert_close(draws.sum(-1), torch.ones(4000, 2, dtype=w.dtype))
+    assert (draws[:, 1, :15] == 0).all()
+    assert (draws.mean(0) - w).abs().max() < 0.01
+    with pytest.raises(AdjinvError, match="top"):
+        sample_weights(w, 0.25, gen, top=1.0)
+
+
+def test_sampled_xhat_step_is_the_gradient_of_the_sampled_reconstruction(tiny_enc):
+    """``xhat="sampled"`` (docs/method.md §4): the loss and gradient are those of
+    ℓ1(Σ ŵ_c φ_c, x) for the drawn ŵ, written out with plain autograd; a full channel
+    fraction is the exact step."""
+    from adjinv.core.simplex import simplex_measure
+
+    x = tiny_enc.normalize(smooth_image(32, batch=1, dtype=torch.float64))
+    lacs = random_lacs(tiny_enc, 4)
+    last = tiny_enc.num_stages - 1
+    with tiny_enc.frozen():
+        st = lac_step(AdjointInverter(tiny_enc, lacs), x, channel_fraction=0.3,
+                      gen=torch.Generator().manual_seed(5), xhat="sampled", top=0.5)
+        g = _grads(lacs)
+        lacs.zero_grad(set_to_none=True)
+        a = tiny_enc.forward_stages(x, upto=last)[last].detach()
+        w = sample_weights(simplex_measure(a), 0.3, torch.Generator().manual_seed(5), top=0.5)
+        assert 0 < int((w > 0).sum()) < int((simplex_measure(a) > 0).sum())
+        c = a.shape[1]
+        seeds = torch.zeros(c, *a.shape, dtype=a.dtype)
+        for k in range(c):
+            seeds[k, :, k] = a[:, k]
+        with torch.enable_grad():
+            phi = reference_psi(tiny_enc, lacs, x, last, seeds, keep_graph=True)
+            loss = (torch.einsum("bc,cbkhw->bkhw", w, phi) - x).abs().mean()
+            loss.backward()
+        g_ref = _grads(lacs)
+        lacs.zero_grad(set_to_none=True)
+        full = lac_step(AdjointInverter(tiny_enc, lacs), x, xhat="sampled")
+        g_full = _grads(lacs)
+        lacs.zero_grad(set_to_none=True)
+        exact = lac_step(AdjointInverter(tiny_enc, lacs), x)
+        torch.testing.assert_close(g_full, _grads(lacs))
+    assert st.l1 == pytest.approx(float(loss.detach()), rel=1e-6)
+    torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-7)  # float32 LACs
+    assert full.l1 == exact.l1
+
+
+def test_sampled_xhat_config_is_checked_and_resumes(tiny_enc, tmp_path):
+    with pytest.raises(AdjinvError, match="xhat"):
+        TrainConfig(xhat="approx").check()
+    with pytest.raises(AdjinvError, match="xhat='sampled'"):
+        TrainConfig(xhat="sampled", objective="pixbias").check()
+    cfg = TrainConfig(steps=4, size=32, checkpoint_every=2, channel_fraction=0.5, xhat="sampled",
+                      top=0.5, lr=0.05)
+    ck = tmp_path / "s.lac.safetensors"
+    a, _, la = train_lacs(tiny_enc, _imgs(2), cfg, checkpoint=ck)
+    cfg.steps = 2
+    train_lacs(tiny_enc, _imgs(2), cfg, checkpoint=tmp_path / "r.lac.safetensors")
+    cfg.steps = 4
+    b, _, lb = train_lacs(tiny_enc, _imgs(2), cfg, checkpoint=tmp_path / "r.lac.safetensors",
+                          resume=True)
+    assert la == lb
+    for (n, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, msg=n)
+
+
+def test_resume_may_change_how_often_validation_runs(tiny_enc, tmp_path):
+    """validate_every and patience pick the checkpoint, not the trajectory: a resumed run may
+    change them, and the steps stay those of an uninterrupted run."""
+    val = _imgs(1)
+    cfg = TrainConfig(steps=4, size=32, checkpoint_every=2, validate_every=1, lr=0.05)
+    a, _, la = train_lacs(tiny_enc, _imgs(2), cfg, checkpoint=tmp_path / "a.lac.safetensors",
+                          validation=val)
+    cfg.steps = 2
+    train_lacs(tiny_enc, _imgs(2), cfg, checkpoint=tmp_path / "b.lac.safetensors", validation=val)
+    cfg.steps, cfg.validate_every, cfg.patience = 4, 2, 3
+    _, _, lb = train_lacs(tiny_enc, _imgs(2), cfg, checkpoint=tmp_path / "b.lac.safetensors",
+                          resume=True, validation=val)
+    assert la == lb
+    cfg.lr = 0.01
+    with pytest.raises(AdjinvError, match="differs in lr"):
+        train_lacs(tiny_enc, _imgs(2), cfg, checkpoint=tmp_path / "b.lac.safetensors",
+                   resume=True, validation=val)

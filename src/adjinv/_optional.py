@@ -29,11 +29,11 @@ PACKAGES: dict[str, tuple[str, str]] = {
 
 
 def require(module: str, purpose: str) -> ModuleType:
-    """Import ``module`` (e.g. ``"skimage.data"``) or raise an :class:`AdjinvError`
+    """Import ``module`` (e.g. ``"skimage.data"``) or raise an [`AdjinvError`][AdjinvError]
     naming the extra that installs it.
 
     Args:
-        module: dotted module name; its top-level package must be in :data:`PACKAGES`.
+        module: dotted module name; its top-level package must be in [`PACKAGES`][PACKAGES].
         purpose: what needs it, for the message (e.g. ``"the sample photos"``).
 
     Returns:

@@ -1,8 +1,8 @@
 """The one-liner: ``adjinv.Inverter(model_or_name)``.
 
 It builds the staged encoder (from a registry name, any CNN ``nn.Module`` or a
-:class:`~adjinv.encoders.staged.StagedEncoder`), finds its LACs and delegates the
-work to :class:`~adjinv.core.inverter.AdjointInverter`. Being an ``nn.Module``,
+[`StagedEncoder`][adjinv.encoders.staged.StagedEncoder]), finds its LACs and delegates the
+work to [`AdjointInverter`][adjinv.core.inverter.AdjointInverter]. Being an ``nn.Module``,
 ``.to(device)`` / ``.double()`` move the encoder and the LACs together.
 
     >>> inv = adjinv.Inverter(model, normalize=True)        # doctest: +SKIP
@@ -23,6 +23,7 @@ from torch import nn
 
 from .core.inverter import AdjointInverter, Inversion, Progress
 from .core.lac import LACBank
+from .core.stagedict import stage_index
 from .encoders.auto import encoder_from_module
 from .encoders.registry import load_encoder
 from .encoders.staged import StagedEncoder
@@ -30,6 +31,7 @@ from .errors import AdjinvError
 from .lacs.bundled import IDENTITY_SOURCE, LoadedLACs, load_lacs
 from .methods.class_directional import MODES, class_directional_weights
 from .methods.readout import Readout, ReadoutInversion, invert_readout
+from .methods.resolve import Target, class_target
 from .state import to_module
 
 logger = logging.getLogger(__name__)
@@ -41,26 +43,30 @@ class Inverter(nn.Module):
     """Adjoint inversion of a classifier in one line (Eq. 7–8, Eq. 12).
 
     Args:
-        model: a registry name (:func:`adjinv.load_encoder`, e.g. ``"efficientnet_lite0"``),
-            a :class:`StagedEncoder`, or any torchvision/timm-style CNN ``nn.Module``,
-            split into stages where its resolution drops (:func:`adjinv.encoder_from_module`).
+        model: a registry name ([`adjinv.load_encoder()`][adjinv.load_encoder], e.g.
+            ``"efficientnet_lite0"``),
+            a [`StagedEncoder`][StagedEncoder], or any torchvision/timm-style CNN ``nn.Module``,
+            split into stages where its resolution drops
+            ([`adjinv.encoder_from_module()`][adjinv.encoder_from_module]).
             Modules are shared, not copied; their mode and ``requires_grad`` flags are
             restored after every call.
         lacs: ``None`` (default): the checkpoint bundled for this encoder, else identity
             LACs with a warning; ``"identity"``: identity LACs (γ=1, β=0) without one;
             a path to a LAC checkpoint; the name of another checkpoint bundled for the
-            encoder (:func:`adjinv.lacs.checkpoint.bundled_variants`, e.g. ``"paper"``); a
-            :class:`LACBank`; or what :func:`adjinv.load_lacs` returned.
+            encoder ([`adjinv.lacs.checkpoint.bundled_variants()`][adjinv.lacs.checkpoint.bundled_variants],
+            e.g. ``"paper"``); a
+            [`LACBank`][LACBank]; or what [`adjinv.load_lacs()`][adjinv.load_lacs] returned.
         normalize: if True, inputs are images in [0, 1] and are normalised with the
             encoder's mean/std inside the call; if False (default) they are already in the
             encoder's input space (``encoder.normalize(img)``).
         weights: local weights file for a registry name (never downloaded).
         allow_other_weights: accept a LAC checkpoint made for other weights of the same
             architecture.
-        encoder_kw: further arguments of :func:`adjinv.encoder_from_module` (``stages``,
+        encoder_kw: further arguments of [`adjinv.encoder_from_module()`][adjinv.encoder_from_module]
+            (``stages``,
             ``head``, ``mean``, ``std``, …), for a plain ``nn.Module`` only.
         **inverter_kw: ``chunk_size``, ``memory_budget``, ``engine``, ``precision``,
-            ``channels_last`` of :class:`AdjointInverter`.
+            ``channels_last`` of [`AdjointInverter`][AdjointInverter].
     """
 
     def __init__(self, model: nn.Module | str, lacs: LacsSpec = None, *, normalize: bool = False,
@@ -93,19 +99,20 @@ class Inverter(nn.Module):
         return self.inverter.prepare(x)
 
     def to_display(self, x: torch.Tensor) -> torch.Tensor:
-        """A reconstruction in encoder space → image in [0, 1] (de-normalised, clipped)."""
+        """A tensor in encoder space → image in [0, 1] (de-normalised, clipped): right for
+        inputs; for reconstructions, whose contrast is small, use ``res.image(stage)``."""
         return self.encoder.to_display(x)
 
     # ------------------------------------------------------------------ inversion
-    def forward(self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
+    def forward(self, x: torch.Tensor, target: Target = None, *,
                 stages: Sequence[int | str] | str | None = None, top_k: int = 0,
                 mode: str = "contribution", progress: Progress | None = None,
                 mass: float | None = None, max_channels: int | None = None) -> Inversion:
-        """Same as :meth:`invert`."""
+        """Same as [`invert()`][invert]."""
         return self.invert(x, target=target, stages=stages, top_k=top_k, mode=mode,
                            progress=progress, mass=mass, max_channels=max_channels)
 
-    def invert(self, x: torch.Tensor, target: int | torch.Tensor | None = None, *,
+    def invert(self, x: torch.Tensor, target: Target = None, *,
                stages: Sequence[int | str] | str | None = None, top_k: int = 0,
                mode: str = "contribution", progress: Progress | None = None,
                mass: float | None = None, max_channels: int | None = None) -> Inversion:
@@ -115,29 +122,34 @@ class Inverter(nn.Module):
         Args:
             x: images (B, 3, H, W) or (3, H, W); in [0, 1] if the inverter was built with
                 ``normalize=True``, else in the encoder's input space.
-            target: class ``k`` (an int, or one per image as a (B,) tensor); ``None`` skips
+            target: class ``k`` (an int, a class name such as ``"kite"``, or one per image);
+                ``None`` skips
                 the class-directional synthesis. It shares the deepest stage's pass.
-            stages: stages to reconstruct, by index (negative counts from the deepest) or
-                name; ``"all"`` for every stage (the spectrum); default ``None``: the
-                deepest stage only (each shallower stage adds its own
-                pull-backs; BENCHMARKS.md, "Where the time goes").
+            stages: stages to reconstruct, by index (negative counts from the deepest), by
+                name or by the model's module path (``"layer4"``); ``"all"`` for every stage
+                (the spectrum); default ``None``: the deepest stage only (each shallower
+                stage adds its own pull-backs; BENCHMARKS.md, "Where the time goes").
             top_k: also keep the ``top_k`` per-channel inversions ``φ_{l,c}`` with the
                 largest simplex weight (Eq. 2) at each stage.
             mode: the class direction ``α`` (``"contribution"``: ``W_{k,c} g_c``, the
                 default; ``"weight"``; ``"weight*simplex"``).
             progress: ``callback(done, total)`` over channels.
-            mass: anytime inversion (:meth:`AdjointInverter.invert`): synthesise the channels
+            mass: anytime inversion ([`AdjointInverter.invert()`][AdjointInverter.invert]): synthesise the
+                channels
                 of largest weight up to this simplex mass; ``res.error_bound`` holds a proven
                 bound on the relative error.
             max_channels: anytime inversion: at most this many channels per stage.
 
         Returns:
-            An :class:`Inversion`; ``res.x_hat[-1]`` is the deepest reconstruction, and with
+            An [`Inversion`][Inversion]; ``res.x_hat[-1]`` is the deepest reconstruction (encoder
+            space), ``res.image(-1)`` the same as a displayable image in [0, 1], and with
             ``target`` ``res.extra["class"]``, ``["class+"]``, ``["class-"]`` hold ``x̂^(k)``,
             ``x̂^(k)_+``, ``x̂^(k)_-`` and ``res.extra_weights["class"]`` holds ``α``.
         """
         xs = self.prepare(x)
+        target = class_target(target, self.encoder)
         want = _wanted_stages(stages, self.encoder.num_stages, self._stage)
+        _check_target(target, xs.shape[0])
         if mode not in MODES:
             raise AdjinvError(f"mode must be one of {MODES}, got {mode!r}")
 
@@ -159,25 +171,46 @@ class Inverter(nn.Module):
     def channel_inversions(self, x: torch.Tensor, stage: int | str,
                            channels: torch.Tensor | Sequence[int]) -> torch.Tensor:
         """``φ_{stage,c}`` for the given channels: (B, K, 3, H, W)."""
-        return self.inverter.channel_inversions(self.prepare(x), self._stage(stage), channels)
+        s = self._stage(stage)
+        n = self.encoder.infos[s].channels
+        try:
+            idx = torch.as_tensor(channels).long()
+        except (TypeError, ValueError, RuntimeError):
+            raise AdjinvError(f"channels must be channel indices (ints), got {channels!r}") from None
+        if idx.dim() != 1 or ((idx < -n) | (idx >= n)).any():
+            raise AdjinvError(f"channels must be a list of indices in 0…{n - 1} (stage {s} has "
+                              f"{n} channels), got {channels!r}")
+        return self.inverter.channel_inversions(self.prepare(x), s, idx % n)
 
     def psi(self, x: torch.Tensor, stage: int | str, seed: torch.Tensor) -> torch.Tensor:
         """The cascade ``Ψ_stage(G)`` for any cotangent ``G`` (B, C, h, w) (Eq. 7)."""
-        return self.inverter.psi(self.prepare(x), self._stage(stage), seed)
+        xs, s = self.prepare(x), self._stage(stage)
+        with torch.no_grad(), self.encoder.frozen():
+            want = tuple(self.encoder.forward_stages(xs, upto=s)[s].shape)
+        if not isinstance(seed, torch.Tensor) or tuple(seed.shape) != want:
+            got = tuple(seed.shape) if isinstance(seed, torch.Tensor) else type(seed).__name__
+            raise AdjinvError(f"seed must be a tensor shaped like stage {s}'s features "
+                              f"{want}, got {got}")
+        return self.inverter.psi(xs, s, seed)
 
     def readout(self, x: torch.Tensor, readout: Readout, *, split: bool = False,
                 top_k: int = 0) -> ReadoutInversion:
         """Any scalar readout of the deepest features, pulled back through this inverter's
-        cascade (docs/method.md §12; :func:`adjinv.methods.readout.invert_readout`)."""
+        cascade (docs/method.md §12;
+        [`adjinv.methods.readout.invert_readout()`][adjinv.methods.readout.invert_readout])."""
+        if not callable(readout):
+            raise AdjinvError(f"readout must be a function of the deepest features (a "
+                              f"Readout), got {type(readout).__name__}")
         return invert_readout(self.inverter, None, self.prepare(x), readout, split=split,
                               top_k=top_k)
 
     def _stage(self, stage: int | str) -> int:
         if isinstance(stage, str):
-            names = [i.name for i in self.encoder.infos]
-            if stage not in names:
-                raise AdjinvError(f"no stage named {stage!r}; the stages are {names}")
-            return names.index(stage)
+            try:
+                return stage_index(stage, [i.name for i in self.encoder.infos],
+                                   self.encoder.stage_aliases)
+            except KeyError as e:
+                raise AdjinvError(e.args[0]) from None
         n = self.encoder.num_stages
         s = int(stage) + n if int(stage) < 0 else int(stage)
         if not 0 <= s < n:
@@ -232,3 +265,16 @@ def _as_lacs(encoder: StagedEncoder, lacs: LacsSpec, allow_other_weights: bool) 
         return load_lacs(encoder, lacs, allow_other_weights=allow_other_weights)
     raise AdjinvError(f"lacs must be None, 'identity', a checkpoint path, a LACBank or the "
                       f"result of adjinv.load_lacs, got {type(lacs).__name__}")
+
+
+def _check_target(target: object, batch: int) -> None:
+    """A class index: an int, or an integer tensor of one or ``batch`` entries."""
+    if target is None:
+        return
+    if isinstance(target, bool) or not isinstance(target, (int, torch.Tensor)) or (
+            isinstance(target, torch.Tensor) and (target.is_floating_point() or target.is_complex()
+                                                  or target.numel() not in (1, batch)
+                                                  or target.dim() > 1)):
+        raise AdjinvError(f"target must be a class index (an int, or a (B,) integer tensor "
+                          f"with one per image), got {target!r}")
+

@@ -167,7 +167,7 @@ def _check_constant(enc: StagedEncoder, images: dict, size: int) -> None:
 def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     import html
 
-    from .fileio import OutputFolder, inside
+    from .outdir import OutputFolder
     from .viz.report import ReportConfig, deepest_acts, invert_one, planned_channels, write_index
 
     device = _device(args.device)
@@ -185,12 +185,17 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     cfg = ReportConfig(size=args.size, top_k=top_k, chunk_size=args.chunk_size,
                        precision=args.precision, mass=args.mass,
                        partner_mass=None if args.partner_mass == 1 else args.partner_mass)
-    targets = {name: inside(out, name) for name in images}
     _check_free_space(out, len(images) * (enc.num_stages + top_k + 6) * 3 * args.size ** 2)
-    with OutputFolder(out, overwrite=args.overwrite) as claimed:
+    with OutputFolder(out, overwrite=args.overwrite, files=("index.html", "summary.json"),
+                      folders=images) as claimed:
+        targets = {name: claimed.target(name) for name in images}
         if claimed.removed:
             print(f"adjinv: note: removed {len(claimed.removed)} stale temporary file(s) of an "
                   f"interrupted run in {out}/", file=sys.stderr)
+        earlier = _earlier_summaries(out, images)
+        if earlier:
+            print(f"adjinv: note: the index of {out}/ keeps {len(earlier)} image(s) of earlier "
+                  f"runs ({', '.join(s['image'] for s in earlier)})", file=sys.stderr)
         print(f"encoder {enc.name} ({enc.num_stages} stages), LACs: {source}", file=sys.stderr)
         summaries: list[dict] = []
         t0 = time.perf_counter()
@@ -208,7 +213,7 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
         def index() -> Path:
             intro = (f"<p>encoder <b>{html.escape(enc.name)}</b>, LACs: {html.escape(source)}, "
                      f"size {args.size} px, total {time.perf_counter() - t0:.1f} s</p>")
-            return write_index(out, summaries, title, intro)
+            return write_index(out, earlier + summaries, title, intro)
 
         def done_so_far() -> str:
             names = ", ".join(s["image"] for s in summaries) or "none"
@@ -253,6 +258,24 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     return page
 
 
+def _earlier_summaries(out: Path, images: dict) -> list[dict]:
+    """The entries of an existing ``summary.json`` whose image is not re-run and whose
+    folder is still there: a second run into a folder adds to its index."""
+    import json
+
+    try:
+        old = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, list):
+        return []
+    from .fileio import safe_name
+
+    return [s for s in old if isinstance(s, dict) and isinstance(s.get("image"), str)
+            and s["image"] == safe_name(s["image"]) and s["image"] not in images
+            and (out / s["image"] / "summary.json").is_file()]
+
+
 def _check_free_space(out: Path, need: int) -> None:
     """Refuse before the work when the disk cannot hold the PNGs (uncompressed bound)."""
     import shutil
@@ -272,18 +295,9 @@ def _os_message(e: OSError) -> str:
 
 
 def _device(name: str):
-    import torch
+    from .state import parse_device
 
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise AdjinvError(f"--device {name!r} is not a torch device ({e}); use cpu or cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AdjinvError(f"--device {name}: PyTorch sees no CUDA device here "
-                          "(torch.cuda.is_available() is False); use --device cpu")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise AdjinvError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return dev
+    return parse_device(name)
 
 
 def _unique_names(paths: list[str]) -> dict[str, Path]:
@@ -317,12 +331,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """``adjinv train``."""
-    tqdm = require("tqdm", "the progress bar").tqdm
-
-    from .distributed import init_from_env, is_main, launch
+    from .distributed import init_from_env, launch
     from .images.files import list_images, load_image
     from .images.photos import split_photos
-    from .lacs.training import TrainConfig, train_lacs
+    from .lacs.training import TrainConfig
 
     if args.nproc > 1:  # relaunch this command as N local processes (torchrun --standalone)
         code = launch(args.nproc, _without_option(sys.argv[1:], "--nproc"))
@@ -335,6 +347,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if Path(args.export).resolve() == out.resolve():
             raise AdjinvError("--export must differ from --out (it is a second, smaller file)")
         _check_checkpoint_path(args.export, "--export")
+        _check_replaceable(Path(args.export), "--export")
     def folder(d: str) -> tuple[list, list[str]]:
         files = list_images(d)
         with captured_warnings(_warn):
@@ -362,6 +375,21 @@ def cmd_train(args: argparse.Namespace) -> None:
     cfg.check()
     if out.exists() and not args.resume and not distributed:
         raise AdjinvError(f"{out} exists; pass --resume to continue that run or choose another --out")
+    from .outdir import OutputFile
+
+    inputs = [d for d in (args.images, args.validation) if d]
+    with OutputFile(out, inputs=inputs):
+        _train_locked(args, enc, images, validation, cfg, out)
+
+
+def _train_locked(args: argparse.Namespace, enc: StagedEncoder, images: list, validation: Any,
+                  cfg: Any, out: Path) -> None:
+    """``adjinv train`` once ``--out`` is claimed (adjinv.outdir.OutputFile)."""
+    tqdm = require("tqdm", "the progress bar").tqdm
+
+    from .distributed import is_main
+    from .lacs.training import train_lacs
+
     bar = tqdm(total=cfg.steps, desc="train", unit="step", file=sys.stderr, disable=None)
 
     def prog(step: int, total: int, loss: float) -> None:
@@ -389,6 +417,19 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         print(f"exported γ/β and the vanilla map (no optimiser state) to "
               f"{export_checkpoint(out, args.export)}")
+
+
+def _check_replaceable(p: Path, option: str) -> None:
+    """Refuse to replace an existing file that is not an adjinv LAC checkpoint."""
+    from .lacs.checkpoint import read_checkpoint
+
+    if not p.exists():
+        return
+    try:
+        read_checkpoint(p)
+    except AdjinvError:
+        raise AdjinvError(f"{option} {str(p)!r} exists and is not an adjinv LAC checkpoint; "
+                          f"adjinv never replaces it: choose another {option} path") from None
 
 
 def _without_option(argv: list[str], option: str) -> list[str]:

@@ -42,7 +42,7 @@ class Preview:
     ``x_hat`` (B, 3, H, W): the sum over the channels synthesised so far, largest weight
     first, plus the others' ``LAC_pix`` bias; ``done`` (B,): channels added per image;
     ``bound`` / ``bound_abs`` (B,): the relative / absolute bound on the distance to the
-    *full* reconstruction ``x̂_stage`` (all live channels), see :func:`error_bounds`.
+    *full* reconstruction ``x̂_stage`` (all live channels), see [`error_bounds()`][error_bounds].
     """
 
     stage: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -22,6 +22,7 @@ from .anytime import (
     select_channels,
 )
 from .cascade import AdjointCascade, Linearization, auto_chunk, channel_seeds, chunked
+from .display import centred_display
 from .lac import LACBank
 from .simplex import simplex_measure
 from .stagedict import StageDict
@@ -33,9 +34,10 @@ ChunkFn = Callable[[dict[str, torch.Tensor], torch.Tensor], None]
 R = TypeVar("R")
 
 
-@dataclass
+@dataclass(repr=False)
 class Inversion:
-    """Everything one :meth:`AdjointInverter.invert` call computed (tensors in encoder space).
+    """Everything one [`AdjointInverter.invert()`][AdjointInverter.invert] call computed (tensors in encoder
+    space).
 
     ``x_hat[l]``: layer-wise reconstruction (B, 3, H, W) (Eq. 8);
     ``weights[l]``: simplex measure (B, C_l) (Eq. 2);
@@ -44,14 +46,21 @@ class Inversion:
     ``omitted_mass[l]`` (B,): simplex weight of the live channels left out by an anytime
     call (``mass``/``max_channels``; 0 otherwise), ``error_bound_abs[l]`` and
     ``error_bound[l]`` (B,): proven bounds on ``‖x̂_l − x̂_l^full‖`` and on that divided by
-    ``‖x̂_l^full‖`` (:mod:`adjinv.core.anytime`); the same keyed by name for ``extra``;
-    the per-stage fields are :class:`StageDict` s: ``x_hat[-1]`` is the deepest stage and
-    ``x_hat["stem"]`` looks a stage up by name (``stage_names``).
+    ``‖x̂_l^full‖`` ([`adjinv.core.anytime`][adjinv.core.anytime]); the same keyed by name for ``extra``.
+
+    Every per-stage field is a [`StageDict`][adjinv.core.stagedict.StageDict]: ``x_hat[-1]`` is
+    the deepest stage, ``x_hat["stem"]`` looks a stage up by name (``stage_names``) and
+    ``x_hat["layer4"]`` by the model's own module path (``stage_aliases``).
+
+    To look at a result, [`image()`][image] maps any reconstruction to a displayable image
+    through the one display mapping the HTML report uses
+    ([`centred_display()`][adjinv.core.display.centred_display]), and [`to_input()`][to_input] takes it back
+    to the input space of the images (de-normalised with the encoder's mean/std).
     """
 
     x: torch.Tensor
     logits: torch.Tensor
-    x_hat: dict[int, torch.Tensor] = field(default_factory=dict)
+    x_hat: dict[Any, torch.Tensor] = field(default_factory=dict)
     weights: dict[int, torch.Tensor] = field(default_factory=dict)
     channels: dict[int, torch.Tensor] = field(default_factory=dict)
     phi: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -61,10 +70,65 @@ class Inversion:
     error_bound_abs: dict[int | str, torch.Tensor] = field(default_factory=dict)
     error_bound: dict[int | str, torch.Tensor] = field(default_factory=dict)
     stage_names: tuple[str, ...] = ()
+    stage_aliases: tuple[tuple[str, ...], ...] = ()
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
 
     def __post_init__(self) -> None:
         for f in ("x_hat", "weights", "channels", "phi"):
-            setattr(self, f, StageDict(getattr(self, f), self.stage_names))
+            setattr(self, f, StageDict(getattr(self, f), self.stage_names, self.stage_aliases))
+        for f in ("omitted_mass", "error_bound_abs", "error_bound"):
+            setattr(self, f, StageDict(getattr(self, f), self.stage_names, self.stage_aliases,
+                                       extras=True))
+
+    def _get(self, key: int | str) -> torch.Tensor:
+        if isinstance(key, str) and key in self.extra:
+            return self.extra[key]
+        try:
+            return self.x_hat[key]
+        except KeyError as e:
+            have = [*(self.stage_names[k] for k in self.x_hat if k < len(self.stage_names)),
+                    *self.extra]
+            raise AdjinvError(f"{e.args[0]}; this result holds {have} (pass stages=… or "
+                              "target=… to invert() for the others)") from None
+
+    def to_input(self, key: int | str = -1) -> torch.Tensor:
+        """Reconstruction ``key`` (a stage as in ``x_hat``, or an ``extra`` name such as
+        ``"class"``) in the images' own input space: ``x̂ · std + mean`` with the encoder's
+        normalisation, not clipped (B, 3, H, W)."""
+        x = self._get(key)
+        m = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        s = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return x * s + m
+
+    def image(self, key: int | str = -1) -> torch.Tensor:
+        """Reconstruction ``key`` as a displayable image (B, 3, H, W) in [0, 1], through the
+        one display mapping of the HTML report (docs/method.md §4):
+        [`centred_display()`][adjinv.core.display.centred_display] of [`to_input()`][to_input] — each RGB
+        channel
+        centred, then the 1–99 % quantiles stretched to [0, 1]. It shows structure at any
+        scale; how much it resembles the photo is what the controls measure."""
+        return centred_display(self.to_input(key))
+
+    def _label(self, k: int) -> str:
+        """Stage ``k``'s name, with the model's module path where it differs (``stage4=layer4``)."""
+        name = self.stage_names[k] if k < len(self.stage_names) else str(k)
+        alias = self.stage_aliases[k][0] if k < len(self.stage_aliases) and self.stage_aliases[k] else name
+        return name if alias == name else f"{name}={alias}"
+
+    def __repr__(self) -> str:
+        shape = "×".join(str(d) for d in self.x.shape)
+        stages = [self._label(k) for k in self.x_hat]
+        parts = [f"x: {shape}", f"x_hat: {stages}"]
+        if self.phi:
+            parts.append(f"phi: top-{next(iter(self.phi.values())).shape[1]}")
+        if self.extra:
+            parts.append(f"extra: {list(self.extra)}")
+        om = [float(v.max()) for k, v in self.omitted_mass.items() if isinstance(k, int)]
+        if om and max(om) > 0:
+            eb = max(float(v.max()) for k, v in self.error_bound.items() if isinstance(k, int))
+            parts.append(f"anytime: omitted mass ≤ {max(om):.3g}, relative error ≤ {eb:.3g}")
+        return f"Inversion({', '.join(parts)})"
 
 
 @dataclass
@@ -88,15 +152,15 @@ def reference_input(x: torch.Tensor) -> torch.Tensor:
 
 
 class AdjointInverter:
-    """Adjoint inversion of a frozen :class:`StagedEncoder` through trained LACs.
+    """Adjoint inversion of a frozen [`StagedEncoder`][StagedEncoder] through trained LACs.
 
     ``chunk_size`` fixes the number of channels per batched backward (default:
-    chosen from free memory, see :mod:`adjinv.core.memory`); ``memory_budget``
+    chosen from free memory, see [`adjinv.core.memory`][adjinv.core.memory]); ``memory_budget``
     caps the bytes one chunk may use. ``lacs=None`` uses identity LACs (γ=1, β=0).
     Dead channels (``w = 0``) are skipped: they contribute exactly nothing to Eq. 8.
     ``engine``, ``precision``, ``channels_last``, ``verify`` (the per-stage self-check of
     the explicit transposes) and ``kernels`` choose how the cascade computes (see
-    :class:`~adjinv.core.cascade.AdjointCascade` and :mod:`adjinv.core.precision`).
+    ``AdjointCascade`` and [`adjinv.core.precision`][adjinv.core.precision]).
     """
 
     def __init__(self, encoder: StagedEncoder, lacs: LACBank | None = None, *,
@@ -126,7 +190,7 @@ class AdjointInverter:
     def linearize(self, x: torch.Tensor, stage: int) -> tuple[Linearization, list[torch.Tensor]]:
         """The linearisation the LACs were trained for, and ``x``'s own activations
         ``[A_0 … A_stage]``. With LACs trained for the reference (docs/method.md §16) the
-        Jacobians are those of :func:`reference_input`, never ``x``'s own; the seeds and
+        Jacobians are those of [`reference_input()`][reference_input], never ``x``'s own; the seeds and
         simplex weights always come from ``x``."""
         if not self.at_reference:
             lin = self.cascade.linearize(x, stage)
@@ -135,7 +199,7 @@ class AdjointInverter:
                 self.encoder.forward_stages(x, upto=stage))
 
     def _source(self, acts: list[torch.Tensor], stage: int) -> torch.Tensor | None:
-        """The seed tensor for :meth:`synthesize`: ``x``'s own ``A_stage`` at the reference."""
+        """The seed tensor for [`synthesize()`][synthesize]: ``x``'s own ``A_stage`` at the reference."""
         return acts[stage] if self.at_reference else None
 
     def _chunk(self, lin: Linearization, stage: int) -> int:
@@ -147,7 +211,7 @@ class AdjointInverter:
                work: Callable[[torch.Tensor], R]) -> Iterator[tuple[torch.Tensor, R]]:
         """Run ``work`` on the chunks of ``idx`` this inverter's ``chunk_size`` or memory
         budget allows at ``stage``, halving them on CUDA out-of-memory (docs/method.md §3,
-        [choice] batching; :func:`~adjinv.core.cascade.chunked`). Every chunked pull-back —
+        [choice] batching; ``chunked()``). Every chunked pull-back —
         Eq. 8's synthesis, LAC training (Eq. 9, §4), readouts (§12) — goes through here.
 
         Args:
@@ -243,7 +307,7 @@ class AdjointInverter:
                          order: torch.Tensor | None = None,
                          on_chunk: ChunkFn | None = None,
                          ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """:meth:`synthesize` image by image (one extra forward each); ``counts``: each
+        """[`synthesize()`][synthesize] image by image (one extra forward each); ``counts``: each
         image's own channels, so that ``progress`` counts on over the whole batch, and
         ``on_chunk`` sees the whole batch (finished images, the partial one, zeros)."""
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in weight_sets}
@@ -291,7 +355,7 @@ class AdjointInverter:
         any ``extra_weights(acts, logits) -> {name: (B, C_L)}`` syntheses at the
         deepest stage, sharing the deepest stage's pass.
 
-        Anytime inversion (:mod:`adjinv.core.anytime`): ``mass`` in (0, 1] synthesises,
+        Anytime inversion ([`adjinv.core.anytime`][adjinv.core.anytime]): ``mass`` in (0, 1] synthesises,
         per image and stage, the channels of largest simplex weight until their
         cumulative weight reaches ``mass``; ``max_channels`` caps their number, and the
         omitted channels' exact ``LAC_pix`` bias is added. The extra syntheses use the
@@ -315,7 +379,7 @@ class AdjointInverter:
             for st in self.encoder.stages[upto + 1:]:  # finish the forward, don't redo it
                 a = st(a)
             logits = self.encoder.head(a)
-            res = Inversion(x=x, logits=logits, stage_names=tuple(i.name for i in self.encoder.infos))
+            res = self.new_result(x, logits)
             extra = extra_weights(acts, logits) if extra_weights is not None else {}
             res.extra_weights = extra
             todo = sorted(set(want) | ({last} if extra else set()))
@@ -348,10 +412,19 @@ class AdjointInverter:
                     res.channels[s], res.phi[s] = keep, kept
         return res
 
+    def new_result(self, x: torch.Tensor, logits: torch.Tensor) -> Inversion:
+        """An empty [`Inversion`][Inversion] for ``x`` that knows this encoder's stage names,
+        module paths and normalisation."""
+        enc = self.encoder
+        return Inversion(x=x, logits=logits, stage_names=tuple(i.name for i in enc.infos),
+                         stage_aliases=tuple(enc.stage_aliases),
+                         mean=tuple(float(v) for v in enc.mean), std=tuple(float(v) for v in enc.std))
+
     def _bound(self, res: Inversion, key: int | str, x_k: torch.Tensor, w: torch.Tensor,
                chosen: torch.Tensor, radius: float) -> torch.Tensor:
         """Record the omitted mass and the bounds of one anytime synthesis; return ``x_k``
-        with the omitted channels' bias added (:func:`~adjinv.core.anytime.add_omitted_bias`)."""
+        with the omitted channels' bias added
+        ([`add_omitted_bias()`][adjinv.core.anytime.add_omitted_bias])."""
         done = self._finish(x_k, w, chosen, radius)
         res.omitted_mass[key] = done.omitted_mass
         res.error_bound_abs[key], res.error_bound[key] = done.error_bound_abs, done.error_bound
@@ -383,7 +456,7 @@ class AdjointInverter:
 
     def _previewer(self, stage: int, w: torch.Tensor, chosen: torch.Tensor, radius: float,
                    preview: PreviewFn) -> ChunkFn:
-        """The chunk hook turning partial sums into :class:`Preview` objects."""
+        """The chunk hook turning partial sums into [`Preview`][Preview] objects."""
         def hook(sums: dict[str, torch.Tensor], processed: torch.Tensor) -> None:
             added = processed & chosen
             x_k = add_omitted_bias(sums["x_hat"], omitted_weight(w, added, signed=True),

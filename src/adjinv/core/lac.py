@@ -38,7 +38,9 @@ class LocalAdjointCorrector(nn.Module):
     def __init__(self, num_channels: int, eps: float = 1e-6, eps_mode: str = "layer") -> None:
         super().__init__()
         if eps_mode not in EPS_MODES:
-            raise ValueError(f"eps_mode must be one of {EPS_MODES}, got {eps_mode!r}")
+            raise AdjinvError(f"eps_mode must be one of {EPS_MODES}, got {eps_mode!r}")
+        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+            raise AdjinvError(f"a LAC needs a positive number of channels, got {num_channels!r}")
         self.num_channels = num_channels
         self.eps = eps
         self.eps_mode = eps_mode

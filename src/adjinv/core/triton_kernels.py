@@ -2,17 +2,17 @@
 
 Two passes dominate the elementwise time of a chunk on a GPU (docs/speed.md):
 
-- **ReLU masks and the residual sums around them.** :func:`pack_mask` stores a mask as
-  1 bit per element (in the memory order of the cotangents); :func:`mask_add` applies it
+- **ReLU masks and the residual sums around them.** [`pack_mask()`][pack_mask] stores a mask as
+  1 bit per element (in the memory order of the cotangents); [`mask_add()`][mask_add] applies it
   together with the sums next to it in one pass: ``acc + (g + g2) ⊙ mask`` — ``g2`` the
   second gradient of a map read twice (a residual block's output, summed before its
   ReLU's mask), ``acc`` a gradient already pending at the mask's input — reading 1/32 of
   a float per element for the mask and writing once, where PyTorch makes a pass for
   each sum and one for the mask.
-- **The LAC (Eq. 6).** :func:`lac_apply` makes one statistics pass (per item and channel:
+- **The LAC (Eq. 6).** [`lac_apply()`][lac_apply] makes one statistics pass (per item and channel:
   mean and centred second moment, combined over blocks with Chan's update, and the
   max/min for the scale) and one apply pass ``(u − mean)·(a·γ) + β``; the few per-channel
-  numbers in between are computed exactly as :class:`~adjinv.core.lac.LocalAdjointCorrector`
+  numbers in between are computed exactly as [`LocalAdjointCorrector`][adjinv.core.lac.LocalAdjointCorrector]
   does.
 
 The PyTorch path stays the reference and the CPU path: these kernels run on CUDA tensors,
@@ -21,7 +21,7 @@ a kernel cannot reproduce the reference — autograd recording, a memory layout 
 not handle, a LAC signal whose squares leave the dtype's range — the caller gets ``None``
 and uses the PyTorch op. The mask pass is bit-exact against the reference; the LAC agrees
 to rounding (the statistics are summed in another order; see
-:data:`LAC_RTOL`).
+[`LAC_RTOL`][LAC_RTOL]).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One place for input checks (torch-cam's ``_precheck``): every public entry
-point that takes an image batch passes it through :func:`check_input`."""
+point that takes an image batch passes it through [`check_input()`][check_input]."""
 
 from __future__ import annotations
 

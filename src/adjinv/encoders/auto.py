@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +13,8 @@ from ..errors import AdjinvError
 from ..state import eval_mode, to_module
 from .graph import HEAD_NAMES, split_graph
 from .staged import IMAGENET_MEAN, IMAGENET_STD, LinearHead, ModuleHead, StagedEncoder
+
+logger = logging.getLogger(__name__)
 
 _HEAD_PASSTHROUGH = (nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 
@@ -68,8 +71,8 @@ def _trunk_and_head(model: nn.Module, probe: torch.Tensor) -> tuple[list[nn.Modu
 
 
 def _split_head(rest: list[nn.Module], a_last: torch.Tensor, model: nn.Module) -> LinearHead | ModuleHead:
-    """``GAP -> [LayerNorm] -> Linear`` as a :class:`LinearHead`; any other chain of head
-    modules as a :class:`ModuleHead` (a flatten added before its first linear layer and
+    """``GAP -> [LayerNorm] -> Linear`` as a [`LinearHead`][LinearHead]; any other chain of head
+    modules as a [`ModuleHead`][ModuleHead] (a flatten added before its first linear layer and
     after a final 1x1 map, as ``forward`` methods do functionally)."""
     leaves = [s for m in rest for s in ([m] if _is_leaf(m) else m.modules()) if _is_leaf(s)]
     linears = [m for m in leaves if isinstance(m, nn.Linear)]
@@ -194,20 +197,74 @@ def _timm_feature_modules(model: nn.Module) -> list[str] | None:
     return [n for n in names if n] or None
 
 
+def stage_aliases(model: nn.Module, enc: StagedEncoder, probe: torch.Tensor) -> list[tuple[str, ...]]:
+    """Per stage of ``enc``, the ``named_modules()`` paths of ``model`` whose output on
+    ``probe`` is that stage's output (``"layer4"``, ``"layer4.1"``, ``"features.7"``),
+    shortest first: the names a user knows the stages by (as torch-cam's target layers)."""
+    with torch.no_grad(), enc.frozen():
+        outs = enc.forward_stages(probe)
+    found: list[list[str]] = [[] for _ in outs]
+
+    def hook(name: str) -> Callable[..., None]:
+        def match(_m: nn.Module, _i: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor) and out.dim() == 4:
+                for i, a in enumerate(outs):
+                    if a.shape == out.shape and torch.allclose(a, out, rtol=1e-4, atol=1e-5):
+                        found[i].append(name)
+        return match
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(probe)
+    finally:
+        for h in handles:
+            h.remove()
+    return [tuple(sorted(dict.fromkeys(f), key=lambda n: (n.count("."), n))) for f in found]
+
+
+def pretrained_normalization(model: nn.Module, transform: Any = None
+                             ) -> tuple[tuple[float, ...], tuple[float, ...], str] | None:
+    """The ``(mean, std, source)`` a model was trained with, where it says: a torchvision
+    weights transform (``weights.transforms()``, with ``.mean``/``.std``) or a timm data
+    config passed as ``transform``, else the model's own timm ``pretrained_cfg`` (or
+    ``default_cfg``). ``None`` when nothing says."""
+    cands: list[tuple[str, Any]] = [("the given transform", transform)]
+    cands += [(f"model.{a}", getattr(model, a, None)) for a in ("pretrained_cfg", "default_cfg")]
+    for source, c in cands:
+        if c is None:
+            continue
+        mean = c.get("mean") if isinstance(c, dict) else getattr(c, "mean", None)
+        std = c.get("std") if isinstance(c, dict) else getattr(c, "std", None)
+        if mean is not None and std is not None and len(mean) == 3 and len(std) == 3:
+            return tuple(float(v) for v in mean), tuple(float(v) for v in std), source
+    return None
+
+
+def default_categories(num_classes: int) -> list[str] | None:
+    """ImageNet's class names for a 1000-way head (shipped inside torchvision), else None."""
+    if num_classes != 1000:
+        return None
+    import torchvision  # a core dependency; imported here to keep this module light
+
+    return list(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
 def encoder_from_module(
     model: nn.Module,
     *,
     stages: Sequence[nn.Module] | None = None,
     head: LinearHead | ModuleHead | nn.Module | None = None,
     stage_nodes: Sequence[str] | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    transform: Any = None,
     name: str | None = None,
     categories: Sequence[str] | None = None,
     probe_size: int = 224,
     check: bool = True,
 ) -> StagedEncoder:
-    """Wrap a torchvision/timm-style CNN as a :class:`StagedEncoder`.
+    """Wrap a torchvision/timm-style CNN as a [`StagedEncoder`][StagedEncoder].
 
     Without ``stages``, three splits are tried in turn, each accepted only if the staged
     chain reproduces ``model(x)`` on a probe image (with ``check``):
@@ -216,19 +273,41 @@ def encoder_from_module(
        on to the end of ``forward_features``), cut from the FX graph;
     2. the model's top-level children (``features`` unrolled), run on a probe image and
        grouped so that a stage begins wherever the spatial resolution drops;
-    3. the FX graph (:mod:`adjinv.encoders.graph`), cut before every drop of resolution,
+    3. the FX graph ([`adjinv.encoders.graph`][adjinv.encoders.graph]), cut before every drop of resolution,
        for models whose forward is not a chain of children.
 
     ``stage_nodes`` names the FX nodes (or modules) where stages end, the last one the
     deepest map (names as ``torchvision.models.feature_extraction.get_graph_node_names``
-    lists them). The head may be ``GAP -> [LayerNorm] -> Linear`` (a :class:`LinearHead`)
-    or any differentiable map of the deepest map to logits (a :class:`ModuleHead`: MLP or
+    lists them). The head may be ``GAP -> [LayerNorm] -> Linear`` (a [`LinearHead`][LinearHead])
+    or any differentiable map of the deepest map to logits (a [`ModuleHead`][ModuleHead]: MLP or
     convolutional classifiers, pooling done in ``forward``). If no split works the error
     lists why each failed and what to pass.
+
+    The normalisation (``normalize=True`` of [`adjinv.Inverter`][adjinv.Inverter]) is, in this order:
+    ``mean``/``std`` if given; the one of ``transform`` (torchvision's
+    ``weights.transforms()``, or a timm data config); the model's timm ``pretrained_cfg``;
+    else ImageNet's (logged). Class names: ``categories``, else ImageNet's for a
+    1000-way head. The encoder's ``stage_aliases`` hold, per stage, the model's module
+    paths that end there, so stages answer to ``"layer4"`` or ``"features.7"``.
 
     The modules are shared, not copied; the model's train/eval mode and
     ``requires_grad`` flags are restored after every adjinv call.
     """
+    if not isinstance(model, nn.Module):
+        raise AdjinvError(f"encoder_from_module takes a torch nn.Module, got "
+                          f"{type(model).__name__}; for a registry name use load_encoder(name)")
+    if (mean is None) != (std is None):
+        raise AdjinvError("pass mean= and std= together (or neither, to take them from the model)")
+    if mean is None or std is None:
+        found = pretrained_normalization(model, transform)
+        if found is None:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+            logger.info("%s carries no normalisation (timm pretrained_cfg or transform=); "
+                        "using ImageNet's mean/std", type(model).__name__)
+        else:
+            mean, std, source = found
+            logger.info("normalisation of %s from %s: mean=%s std=%s", type(model).__name__,
+                        source, mean, std)
     with eval_mode(model):
         probe = torch.randn(1, 3, probe_size, probe_size, generator=torch.Generator().manual_seed(0))
         probe = to_module(probe, model)
@@ -243,6 +322,9 @@ def encoder_from_module(
             if stages is None and stage_nodes is None:
                 _check_layout(model, enc, probe)
             enc.split_method = how
+            if categories is None:
+                enc.categories = default_categories(enc.head.num_classes)
+            enc.stage_aliases = stage_aliases(model, enc, probe)
             return enc
 
         def by_children() -> StagedEncoder:

@@ -1,5 +1,5 @@
 """Conformance of architectures a user may bring: each one splits and inverts exactly, or
-is refused with a clear :class:`~adjinv.errors.AdjinvError`.
+is refused with a clear [`AdjinvError`][adjinv.errors.AdjinvError].
 
 For every torchvision classification builder and a list of timm families (random
 initialisation with random BatchNorm statistics, float64, one image of 64 px): the split
@@ -62,7 +62,7 @@ def torchvision_models() -> list[str]:
 
 
 def all_models() -> list[str]:
-    """torchvision's builders and :data:`TIMM_MODELS` (if timm is installed)."""
+    """torchvision's builders and [`TIMM_MODELS`][TIMM_MODELS] (if timm is installed)."""
     names = torchvision_models()
     try:
         import timm
@@ -184,7 +184,7 @@ STATUSES = ("explicit", "mixed", "autograd", "refused", "FAILED", "unbuildable")
 
 
 def render(results: dict) -> str:
-    """docs/compatibility.md from a results file written by :func:`main`."""
+    """docs/compatibility.md from a results file written by [`main()`][main]."""
     rows = results["models"]
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     lines = [

@@ -1,7 +1,7 @@
 """Stages cut from a model's FX graph, for models whose forward is not a chain of children.
 
-The model is traced with :mod:`torch.fx` (node names as
-:func:`torchvision.models.feature_extraction.get_graph_node_names` prints them), the
+The model is traced with ``torch.fx`` (node names as
+``torchvision.models.feature_extraction.get_graph_node_names`` prints them), the
 graph is run once on a probe image, and a node is a *cut* when it is the only value
 that later nodes read from earlier ones. Stages end at cuts: where the user names
 them (``stage_nodes``), at the modules of timm's ``feature_info`` (``feature_modules``),

@@ -133,7 +133,7 @@ _REGISTRY: dict[str, dict] = {
 
 
 def list_encoders() -> list[str]:
-    """Names accepted by :func:`load_encoder`."""
+    """Names accepted by [`load_encoder()`][load_encoder]."""
     return sorted(_REGISTRY)
 
 
@@ -148,7 +148,7 @@ def load_encoder(
     random_init: bool = False,
     device: str | torch.device | None = None,
 ) -> StagedEncoder:
-    """Build a registered architecture as a :class:`StagedEncoder`. Never downloads.
+    """Build a registered architecture as a [`StagedEncoder`][StagedEncoder]. Never downloads.
 
     Weights come from ``weights`` (a local ``.safetensors`` or ``.pth`` state
     dict), else from the bundled package (``efficientnet_lite0``) or the torch

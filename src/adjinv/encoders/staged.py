@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import AdjinvError
+from ..records import Record
 from ..state import frozen, to_module
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -18,17 +19,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
-class StageInfo:
-    """Static facts about one stage ``f_l`` (measured with a probe input)."""
+class StageInfo(Record):
+    """Static facts about one stage ``f_l`` (measured with a probe input); ``to_dict`` is
+    the form checkpoint metadata records."""
 
     name: str
     channels: int
     reduction: int
     decimates: bool
-
-    def to_dict(self) -> dict:
-        """JSON-ready form (used in checkpoint metadata)."""
-        return asdict(self)
 
 
 class Stage(nn.Module):
@@ -48,7 +46,7 @@ class LinearHead(nn.Module):
     """``z = W · norm(g) + b`` with ``g = GAP(A_L)``.
 
     ``norm`` is optional and may only be a LayerNorm over channels (ConvNeXt);
-    for a fixed image it is affine in ``g``, so :meth:`effective_weights` gives
+    for a fixed image it is affine in ``g``, so [`effective_weights()`][effective_weights] gives
     the exact per-image linear form ``z = W_eff g + b_eff`` used by Eq. 12.
     """
 
@@ -104,7 +102,7 @@ class ModuleHead(nn.Module):
     """Any differentiable head ``z = h(A_L)`` on the deepest map: an MLP after pooling
     (VGG, MobileNetV3, AlexNet), a convolutional classifier (SqueezeNet), pooling done in
     the model's forward. Class-directional weights then come from the logit's gradient
-    (:func:`adjinv.methods.class_directional.class_directional_weights`)."""
+    ([`adjinv.methods.class_directional.class_directional_weights()`][adjinv.methods.class_directional.class_directional_weights])."""
 
     module: nn.Module
 
@@ -138,8 +136,8 @@ class StagedEncoder(nn.Module):
     Parameters
     ----------
     stages: the stage modules in order; ``stage_names`` names them.
-    head: the linear head over GAP of the deepest stage (:class:`LinearHead`, or an
-        ``nn.Linear``), or any differentiable head on the deepest map (:class:`ModuleHead`,
+    head: the linear head over GAP of the deepest stage ([`LinearHead`][LinearHead], or an
+        ``nn.Linear``), or any differentiable head on the deepest map ([`ModuleHead`][ModuleHead],
         or any other module).
     mean, std: the input normalisation the weights expect (image in [0, 1]).
     name: registry name (stored in LAC checkpoints).
@@ -147,7 +145,7 @@ class StagedEncoder(nn.Module):
     probe_size: side of the zero image used to measure channels and strides.
 
     The encoder never changes the modules' state permanently: every operation
-    of adjinv runs inside :meth:`frozen`, which restores train/eval modes and
+    of adjinv runs inside [`frozen()`][frozen], which restores train/eval modes and
     ``requires_grad`` flags on exit, even after an error.
     """
 
@@ -184,6 +182,9 @@ class StagedEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32), persistent=False)
         self.infos = self._probe(names, probe_size)
         self.split_method = "given"  # how encoder_from_module found the stages, if it did
+        # per stage, the module paths of the wrapped model whose output is the stage's
+        # output (set by encoder_from_module); stage lookups accept them as names
+        self.stage_aliases: list[tuple[str, ...]] = [() for _ in names]
         self._hash: tuple[tuple, str] | None = None
 
     # ------------------------------------------------------------------ layout

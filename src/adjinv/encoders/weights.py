@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import AdjinvError
+from ..finite import check_finite
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -77,4 +78,6 @@ def load_into(model: torch.nn.Module, sd: dict[str, torch.Tensor], arch: str, so
             f"weights {source!r} do not fit {arch}: " + ", ".join(detail)
             + f". They belong to another architecture; pass weights saved from {arch}"
         )
+    check_finite(sd.items(), f"weights {source!r}",
+                 "re-download or re-export them from a model that trained without diverging")
     model.load_state_dict(sd, strict=True)

@@ -46,6 +46,8 @@ def array_to_tensor(arr: np.ndarray, source: str = "array") -> torch.Tensor:
 
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold (0.25 GiB RGBA)
+MAX_ASPECT = 50  # longer side / shorter side of an image file; beyond, a strip, not a photo
+_CROP_FIRST = 4  # resize_center_crop crops first when the resized image would be this many squares
 _OPEN_LOCK = threading.Lock()
 
 
@@ -69,6 +71,12 @@ def _open(p: Path, max_pixels: int):
     if w == 0 or h == 0:
         im.close()
         raise AdjinvError(f"image {str(p)!r} is empty ({w}x{h} px)")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        im.close()
+        raise AdjinvError(f"image {str(p)!r} is {w}x{h} px, an extreme aspect ratio "
+                          f"({max(w, h) / min(w, h):,.0f}:1, over {MAX_ASPECT}:1); only its "
+                          "central square would be inverted: crop it to the part you want "
+                          "and pass that")
     return im
 
 
@@ -138,6 +146,9 @@ def load_image(path: str | os.PathLike, mode: str = "strict",
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise AdjinvError(f"load_image takes a file path, got {type(path).__name__}; for an "
+                          "array use array_to_tensor")
     p = Path(path)
     src = f"image {str(p)!r}"
     if p.is_dir():
@@ -181,12 +192,20 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def resize_center_crop(img: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the shorter side to ``size`` (antialiased) and centre-crop a square."""
+    """Resize the shorter side to ``size`` (antialiased) and centre-crop a square (an image
+    more than 4 times longer than wide is cropped to its central square first)."""
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise AdjinvError(f"size must be a positive integer (pixels), got {size!r}")
-    if img.dim() != 3 or min(img.shape[1:]) < 1:
-        raise AdjinvError(f"expected an image of shape (C, H, W), got {tuple(img.shape)}")
+    if not isinstance(img, torch.Tensor) or img.dim() != 3 or min(img.shape[1:]) < 1:
+        got = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+        raise AdjinvError(f"expected an image tensor of shape (C, H, W), got {got}")
     _, h, w = img.shape
+    side = min(h, w)
+    if max(h, w) > _CROP_FIRST * side:
+        # a long strip: crop its central square before resizing, so that memory stays
+        # bounded by size² whatever the aspect ratio (a 1 x 400000 PNG would ask 20 GB)
+        top, left = (h - side) // 2, (w - side) // 2
+        img, h, w = img[:, top:top + side, left:left + side], side, side
     s = size / min(h, w)
     nh, nw = max(size, round(h * s)), max(size, round(w * s))
     out = F.interpolate(img[None], size=(nh, nw), mode="bilinear", antialias=True,

@@ -62,6 +62,11 @@ def load_lacs(encoder: StagedEncoder, path: str | os.PathLike | None = None, *,
                       "beta=0); train some with `adjinv train`", stacklevel=2)
         return LoadedLACs(LACBank.for_encoder(encoder), None, IDENTITY_SOURCE)
     lacs, ck = load_checkpoint(path, encoder, allow_other_weights=allow_other_weights)
+    if ck.meta.get("complete") is False:
+        warnings.warn(f"LAC checkpoint {str(path)!r} is an unfinished training run (step "
+                      f"{ck.meta.get('step')}, complete=false), not final LACs; finish it with "
+                      "`adjinv train --resume`, or pass an exported or bundled checkpoint",
+                      stacklevel=2)
     return LoadedLACs(lacs, VanillaMap.from_tensors(ck.extras), str(path))
 
 

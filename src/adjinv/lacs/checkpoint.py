@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..core.lac import LACBank
+from ..core.lac import EPS_MODES, LACBank
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..fileio import atomic_write_bytes
+from ..finite import check_finite, finite_number
 from ..state import module_device
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,59 @@ def read_tagged(path: str | os.PathLike, fmt: str, what: str,
     return meta, tensors
 
 
+def _check_meta(meta: dict, tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                encoder: StagedEncoder) -> dict[int, int]:
+    """Refuse malformed metadata and non-finite or non-float tensors before building
+    anything; the LAC boundaries as ``{stage: channels}``."""
+    where = f"LAC checkpoint {str(path)!r}"
+    fix = "re-create it with `adjinv train` (or pass a bundled LAC name)"
+
+    def bad(what: str) -> AdjinvError:
+        return AdjinvError(f"{where} has malformed metadata ({what}); {fix}")
+
+    enc = meta.get("encoder")
+    if not (isinstance(enc, dict) and isinstance(enc.get("name"), str)
+            and isinstance(enc.get("stages"), list)
+            and all(isinstance(st, dict) and "channels" in st for st in enc["stages"])):
+        raise bad("'encoder' must be an object with a name and a list of stages")
+    if not isinstance(meta.get("encoder_hash"), str):
+        raise bad("'encoder_hash' must be a string")
+    raw = meta.get("lac_boundaries")
+    if not isinstance(raw, dict):
+        raise bad("'lac_boundaries' must be an object {stage: channels}")
+    bounds: dict[int, int] = {}
+    for k, c in raw.items():
+        if not (isinstance(k, str) and k.lstrip("-").isdigit()) or isinstance(c, bool) \
+                or not isinstance(c, int):
+            raise bad(f"lac_boundaries entry {k!r}: {c!r} is not stage: channels")
+        stage = int(k)
+        same = enc["stages"] == encoder.layout()["stages"]  # else the caller names the mismatch
+        if same and (not 0 <= stage < encoder.num_stages or c != encoder.infos[stage].channels):
+            raise bad(f"lac_boundaries entry {k!r}: {c!r} does not fit {encoder.name} "
+                      f"({encoder.num_stages} stages)")
+        bounds[stage] = c
+    eps = meta.get("lac_eps")
+    if not finite_number(eps) or float(eps) <= 0:  # type: ignore[arg-type]
+        raise bad(f"'lac_eps' is {eps!r}; it must be a finite number > 0")
+    if meta.get("lac_eps_mode") not in EPS_MODES:
+        raise bad(f"'lac_eps_mode' is {meta.get('lac_eps_mode')!r}, not one of {', '.join(EPS_MODES)}")
+    if meta.get("lac_linearize_at", "input") not in LACBank.LINEARIZE_AT:
+        raise bad(f"'lac_linearize_at' is {meta.get('lac_linearize_at')!r}, not one of "
+                  f"{', '.join(LACBank.LINEARIZE_AT)}")
+    used = {k: v for k, v in tensors.items()
+            if k.startswith("lac.") or k.startswith("extra.vanilla.")}
+    for k, v in used.items():
+        if not v.is_floating_point():
+            raise AdjinvError(f"{where}: tensor {k!r} has dtype {v.dtype}, not floating "
+                              f"point; {fix}")
+    for k in ("extra.vanilla.gain", "extra.vanilla.offset"):
+        if k in used and used[k].shape != (3,):
+            raise AdjinvError(f"{where}: {k!r} has shape {tuple(used[k].shape)}, not (3,) (one "
+                              f"value per RGB channel); {fix}")
+    check_finite(used.items(), where, fix)
+    return bounds
+
+
 def _describe(layout: dict) -> str:
     chans = "/".join(str(s["channels"]) for s in layout["stages"])
     return f"{layout['name']} (stage channels {chans})"
@@ -104,6 +159,7 @@ def load_checkpoint(path: str | os.PathLike, encoder: StagedEncoder, *,
     """
     meta, tensors = read_checkpoint(path)
     mine = encoder.layout()
+    bounds = _check_meta(meta, tensors, path, encoder)
     if meta["encoder"]["stages"] != mine["stages"] or meta["encoder"]["name"] != mine["name"]:
         raise AdjinvError(f"LAC checkpoint {str(path)!r} was trained for "
                           f"{_describe(meta['encoder'])}, not for {_describe(mine)}; pass the "
@@ -113,7 +169,6 @@ def load_checkpoint(path: str | os.PathLike, encoder: StagedEncoder, *,
                           f"{mine['name']} (hash {meta['encoder_hash']} vs "
                           f"{encoder.weights_hash()}); train LACs for these weights, or pass "
                           "allow_other_weights=True (--allow-other-weights) to use it anyway")
-    bounds = {int(k): int(c) for k, c in meta["lac_boundaries"].items()}
     lacs = LACBank(bounds, eps=float(meta["lac_eps"]), eps_mode=meta["lac_eps_mode"],
                    linearize_at=meta.get("lac_linearize_at", "input"))
     state = {k.removeprefix("lac."): v for k, v in tensors.items() if k.startswith("lac.")}
@@ -166,16 +221,25 @@ def bundled_variants(name: str) -> list[str]:
 
 def resolve_checkpoint(name: str, lac: str | os.PathLike | None) -> Path | None:
     """A LAC checkpoint argument made a path: ``None`` → the bundled default for encoder
-    ``name`` (``None`` if there is none); an existing file → itself; the name of a bundled
-    variant (``paper``, …) → that file; anything else is refused, naming the choices."""
+    ``name`` (``None`` if there is none); the name of a bundled variant (``paper``, …) →
+    that file, even when a local file has the same name (``./paper`` names the file); an
+    existing file → itself; anything else is refused, naming the choices."""
     if lac is None:
         return bundled_checkpoint(name)
+    if not isinstance(lac, (str, os.PathLike)):
+        raise AdjinvError(f"a LAC checkpoint is a path or a bundled name (str), got "
+                          f"{type(lac).__name__}; pass e.g. 'paper' or 'my.lac.safetensors'")
     p = Path(lac)
+    plain = isinstance(lac, str) and bool(lac) and "/" not in lac and os.sep not in lac
+    variant = bundled_checkpoint(name, str(lac)) if plain else None
+    if variant is not None:  # a bundled name wins over a local file of that name
+        if p.is_file():
+            warnings.warn(f"--lac {lac!r} is the name of a bundled LAC variant, which is used; "
+                          f"a local file of that name is ignored (pass ./{lac} to use the "
+                          "file)", stacklevel=3)
+        return variant
     if p.is_file():
         return p
-    variant = bundled_checkpoint(name, str(lac)) if os.sep not in str(lac) else None
-    if variant is not None:
-        return variant
     have = bundled_variants(name)
     hint = f", or one of the LACs bundled for {name}: {', '.join(have)}" if have else ""
     raise AdjinvError(f"LAC checkpoint {str(lac)!r} does not exist: pass a .safetensors file "

@@ -66,10 +66,13 @@ log = logging.getLogger(__name__)
 
 OBJECTIVES = ("paper", "pixbias", "contrastive", "reference", "multipath")
 SCHEDULES = ("cosine", "constant")
-# the config fields a resumed run must share with the saved one
+XHAT_MODES = ("exact", "sampled")
+# the config fields a resumed run must share with the saved one: those that shape the
+# trajectory of γ/β. How often validation runs and how many checks early stopping waits
+# (validate_every, patience) may change on resume: they pick the checkpoint, not the steps.
 _RESUME_KEYS = ("lr", "size", "batch_size", "seed", "channel_fraction", "min_crop", "objective",
                 "contrast_weight", "contrast_margin", "schedule", "min_lr_ratio", "images",
-                "validate_every", "patience")
+                "xhat", "top")
 
 
 @dataclass
@@ -93,6 +96,8 @@ class TrainConfig:
     validate_every: int = 0
     patience: int = 0
     keep_every: int = 0
+    xhat: str = "exact"
+    top: float = 0.0
 
     def check(self) -> None:
         """Refuse values that cannot train, naming the fix."""
@@ -113,6 +118,13 @@ class TrainConfig:
         if self.objective == "contrastive" and self.batch_size < 2:
             raise AdjinvError("the contrastive objective pairs the photos of a batch: use "
                               "batch_size >= 2")
+        if self.xhat not in XHAT_MODES:
+            raise AdjinvError(f"xhat must be one of {', '.join(XHAT_MODES)}, got {self.xhat!r}")
+        if self.xhat == "sampled" and self.objective not in ("paper", "multipath"):
+            raise AdjinvError("xhat='sampled' is implemented for the paper and multipath "
+                              "objectives; use xhat='exact' with this objective")
+        if not 0.0 <= self.top < 1.0:
+            raise AdjinvError(f"top must be in [0, 1), got {self.top}")
         if self.schedule not in SCHEDULES:
             raise AdjinvError(f"schedule must be one of {', '.join(SCHEDULES)}, "
                               f"got {self.schedule!r}")
@@ -146,20 +158,38 @@ def freeze_for_objective(lacs: LACBank, objective: str) -> None:
             beta.requires_grad_(False)
 
 
-def sample_weights(w: torch.Tensor, fraction: float, gen: torch.Generator | None) -> torch.Tensor:
-    """Unbiased sparse stand-in for the simplex weights ``w`` (B, C): per image,
-    ``n = ⌈fraction · live⌉`` channels drawn with replacement in proportion to ``w``,
-    each weighted by its count / n, so ``E[ŵ] = w`` and every term of Eq. 8 keeps its
-    expectation."""
+def sample_weights(w: torch.Tensor, fraction: float, gen: torch.Generator | None,
+                   top: float = 0.0) -> torch.Tensor:
+    """Unbiased sparse stand-in for the simplex weights ``w`` (B, C): per image, a budget of
+    ``n = ⌈fraction · live⌉`` channels. The ``⌊top · n⌋`` channels of largest weight keep
+    their exact weight (stratified: no variance from them); the other draws are taken
+    with replacement in proportion to the remaining weights, each weighted by its
+    count / draws × the remaining mass. So ``E[ŵ] = w`` and every term of Eq. 8 keeps its
+    expectation (docs/method.md §4)."""
     if fraction >= 1.0:
         return w
+    if not 0.0 <= top < 1.0:
+        raise AdjinvError(f"top must be in [0, 1), got {top}")
     out = torch.zeros_like(w)
     for b in range(w.shape[0]):
-        live = int((w[b] > 0).sum())
+        wb = w[b].double().cpu()
+        live = int((wb > 0).sum())
         n = max(1, math.ceil(fraction * live))
-        draws = torch.multinomial(w[b].double().cpu(), n, replacement=True, generator=gen)
-        counts = torch.bincount(draws, minlength=w.shape[1]).to(w)
-        out[b] = counts / n
+        k = min(int(top * n), live - 1) if live > 1 else 0
+        rest = wb.clone()
+        if k > 0:
+            first = wb.topk(k).indices
+            out[b, first.to(w.device)] = w[b, first.to(w.device)]
+            rest[first] = 0
+        mass = float(rest.sum())
+        if mass <= 0:
+            continue
+        draws = torch.multinomial(rest, n - k, replacement=True, generator=gen)
+        counts = torch.bincount(draws, minlength=w.shape[1])
+        if k == 0:  # plain sampling, as in every run before stratification existed
+            out[b] = counts.to(w) / n
+        else:
+            out[b] += (counts.double() / (n - k) * mass).to(w)
     return out
 
 
@@ -210,14 +240,21 @@ class StepStats:
 def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: float = 1.0,
              gen: torch.Generator | None = None, objective: str = "paper",
              contrast_weight: float = 1.0, contrast_margin: float = 0.02,
-             backward: bool = True, total: int | None = None) -> StepStats:
+             backward: bool = True, total: int | None = None, xhat: str = "exact",
+             top: float = 0.0) -> StepStats:
     """One step of the chosen objective on the batch ``x``: accumulate the gradient of the
     objective into the LAC γ/β (``backward=True``) and return what it measured.
 
     ``x̂_L`` (and ``x̂_swap``, and every ``x̂_l`` for ``"multipath"``) are exact; with
     ``channel_fraction < 1`` the gradient is importance-sampled (:func:`sample_weights`,
     the same fraction at every stage) and unbiased. ``total``: the number of images the
-    loss averages over (the global batch when ranks split one; default ``B``)."""
+    loss averages over (the global batch when ranks split one; default ``B``).
+
+    ``xhat="sampled"`` (``"paper"`` objective): one set of sampled weights ŵ
+    (:func:`sample_weights` with ``top``) serves both passes: ``x̂`` is the unbiased
+    estimate ``Σ ŵ_c φ_c`` and the gradient is that of ``ℓ1(Σ ŵ_c φ_c, x)``, so no pass
+    covers every live channel. The reported ``l1`` is then that of the estimate
+    (docs/method.md §4; its gradient against the exact step: benchmarks/gradient_variance.py)."""
     enc = inverter.encoder
     last = enc.num_stages - 1
     if (objective == "reference") != inverter.at_reference:
@@ -230,8 +267,15 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
     contrast = objective == "contrastive"
     b = x.shape[0]
     norm = (total or b) * x[0].numel()
+    sampled = xhat == "sampled" and channel_fraction < 1
+    if xhat == "sampled" and objective not in ("paper", "multipath"):
+        raise AdjinvError("xhat='sampled' is implemented for the paper and multipath "
+                          "objectives only")
     if objective == "multipath":
-        return _multipath_step(inverter, lin, acts, x, norm, channel_fraction, gen, backward)
+        return _multipath_step(inverter, lin, acts, x, norm, channel_fraction, gen, backward,
+                               sampled, top)
+    if sampled:
+        w = sample_weights(w, channel_fraction, gen, top)
     with torch.no_grad():
         sets = {"x_hat": w}
         x_hat = inverter.synthesize(lin, last, sets, source=a if ref else None)[0]["x_hat"]
@@ -255,28 +299,34 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
         else:
             stats.objective = stats.l1
     if backward:
-        terms = [(s, sample_weights(wt, channel_fraction, gen), c) for s, wt, c in terms]
+        if not sampled:
+            terms = [(s, sample_weights(wt, channel_fraction, gen, top), c) for s, wt, c in terms]
         _backward(inverter, lin, last, terms)
     return stats
 
 
 def _multipath_step(inverter: AdjointInverter, lin: Linearization, acts: list[torch.Tensor],
                     x: torch.Tensor, norm: int, channel_fraction: float,
-                    gen: torch.Generator | None, backward: bool) -> StepStats:
+                    gen: torch.Generator | None, backward: bool, sampled: bool = False,
+                    top: float = 0.0) -> StepStats:
     """Eq. 31 (docs/method.md §4): the ``"paper"`` term of every source stage, deepest
-    first, each with its own exact ``x̂_l`` and its own (sampled) backward pass."""
+    first, each with its own exact ``x̂_l`` (``sampled``: its unbiased estimate from the
+    same sampled weights as its gradient) and its own (sampled) backward pass."""
     passes: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     per: list[float] = []
     with torch.no_grad():
         for s in range(len(acts) - 1, -1, -1):
             a_s = acts[s].detach()
             w_s = simplex_measure(a_s).detach()
+            if sampled:
+                w_s = sample_weights(w_s, channel_fraction, gen, top)
             x_s = inverter.synthesize(lin, s, {"x_hat": w_s})[0]["x_hat"]
             passes.append((s, a_s, w_s, torch.sign(x_s - x) / norm))
             per.append(float((x_s - x).abs().flatten(1).mean(1).mean()))
     if backward:
         for s, a_s, w_s, cot in passes:
-            _backward(inverter, lin, s, [(a_s, sample_weights(w_s, channel_fraction, gen), cot)])
+            ws = w_s if sampled else sample_weights(w_s, channel_fraction, gen, top)
+            _backward(inverter, lin, s, [(a_s, ws, cot)])
     stage_l1 = per[::-1]
     return StepStats(l1=stage_l1[-1], objective=sum(stage_l1), n=x.shape[0], stage_l1=stage_l1)
 
@@ -333,9 +383,19 @@ def validate(inverter: AdjointInverter, x: torch.Tensor, config: TrainConfig) ->
                         contrast_margin=config.contrast_margin, backward=False)
 
 
+def run_stem(checkpoint: str | os.PathLike) -> str:
+    """The name a run's log, plot and kept steps share: the checkpoint's file name less
+    ``.lac.safetensors`` / ``.safetensors`` (else its last suffix), so that ``run.a`` and
+    ``run.b`` keep apart (``lite0.lac.safetensors`` still gives ``lite0``)."""
+    name = Path(checkpoint).name
+    for suffix in (".lac.safetensors", ".safetensors"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem or name
+
+
 def _step_dir(checkpoint: str | os.PathLike) -> Path:
-    p = Path(checkpoint)
-    return p.with_name(p.name.split(".")[0] + ".steps")
+    return Path(checkpoint).with_name(run_stem(checkpoint) + ".steps")
 
 
 def kept_checkpoints(checkpoint: str | os.PathLike) -> list[Path]:
@@ -347,7 +407,7 @@ def kept_checkpoints(checkpoint: str | os.PathLike) -> list[Path]:
 def write_log(path: str | os.PathLike, history: list[dict]) -> tuple[Path, Path]:
     """The training history as ``<stem>.log.json`` and ``<stem>.log.csv`` beside ``path``."""
     p = Path(path)
-    stem = p.name.split(".")[0]
+    stem = run_stem(p)
     js = atomic_write_json(p.with_name(stem + ".log.json"), history)
     keys: list[str] = []
     for row in history:
@@ -386,7 +446,7 @@ def plot_history(path: str | os.PathLike, history: list[dict]) -> Path:
     p = Path(path)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    return atomic_write_bytes(p.with_name(p.name.split(".")[0] + ".loss.png"), buf.getvalue())
+    return atomic_write_bytes(p.with_name(run_stem(p) + ".loss.png"), buf.getvalue())
 
 
 def train_lacs(
@@ -514,7 +574,8 @@ def train_lacs(
             opt.zero_grad(set_to_none=True)
             st = lac_step(inverter, x, channel_fraction=config.channel_fraction, gen=gen,
                           objective=config.objective, contrast_weight=config.contrast_weight,
-                          contrast_margin=config.contrast_margin, total=config.batch_size)
+                          contrast_margin=config.contrast_margin, total=config.batch_size,
+                          xhat=config.xhat, top=config.top)
             if world > 1:  # data parallel: the ranks' gradients sum to the global batch's
                 for q in opt.param_groups[0]["params"]:
                     if q.grad is None:

@@ -35,8 +35,13 @@ class VanillaMap:
     @classmethod
     def from_tensors(cls, t: dict[str, torch.Tensor]) -> VanillaMap | None:
         """The map stored in a checkpoint, or None if it has none."""
-        if "vanilla.gain" not in t:
+        if "vanilla.gain" not in t and "vanilla.offset" not in t:
             return None
+        if "vanilla.gain" not in t or "vanilla.offset" not in t:
+            from ..errors import AdjinvError
+
+            raise AdjinvError("the checkpoint's vanilla map has only one of 'vanilla.gain' and "
+                              "'vanilla.offset'; re-create it with `adjinv train`")
         return cls(t["vanilla.gain"].float(), t["vanilla.offset"].float())
 
 

@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from ..core.inverter import AdjointInverter
 from ..core.simplex import simplex_measure
 from ..encoders.staged import LinearHead, StagedEncoder
 from ..errors import AdjinvError
+from .resolve import Target, class_target, resolve
 
 MODES = ("contribution", "weight", "weight*simplex")
 
@@ -39,12 +40,12 @@ def class_directional_weights(encoder: StagedEncoder, a_last: torch.Tensor,
     ``"weight*simplex"``: ``α = W_{k,c} w_{L,c}``. ``W`` is the head's exact
     per-image linear form (a ConvNeXt head LayerNorm is folded in).
 
-    Any other head (:class:`~adjinv.encoders.staged.ModuleHead`: MLP, convolutional
+    Any other head ([`ModuleHead`][adjinv.encoders.staged.ModuleHead]: MLP, convolutional
     classifier) uses the logit's gradient ``G = ∂z_k/∂A_L``: ``W_{k,c}`` becomes
     ``Σ_{h,w} G_{c,h,w}`` and the contribution ``W_{k,c} g_c`` becomes
     ``Σ_{h,w} G_{c,h,w} A_{c,h,w}``, the channel's first-order share of the logit at
     this image. For a linear head on GAP, ``G = W_{k,c}/(h·w)`` everywhere, so both
-    coincide with the linear definitions (:func:`gradient_class_weights`).
+    coincide with the linear definitions ([`gradient_class_weights()`][gradient_class_weights]).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -58,7 +59,7 @@ def class_directional_weights(encoder: StagedEncoder, a_last: torch.Tensor,
 
 def gradient_class_weights(head: torch.nn.Module, a_last: torch.Tensor, target: torch.Tensor,
                            mode: str = "contribution") -> dict[str, torch.Tensor]:
-    """:func:`class_directional_weights` from the logit gradient, for any head."""
+    """[`class_directional_weights()`][class_directional_weights] from the logit gradient, for any head."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     grad = logit_gradient(head, a_last, target)
@@ -87,10 +88,26 @@ class ClassDirectional:
     alpha: torch.Tensor
 
 
-def class_directional_inversion(inverter: AdjointInverter, x: torch.Tensor,
-                                target: int | torch.Tensor | None = None,
+def class_directional_inversion(inverter: Any, x: torch.Tensor, target: Target = None,
                                 mode: str = "contribution") -> ClassDirectional:
-    """Eq. 12 for class ``target`` (default: top-1 prediction of each image)."""
+    """Eq. 12 for class ``target`` (docs/method.md §6).
+
+    Args:
+        inverter: ``adjinv.Inverter(model, …)`` (then ``x`` as it takes images), an
+            [`AdjointInverter`][AdjointInverter], a [`StagedEncoder`][StagedEncoder] or a CNN ``nn.Module``
+            ([`adjinv.methods.resolve.resolve()`][adjinv.methods.resolve.resolve]).
+        x: images (B, 3, H, W).
+        target: a class index, a class name (``"kite"``), one per image, or ``None`` for
+            each image's top-1 prediction.
+        mode: the class direction ``α`` ([choice] of docs/method.md §6).
+
+    Returns:
+        ``x̂^(k)``, its hemispheres and ``α``, in the encoder's input space.
+    """
+    r = resolve(inverter)
+    inverter = r.inverter
+    x = r.prepare(x)
+    target = class_target(target, inverter.encoder)
     chosen: dict[str, torch.Tensor] = {}
 
     def weights(acts: list[torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,19 +7,19 @@ LACs (their biases ``β`` add image-independent structure). A claim about the
 *features* holds only if it changes when the features change. Three controls
 isolate the ingredients:
 
-1. **seed-zero** (:func:`seed_zero`): ``Ψ_L(0)``, the cascade with the deepest seed
+1. **seed-zero** ([`seed_zero()`][seed_zero]): ``Ψ_L(0)``, the cascade with the deepest seed
    set to zero. It contains no feature information at all: only this image's
    Jacobians and the LAC biases. Since every ``φ_c`` would equal it, every weighted
    reconstruction (``x̂``, ``x̂^(k)``, ``x̂^(k)_±``) collapses to a multiple of it and
    has its foreground energy. *Read:* a measured number close to the seed-zero
    number is explained without the features. With identity LACs (``β = 0``)
    ``Ψ_L(0)`` is exactly zero and the control is empty (reported as undefined).
-2. **swapped-seed** (:func:`swapped_class_directional`,
-   :func:`swapped_channel_inversions`): the seeds (and the weights computed from
+2. **swapped-seed** ([`swapped_class_directional()`][swapped_class_directional],
+   [`swapped_channel_inversions()`][swapped_channel_inversions]): the seeds (and the weights computed from
    them) of a *different* image, pulled back through *this* image's Jacobians.
    *Read:* if the statistic on this image barely changes, it is a property of the
    image's Jacobians (where its ReLUs are open), not of its features.
-3. **model randomisation** (Adebayo et al. 2018; :func:`randomized_encoder`): a deep
+3. **model randomisation** (Adebayo et al. 2018; [`randomized_encoder()`][randomized_encoder]): a deep
    copy of the encoder whose top ``n`` stages are re-initialised, cascading down
    (``n = 1, 2, …``); the head, the LACs and the class index stay the same.
    *Read:* a statistic that survives re-initialising the layers it is attributed to
@@ -41,12 +41,15 @@ from ..core.inverter import AdjointInverter
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from .class_directional import ClassDirectional, class_directional_weights
+from .resolve import Target, class_target, resolve
 
 
 @torch.no_grad()
-def seed_zero(inverter: AdjointInverter, x: torch.Tensor, stage: int = -1) -> torch.Tensor:
-    """``Ψ_stage(0)`` for each image (B, 3, H, W): control 1 (see the module docstring)."""
-    return inverter.seed_zero_control(x, stage)
+def seed_zero(inverter: Any, x: torch.Tensor, stage: int = -1) -> torch.Tensor:
+    """``Ψ_stage(0)`` for each image (B, 3, H, W): control 1 (see the module docstring).
+    ``inverter``: anything [`adjinv.methods.resolve.resolve()`][adjinv.methods.resolve.resolve] takes."""
+    r = resolve(inverter)
+    return r.inverter.seed_zero_control(r.prepare(x), stage)
 
 
 def _check_pair(x: torch.Tensor, source: torch.Tensor) -> None:
@@ -55,21 +58,27 @@ def _check_pair(x: torch.Tensor, source: torch.Tensor) -> None:
                           f"{tuple(x.shape)} and {tuple(source.shape)}: resize both to one size")
 
 
+def _resolve_pair(model: Any, x: torch.Tensor, source: torch.Tensor
+                  ) -> tuple[AdjointInverter, torch.Tensor, torch.Tensor]:
+    r = resolve(model)
+    x, source = r.inverter.prepare(r.prepare(x)), r.inverter.prepare(r.prepare(source))
+    _check_pair(x, source)
+    return r.inverter, x, source
+
+
 @torch.no_grad()
-def swapped_class_directional(inverter: AdjointInverter, x: torch.Tensor, source: torch.Tensor,
-                              target: int | torch.Tensor, mode: str = "contribution"
-                              ) -> ClassDirectional:
+def swapped_class_directional(inverter: Any, x: torch.Tensor, source: torch.Tensor,
+                              target: Target, mode: str = "contribution") -> ClassDirectional:
     """Eq. 12 for class ``target`` with the seeds ``E_c ⊙ A_L(source)`` *and* the
     weights ``α`` of ``source`` (its GAP features), pulled back through the Jacobians
     of ``x``: control 2. [choice] The weights follow the seeds, so the only thing taken
     from ``x`` is its linearisation; the class index is the caller's (normally ``x``'s
-    own top-1 class)."""
-    x = inverter.prepare(x)
-    source = inverter.prepare(source)
-    _check_pair(x, source)
+    own top-1 class, or its name). ``inverter``: anything
+    [`adjinv.methods.resolve.resolve()`][adjinv.methods.resolve.resolve] takes."""
+    inverter, x, source = _resolve_pair(inverter, x, source)
     enc = inverter.encoder
     last = enc.num_stages - 1
-    k = torch.as_tensor(target, device=x.device).long().expand(x.shape[0])
+    k = torch.as_tensor(class_target(target, enc), device=x.device).long().expand(x.shape[0])
     with enc.frozen():
         lin = inverter.linearize(x, last)[0]
         a_src = enc.forward_stages(source)[-1]
@@ -79,13 +88,12 @@ def swapped_class_directional(inverter: AdjointInverter, x: torch.Tensor, source
 
 
 @torch.no_grad()
-def swapped_channel_inversions(inverter: AdjointInverter, x: torch.Tensor, source: torch.Tensor,
+def swapped_channel_inversions(inverter: Any, x: torch.Tensor, source: torch.Tensor,
                                channels: torch.Tensor, stage: int = -1) -> torch.Tensor:
     """``Ψ_stage^{(x)}(E_c ⊙ A_stage(source))`` for the channels (B, K) or (K,): the
-    per-channel inversions of control 2, (B, K, 3, H, W)."""
-    x = inverter.prepare(x)
-    source = inverter.prepare(source)
-    _check_pair(x, source)
+    per-channel inversions of control 2, (B, K, 3, H, W). ``inverter``: anything
+    [`adjinv.methods.resolve.resolve()`][adjinv.methods.resolve.resolve] takes."""
+    inverter, x, source = _resolve_pair(inverter, x, source)
     s = inverter.stage_index(stage)
     keep = torch.as_tensor(channels, device=x.device, dtype=torch.long)
     if keep.dim() == 1:
@@ -225,8 +233,9 @@ def head_row(encoder: StagedEncoder, a_last: torch.Tensor, target: torch.Tensor)
 def shuffled_head_weights(encoder: StagedEncoder, a_last: torch.Tensor, target: torch.Tensor,
                           kind: str, mode: str = "contribution", seed: int = 0
                           ) -> dict[str, torch.Tensor]:
-    """:func:`~adjinv.methods.class_directional.class_directional_weights` with the class
-    row replaced by :func:`shuffled_head_row`: ``α'_c = W'_{k,c} g_c`` (contribution),
+    """[`class_directional_weights()`][adjinv.methods.class_directional.class_directional_weights] with the
+    class
+    row replaced by [`shuffled_head_row()`][shuffled_head_row]: ``α'_c = W'_{k,c} g_c`` (contribution),
     ``W'_{k,c}`` (weight) or ``W'_{k,c} w_{L,c}``; the hemispheres split by the sign of
     ``W'``. Keys ``"class"``, ``"class+"``, ``"class-"`` as there (docs/method.md §6, §15)."""
     from .class_directional import _alphas

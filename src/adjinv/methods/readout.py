@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -31,13 +31,14 @@ from ..core.simplex import simplex_measure
 from ..encoders.staged import StagedEncoder
 from ..errors import AdjinvError
 from ..state import frozen
+from .resolve import resolve
 
 Readout = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class ReadoutInversion:
-    """What :func:`invert_readout` computed for one readout (tensors on the encoder's device).
+    """What [`invert_readout()`][invert_readout] computed for one readout (tensors on the encoder's device).
 
     ``value``: the readout ``s`` (B,); ``seed``: ``G = ∂s/∂A_L`` (B, C_L, h, w);
     ``psi``: ``Ψ_L(G)`` (B, 3, H, W), one cascade pass of the whole seed (docs/method.md §12's
@@ -59,7 +60,7 @@ class ReadoutInversion:
 # ----------------------------------------------------------------------------- readouts
 class LogitReadout:
     """``s = z_k``: logit ``k`` of any head on the deepest map (``encoder.head``, a
-    :class:`~adjinv.paper.heads.attention.HybridAttentionClassifier`, …).
+    [`HybridAttentionClassifier`][adjinv.paper.heads.attention.HybridAttentionClassifier], …).
 
     ``target``: a class index, one per image (B,), or ``None`` for each image's top-1.
     For the encoder's linear head ``z = W·GAP(A_L) + b`` the seed is exactly
@@ -137,7 +138,7 @@ def readout_seed(readout: Readout, a_last: torch.Tensor, name: str = "readout"
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(s, G)`` with ``s = readout(A_L)`` (B,) and ``G = ∂(Σ_b s_b)/∂A_L`` (B, C, h, w).
 
-    Raises :class:`AdjinvError` when ``s`` has the wrong shape or is not finite, and
+    Raises [`AdjinvError`][AdjinvError] when ``s`` has the wrong shape or is not finite, and
     when ``G`` is identically zero for an image: ``Ψ_L(0)`` shows only the LAC biases
     and the image's activation masks (the seed-zero control), nothing of the readout.
     """
@@ -186,31 +187,34 @@ def readout_seed(readout: Readout, a_last: torch.Tensor, name: str = "readout"
 
 # ----------------------------------------------------------------------------- public API
 @torch.no_grad()
-def invert_readouts(encoder: StagedEncoder | AdjointInverter, lacs: LACBank | None,
+def invert_readouts(encoder: StagedEncoder | AdjointInverter | nn.Module, lacs: LACBank | None,
                     images: torch.Tensor, readouts: Mapping[str, Readout], *, split: bool = False,
                     top_k: int = 0, chunk_size: int | None = None,
                     memory_budget: int | None = None) -> dict[str, ReadoutInversion]:
-    """:func:`invert_readout` for several readouts of the same images, sharing one
+    """[`invert_readout()`][invert_readout] for several readouts of the same images, sharing one
     forward linearisation; the seeds go through the cascade together, chunked to the
     memory budget. Returns ``{name: ReadoutInversion}`` in the order given.
 
-    ``encoder`` may be an :class:`AdjointInverter`: its LACs, precision, engine and chunking
-    are used as they are (then ``lacs``, ``chunk_size`` and ``memory_budget`` must be
-    ``None``)."""
+    ``encoder`` may be ``adjinv.Inverter(model, …)`` (then ``images`` as it takes them) or
+    an [`AdjointInverter`][AdjointInverter]: its LACs, precision, engine and chunking are used as they
+    are (then ``lacs``, ``chunk_size`` and ``memory_budget`` must be ``None``); or a plain
+    CNN ``nn.Module`` ([`adjinv.methods.resolve.resolve()`][adjinv.methods.resolve.resolve])."""
     if not readouts:
         raise AdjinvError("no readouts given; pass at least one scalar function of A_L")
     if top_k < 0:
         raise AdjinvError(f"top_k must be >= 0, got {top_k}")
-    if isinstance(encoder, AdjointInverter):
+    if isinstance(encoder, StagedEncoder):
+        inverter = AdjointInverter(encoder, lacs, chunk_size=chunk_size,
+                                   memory_budget=memory_budget)
+        prepare: Callable[[torch.Tensor], torch.Tensor] = inverter.prepare
+    else:
         if lacs is not None or chunk_size is not None or memory_budget is not None:
             raise AdjinvError("pass the LACs and chunking through the inverter, not beside it "
                               "(lacs, chunk_size and memory_budget must be None)")
-        inverter = encoder
+        resolved = resolve(encoder)
+        inverter, prepare = resolved.inverter, resolved.prepare
         encoder = inverter.encoder
-    else:
-        inverter = AdjointInverter(encoder, lacs, chunk_size=chunk_size,
-                                   memory_budget=memory_budget)
-    x = inverter.prepare(images)
+    x = inverter.prepare(prepare(images))
     last = encoder.num_stages - 1
     out: dict[str, ReadoutInversion] = {}
     # no gradient can reach the trained LACs; their flags are restored on exit
@@ -246,14 +250,16 @@ def invert_readouts(encoder: StagedEncoder | AdjointInverter, lacs: LACBank | No
     return out
 
 
-def invert_readout(encoder: StagedEncoder | AdjointInverter, lacs: LACBank | None,
-                   images: torch.Tensor, readout: Readout, *, split: bool = False, top_k: int = 0,
+def invert_readout(encoder: StagedEncoder | AdjointInverter | nn.Module,
+                   lacs: LACBank | torch.Tensor | None, images: torch.Tensor | Readout,
+                   readout: Readout | None = None, *, split: bool = False, top_k: int = 0,
                    chunk_size: int | None = None,
                    memory_budget: int | None = None) -> ReadoutInversion:
     """Visualise any scalar readout ``s`` of the deepest feature map (Sec. 3.5, docs/method.md §12).
 
-    ``encoder``: the encoder, or an :class:`AdjointInverter` whose LACs, precision and
-    engine are used (``lacs`` then ``None``);
+    ``encoder``: the encoder; or ``adjinv.Inverter(model, …)``, an [`AdjointInverter`][AdjointInverter]
+    or a CNN ``nn.Module``, whose LACs, precision and engine are used (``lacs`` then
+    ``None``, or left out: ``invert_readout(inv, images, readout)``);
     ``images``: a normalised batch (B, 3, H, W) (validated by ``check_input``);
     ``lacs``: the trained LACs (``None``: identity LACs), never modified — no gradient
     reaches them and their ``requires_grad`` flags are restored. ``readout`` maps
@@ -268,7 +274,12 @@ def invert_readout(encoder: StagedEncoder | AdjointInverter, lacs: LACBank | Non
     the largest first-order contribution ``|⟨G_c, A_{L,c}⟩|`` (for a linear head's
     logit, ``|W_{k,c} g_c|``, the class-directional ``α`` of Eq. 12).
 
-    Raises :class:`AdjinvError` if the readout ignores the features (zero seed).
+    Raises [`AdjinvError`][AdjinvError] if the readout ignores the features (zero seed).
     """
+    if isinstance(lacs, torch.Tensor):  # invert_readout(inv, images, readout)
+        lacs, images, readout = None, lacs, cast(Readout, images)  # type: ignore[assignment]
+    if readout is None or not isinstance(images, torch.Tensor):
+        raise AdjinvError("call invert_readout(inverter, images, readout) or "
+                          "invert_readout(encoder, lacs, images, readout)")
     return invert_readouts(encoder, lacs, images, {"readout": readout}, split=split, top_k=top_k,
                            chunk_size=chunk_size, memory_budget=memory_budget)["readout"]

@@ -135,7 +135,7 @@ def _insertion_deletion(model: nn.Module, x: torch.Tensor, saliency: torch.Tenso
 class FaithfulnessMetric:
     """Dataset-level mean Insertion / Deletion AUC (``update`` / ``compute`` / ``reset``).
 
-    ``update(x, saliency)`` runs :func:`insertion_deletion` with this object's settings
+    ``update(x, saliency)`` runs [`insertion_deletion()`][insertion_deletion] with this object's settings
     on the model's device and adds the batch to the running sums."""
 
     def __init__(self, model: nn.Module, *, steps: int = 100, internal_batch_size: int = 64,

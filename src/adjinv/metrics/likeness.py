@@ -55,12 +55,12 @@ def affine_fit(pred: torch.Tensor, target: torch.Tensor, *, clip: bool = True) -
 
 
 def affine_ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SSIM after :func:`affine_fit`: (B,)."""
+    """SSIM after [`affine_fit()`][affine_fit]: (B,)."""
     return ssim(affine_fit(pred, target), target)
 
 
 def affine_psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR after :func:`affine_fit`: (B,)."""
+    """PSNR after [`affine_fit()`][affine_fit]: (B,)."""
     return psnr(affine_fit(pred, target), target)
 
 

@@ -15,7 +15,7 @@ device, and returns one value per image (B,). Nothing loops over pixels on the h
   ``tolerance`` = 15 px (Euclidean) of a mask pixel.
 
 Images whose mask is empty have no foreground to find: they are skipped (NaN per image,
-and :class:`LocalisationMetric` counts them).
+and [`LocalisationMetric`][LocalisationMetric] counts them).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ the backbone (a torchvision ``alexnet`` or ``vgg16`` state dict, e.g. the files
 torchvision caches as ``alexnet-owt-7be5be79.pth`` / ``vgg16-397923af.pth``) and the
 learned per-channel linear layers (``v0.1/alex.pth`` / ``vgg.pth`` of the official
 ``lpips`` package, keys ``lin{l}.model.1.weight``; a safetensors file with the same keys
-works too). Without either file :func:`load_lpips` returns ``None`` and a reason, and
+works too). Without either file [`load_lpips()`][load_lpips] returns ``None`` and a reason, and
 callers report LPIPS as *unavailable*: a distance from random backbone weights would be
 a number without meaning, so it is never computed.
 
@@ -99,7 +99,7 @@ def load_lpips(net: str = "alex", backbone: str | os.PathLike | None = None,
                device: str | torch.device | None = None) -> tuple[LPIPS | None, str]:
     """``(metric, "")`` when both weight files are given and valid, else ``(None, reason)``.
 
-    Bad files (wrong backbone, corrupt) raise :class:`AdjinvError`: a user who passed a
+    Bad files (wrong backbone, corrupt) raise [`AdjinvError`][AdjinvError]: a user who passed a
     file wants to know it is wrong, not to get "unavailable"."""
     import torchvision
 

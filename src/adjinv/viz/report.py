@@ -6,9 +6,10 @@ import html
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,14 +18,16 @@ from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
 from ..encoders.staged import StagedEncoder
-from ..fileio import atomic_write_json, atomic_write_text, publish_dir, save_png, staging_dir
+from ..fileio import atomic_write_json, atomic_write_text, finite_json, inside, save_png
 from ..images.files import resize_center_crop
 from ..lacs.vanilla import VanillaMap
 from ..methods.class_directional import class_directional_weights
+from ..methods.resolve import resolve
 from ..metrics.likeness import affine_fit, pearson_rgb
 from ..metrics.reconstruction import psnr, ssim
+from ..outdir import publish_dir, staging_dir
 from ..state import module_device
-from .display import robust_minmax
+from .display import centred_display, robust_minmax
 from .html import figure, page, table
 
 Progress = Callable[[str, int, int], None]
@@ -94,7 +97,7 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
                partners: list[torch.Tensor] | None = None) -> dict:
     """Invert one image (3, H, W) in [0, 1]; write PNGs and ``summary.json`` to ``out``.
 
-    ``partners``: deepest activations of other photos (:func:`deepest_acts`); each is
+    ``partners``: deepest activations of other photos ([`deepest_acts()`][deepest_acts]); each is
     pulled back through this image's Jacobians with its own simplex weights (the
     swapped-seed control), from its heaviest channels up to ``cfg.partner_mass`` with the
     proven bound of docs/speed.md ("Anytime inversion") in ``summary["partners_anytime"]``;
@@ -196,10 +199,7 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
         for key, label in COMPARISON:
             if key in panels:
                 fn = f"compare_{key}.png"
-                centred = panels[key] - panels[key].mean(dim=(-2, -1), keepdim=True)
-                if float(centred.abs().max()) <= 1e-5 * float(panels[key].abs().max()):
-                    centred = torch.zeros_like(centred)  # constant up to rounding: plain grey
-                save_png(out / fn, robust_minmax(centred))
+                save_png(out / fn, centred_display(panels[key]))
                 comparison.append({"key": key, "label": label, "file": fn,
                                    **_likeness(panels[key], img)})
         summary = {
@@ -233,7 +233,7 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
         lap("scores and files")
         summary["seconds"] = time.perf_counter() - t0
         summary["timing"] = timing
-        atomic_write_json(out / "summary.json", summary)
+        atomic_write_json(out / "summary.json", finite_json(summary))
         publish_dir(out, final)
     except BaseException:  # interrupted or failed: leave no half-filled folder
         shutil.rmtree(out, ignore_errors=True)
@@ -293,7 +293,7 @@ def image_section(summary: dict, prefix: str) -> str:
 
 def write_index(out: Path, summaries: list[dict], title: str, intro: str = "") -> Path:
     """``index.html`` and the combined ``summary.json`` over every image."""
-    atomic_write_json(out / "summary.json", summaries)
+    atomic_write_json(out / "summary.json", finite_json(summaries))
     rows = [[s["image"], s["top1"]["name"], s["top1"]["probability"], s["reconstruction"]["ssim"],
              s["seed_zero_control"]["ssim"], s["vanilla_gradient"].get("ssim", "n/a")]
             for s in summaries]
@@ -305,3 +305,37 @@ def write_index(out: Path, summaries: list[dict], title: str, intro: str = "") -
             "reconstruction score beside it (docs/method.md §14).</p>")
     sections = [image_section(s, s["image"]) for s in summaries]
     return atomic_write_text(out / "index.html", page(title, [overview, *sections], intro + note))
+
+
+def write_report(model: Any, images: Mapping[str, torch.Tensor], out: str | Path,
+                 cfg: ReportConfig | None = None, *, partners: int = 2,
+                 title: str = "adjinv report") -> Path:
+    """The HTML report of ``adjinv invert`` from Python: per image x̂_L beside its controls
+    through one display mapping (the one of ``Inversion.image``), the spectrum, the top
+    channels and ``x̂^(k)`` (docs/method.md §4, §6, §14).
+
+    Args:
+        model: ``adjinv.Inverter(model, …)`` (its LACs and vanilla map are used), an
+            [`AdjointInverter`][AdjointInverter], a [`StagedEncoder`][StagedEncoder] or a CNN ``nn.Module``
+            ([`adjinv.methods.resolve.resolve()`][adjinv.methods.resolve.resolve]).
+        images: ``{name: image (3, H, W) in [0, 1]}``, whatever the model's ``normalize``;
+            each is resized and centre-cropped to ``cfg.size``.
+        out: the folder; one sub-folder per image and ``index.html`` are written in it.
+        cfg: what to compute per image (default [`ReportConfig`][ReportConfig]).
+        partners: other images' features pulled back through each image's Jacobians (the
+            swapped-seed control), at most ``len(images) - 1``.
+        title: the page's title.
+
+    Returns:
+        The path of ``index.html``.
+    """
+    inv = resolve(model).inverter
+    cfg = cfg or ReportConfig()
+    names = list(images)
+    k = min(partners, len(names) - 1)
+    acts = {n: deepest_acts(inv.encoder, images[n], cfg.size) for n in names} if k > 0 else {}
+    summaries = [invert_one(inv.encoder, inv.lacs, getattr(model, "vanilla_map", None), n,
+                            images[n], inside(out, n), cfg,
+                            partners=[acts[names[(i + j) % len(names)]] for j in range(1, k + 1)])
+                 for i, n in enumerate(names)]
+    return write_index(Path(out), summaries, title)

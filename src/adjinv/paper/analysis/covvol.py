@@ -1,7 +1,7 @@
 """Covariance-volume channel selection (Sec. 3.2.4, Alg. 1, Supp. C.5; docs/method.md §8).
 
 Given the centred covariance ``Σ`` (C×C) of the deepest stage's GAP features
-``g``, :func:`covariance_volume_select` picks channels greedily by the largest
+``g``, [`covariance_volume_select()`][covariance_volume_select] picks channels greedily by the largest
 diagonal of the running Schur complement. This is a partial Cholesky
 factorisation with greedy diagonal pivoting: after picking ``j_1 … j_t`` the
 residual diagonal is ``R_ii = Σ_ii − Σ_{i,S} Σ_S^{-1} Σ_{S,i}``, and
@@ -51,7 +51,7 @@ OBJECTIVES = ("logdet", "surrogate")
 
 @dataclass
 class CovVolSelection:
-    """Result of :func:`covariance_volume_select`.
+    """Result of [`covariance_volume_select()`][covariance_volume_select].
 
     ``order`` (k',) channels in the order picked (``k' ≤ k`` if a pivot ran out);
     ``pivots`` (k',) the Schur-complement diagonal ``R_jj`` at each pick (of the
@@ -110,7 +110,7 @@ def covariance_volume_select(cov: torch.Tensor, k: int, *, objective: str = "log
 
     Args:
         cov: centred covariance ``Σ`` (C, C) of GAP features
-            (:func:`adjinv.paper.analysis.geometry.covariance`).
+            (``adjinv.paper.analysis.geometry.covariance()``).
         k: number of channels to select (``1 ≤ k ≤ C``).
         objective: ``"logdet"`` — maximise ``log det(Σ_S + λI)`` (the paper's rule; greedy
             is within ``1/k!`` in volume, *not* ``1 − 1/e``); ``"surrogate"`` — maximise

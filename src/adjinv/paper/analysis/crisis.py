@@ -20,7 +20,7 @@ period ``s``:
   ``|n_∥|/‖v‖`` and ``‖n_⊥‖/‖v‖`` on which Eq. 1's hypotheses are stated
   (``|n_∥| ≤ ‖v‖`` and ``‖n_⊥‖ ≥ ‖v‖``).
 
-:func:`diagnose_path` walks the deepest seed's pull-back (Eq. 5) stage by stage and
+[`diagnose_path()`][diagnose_path] walks the deepest seed's pull-back (Eq. 5) stage by stage and
 records these at every decimating boundary, for the raw chain (no LAC) and for the
 chain through the LACs (the signal just before and just after each LAC; the LAC's β is
 left out, being a constant that would count as "smooth" for free). docs/method.md §3
@@ -30,7 +30,7 @@ states the LAC placement.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +39,11 @@ from ...core.cascade import AdjointCascade, channel_seeds
 from ...core.lac import LocalAdjointCorrector
 from ...core.simplex import simplex_measure
 from ...errors import AdjinvError
+from ...records import Record
 
 
 @dataclass
-class CrisisStats:
+class CrisisStats(Record):
     """Crisis I / II statistics of one signal, averaged over its leading items.
 
     ``lattice_share``: energy share of the most energetic ``s×s`` coset (uniform:
@@ -63,10 +64,6 @@ class CrisisStats:
     n_par_ratio: float
     n_perp_ratio: float
     hypotheses_hold: float
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 def lattice_shares(u: torch.Tensor, period: int) -> torch.Tensor:
@@ -98,7 +95,7 @@ def box_lowpass(u: torch.Tensor, period: int) -> torch.Tensor:
 
 
 def crisis_stats(u: torch.Tensor, period: int) -> CrisisStats:
-    """:class:`CrisisStats` of ``u`` (..., C, h, w) at stride ``period``; the leading
+    """[`CrisisStats`][CrisisStats] of ``u`` (..., C, h, w) at stride ``period``; the leading
     dims are items (channel seeds × images), each measured on its own and averaged."""
     if u.dim() < 3:
         raise AdjinvError(f"expected a signal (..., C, h, w), got shape {tuple(u.shape)}")
@@ -159,7 +156,7 @@ def diagnose_path(cascade: AdjointCascade, x: torch.Tensor, *, stage: int = -1,
 
     Returns:
         One dict per decimating stage ``k`` crossed (deepest first), with its name, the
-        stride, the resolution of the signal, and :class:`CrisisStats` dicts ``raw`` (the
+        stride, the resolution of the signal, and [`CrisisStats`][CrisisStats] dicts ``raw`` (the
         raw VJP), ``lac_in`` (the LAC chain just before this boundary's LAC) and
         ``lac_out`` (just after it, without β). The pixel row also has the same for the
         period of the source stage's total stride (``raw_source_period``,

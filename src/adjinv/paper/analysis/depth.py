@@ -2,11 +2,12 @@
 stage ``l`` it is synthesised from.
 
 The paper argues that LACs trained on the deepest path serve every shallower source
-stage "no worse" (Supp. A.5). :func:`depth_profile` measures ``x̂_l``'s per-RGB Pearson
-correlation with the input (:func:`adjinv.metrics.likeness.pearson_rgb`, invariant to a
+stage "no worse" (Supp. A.5). [`depth_profile()`][depth_profile] measures ``x̂_l``'s per-RGB Pearson
+correlation with the input ([`adjinv.metrics.likeness.pearson_rgb()`][adjinv.metrics.likeness.pearson_rgb],
+invariant to a
 per-channel gain and offset, so ``LAC_pix``'s affine map does not change it) at every
-stage (:func:`depth_profiles` also any other metric, e.g. the ℓ1 error each stage's term
-of Eq. 31 trains), and :func:`depth_increases` counts where it rises with depth.
+stage ([`depth_profiles()`][depth_profiles] also any other metric, e.g. the ℓ1 error each stage's term
+of Eq. 31 trains), and [`depth_increases()`][depth_increases] counts where it rises with depth.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def depth_profiles(inverter: AdjointInverter, x: torch.Tensor,
     Args:
         inverter: the inverter (encoder and LACs).
         x: a normalised batch (B, 3, H, W).
-        metrics: name → ``fn(x_hat, x) -> (B,)``, e.g. :func:`pearson_rgb`, :func:`l1_error`.
+        metrics: name → ``fn(x_hat, x) -> (B,)``, e.g. [`pearson_rgb()`][pearson_rgb],
+            [`l1_error()`][l1_error].
     """
     res = inverter.invert(x)
     return {k: [fn(res.x_hat[s], x.to(res.x_hat[s])) for s in sorted(res.x_hat)]

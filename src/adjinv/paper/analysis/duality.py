@@ -6,7 +6,7 @@ subspace is the image under ``Φ_Sᵀ`` of the constraint hyperplane ``{α : Σ_
 Its volume (Eq. 100) is ``Vol(S) = sqrt(det(Qᵀ Φ_S Φ_Sᵀ Q))`` with ``Q`` an orthonormal
 basis of the hyperplane. Theorem 2 says that ``E log Vol(S)`` and ``log det Σ_S`` (the
 centred GAP covariance, docs/method.md §8) have the same maximisers. The proof only bounds
-the difference; :func:`duality_study` measures, over many subsets, their Spearman rank
+the difference; [`duality_study()`][duality_study] measures, over many subsets, their Spearman rank
 correlation (SciPy's, ties at their average rank) and whether the maximisers coincide.
 
 [choice] ``u`` is the leading right singular vector of the image's whole channel pool
@@ -17,11 +17,12 @@ correlation (SciPy's, ties at their average rank) and whether the maximisers coi
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from ...errors import AdjinvError
+from ...records import Record
 from .covvol import subset_logdet
 
 
@@ -52,7 +53,7 @@ def pool_geometry(phi: torch.Tensor, *, centred: bool = False) -> tuple[torch.Te
 
 
 def log_volume(gram: torch.Tensor, a: torch.Tensor, subset: torch.Tensor | list[int]) -> float:
-    """``log Vol(S) = ½ log det(Qᵀ G_S Q)`` (Eq. 100) from :func:`pool_geometry`, with ``Q``
+    """``log Vol(S) = ½ log det(Qᵀ G_S Q)`` (Eq. 100) from [`pool_geometry()`][pool_geometry], with ``Q``
     an orthonormal basis of ``{α : Σ_{c∈S} α_c a_c = 0}`` (``-inf`` if singular)."""
     idx = torch.as_tensor(subset, dtype=torch.long)
     if idx.numel() < 2:
@@ -71,13 +72,13 @@ def log_volume(gram: torch.Tensor, a: torch.Tensor, subset: torch.Tensor | list[
 def inversion_log_volume(phi: torch.Tensor, subset: torch.Tensor | list[int], *,
                          centred: bool = False) -> float:
     """``log Vol(S)`` (Eq. 100) of one image whose pool inversions are ``phi`` (K, 3, H, W)
-    or (K, P); see :func:`pool_geometry` and :func:`log_volume`."""
+    or (K, P); see [`pool_geometry()`][pool_geometry] and [`log_volume()`][log_volume]."""
     g, a = pool_geometry(phi, centred=centred)
     return log_volume(g, a, subset)
 
 
 @dataclass
-class DualityResult:
+class DualityResult(Record):
     """Theorem 2 over ``n_subsets`` random subsets of size ``k`` from a pool of channels.
 
     ``spearman`` / ``p_value``: rank correlation of mean ``log Vol`` (over images) with
@@ -95,10 +96,6 @@ class DualityResult:
     same_maximiser: bool
     gap_best_volume_rank: int
     volume_best_gap_rank: int
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 def random_subsets(pool: int, k: int, n: int, seed: int = 0) -> list[list[int]]:
@@ -127,10 +124,10 @@ def duality_study(phi: torch.Tensor, gap: torch.Tensor, subsets: list[list[int]]
         phi: channel inversions (N_images, K_pool, 3, H, W).
         gap: GAP features of the pool's channels over a data set (N, K_pool).
         subsets: index lists into the pool, all of one size.
-        centred: see :func:`inversion_log_volume`.
+        centred: see [`inversion_log_volume()`][inversion_log_volume].
 
     Returns:
-        The :class:`DualityResult`, and the per-subset mean log-volumes and GAP log-dets.
+        The [`DualityResult`][DualityResult], and the per-subset mean log-volumes and GAP log-dets.
     """
     from scipy.stats import spearmanr
 

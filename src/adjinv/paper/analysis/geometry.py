@@ -7,11 +7,12 @@ All functions take feature matrices ``(N, C)`` (rows = images) or covariances
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from ...errors import AdjinvError
+from ...records import Record
 from .covvol import subset_logdet
 
 
@@ -58,7 +59,7 @@ def median_bandwidth(x: torch.Tensor, y: torch.Tensor, max_samples: int | None =
     """Median heuristic: the median Euclidean distance between distinct points of the
     pooled sample ``x ∪ y`` (Gretton et al. 2012; for an even count, the lower of the
     two middle values). A zero median falls back to the mean distance, then to 1.
-    Each sample is first cut to ``max_samples`` rows (:func:`subsample`), since the
+    Each sample is first cut to ``max_samples`` rows ([`subsample()`][subsample]), since the
     distance matrix is quadratic in the number of images."""
     z = torch.cat([_features(subsample(x, max_samples), "x"),
                    _features(subsample(y, max_samples, 1), "y")])
@@ -77,7 +78,7 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = No
     and ``y`` (n, C), and the bandwidth used.
 
     [choice, docs/method.md §9] Gaussian kernel ``k(a, b) = exp(−‖a − b‖² / (2h²))`` with ``h``
-    the median heuristic (:func:`median_bandwidth`: median pairwise distance of the
+    the median heuristic ([`median_bandwidth()`][median_bandwidth]: median pairwise distance of the
     pooled sample) unless ``bandwidth`` is given. The estimator drops the diagonal
     terms ``k(x_i, x_i)``, so it is unbiased and can be slightly **negative** when
     the two distributions are equal; it is 0 in expectation then. Samples larger
@@ -102,7 +103,7 @@ def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = No
 
 
 @dataclass
-class GeometryIndicators:
+class GeometryIndicators(Record):
     """The four covariance indicators of Figure 4(d) for one feature set."""
 
     logdet_subset: float
@@ -110,10 +111,6 @@ class GeometryIndicators:
     trace: float
     mmd2: float
     bandwidth: float
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 def geometry_indicators(reference: torch.Tensor, features: torch.Tensor, subset: torch.Tensor, *,

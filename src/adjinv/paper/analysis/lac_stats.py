@@ -1,9 +1,10 @@
 """The trained LAC parameters against Lemma B.1, and the inversion norm of Supp. C.5.
 
 Lemma B.1 says that, trained with the ℓ1 loss of Eq. 9 on images of zero mean, every
-LAC converges to ``β_c → 0`` and ``γ_c > 0`` for active channels. :func:`lac_parameter_report`
+LAC converges to ``β_c → 0`` and ``γ_c > 0`` for active channels.
+[`lac_parameter_report()`][lac_parameter_report]
 lists what the trained γ/β are. The premise "zero mean" depends on the encoder's
-normalisation (docs/method.md §0), so :func:`pixel_median` gives what Lemma B.1's own
+normalisation (docs/method.md §0), so [`pixel_median()`][pixel_median] gives what Lemma B.1's own
 argument predicts for ``β_pix`` when it does not hold: the ℓ1 location of the targets.
 
 Supp. C.5 states that the LAC makes the inversion norm ``‖φ_c‖`` the same for every
@@ -11,18 +12,19 @@ channel "to machine precision". Every ``φ_c`` ends with ``LAC_pix`` (docs/metho
 ``φ_c = s_c + β_pix`` with ``s_c`` per-RGB zero-mean of second moment
 ``γ_rgb² · var/(var + ε)``, so ``‖φ_c‖² = P Σ_rgb (γ_rgb² ρ_{c,rgb} + β_rgb²)`` with
 ``ρ ≤ 1`` and ``P`` pixels per channel. The spread comes only from ``ρ`` — the ε of
-docs/method.md §3 — and from rounding. :func:`inversion_norm_spread` measures it against
+docs/method.md §3 — and from rounding. [`inversion_norm_spread()`][inversion_norm_spread] measures it against
 that prediction.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from ...core.lac import LACBank, LocalAdjointCorrector
 from ...errors import AdjinvError
+from ...records import Record
 
 
 def lac_parameter_report(lacs: LACBank) -> dict[str, dict]:
@@ -52,7 +54,7 @@ def pixel_median(images: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class NormSpread:
+class NormSpread(Record):
     """``‖φ_c‖`` over the channels of one image (Supp. C.5).
 
     ``predicted``: ``sqrt(P Σ_rgb (γ_rgb² + β_rgb²))``, the norm with ρ = 1;
@@ -73,10 +75,6 @@ class NormSpread:
     share_within_1e_6: float
     beta_only_norm: float
     share_beta_only: float
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 def inversion_norm_spread(phi: torch.Tensor, lacs: LACBank) -> NormSpread:

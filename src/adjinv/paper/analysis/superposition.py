@@ -8,15 +8,16 @@ All computations are in float64.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
 from ...errors import AdjinvError
+from ...records import Record
 
 
 @dataclass
-class SuperpositionStats:
+class SuperpositionStats(Record):
     """The H1 statistics of one image (docs/method.md §7).
 
     ``energy_fraction``: ``λ₁ / tr(G)``; ``variance_before`` / ``variance_after``:
@@ -35,10 +36,6 @@ class SuperpositionStats:
     expansion: float
     cos_before: dict[str, float]
     cos_after: dict[str, float]
-
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 def _rows(phi: torch.Tensor) -> torch.Tensor:
@@ -199,7 +196,7 @@ def measured_floor(phi: torch.Tensor) -> float:
     ``s_c``; constants are orthogonal to zero-mean images, so ``G = S Sᵀ + B Bᵀ`` with
     both terms positive semi-definite and ``λ₁(G) ≥ λ₁(B Bᵀ)`` (Weyl). This returns
     ``λ₁(B Bᵀ) / tr G`` (docs/method.md §15): it needs no assumption about the LACs, and
-    equals :func:`lac_pix_floor` when every ``b_c = β_pix`` and every ``‖s_c‖²`` is equal."""
+    equals [`lac_pix_floor()`][lac_pix_floor] when every ``b_c = β_pix`` and every ``‖s_c‖²`` is equal."""
     f = _rows(phi)
     b = _rows(phi - centre_rgb(phi))
     tr = float(f.pow(2).sum())

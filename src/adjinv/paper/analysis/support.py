@@ -19,18 +19,19 @@ Theorem 1 bounds the support by.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch.func import vjp, vmap
 
 from ...errors import AdjinvError
+from ...records import Record
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
-class SupportLeak:
+class SupportLeak(Record):
     """Support containment of ``v_{l,c}`` for some channels of one image.
 
     ``energy_outside``: mean over channels of the share of ``‖v_{l,c}‖²`` outside the
@@ -49,10 +50,6 @@ class SupportLeak:
     channels: int
     field_covered: float = float("nan")
 
-    def to_dict(self) -> dict:
-        """JSON-ready form."""
-        return asdict(self)
-
 
 def support_leak(features: FeatureFn, x: torch.Tensor, channels: torch.Tensor | list[int], *,
                  seed: int = 0) -> SupportLeak:
@@ -65,7 +62,7 @@ def support_leak(features: FeatureFn, x: torch.Tensor, channels: torch.Tensor | 
         seed: for the random positive weights ``r_p`` of the receptive-field probe.
 
     Returns:
-        A :class:`SupportLeak`.
+        A [`SupportLeak`][SupportLeak].
     """
     if x.dim() != 4 or x.shape[0] != 1:
         raise AdjinvError(f"support_leak takes one image (1, 3, H, W), got {tuple(x.shape)}")

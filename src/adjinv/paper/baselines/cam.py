@@ -3,18 +3,18 @@
 Like Captum, every method is an object with ``attribute(x, target=None) -> (B, H, W)``:
 ``x`` a normalised batch (B, 3, H, W), ``target`` a class index or (B,) tensor
 (default: each image's top-1 prediction), the result a saliency at input resolution on
-``x``'s device. The metrics in :mod:`adjinv.metrics.faithfulness` and
-:mod:`adjinv.metrics.localisation` take any of them.
+``x``'s device. The metrics in [`adjinv.metrics.faithfulness`][adjinv.metrics.faithfulness] and
+[`adjinv.metrics.localisation`][adjinv.metrics.localisation] take any of them.
 
-- :class:`AdjointSaliency`: ours, the per-pixel magnitude of the class-directional
+- [`AdjointSaliency`][AdjointSaliency]: ours, the per-pixel magnitude of the class-directional
   inversion ``x̂^(k)`` (Eq. 12), ``Σ_rgb |x̂^(k)|`` — unnormalised (the metrics rank or
   min-max it themselves).
-- :class:`CAMSaliency`: Grad-CAM, Grad-CAM++ and Score-CAM from ``pytorch-grad-cam``
+- [`CAMSaliency`][CAMSaliency]: Grad-CAM, Grad-CAM++ and Score-CAM from ``pytorch-grad-cam``
   (the official-style implementations the paper compared with; version pinned in
-  pyproject, recorded in :data:`CAM_LIBRARY`) on the **deepest stage's output** ``A_L``
+  pyproject, recorded in [`CAM_LIBRARY`][CAM_LIBRARY]) on the **deepest stage's output** ``A_L``
   of the same encoder. Their maps come back ReLU'd and min-max normalised to [0, 1] per
   image and bilinearly upsampled (``cv2.resize``) to the input size — that is what the
-  library does, recorded in :attr:`CAMSaliency.postprocess`. Score-CAM's forward
+  library does, recorded in [`CAMSaliency.postprocess`][CAMSaliency.postprocess]. Score-CAM's forward
   batch size is set explicitly (``score_batch_size``, default 32) instead of the
   library's hidden default of 16.
 """
@@ -31,7 +31,7 @@ from ..._optional import require
 from ...core.inverter import AdjointInverter
 from ...encoders.staged import StagedEncoder
 from ...errors import AdjinvError
-from ...methods.class_directional import class_directional_inversion
+from ...methods.saliency import AdjointSaliency as LibraryAdjointSaliency
 
 CAM_METHODS = ("gradcam", "gradcam++", "scorecam")
 CAM_LIBRARY = "grad-cam==1.5.7 (pytorch-grad-cam)"
@@ -53,24 +53,27 @@ def _targets(logits: torch.Tensor, target: int | torch.Tensor | None) -> torch.T
 
 
 class AdjointSaliency:
-    """``Σ_rgb |x̂^(k)|`` of the class-directional inversion (Eq. 12, docs/method.md §6/§11).
+    """``Σ_rgb |x̂^(k)|`` of the class-directional inversion (Eq. 12, docs/method.md §6/§11):
+    the library's [`adjinv.methods.saliency.AdjointSaliency`][adjinv.methods.saliency.AdjointSaliency] in
+    this harness's
+    (B, H, W) call shape.
 
     ``mode`` is the [choice] of α of docs/method.md §6 (default the logit contribution ``W_{k,c} g_c``)."""
 
     def __init__(self, inverter: AdjointInverter, mode: str = "contribution") -> None:
+        self.method = LibraryAdjointSaliency(inverter, mode)
         self.inverter = inverter
         self.mode = mode
         self.name = "ours"
-        self.postprocess = "sum over RGB of |x̂^(k)| (raw magnitude, no normalisation)"
+        self.postprocess = self.method.postprocess
 
     def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
         """Saliency (B, H, W) for class ``target`` (default top-1)."""
-        cd = class_directional_inversion(self.inverter, x, target, self.mode)
-        return cd.x_class.abs().sum(1)
+        return self.method.saliency(x, target)
 
 
 class CentredAdjointSaliency(AdjointSaliency):
-    """``Σ_rgb |x̂^(k) − mean_rgb x̂^(k)|``: :class:`AdjointSaliency` on the per-RGB zero-mean
+    """``Σ_rgb |x̂^(k) − mean_rgb x̂^(k)|``: [`AdjointSaliency`][AdjointSaliency] on the per-RGB zero-mean
     reconstruction, without the uniform ``(Σ α) β_pix`` term (docs/method.md §15)."""
 
     def __init__(self, inverter: AdjointInverter, mode: str = "contribution") -> None:
@@ -80,8 +83,8 @@ class CentredAdjointSaliency(AdjointSaliency):
 
     def attribute(self, x: torch.Tensor, target: int | torch.Tensor | None = None) -> torch.Tensor:
         """Saliency (B, H, W) for class ``target`` (default top-1)."""
-        cd = class_directional_inversion(self.inverter, x, target, self.mode)
-        xc = cd.x_class
+        xc = self.method.attribute(x, target, abs=False)
+        assert isinstance(xc, torch.Tensor)
         return (xc - xc.mean(dim=(-2, -1), keepdim=True)).abs().sum(1)
 
 

@@ -49,7 +49,7 @@ class _Rectify(torch.autograd.Function):
 
 
 class _RuleMode(TorchFunctionMode):
-    """Routes the rectifiers through :class:`_Rectify` while active."""
+    """Routes the rectifiers through [`_Rectify`][_Rectify] while active."""
 
     def __init__(self, rule: str) -> None:
         super().__init__()
@@ -84,7 +84,7 @@ class _RuleMode(TorchFunctionMode):
 @contextmanager
 def backward_rule(rule: str) -> Iterator[_RuleMode]:
     """Within the block, every ReLU/ReLU6 back-propagates by ``rule`` (one of
-    :data:`RULES`); the ordinary rule is back on exit, even after an error."""
+    [`RULES`][RULES]); the ordinary rule is back on exit, even after an error."""
     if rule not in RULES:
         raise AdjinvError(f"unknown backward rule {rule!r}; choose one of {', '.join(RULES)}")
     mode = _RuleMode(rule)

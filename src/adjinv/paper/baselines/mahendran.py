@@ -13,11 +13,11 @@ target's, ``Φ₀ = A_L(x₀)``, under the natural-image priors of M&V 2015 (Eq.
 gradient descent with momentum 0.9 from a small random start, the learning rate held and
 then divided by 10 for the last quarter of the steps. [choice] The step count (200),
 base learning rate and data weight ``C`` (1) are ours: M&V tuned them per layer, and the
-paper under reproduction does not give them. Every weight is a field of :class:`MVConfig`.
+paper under reproduction does not give them. Every weight is a field of [`MVConfig`][MVConfig].
 
 Robust inversion (Engstrom et al. 2019) is the *same optimisation* on an adversarially
 robust encoder whose weights the user supplies (``load_encoder(name, weights=...)``):
-:func:`robust_inversion` only checks that a weights file was given.
+[`robust_inversion()`][robust_inversion] only checks that a weights file was given.
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ TRANSFER_PHOTOS: tuple[str, ...] = ("chelsea", "motorcycle", "rocket")
 
 def composite(photo: str, background: str, seed: int) -> Composite:
     """One composite of ``photo`` on ``background`` with placement and scale drawn from
-    ``seed`` (deterministic; the generator behind :func:`composite_set`)."""
+    ``seed`` (deterministic; the generator behind [`composite_set()`][composite_set])."""
     if photo not in _BOXES or background not in BACKGROUNDS:
         raise AdjinvError(f"unknown composite photo {photo!r} or background {background!r}")
     return _compose(photo, background, seed)

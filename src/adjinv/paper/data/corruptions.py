@@ -15,7 +15,7 @@ bit-for-bit reproducible from a seed without touching global RNG state.
 
 Where this differs from the reference (so numbers are comparable in kind, not
 bit-identical to the published ImageNet-C/CIFAR-100-C files; use
-:class:`adjinv.paper.data.datasets.CIFAR100C` for those):
+[`adjinv.paper.data.datasets.CIFAR100C`][adjinv.paper.data.datasets.CIFAR100C] for those):
 
 - **frost** blends a *procedural* ice texture (plasma fractal + motion-blurred
   crystal streaks, bluish white) instead of the reference's six frost
@@ -211,7 +211,7 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`rgb_to_hsv`."""
+    """Inverse of [`rgb_to_hsv()`][rgb_to_hsv]."""
     h, s, v = x.unbind(1)
     i = torch.floor(h * 6)
     f = h * 6 - i

@@ -4,27 +4,29 @@ A dataset here is anything with ``len(ds)``, ``ds[i] -> (image, label)`` where
 ``image`` is a (3, size, size) float tensor in [0, 1] and ``label`` an ``int``,
 a ``classes`` list, and ``describe() -> dict`` (everything that determines its
 images, used as the feature-cache key). Images are resized (shorter side) and
-centre-cropped to ``size`` with :func:`adjinv.images.files.resize_center_crop`.
+centre-cropped to ``size`` with
+[`adjinv.images.files.resize_center_crop()`][adjinv.images.files.resize_center_crop].
 
 Nothing is downloaded: point the loaders at copies you have.
 
-- :class:`CIFAR100` — ``cifar-100-python/{train,test,meta}``, the official
+- [`CIFAR100`][CIFAR100] — ``cifar-100-python/{train,test,meta}``, the official
   *python* batches. These are pickles. They are read with a restricted
   unpickler that accepts only the NumPy array reconstructors and
   ``_codecs.encode`` (how protocol-2 pickles store bytes) and refuses every
   other global, so a tampered file cannot run code; it fails with an error.
-- :class:`CIFAR100C` — ``CIFAR-100-C/<corruption>.npy`` (severities 1–5 stacked,
+- [`CIFAR100C`][CIFAR100C] — ``CIFAR-100-C/<corruption>.npy`` (severities 1–5 stacked,
   10 000 images each) + ``labels.npy`` (Hendrycks & Dietterich 2019).
-- :class:`StanfordDogs` — ``Images/<wnid>-<breed>/*.jpg`` and the split lists
+- [`StanfordDogs`][StanfordDogs] — ``Images/<wnid>-<breed>/*.jpg`` and the split lists
   ``lists/{train,test}_list.mat`` (or beside ``Images/``).
-- :class:`OxfordPets` — ``images/*.jpg`` and ``annotations/{trainval,test}.txt``.
-- :class:`ImageFolder` — ``<class>/<image>`` (with ``train/`` and ``test/``
+- [`OxfordPets`][OxfordPets] — ``images/*.jpg`` and ``annotations/{trainval,test}.txt``.
+- [`ImageFolder`][ImageFolder] — ``<class>/<image>`` (with ``train/`` and ``test/``
   sub-folders if present, else a seeded stratified split).
-- :class:`LFWFaces` — the embedded default, see its docstring.
-- :class:`CompositeObjects` — an embedded labelled set made from the composites
-  (:mod:`adjinv.paper.data.composites`), for cross-dataset transfer; see its docstring.
-- :class:`CorruptedDataset` — any dataset with an ImageNet-C corruption applied
-  on the fly (:mod:`adjinv.paper.data.corruptions`).
+- [`LFWFaces`][LFWFaces] — the embedded default, see its docstring.
+- [`CompositeObjects`][CompositeObjects] — an embedded labelled set made from the composites
+  ([`adjinv.paper.data.composites`][adjinv.paper.data.composites]), for cross-dataset transfer; see its
+  docstring.
+- [`CorruptedDataset`][CorruptedDataset] — any dataset with an ImageNet-C corruption applied
+  on the fly ([`adjinv.paper.data.corruptions`][adjinv.paper.data.corruptions]).
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ from .corruptions import CORRUPTIONS, corrupt
 SPLITS = ("train", "test")
 
 RESIZE = "resize shorter side (bilinear, antialias) + centre crop"
+
+
+def dataset_folder(root: str | os.PathLike, name: str) -> Path:
+    """``root / name`` if that folder exists, else ``root``: a data set's root may be given
+    as its own folder or as the folder holding it."""
+    r = Path(root)
+    return r / name if (r / name).is_dir() else r
 
 
 def _check_split(split: str) -> None:
@@ -79,10 +88,9 @@ def stratified_split(labels: Sequence[int], test_fraction: float, seed: int) -> 
     return sorted(train), sorted(test)
 
 
-class ImageDataset(ABC):
-    """Base: subclasses fill ``self.classes`` and implement ``__len__``, ``_label(i)``
-    and ``__getitem__`` (``(image (3, size, size) in [0, 1], label)``); file- or
-    array-backed sets derive from ``_LoadedDataset`` and implement ``_load(i)``."""
+class SizedImages(ABC):  # noqa: B024 (a base for state, not an interface)
+    """What every image set shares (labelled or masked): the side ``size`` (at least
+    8 px) its images come at, and its class names ``classes``."""
 
     name = "dataset"
 
@@ -91,6 +99,12 @@ class ImageDataset(ABC):
             raise AdjinvError(f"image size must be at least 8 px, got {size}")
         self.size = size
         self.classes: list[str] = []
+
+
+class ImageDataset(SizedImages):
+    """Base: subclasses fill ``self.classes`` and implement ``__len__``, ``_label(i)``
+    and ``__getitem__`` (``(image (3, size, size) in [0, 1], label)``); file- or
+    array-backed sets derive from ``_LoadedDataset`` and implement ``_load(i)``."""
 
     @abstractmethod
     def __len__(self) -> int:  # pragma: no cover - abstract
@@ -116,7 +130,7 @@ class ImageDataset(ABC):
 
 
 class _LoadedDataset(ImageDataset):
-    """An :class:`ImageDataset` that loads image ``i`` with ``_load`` and resizes it."""
+    """An [`ImageDataset`][ImageDataset] that loads image ``i`` with ``_load`` and resizes it."""
 
     @abstractmethod
     def _load(self, i: int) -> torch.Tensor:  # pragma: no cover - abstract
@@ -219,7 +233,8 @@ class LFWFaces(ImageDataset):
 
 # ----------------------------------------------------------------------------- composites
 class CompositeObjects(_LoadedDataset):
-    """An embedded labelled set made, not downloaded: composites (:mod:`adjinv.paper.data.composites`)
+    """An embedded labelled set made, not downloaded: composites
+    ([`adjinv.paper.data.composites`][adjinv.paper.data.composites])
     of the three composite photos outside the held-out photo split (``chelsea``,
     ``motorcycle``, ``rocket``) pasted on the five scikit-image background textures, with
     placement and scale drawn from seed ``1000 + i``.
@@ -229,7 +244,7 @@ class CompositeObjects(_LoadedDataset):
     background texture (5 classes); each class cycles through the three photos. So the
     factor that is not the label is balanced across classes. ``per_class`` composites per
     class (default ``120 // classes``: 40 or 24), split per class by
-    :func:`stratified_split` (``test_fraction``, seeded). Train and test share photos and
+    [`stratified_split()`][stratified_split] (``test_fraction``, seeded). Train and test share photos and
     textures (at other placements, scales and texture crops): a transfer set with its own
     labels, not a hard benchmark.
     """
@@ -301,7 +316,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(path: str | os.PathLike) -> object:
-    """Load a CIFAR python batch with :class:`_RestrictedUnpickler` (no arbitrary code)."""
+    """Load a CIFAR python batch with [`_RestrictedUnpickler`][_RestrictedUnpickler] (no arbitrary code)."""
     p = Path(path)
     if not p.is_file():
         raise AdjinvError(f"{p} does not exist")
@@ -328,9 +343,7 @@ class CIFAR100(_LoadedDataset):
     def __init__(self, root: str | os.PathLike, split: str = "train", size: int = 32) -> None:
         super().__init__(size)
         _check_split(split)
-        r = Path(root)
-        if (r / "cifar-100-python").is_dir():
-            r = r / "cifar-100-python"
+        r = dataset_folder(root, "cifar-100-python")
         batch = safe_unpickle(r / split)
         if not isinstance(batch, dict):
             raise AdjinvError(f"{r / split} is not a CIFAR batch (a dict)")
@@ -374,9 +387,7 @@ class CIFAR100C(_LoadedDataset):
     def __init__(self, root: str | os.PathLike, corruption: str, severity: int,
                  size: int = 32) -> None:
         super().__init__(size)
-        r = Path(root)
-        if (r / "CIFAR-100-C").is_dir():
-            r = r / "CIFAR-100-C"
+        r = dataset_folder(root, "CIFAR-100-C")
         f = r / f"{corruption}.npy"
         if not f.is_file():
             have = sorted(p.stem for p in r.glob("*.npy") if p.stem != "labels") if r.is_dir() else []
@@ -496,7 +507,7 @@ class OxfordPets(_FileDataset):
 
 class ImageFolder(_FileDataset):
     """``root/<class>/<images>``; if ``root/train`` and ``root/test`` exist they are the
-    splits, else each class is split with :func:`stratified_split`."""
+    splits, else each class is split with [`stratified_split()`][stratified_split]."""
 
     name = "imagefolder"
 
@@ -596,7 +607,7 @@ def open_dataset(spec: str, split: str, size: int, seed: int = 0) -> ImageDatase
 def open_shifted(spec: str, test_set: ImageDataset, size: int, seed: int = 0,
                  spatial_scale: float = 1.0) -> list[ImageDataset]:
     """Shifted copies of the in-distribution test set (same labels), from a spec:
-    ``corrupt:NAME:SEVERITY`` (NAME may be ``all``) applies :mod:`~adjinv.paper.data.corruptions`
+    ``corrupt:NAME:SEVERITY`` (NAME may be ``all``) applies [`corruptions`][adjinv.paper.data.corruptions]
     on the fly; ``cifar100c:ROOT[:NAME[:SEVERITY]]`` reads CIFAR-100-C files (NAME
     ``all`` or omitted: every corruption found; SEVERITY omitted: 1–5)."""
     kind, _, rest = spec.partition(":")
@@ -614,8 +625,7 @@ def open_shifted(spec: str, test_set: ImageDataset, size: int, seed: int = 0,
         root = parts[0]
         if not root:
             raise AdjinvError(f"{spec!r} needs a root: cifar100c:ROOT[:NAME[:SEVERITY]]")
-        r = Path(root)
-        r = r / "CIFAR-100-C" if (r / "CIFAR-100-C").is_dir() else r
+        r = dataset_folder(root, "CIFAR-100-C")
         if len(parts) > 1 and parts[1] not in ("", "all"):
             names = [parts[1]]
         else:

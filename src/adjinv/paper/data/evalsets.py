@@ -5,15 +5,19 @@ Spec strings (``--data``):
 
 - ``samples`` — the embedded default: the five bundled photos (centre crops) as test
   images; training images are random crops of the same photos
-  (:func:`adjinv.paper.data.labelled.embedded_labelled_set`, as for the bundled LACs). No masks.
-- ``composites`` — the embedded mask-bearing composites (:mod:`adjinv.paper.data.composites`):
+  ([`adjinv.paper.data.labelled.embedded_labelled_set()`][adjinv.paper.data.labelled.embedded_labelled_set],
+  as for the bundled LACs). No masks.
+- ``composites`` — the embedded mask-bearing composites
+([`adjinv.paper.data.composites`][adjinv.paper.data.composites]):
   test images with exact masks, so the localisation metrics exist on the embedded default.
 - ``images:DIR`` — every image in a folder (test only, no training split).
-- ``KIND:ROOT`` — a dataset of :func:`adjinv.paper.data.datasets.open_dataset` (``oxford_pet``,
+- ``KIND:ROOT`` — a dataset of
+[`adjinv.paper.data.datasets.open_dataset()`][adjinv.paper.data.datasets.open_dataset] (``oxford_pet``,
   ``stanford_dogs``, ``cifar100``, ``imagefolder``, or ``lfw``): its test split (first
   ``max_images``, classes interleaved) and train split. For ``oxford_pet`` the masks are
   the official trimaps ``annotations/trimaps/<name>.png``; [choice] foreground = the pet,
-  trimap value 1 (:func:`adjinv.paper.data.masks.pet_foreground`, as for the masked datasets).
+  trimap value 1 ([`adjinv.paper.data.masks.pet_foreground()`][adjinv.paper.data.masks.pet_foreground], as
+  for the masked datasets).
 - any spec with ``@MASKDIR`` appended: masks from ``MASKDIR/<image stem>.png`` (any
   non-zero pixel is foreground), resized and cropped like the image.
 """

@@ -84,7 +84,7 @@ def embedded_labelled_set(size: int = 128, *, train_per_class: int = 24, test_pe
     """The embedded default labelled set: a **sanity check, not a benchmark**.
 
     Each of the five bundled photos (chelsea, coffee, astronaut, rocket, motorcycle;
-    see :mod:`adjinv.images.samples`) is one class. Its training images are
+    see [`adjinv.images.samples`][adjinv.images.samples]) is one class. Its training images are
     ``train_per_class`` random square crops (``min_crop``–100 % of the shorter side,
     random horizontal flip, resized to ``size``); its test images are
     ``test_per_class`` further crops drawn the same way from an independent random
@@ -127,12 +127,14 @@ def composite_detection_set(size: int = 128, *, train_per_class: int = 24, test_
     """An embedded two-class set whose test images are new images, not crops of training ones.
 
     Class ``object``: an elliptical cut-out (centre 80 % of the photo) pasted onto a
-    texture crop (:func:`adjinv.paper.data.composites.paste`); class ``texture``: the texture
+    texture crop ([`adjinv.paper.data.composites.paste()`][adjinv.paper.data.composites.paste]); class
+    ``texture``: the texture
     crop alone. Training images paste the training-split photos of
-    :mod:`adjinv.images.photos` that are not textures (:data:`DETECTION_TRAIN_OBJECTS`) onto
-    :data:`DETECTION_TRAIN_BACKGROUNDS`; test images paste the held-out photos
-    (:data:`DETECTION_TEST_OBJECTS`, evaluation only) onto
-    :data:`DETECTION_TEST_BACKGROUNDS`, textures no training image shows. Balanced
+    [`adjinv.images.photos`][adjinv.images.photos] that are not textures
+    ([`DETECTION_TRAIN_OBJECTS`][DETECTION_TRAIN_OBJECTS]) onto
+    [`DETECTION_TRAIN_BACKGROUNDS`][DETECTION_TRAIN_BACKGROUNDS]; test images paste the held-out photos
+    ([`DETECTION_TEST_OBJECTS`][DETECTION_TEST_OBJECTS], evaluation only) onto
+    [`DETECTION_TEST_BACKGROUNDS`][DETECTION_TEST_BACKGROUNDS], textures no training image shows. Balanced
     classes; placements from ``seed``. Greyscale photos are replicated to RGB.
     """
     from ...images.photos import photo

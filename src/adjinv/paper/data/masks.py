@@ -5,18 +5,19 @@ boolean mask (S, S), label, name) and ``describe()``. Image and mask are resized
 (shorter side) and centre-cropped with the same geometry; the mask is resized
 bilinearly and thresholded at 0.5.
 
-- :class:`CUB200` — CUB-200-2011 (Wah et al. 2011): ``images.txt``,
+- [`CUB200`][CUB200] — CUB-200-2011 (Wah et al. 2011): ``images.txt``,
   ``image_class_labels.txt``, ``train_test_split.txt``, ``classes.txt``,
   ``images/<class>/<file>.jpg`` and the separately distributed
   ``segmentations/<class>/<file>.png`` (inside the root or beside it).
   [choice] CUB masks are soft (several annotators); foreground is ``≥ 0.5``.
-- :class:`OxfordPetMasks` — Oxford-IIIT Pet (Parkhi et al. 2012): ``images/*.jpg``,
+- [`OxfordPetMasks`][OxfordPetMasks] — Oxford-IIIT Pet (Parkhi et al. 2012): ``images/*.jpg``,
   ``annotations/{trainval,test}.txt`` and ``annotations/trimaps/<name>.png``
-  (1 = pet, 2 = background, 3 = border). [choice] foreground = 1 (:func:`pet_foreground`,
+  (1 = pet, 2 = background, 3 = border). [choice] foreground = 1 ([`pet_foreground()`][pet_foreground],
   shared with the evaluation sets); ``boundary=True`` counts the border as foreground too.
-- :class:`ImageMaskFolder` — any ``images/`` folder with a ``masks/`` folder holding
+- [`ImageMaskFolder`][ImageMaskFolder] — any ``images/`` folder with a ``masks/`` folder holding
   one mask per image with the same file stem (non-zero = foreground, any format).
-- :class:`CompositeMasks` — the embedded sample set: see :mod:`adjinv.paper.data.composites`.
+- [`CompositeMasks`][CompositeMasks] — the embedded sample set: see
+[`adjinv.paper.data.composites`][adjinv.paper.data.composites].
 
 Nothing is downloaded.
 """
@@ -24,7 +25,7 @@ Nothing is downloaded.
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from ...errors import AdjinvError
 from ...images.files import IMAGE_SUFFIXES, list_images, load_image
-from .datasets import _check_split
+from .datasets import SizedImages, _check_split, dataset_folder
 
 RESIZE = "resize shorter side (bilinear, antialias) + centre crop; mask bilinear, > 0.5"
 
@@ -92,17 +93,14 @@ def load_mask(path: str | os.PathLike, threshold: float | None = None) -> torch.
     return t
 
 
-class MaskedDataset(ABC):
+class MaskedDataset(SizedImages):
     """Base: subclasses set ``self.items`` (name, image path, mask source, label) and
     ``self.classes`` and implement ``_mask(i) -> (H, W)`` (float or bool)."""
 
     name = "masked"
 
     def __init__(self, size: int) -> None:
-        if size < 8:
-            raise AdjinvError(f"image size must be at least 8 px, got {size}")
-        self.size = size
-        self.classes: list[str] = []
+        super().__init__(size)
         self.items: list[tuple[str, Path, Any, int]] = []
 
     def __len__(self) -> int:
@@ -148,9 +146,7 @@ class CUB200(MaskedDataset):
     def __init__(self, root: str | os.PathLike, split: str = "test", size: int = 224) -> None:
         super().__init__(size)
         _check_split(split)
-        r = Path(root)
-        if (r / "CUB_200_2011").is_dir():
-            r = r / "CUB_200_2011"
+        r = dataset_folder(root, "CUB_200_2011")
         seg = next((p for p in (r / "segmentations", r.parent / "segmentations") if p.is_dir()), None)
         if seg is None:
             raise AdjinvError(f"no segmentations/ folder in {r} or {r.parent} (the CUB "
@@ -207,7 +203,7 @@ def pet_foreground(trimap: torch.Tensor, boundary: bool = False) -> torch.Tensor
     the border (3) is neither pet nor background and stays out unless ``boundary=True``.
 
     Args:
-        trimap: integer trimap values (H, W), as :func:`read_pet_trimap` returns them.
+        trimap: integer trimap values (H, W), as [`read_pet_trimap()`][read_pet_trimap] returns them.
         boundary: count the border (3) as foreground too.
 
     Returns:
@@ -297,7 +293,8 @@ class ImageMaskFolder(MaskedDataset):
 
 
 class CompositeMasks(MaskedDataset):
-    """The embedded composites of :mod:`adjinv.paper.data.composites` (masks exact by construction)."""
+    """The embedded composites of [`adjinv.paper.data.composites`][adjinv.paper.data.composites] (masks exact
+    by construction)."""
 
     name = "composites"
 

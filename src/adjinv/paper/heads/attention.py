@@ -30,7 +30,7 @@ HEAD_FORMAT = "adjinv-head/1"
 
 @dataclass
 class HybridConfig:
-    """Architecture of :class:`HybridAttentionClassifier`.
+    """Architecture of [`HybridAttentionClassifier`][HybridAttentionClassifier].
 
     ``dim=None`` keeps the tokens at the encoder's width ``C_L`` (the paper: 49 tokens
     of width 1024 for ConvNeXt-Base); an integer adds a trainable linear token
@@ -58,11 +58,11 @@ class HybridAttentionClassifier(nn.Module):
     embedding (the paper mentions none): a token's position reaches the head only
     through the CNN features, and the model accepts any ``h×w``.
 
-    It takes ``A_L``, not the image, like the encoder's own :class:`LinearHead`: the
+    It takes ``A_L``, not the image, like the encoder's own [`LinearHead`][LinearHead]: the
     encoder stays outside, frozen and shared with the LAC cascade. Only this module's
     parameters train.
 
-    [choice] ``norm_first=True`` (pre-norm, default): ``T_b`` (:meth:`token_states`) is
+    [choice] ``norm_first=True`` (pre-norm, default): ``T_b`` ([`token_states()`][token_states]) is
     the residual stream after block ``b``, whose energy ``‖T_b‖²`` depends on the input;
     a final LayerNorm precedes pooling. With ``norm_first=False`` (post-norm, PyTorch's
     default) every ``T_{b,t}`` is a LayerNorm output whose norm is ≈ ``‖γ‖``-fixed, so
@@ -135,7 +135,7 @@ class HybridAttentionClassifier(nn.Module):
 # ----------------------------------------------------------------------------- training
 @dataclass
 class HeadTrainConfig:
-    """Hyper-parameters of :func:`train_head` (stored in checkpoints)."""
+    """Hyper-parameters of [`train_head()`][train_head] (stored in checkpoints)."""
 
     steps: int = 60
     lr: float = 3e-4
@@ -148,7 +148,7 @@ class HeadTrainConfig:
 
 @dataclass
 class HeadTraining:
-    """Result of :func:`train_head`."""
+    """Result of [`train_head()`][train_head]."""
 
     model: HybridAttentionClassifier
     losses: list[float]
@@ -252,7 +252,7 @@ def save_head(path: str | os.PathLike, model: HybridAttentionClassifier, encoder
 
 def load_head(path: str | os.PathLike, encoder: StagedEncoder, *, allow_other_weights: bool = False
               ) -> tuple[HybridAttentionClassifier, dict, dict[str, torch.Tensor]]:
-    """``(model, metadata, extras)`` from a :func:`save_head` file; refuses a head
+    """``(model, metadata, extras)`` from a [`save_head()`][save_head] file; refuses a head
     trained on another encoder (or other weights, unless ``allow_other_weights``)."""
     meta, tensors = read_tagged(path, HEAD_FORMAT, "attention-head checkpoint", "adjinv train-head")
     mine = encoder.layout()
@@ -300,7 +300,7 @@ def train_head(encoder: StagedEncoder, data: LabelledSet, config: HeadTrainConfi
                checkpoint: str | os.PathLike | None = None, resume: bool = False,
                progress: Callable[[int, int, float], None] | None = None,
                feature_progress: Callable[[int, int], None] | None = None) -> HeadTraining:
-    """Train a :class:`HybridAttentionClassifier` on ``data`` with the encoder frozen.
+    """Train a [`HybridAttentionClassifier`][HybridAttentionClassifier] on ``data`` with the encoder frozen.
 
     The deepest maps are computed once (batched, no grad) and cached; only the
     attention blocks, final norm and linear head train (Adam, cross-entropy). The
@@ -431,7 +431,8 @@ def token_peak_distance(maps: torch.Tensor, grid: tuple[int, int], *, window: in
     """Locality of per-token maps: ``maps`` (B, T, 3, H, W) with ``T = h·w``, map ``t``
     being the visualisation of token ``t`` (row-major) of the ``h×w`` token ``grid``.
 
-    The peak is the argmax of :func:`token_energy_maps` after :func:`smooth_energy`
+    The peak is the argmax of [`token_energy_maps()`][token_energy_maps] after
+    [`smooth_energy()`][smooth_energy]
     at the scale ``window`` px. [choice] ``window=None`` (default) is one token cell
     (``H/h`` px): a single-pixel argmax of these speckled maps is dominated by pixel
     noise; ``window=1`` gives the raw per-pixel argmax. Pixel ``(y, x)`` maps to grid

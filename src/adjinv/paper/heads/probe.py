@@ -40,7 +40,7 @@ class ProbeConfig:
 
 
 class LinearProbe:
-    """``z = W·(g − μ)/s + b`` on the given channels; fit with :meth:`fit`."""
+    """``z = W·(g − μ)/s + b`` on the given channels; fit with [`fit()`][fit]."""
 
     def __init__(self, num_classes: int, config: ProbeConfig | None = None) -> None:
         if num_classes < 2:

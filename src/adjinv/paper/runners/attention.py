@@ -1,6 +1,6 @@
 """Sec. 3.5 / C.9: attention heads through the unchanged LAC cascade.
 
-``adjinv train-head`` trains a :class:`HybridAttentionClassifier` on a labelled set;
+``adjinv train-head`` trains a [`HybridAttentionClassifier`][HybridAttentionClassifier] on a labelled set;
 ``adjinv experiment attention`` visualises block energies ``‖T_b‖²`` (layer-wise),
 token energies ``‖T_{b,t}‖²`` (per token, at an early and a deep block) and the
 head's top logit with the trained LACs, and measures how close each token map's
@@ -127,7 +127,7 @@ def visualise_image(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAt
                     name: str, image: torch.Tensor, out: Path, cfg: AttentionConfig,
                     progress: Progress | None = None) -> tuple[dict, dict]:
     """Layer-wise and per-token maps of one image (3, H, W) in [0, 1]; PNGs into ``out``.
-    Returns the image's JSON record and its :class:`TokenPeaks` per block."""
+    Returns the image's JSON record and its [`TokenPeaks`][TokenPeaks] per block."""
     t0 = time.perf_counter()
     img = resize_center_crop(image, cfg.size)
     x = encoder.normalize(img)[None]
@@ -200,7 +200,7 @@ def visualise_image(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAt
 def token_locality(encoder: StagedEncoder, lacs: LACBank | None, head: HybridAttentionClassifier,
                    image: torch.Tensor, cfg: AttentionConfig) -> dict[int, tuple[TokenPeaks, TokenPeaks]]:
     """Per-token maps of one image through ``head`` (no files): ``{block: (smoothed, pixel)}``
-    :class:`TokenPeaks`, for the untrained-head control (docs/method.md §12)."""
+    [`TokenPeaks`][TokenPeaks], for the untrained-head control (docs/method.md §12)."""
     x = encoder.normalize(resize_center_crop(image, cfg.size))[None]
     nb = len(head.blocks)
     blocks = sorted({_block_index(b, nb) for b in cfg.token_blocks})
@@ -372,7 +372,7 @@ class HeadSetup:
     seed: int = option(0, "data split, crops, init and batches")
     labelled: str | None = option(None, "ImageFolder layout, one sub-folder per class (default: the "
         "embedded set of random crops of the 5 bundled photos, one class per photo: a sanity check)",
-        flag="--labelled", metavar="FOLDER", group=LABELLED)
+        flag="--labelled", metavar="FOLDER", group=LABELLED, input=True)
     labelled_set: str = option("crops", "embedded set without a folder: 'crops' (train and test crops of "
         "the same 5 photos, a sanity check) or 'detection' (object pasted on a texture vs texture alone; "
         "tested on held-out photos pasted on textures no training image shows)",
@@ -391,6 +391,10 @@ class HeadSetup:
         group=HEAD)
     checkpoint_every: int = option(20, "steps between checkpoints", group=HEAD)
 
+    def check(self) -> None:
+        """Refuse impossible hyper-parameters (the skeleton calls this before any work)."""
+        _check_setup(self, getattr(self, "size", None))
+
 
 @dataclass
 class TrainHeadArgs(HeadSetup):
@@ -398,7 +402,7 @@ class TrainHeadArgs(HeadSetup):
 
     labelled: str | None = option(None, "ImageFolder layout, one sub-folder per class (default: the "
         "embedded set of random crops of the 5 bundled photos, one class per photo: a sanity check)",
-        flag="--images", metavar="FOLDER", group=LABELLED)
+        flag="--images", metavar="FOLDER", group=LABELLED, input=True)
     size: int = option(128, "image side in px")
     resume: bool = option(False, "continue the run saved at --out")
 
@@ -406,7 +410,7 @@ class TrainHeadArgs(HeadSetup):
 @dataclass
 class AttentionArgs(HeadSetup):
     """What ``adjinv experiment attention`` loads, trains and visualises
-    (:class:`AttentionConfig` is the part :func:`run_attention` needs)."""
+    ([`AttentionConfig`][AttentionConfig] is the part [`run_attention()`][run_attention] needs)."""
 
     head: str | None = option(None, "head checkpoint from `adjinv train-head` (default: train one on the "
         "labelled set first, in memory)")
@@ -451,6 +455,33 @@ def _labelled(cfg: HeadSetup, size: int) -> LabelledSet:
                                  test_per_class=cfg.test_per_class, seed=cfg.seed)
 
 
+def _check_setup(cfg: HeadSetup, size: int | None) -> None:
+    """Refuse impossible hyper-parameters before any work (as ``adjinv train`` does)."""
+    import math
+
+    def bad(flag: str, value: object, rule: str) -> AdjinvError:
+        return AdjinvError(f"{flag} {value!r} is out of range: it must be {rule}")
+
+    if not (isinstance(cfg.lr, (int, float)) and math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise bad("--lr", cfg.lr, "a finite number > 0, e.g. 3e-4")
+    if not (isinstance(cfg.dropout, (int, float)) and 0 <= cfg.dropout < 1):
+        raise bad("--dropout", cfg.dropout, "in [0, 1), e.g. 0.1")
+    if not (isinstance(cfg.mlp_ratio, (int, float)) and math.isfinite(cfg.mlp_ratio)
+            and cfg.mlp_ratio > 0):
+        raise bad("--mlp-ratio", cfg.mlp_ratio, "a finite number > 0")
+    if not (isinstance(cfg.test_fraction, (int, float)) and 0 <= cfg.test_fraction < 1):
+        raise bad("--test-fraction", cfg.test_fraction, "in [0, 1)")
+    for flag, v in (("--steps", cfg.steps), ("--batch-size", cfg.batch_size),
+                    ("--blocks", cfg.blocks), ("--heads", cfg.heads),
+                    ("--checkpoint-every", cfg.checkpoint_every),
+                    ("--train-per-class", cfg.train_per_class),
+                    ("--test-per-class", cfg.test_per_class), ("--dim", cfg.dim or 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise bad(flag, v, "an integer >= 1")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 16):
+        raise bad("--size", size, "an integer >= 16 (px), e.g. 128")
+
+
 def _head_config(cfg: HeadSetup) -> HeadTrainConfig:
     return HeadTrainConfig(steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
                            checkpoint_every=cfg.checkpoint_every,
@@ -486,6 +517,7 @@ def _fmt_acc(v: float | None) -> str:
 
 def train_head_command(cfg: TrainHeadArgs, out: Path, *, log: Log = quiet_log) -> dict:
     """``adjinv train-head``: train, checkpoint to ``out``; a summary of the run."""
+    _check_setup(cfg, cfg.size)
     if out.exists() and not cfg.resume:
         raise AdjinvError(f"{out} exists; pass --resume to continue that run or choose another --out")
     t0 = time.perf_counter()
@@ -514,6 +546,7 @@ def attention_command(cfg: AttentionArgs, out: Path, *, log: Log = quiet_log) ->
     from ...images.samples import SAMPLE_NAMES, sample_images
     from ...lacs.bundled import load_lacs
 
+    _check_setup(cfg, cfg.size)
     t0 = time.perf_counter()
     enc = _load_encoder(cfg, log)
     with warnings_to_log(log):
@@ -589,7 +622,7 @@ RUNNERS = (
                        "on a labelled set; the encoder stays frozen. Checkpointed, resumable; "
                        "prints train/test accuracy.",
            epilog=EPILOG_TRAIN_HEAD, outputs=(), summary=_trained,
-           out_help="checkpoint path (.safetensors)"),
+           out_help="checkpoint path (.safetensors)", out_file=True),
     Runner("attention", AttentionArgs, attention_command,
            help="attention heads through the trained LACs (Sec. 3.5, Fig. 6)",
            description="Layer-wise (block energy) and per-token (token energy) visualisations of a "

@@ -2,10 +2,13 @@
 Grad-CAM++ and Score-CAM (Sec. 3.3, Table 3, Supp. C.7; docs/method.md §11).
 
 Every method is called through the same ``attribute(x, target=None)`` shape
-(:mod:`adjinv.paper.baselines.cam`) for the class predicted on the clean image, on the same
+([`adjinv.paper.baselines.cam`][adjinv.paper.baselines.cam]) for the class predicted on the clean image, on
+the same
 encoder (CAMs at the deepest stage's output). Faithfulness: Insertion / Deletion AUC
-(:mod:`adjinv.metrics.faithfulness`); localisation — only where the data set has masks —
-mIoU, mAP, pAcc, Pointing (:mod:`adjinv.metrics.localisation`). The seconds each method
+([`adjinv.metrics.faithfulness`][adjinv.metrics.faithfulness]); localisation — only where the data set has
+masks —
+mIoU, mAP, pAcc, Pointing ([`adjinv.metrics.localisation`][adjinv.metrics.localisation]). The seconds each
+method
 takes to produce one saliency map are recorded per image.
 
 Per-image results are cached in ``out/cache/`` (a rerun resumes); ``results.json`` and

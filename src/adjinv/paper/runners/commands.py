@@ -1,7 +1,7 @@
 """Extension point of the command line: experiment runners register here.
 
-Each module in :data:`COMMAND_MODULES` defines ``RUNNERS``, a tuple of
-:class:`~.skeleton.Runner` descriptions (config dataclass, run function, help): the
+Each module in [`COMMAND_MODULES`][COMMAND_MODULES] defines ``RUNNERS``, a tuple of
+[`Runner`][.skeleton.Runner] descriptions (config dataclass, run function, help): the
 skeleton generates their flags and shared handling, as ``adjinv experiment NAME`` or,
 with ``command=True``, as a top-level ``adjinv NAME``. A module may instead define a
 hand-written ``register(sub, experiment_sub)``, where ``sub`` is the top-level subparser
@@ -43,7 +43,7 @@ class _ExperimentGroup:
 
 
 def runners() -> list[Runner]:
-    """Every runner of :data:`COMMAND_MODULES`, in order."""
+    """Every runner of [`COMMAND_MODULES`][COMMAND_MODULES], in order."""
     return [r for name in COMMAND_MODULES
             for r in getattr(importlib.import_module(f".{name}", __package__), "RUNNERS", ())]
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
+import types
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -25,6 +27,37 @@ Log = Callable[[str], None]
 
 def quiet_log(msg: str) -> None:
     """Discard progress lines (library use, tests; the CLI logs them instead)."""
+
+
+def _json_fits(v: Any, hint: Any) -> bool:
+    """Whether a JSON value can stand for a config field of type ``hint``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_json_fits(v, a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return v is None
+    if hint is Any:
+        return True
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if hint is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if hint is str:
+        return isinstance(v, str)
+    if origin in (list, tuple) or hint in (list, tuple):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return isinstance(v, list) and (not args or all(_json_fits(x, args[0]) for x in v))
+    if origin is dict or hint is dict:
+        return isinstance(v, dict)
+    return True  # a type JSON cannot spell: the field's own checks decide
+
+
+def _type_name(hint: Any) -> str:
+    text = str(hint).replace("typing.", "")
+    return {"<class 'int'>": "an integer", "<class 'float'>": "a finite number",
+            "<class 'str'>": "a string", "<class 'bool'>": "true or false"}.get(text, text)
 
 
 def load_config(cls: type, path: str | os.PathLike | None, overrides: dict[str, Any]) -> Any:
@@ -48,6 +81,11 @@ def load_config(cls: type, path: str | os.PathLike | None, overrides: dict[str, 
         if unknown:
             raise AdjinvError(f"unknown key(s) in {p}: {', '.join(unknown)}; "
                               f"known: {', '.join(sorted(names))}")
+        hints = typing.get_type_hints(cls)
+        for k, v in data.items():
+            if not _json_fits(v, hints[k]):
+                raise AdjinvError(f"config file {p}: {k!r} is {json.dumps(v)}, which is not "
+                                  f"{_type_name(hints[k])}; fix that value in the file")
         values.update(data)
     for k, v in overrides.items():
         if v is None or k not in names:
@@ -79,7 +117,8 @@ def load_named_encoder(name: str, weights: str | None, random_init: bool, log: L
 
 def features(encoder: StagedEncoder, dataset: Any, label: str, cache_dir: Path | None,
              batch_size: int, log: Log) -> FeatureSet:
-    """:func:`extract_gap_features` with a tqdm bar (only on a terminal) and a log line."""
+    """[`extract_gap_features()`][extract_gap_features] with a tqdm bar (only on a terminal) and a log
+    line."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(dataset), desc=label, unit="img", leave=False, file=sys.stderr,
@@ -107,10 +146,11 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 def pyplot() -> Any:
     """A pyplot stand-in whose ``subplots`` builds figures with the object-oriented API
-    (:func:`adjinv.viz.figures.subplots`): no global backend switch, no pyplot state."""
+    ([`adjinv.viz.figures.subplots()`][adjinv.viz.figures.subplots]): no global backend switch, no pyplot
+    state."""
     from ...viz.figures import subplots
 
-    return SimpleNamespace(subplots=subplots)
+    return types.SimpleNamespace(subplots=subplots)
 
 
 @contextmanager

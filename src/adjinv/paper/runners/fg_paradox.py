@@ -7,7 +7,7 @@ measured numbers: ``O1 = |FG+ − FG−|``, ``O2 = FG_full − max(FG+, FG−)``
 then averaged), ``O3``: ``O2`` per encoder in the order given. Every number is reported
 three ways (docs/method.md §15): on the raw reconstructions, on per-RGB zero-mean ones
 (which removes the ``(Σ_± α) β_pix`` terms exactly) and with the ``Ψ(0)`` direction
-projected out. Beside each, the controls of :mod:`adjinv.methods.controls`: seed-zero,
+projected out. Beside each, the controls of [`adjinv.methods.controls`][adjinv.methods.controls]: seed-zero,
 swapped-seed (partners a derangement by source photo / class), model randomisation
 and the shuffled head (``W_k`` permuted across channels; a random row of the same
 norm). The runner reports what it measures; whether O1 is small or O2 positive is for

@@ -9,7 +9,7 @@ deepest features ``A_L`` of the same frozen encoder:
   **seed-zero control** (docs/method.md §14) — the same cascade with the seed set to zero;
 - ``vanilla``: the raw VJP mapped by the per-RGB gain/offset stored in the LAC checkpoint,
   or, when it has none, fitted once on the data set's training images (never per test image);
-- ``mahendran``: :func:`~adjinv.paper.baselines.mahendran.mahendran_vedaldi`;
+- ``mahendran``: [`mahendran_vedaldi()`][adjinv.paper.baselines.mahendran.mahendran_vedaldi];
 - ``robust``: the same optimisation on robust weights given with ``--robust NAME=PATH``
   (else reported unavailable);
 - ``upconv``: a decoder trained on the training images' ``A_L`` (checkpoint in

@@ -11,6 +11,7 @@ numbers do not depend on how many processes ran. Rank 0 then merges every shard'
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from ...images.files import list_images, load_image, resize_center_crop
 from ...methods.class_directional import class_directional_weights
 from ...metrics.likeness import pearson_rgb
 from ...metrics.reconstruction import psnr, ssim
+from ...state import parse_device
 from .common import Log, quiet_log, warnings_to_log
 from .skeleton import Runner, option
 
@@ -49,6 +51,39 @@ class DatasetConfig:
     class_directional: bool = False
     encoder: str = "efficientnet_lite0"
     lac: str = "bundled"
+
+
+def stage_indices(stages: tuple[int, ...] | list[int], n: int) -> list[int]:
+    """Stage numbers made non-negative (``-1`` the deepest); one outside ``-n … n-1`` is
+    refused instead of wrapping around."""
+    bad = [s for s in stages if isinstance(s, bool) or not isinstance(s, int) or not -n <= s < n]
+    if bad or not stages:
+        raise AdjinvError(f"--stages {' '.join(map(str, bad or stages))}: the encoder has {n} "
+                          f"stages; pass numbers from {-n} to {n - 1} (-1: the deepest)")
+    return sorted({s % n for s in stages})
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _forget_changed(out: Path, shards: list[list[Path]], data: Path, old: object,
+                    new: dict[str, str]) -> None:
+    """Drop the finished marks (shard JSON) of shards whose images changed since they
+    were inverted (content hash), so that the run inverts them again."""
+    for i, part in enumerate(shards):
+        names = [f.relative_to(data).as_posix() for f in part]
+        if isinstance(old, dict) and all(old.get(n) == new[n] for n in names):
+            continue
+        done = out / "shards" / f"shard-{i:05d}.json"
+        if done.is_file():
+            done.unlink()
+            log.info("shard %d: its images changed (or were not hashed) since they were "
+                     "inverted; inverting them again", i)
 
 
 def _shard_files(files: list[Path], size: int) -> list[list[Path]]:
@@ -93,11 +128,12 @@ def run(inv: AdjointInverter, data: Path, out: Path, cfg: DatasetConfig) -> Path
 
     rank, world = rank_world()
     files = list_images(data)
-    n = inv.encoder.num_stages
-    stages = sorted({s % n for s in cfg.stages})
+    stages = stage_indices(cfg.stages, inv.encoder.num_stages)
     shards = _shard_files(files, cfg.shard_size)
+    hashes = {f.relative_to(data).as_posix(): _sha256(f) for f in files}
     manifest = {"config": json.loads(json.dumps(asdict(cfg))), "data": str(data), "images": len(files),
-                "shards": [[f.relative_to(data).as_posix() for f in s] for s in shards]}
+                "shards": [[f.relative_to(data).as_posix() for f in s] for s in shards],
+                "sha256": hashes}
     mpath = out / "manifest.json"
     if rank == 0:
         if mpath.is_file():
@@ -105,6 +141,7 @@ def run(inv: AdjointInverter, data: Path, out: Path, cfg: DatasetConfig) -> Path
             if old.get("config") != manifest["config"] or old.get("shards") != manifest["shards"]:
                 raise AdjinvError(f"{out} holds a run with another configuration or image list; "
                                   "use the same options or a new --out")
+            _forget_changed(out, shards, data, old.get("sha256"), hashes)
         atomic_write_json(mpath, manifest)
     barrier()
     done = skipped = 0
@@ -138,10 +175,10 @@ def run(inv: AdjointInverter, data: Path, out: Path, cfg: DatasetConfig) -> Path
 
 @dataclass
 class InvertDatasetArgs:
-    """The command line of ``adjinv invert-dataset``; :class:`DatasetConfig` is the part
+    """The command line of ``adjinv invert-dataset``; [`DatasetConfig`][DatasetConfig] is the part
     stored in ``manifest.json``."""
 
-    data: str = option("", "folder of images (searched recursively)", positional=True)
+    data: str = option("", "folder of images (searched recursively)", positional=True, input=True)
     encoder: str = option("efficientnet_lite0", "registry name")
     weights: str | None = option(None, "local encoder state dict")
     random_init: bool = option(False, "untrained encoder (testing only)")
@@ -155,7 +192,7 @@ class InvertDatasetArgs:
 
 
 def invert_dataset_command(args: InvertDatasetArgs, out: Path, *, log: Log = quiet_log) -> dict:
-    """``adjinv invert-dataset``: load, join the torchrun group, :func:`run`. On rank 0 the
+    """``adjinv invert-dataset``: load, join the torchrun group, [`run()`][run]. On rank 0 the
     number of images, the LACs' source and the ``results.json`` path; elsewhere ``{}``."""
     from ...encoders import load_encoder
     from ...lacs.bundled import load_lacs
@@ -165,7 +202,7 @@ def invert_dataset_command(args: InvertDatasetArgs, out: Path, *, log: Log = qui
     data = Path(args.data)
     if not data.is_dir():
         raise AdjinvError(f"{data} is not a folder of images; pass the dataset's folder")
-    dev = torch.device(args.device)
+    dev = parse_device(args.device)
     if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
         dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per rank
     init_from_env(dev)

@@ -32,7 +32,7 @@ are ``lac`` if given, else the encoder's bundled checkpoint, else identity LACs
 
 Outputs in ``out/``: ``results.json``, ``table.md``, ``geometry.png`` (4(d),
 mean over corruptions), ``geometry_per_corruption.png``, ``reconstructions.png``
-(4(c)) and ``reconstructions/*.png``. ``--figure-only`` (:func:`run_ood_figure`) makes
+(4(c)) and ``reconstructions/*.png``. ``--figure-only`` ([`run_ood_figure()`][run_ood_figure]) makes
 Figure 4(c) alone, with ``figure_4c.json``, and leaves ``results.json`` untouched.
 """
 
@@ -455,7 +455,7 @@ EPILOG = """examples:
 
 
 def _figure_only(cfg: OODConfig, out: Path, *, log: Log = quiet_log) -> dict:
-    """``--figure-only``: :func:`run_ood_figure`, refused with ``--no-figure``."""
+    """``--figure-only``: [`run_ood_figure()`][run_ood_figure], refused with ``--no-figure``."""
     if not cfg.figure:
         raise AdjinvError("--figure-only and --no-figure contradict each other")
     return run_ood_figure(cfg, out, log=log)

@@ -2,16 +2,18 @@
 
 The paper freezes each encoder and trains one linear probe on the target dataset, so
 that the class directions ``W_k`` under study are those that classify that dataset.
-:func:`probe_encoder` does the same for ``fg-paradox`` and ``ecr`` (``--head probe``):
+[`probe_encoder()`][probe_encoder] does the same for ``fg-paradox`` and ``ecr`` (``--head probe``):
 GAP features of the deepest stage on a *training* split, a multinomial logistic
-regression (:class:`adjinv.paper.heads.probe.LinearProbe`), and a copy of the encoder whose
+regression ([`adjinv.paper.heads.probe.LinearProbe`][adjinv.paper.heads.probe.LinearProbe]), and a copy of
+the encoder whose
 head is the probe's exact linear form on raw GAP features (``effective_weights``). The
 LACs are loaded for the original encoder first: they are head-independent
 (docs/method.md §3), so the same cascade inverts both heads.
 
 Training splits (never an image the runners score):
 
-- ``composites``: the ``"probe"`` subset of :mod:`adjinv.paper.data.composites`, one class per
+- ``composites``: the ``"probe"`` subset of [`adjinv.paper.data.composites`][adjinv.paper.data.composites],
+one class per
   source photo, each photo on the backgrounds it never has in the scored ``"fg"`` set and
   at placements (seeds) no scored composite uses.
 - ``cub:ROOT``, ``oxford_pet:ROOT``: the dataset's own ``train`` split (the runners
@@ -86,7 +88,7 @@ def probe_encoder(encoder: StagedEncoder, spec: str, size: int, *, config: Probe
                   scored: MaskedDataset | None = None, log: Log = quiet_log
                   ) -> tuple[StagedEncoder, dict[str, Any]]:
     """``(encoder with the probe head, record)``: a probe trained on
-    :func:`probe_training_set` ``(spec, size)``; ``scored``: the images the runner scores,
+    [`probe_training_set()`][probe_training_set] ``(spec, size)``; ``scored``: the images the runner scores,
     whose probe accuracy (and disjointness from the training split) goes into the record."""
     t0 = time.perf_counter()
     train = probe_training_set(spec, size)

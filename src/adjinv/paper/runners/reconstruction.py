@@ -7,14 +7,15 @@ folder is refused.
 
 **Photos.** LAC-free parts (the vanilla map, UpConvNet, the flat colour) are fitted on the
 training photos only; every score is measured on held-out photos only, and the held-out
-photos choose nothing. Defaults: :func:`adjinv.images.photos.split_photos` (``--train DIR
+photos choose nothing. Defaults: [`adjinv.images.photos.split_photos()`][adjinv.images.photos.split_photos]
+(``--train DIR
 --heldout DIR`` for your own). A held-out photo that the evaluated LAC checkpoint names
 among its training images is flagged ``seen_by_lacs`` and left out of the verdicts and
 the summary. Crop 0 is the centre crop, crops 1… are fixed random crops (a generator
 seeded by photo and crop); crops are averaged within a photo first, and 95 % intervals
 are a percentile bootstrap over photos.
 
-**Methods** (:data:`METHODS`) are rows of one table, each an image in the encoder's input
+**Methods** ([`METHODS`][METHODS]) are rows of one table, each an image in the encoder's input
 space: x̂_L (Eq. 8) with the trained and with identity LACs; the seed-zero control Ψ(0);
 swapped seeds (another held-out photo's ``A_L`` and simplex weights pulled back through
 this photo's Jacobians; the partner of photo ``i`` is photo ``i + 1`` in a fixed order,
@@ -30,7 +31,7 @@ Guided Backprop and DeconvNet (shown per-image min-max); Robust inversion (the M
 **Metrics**, the same for every method (``x``: the input crop in [0, 1]):
 ``ssim``/``psnr`` on the method's own pixel mapping (de-normalised, clipped);
 ``ssim_affine``/``psnr_affine`` on the *display mapping* — a least-squares affine map per
-image and RGB channel fitted to ``x``, then clipped (:func:`~adjinv.metrics.likeness.affine_fit`),
+image and RGB channel fitted to ``x``, then clipped ([`affine_fit()`][adjinv.metrics.likeness.affine_fit]),
 which is also what the figure shows; ``pearson`` (per-RGB r, mean over RGB); ``gmsd`` and
 ``haarpsi`` (``piq``, on the display mapping); ``lpips`` (own pixel mapping) only when
 ``--lpips-backbone`` and ``--lpips-linear`` name the weight files (else "unavailable",
@@ -896,7 +897,7 @@ def draw_figure2(inputs: dict[str, torch.Tensor], outputs: dict[str, dict[str, t
                  encoder: StagedEncoder, unavailable: dict[str, str], path: Path, *,
                  seen: set[str] | frozenset[str] = frozenset(), size: int | None = None) -> Path:
     """Figure 2 (module docstring): one row per held-out photo (``inputs``: name → (1, 3, S, S)
-    in [0, 1]), one column per method of :data:`FIGURE2`, each output (encoder input space)
+    in [0, 1]), one column per method of [`FIGURE2`][FIGURE2], each output (encoder input space)
     shown in its own pixel mapping — de-normalised and clipped, no per-image fit — with its
     Pearson r and SSIM against the input. A method missing from ``outputs`` is drawn as a
     grey "unavailable" panel with the reason from ``unavailable``."""
@@ -1000,7 +1001,7 @@ EPILOG = """examples:
 
 
 def _figure2_only(cfg: ReconstructionConfig, out: Path, *, log: Log = quiet_log) -> dict:
-    """``--figure2-only``: :func:`write_figure2` of the finished run in ``out``."""
+    """``--figure2-only``: [`write_figure2()`][write_figure2] of the finished run in ``out``."""
     return {"figure2": str(write_figure2(out, log=log))}
 
 

@@ -1,17 +1,19 @@
 """One skeleton for every runner: config dataclass → command line generated from it →
 run (cache, ``results.json``, ``table.md``, figures) → the closing ``wrote …`` line.
 
-A :class:`Runner` names the command, its config dataclass and its run function
-``run(cfg, out, log=…) -> results``. :func:`add_command` builds the argparse subcommand
+A [`Runner`][Runner] names the command, its config dataclass and its run function
+``run(cfg, out, log=…) -> results``. [`add_command()`][add_command] builds the argparse subcommand
 from the dataclass: one flag per field, the value type from the annotation
 (``X | None`` is ``X``; ``bool`` a switch; ``list[X]`` takes several values), the help
 text from ``field(metadata={"help": …})`` with the default appended. What every command
-shares is here and nowhere else: ``--out``, ``--config`` (a JSON object of config fields;
-flags override it, unknown keys are an error), ``--threads``, joining a ``torchrun``
-group, progress lines through :mod:`logging` on the main rank only (the CLI shows them
+shares is here and nowhere else: ``--out`` under the output contract of
+[`adjinv.outdir`][adjinv.outdir] (with ``--overwrite``; a config's ``check()`` runs before it),
+``--config`` (a JSON object of config fields; flags override it, unknown keys and values of
+the wrong type are an error), ``--threads``, joining a ``torchrun``
+group, progress lines through ``logging`` on the main rank only (the CLI shows them
 on stderr), and the summary on stdout.
 
-Field metadata (every key optional; :func:`option` takes them as keywords):
+Field metadata (every key optional; [`option()`][option] takes them as keywords):
 
 ``help``
     the flag's help; `` (default X)`` is appended unless the text speaks of a default.
@@ -35,6 +37,8 @@ Field metadata (every key optional; :func:`option` takes them as keywords):
     title of the argparse group the flag is listed under in ``--help``.
 ``positional``
     the field is a positional argument, not a flag.
+``input``
+    the field names a folder the run reads: ``--out`` may not be it nor lie inside it.
 
 A dict field's flag values update the keys they name in the JSON/default dict; every
 other flag replaces the field's value.
@@ -58,6 +62,7 @@ import torch
 
 from ...distributed import init_from_env, is_main
 from ...errors import AdjinvError
+from ...outdir import OutputFile, OutputFolder
 from .common import Log, load_config, quiet_log
 
 Results = dict[str, Any]
@@ -76,13 +81,13 @@ class Variant:
 
     @property
     def dest(self) -> str:
-        """The argparse destination of :attr:`flag`."""
+        """The argparse destination of [`flag`][flag]."""
         return self.flag.lstrip("-").replace("-", "_")
 
 
 @dataclass(frozen=True)
 class Runner:
-    """A command of the paper's harness, described once; :func:`add_command` builds it."""
+    """A command of the paper's harness, described once; [`add_command()`][add_command] builds it."""
 
     name: str  # adjinv experiment NAME (or adjinv NAME with ``command=True``)
     config: type  # a dataclass: one flag per field
@@ -101,6 +106,7 @@ class Runner:
     out_help: str = "output folder"
     out_default: str | None = None  # None: --out is required
     variants: tuple[Variant, ...] = ()
+    out_file: bool = False  # --out is one file (a checkpoint), not a folder
 
 
 def option(default: Any = None, help: str = "", **flag: Any) -> Any:
@@ -229,18 +235,36 @@ def execute(runner: Runner, args: argparse.Namespace) -> Results:
     log: Log = logging.getLogger(runner.run.__module__).info if is_main() else quiet_log
     out = Path(args.out)
     t0 = time.perf_counter()
-    results = (variant or runner).run(cfg, out, log=log)
-    if not is_main():
-        return results
-    if variant is None and runner.write is not None:
-        runner.write(results, out)
-    lines = runner.summary(results, out) if variant is None and runner.summary is not None else []
     outputs = runner.outputs if variant is None else variant.outputs
+    if callable(getattr(cfg, "check", None)):
+        cfg.check()  # refuse impossible values before --out is touched
+    with _claim(runner, cfg, out, getattr(args, "overwrite", False), outputs):
+        results = (variant or runner).run(cfg, out, log=log)
+        if not is_main():
+            return results
+        if variant is None and runner.write is not None:
+            runner.write(results, out)
+    lines = runner.summary(results, out) if variant is None and runner.summary is not None else []
     if outputs:
         lines.append(_wrote(out, outputs, time.perf_counter() - t0))
     for line in lines:
         print(line)
     return results
+
+
+def _inputs(cfg: Any) -> list[str]:
+    """The folders a run reads: the values of its config's ``input`` fields."""
+    return [str(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+            if f.metadata.get("input") and getattr(cfg, f.name)]
+
+
+def _claim(runner: Runner, cfg: Any, out: Path, overwrite: bool,
+           outputs: Sequence[str]) -> OutputFile | OutputFolder:
+    """The output contract (adjinv.outdir) for ``out``: a file or a folder."""
+    if runner.out_file:
+        return OutputFile(out, inputs=_inputs(cfg))
+    return OutputFolder(out, overwrite, inputs=_inputs(cfg),
+                        files=[o for o in outputs if "/" not in o and "." in o])
 
 
 def build_parser(p: argparse.ArgumentParser, runner: Runner) -> argparse.ArgumentParser:
@@ -250,6 +274,10 @@ def build_parser(p: argparse.ArgumentParser, runner: Runner) -> argparse.Argumen
     else:
         p.add_argument("--out", default=runner.out_default,
                        help=f"{runner.out_help} (default {runner.out_default})")
+    if not runner.out_file:
+        p.add_argument("--overwrite", action="store_true",
+                       help="write into an existing non-empty folder that adjinv did not create "
+                            "(files with adjinv's output names are replaced; nothing else is)")
     p.add_argument("--config", metavar="JSON",
                    help=f"JSON file with {runner.config.__name__} fields; flags override it")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; on a "

@@ -1,7 +1,8 @@
 """Sec. 3.2.2–3.2.3 / C.3–C.4: holographic superposition (H1), re-measured with controls.
 
-Per image: the H1 statistics of docs/method.md §7 (:func:`~adjinv.paper.analysis.superposition.
-superposition_statistics`) of the deepest stage's channel inversions ``φ_{L,c}`` for
+Per image: the H1 statistics of docs/method.md §7 ([`
+superposition_statistics()`][adjinv.paper.analysis.superposition.
+superposition_statistics]) of the deepest stage's channel inversions ``φ_{L,c}`` for
 the ``max_channels`` live channels of largest simplex weight [choice: a cap so the
 runner finishes in minutes on a CPU; ``max_channels = 0`` takes every live channel],
 averaged over images with bootstrap intervals; beside them the three controls.

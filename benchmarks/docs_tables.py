@@ -1108,9 +1108,71 @@ def _paper_elements():
     return paper_elements
 
 
+def report_times() -> str:
+    """`adjinv invert` / `adjinv demo` seconds from benchmarks/results/breakdown/after.json."""
+    r = _json("breakdown/after.json")
+    ps = r["panels"]
+    partners = "swapped-seed partners"
+    one = sorted(p["seconds"] - p["panels_s"].get(partners, 0.0) for p in ps)
+    demo = sum(p["seconds"] for p in ps)
+    return (f"Measured (`benchmarks/results/breakdown/after.json`, commit {r['commit']}, "
+            f"{r['size']} px, {r['threads']} thread on a shared 2-core AMD EPYC, load average "
+            f"{r['load_average_start'][0]:.1f}): `adjinv invert photo.jpg` "
+            f"{one[len(one) // 2]:.0f} s per photo (median of {len(one)}; range "
+            f"{one[0]:.0f}–{one[-1]:.0f} s); the demo's {len(ps)} photos with their partners "
+            f"{demo:.0f} s. On two idle cores expect less; BENCHMARKS.md has the breakdown.")
+
+
+def breakdown_summary() -> str:
+    """Issue 27's measurements: where the time goes, the yardstick, what changed."""
+    before, after = _json("breakdown/before.json"), _json("breakdown/after.json")
+    k, y = after["kernels"], after["yardstick"]
+    conv = k["classes_s"]["convolutions"] / k["profiled_wall_s"]
+    by = y["flops_by_class"]
+    head = by.get("head 1x1 (first of the deepest stage)", 0.0) / y["flops"]
+    lines = [
+        f"- **Where the time goes** (deepest-stage synthesis, {k['channels']} channels in chunks "
+        f"of {k['chunk']}, {after['threads']} thread): convolutions {100 * conv:.0f} % of the "
+        "profiled wall time; "
+        + ", ".join(f"{c} {100 * v / k['profiled_wall_s']:.0f} %" for c, v in
+                    sorted(k["classes_s"].items(), key=lambda kv: -kv[1]) if c != "convolutions")
+        + ".",
+        f"- **Yardstick** (this CPU: {after['cpu_capability']}, no AVX-512 or bf16 units): the "
+        f"convolutions of one chunk re-run alone sustain {y['float32']['gflops_per_s']:.0f} "
+        f"GFLOP/s in float32 and {y['bfloat16']['gflops_per_s']:.1f} GFLOP/s in bfloat16 "
+        f"(emulated); a 1024² float32 matrix product {y['matmul_1024_float32_gflops_per_s']:.0f} "
+        f"GFLOP/s. The synthesis achieves {k['gflops_per_s']:.0f} GFLOP/s of convolution work: "
+        f"**{100 * after['achieved_fraction']:.0f} %** of the float32 yardstick "
+        f"({100 * before['achieved_fraction']:.0f} % before, another run of a loaded machine).",
+        f"- The first transpose of a deepest-stage seed (Lite0's 1×1 head, rank one for a "
+        f"one-channel seed) is {100 * head:.1f} % of a seed's convolution FLOPs: the most an "
+        "exact rank-one shortcut could save.",
+    ]
+    if "compile" in after:
+        c = after["compile"]
+        lines.append(f"- `torch.compile` (inductor, C++) of stage {c['stage']}'s transpose "
+                     f"(chunk {c['chunk']}): {c['compile_s']:.0f} s to compile, then "
+                     f"{c['compiled_ms']:.0f} ms per call against {c['eager_ms']:.0f} ms eager "
+                     f"(relative difference {c['relative_difference']:.1e}): not adopted.")
+    if "ab" in after:
+        rows = after["ab"]["rows"]
+        lines.append("- **The report, before and after, interleaved in one process** "
+                     f"({after['ab']['partners']} partners): "
+                     + "; ".join(f"{r['image']} {r['before_s']:.0f} s → {r['after_s']:.0f} s "
+                                 f"({r['before_s'] / r['after_s']:.2f}×)" for r in rows) + ".")
+    t = _json("training_step_ab.json")
+    lines.append("- **LAC training step** (Lite0, bundled LACs, "
+                 f"{t['size']} px, {t['threads']} thread, interleaved): "
+                 + "; ".join(f"channel fraction {r['channel_fraction']:g}: {r['before_s']:.1f} s → "
+                             f"{r['after_s']:.1f} s ({r['speedup']:.2f}×, gradients equal to "
+                             f"{r['gradient_relative_difference']:.0e})" for r in t["rows"]) + ".")
+    return "\n".join(lines)
+
+
 BLOCKS = {"corpus-summary": corpus_summary, "training-224": training_224,
           "heldout-224": heldout_224, "gradient-variance-224": gradient_variance_224,
           "cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
+          "report-times": report_times, "breakdown-summary": breakdown_summary,
           "leakage-table": leakage_table, "multipath-table": multipath_table,
           "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"),
           "reconstruction-full-table": lambda: reconstruction_table("reconstruction-full", wall=True),

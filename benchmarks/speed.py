@@ -544,7 +544,37 @@ def write_markdown(path: Path, result_files: Sequence[Path]) -> Path:
         if env.get("note"):
             parts += [f"_{env['note']}_", ""]
         parts += [tables(res["rows"])]
+    parts += breakdown_section(Path(path).parent / "benchmarks" / "results" / "breakdown")
     return atomic_write_text(path, "\n".join(parts))
+
+
+def breakdown_section(folder: Path) -> list[str]:
+    """"Where the time goes": the before/after tables of ``benchmarks/breakdown.py``."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from breakdown import table
+
+    files = [folder / "before.json", folder / "after.json"]
+    if not all(f.is_file() for f in files):
+        return []
+    runs = [json.loads(f.read_text()) | {"file": f.name} for f in files]
+    return ["", "## Where the time goes: benchmarks/results/breakdown/{before,after}.json", "",
+            "`python benchmarks/breakdown.py --threads 1 ...` (EfficientNet-Lite0, bundled LACs, "
+            "224 px, one thread: the machine's other core ran a LAC training job, and the load "
+            "average was "
+            + ", ".join(f"{r['load_average_start'][0]:.1f}–{r['load_average_end'][0]:.1f} ({r['label']})"
+                        for r in runs)
+            + ", so seconds are inflated and noisy; compare within a column). before: "
+            f"{', '.join(runs[0]['photos'])} with one partner each; after: "
+            f"{', '.join(runs[1]['photos'])} with two partners each (the demo). Kernel classes: "
+            "the first 64 live channels of the deepest-stage synthesis under the PyTorch profiler "
+            "(top-level ATen calls attributed to the code that issued them; Python overhead = wall "
+            "time no ATen call covers). Yardstick: the convolutions of one chunk re-run alone (same "
+            "shapes and weights); the achieved fraction is the synthesis's convolution GFLOP/s "
+            "over it. The CPU has AVX2 only (no AVX-512, no bf16 units): bfloat16 convolutions run "
+            "emulated.", "", table(runs), ""]
 
 
 # ----------------------------------------------------------------------------- main

@@ -28,10 +28,15 @@ def test_plain_module_matches_the_explicit_three_steps(model):
     inv = adjinv.Inverter(model, lacs="identity", encoder_kw={"probe_size": 64})
     assert isinstance(inv, torch.nn.Module) and inv.lacs_source == IDENTITY_SOURCE
     x = inv.encoder.normalize(smooth_image(32))
-    res = inv(x)
+    res = inv(x, stages="all")
     ref = adjinv.AdjointInverter(adjinv.encoder_from_module(model, probe_size=64)).invert(x)
     last = inv.encoder.num_stages - 1
     assert sorted(res.x_hat) == list(range(last + 1))
+    deepest = inv(x)  # the default: the deepest stage only, the same numbers
+    assert sorted(deepest.x_hat) == [last]
+    torch.testing.assert_close(deepest.x_hat[-1], res.x_hat[-1], rtol=1e-6, atol=1e-7)
+    with pytest.raises(AdjinvError, match="'all'"):
+        inv(x, stages="every")
     _close(res.x_hat[-1], ref.x_hat[last])
     _close(res.x_hat[0], ref.x_hat[0])
 
@@ -39,7 +44,7 @@ def test_plain_module_matches_the_explicit_three_steps(model):
 def test_results_index_by_negative_index_and_name(model):
     enc = staged_from_sequential(model)
     inv = adjinv.Inverter(enc, random_lacs(enc))
-    res = inv(enc.normalize(smooth_image(32)), top_k=2)
+    res = inv(enc.normalize(smooth_image(32)), top_k=2, stages="all")
     names = [i.name for i in enc.infos]
     for field in (res.x_hat, res.weights, res.channels, res.phi):
         assert isinstance(field, StageDict)

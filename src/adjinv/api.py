@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -105,7 +105,7 @@ class Inverter(nn.Module):
 
     # ------------------------------------------------------------------ inversion
     def forward(self, x: torch.Tensor, target: Target = None, *,
-                stages: Sequence[int | str] | None = None, top_k: int = 0,
+                stages: Sequence[int | str] | str | None = None, top_k: int = 0,
                 mode: str = "contribution", progress: Progress | None = None,
                 mass: float | None = None, max_channels: int | None = None) -> Inversion:
         """Same as [`invert()`][invert]."""
@@ -113,7 +113,7 @@ class Inverter(nn.Module):
                            progress=progress, mass=mass, max_channels=max_channels)
 
     def invert(self, x: torch.Tensor, target: Target = None, *,
-               stages: Sequence[int | str] | None = None, top_k: int = 0,
+               stages: Sequence[int | str] | str | None = None, top_k: int = 0,
                mode: str = "contribution", progress: Progress | None = None,
                mass: float | None = None, max_channels: int | None = None) -> Inversion:
         """The layer-wise reconstructions ``x̂_l`` (Eq. 8) and, with ``target``, the
@@ -126,7 +126,9 @@ class Inverter(nn.Module):
                 ``None`` skips
                 the class-directional synthesis. It shares the deepest stage's pass.
             stages: stages to reconstruct, by index (negative counts from the deepest), by
-                name or by the model's module path (``"layer4"``); default all.
+                name or by the model's module path (``"layer4"``); ``"all"`` for every stage
+                (the spectrum); default ``None``: the deepest stage only (each shallower
+                stage adds its own pull-backs; BENCHMARKS.md, "Where the time goes").
             top_k: also keep the ``top_k`` per-channel inversions ``φ_{l,c}`` with the
                 largest simplex weight (Eq. 2) at each stage.
             mode: the class direction ``α`` (``"contribution"``: ``W_{k,c} g_c``, the
@@ -146,7 +148,7 @@ class Inverter(nn.Module):
         """
         xs = self.prepare(x)
         target = class_target(target, self.encoder)
-        want = None if stages is None else [self._stage(s) for s in stages]
+        want = _wanted_stages(stages, self.encoder.num_stages, self._stage)
         _check_target(target, xs.shape[0])
         if mode not in MODES:
             raise AdjinvError(f"mode must be one of {MODES}, got {mode!r}")
@@ -218,6 +220,20 @@ class Inverter(nn.Module):
     def extra_repr(self) -> str:
         return (f"encoder={self.encoder.name!r}, stages={self.encoder.num_stages}, "
                 f"lacs={self.lacs_source!r}, normalize={self.normalize}")
+
+
+def _wanted_stages(stages: Sequence[int | str] | str | None, n: int,
+                   index: Callable[[int | str], int]) -> list[int]:
+    """The stages :meth:`Inverter.invert` reconstructs: ``None`` the deepest, ``"all"``
+    every one, else each entry as an index or name (docs/method.md §4)."""
+    if stages is None:
+        return [n - 1]
+    if isinstance(stages, str):
+        if stages != "all":
+            raise AdjinvError(f"stages={stages!r}: pass 'all', None (the deepest stage), or a "
+                              "list of stage indices or names, e.g. stages=[-1, 'stem']")
+        return list(range(n))
+    return [index(s) for s in stages]
 
 
 def _as_encoder(model: nn.Module | str, weights: str | os.PathLike | None,

@@ -105,23 +105,20 @@ def _bar(desc: str, total: int):
     return tqdm(total=total, desc=desc, unit="ch", leave=False, file=sys.stderr, disable=None)
 
 
-def _channel_progress():
-    state: dict = {}
+def _run_progress(total: int):
+    """One bar over the whole run (every photo's pull-backs), fed by the per-synthesis
+    ``(name, done, total)`` callbacks: each new synthesis restarts its own count."""
+    bar = _bar("adjinv", total)
+    state: dict = {"key": None, "done": 0}
 
     def cb(name: str, done: int, total: int) -> None:
-        bar = state.get("bar")
-        if bar is None or state.get("key") != (name, total) or done < bar.n:
-            if bar is not None:
-                bar.close()
-            state["bar"] = bar = _bar(f"{name}", total)
-            state["key"] = (name, total)
-        bar.update(done - bar.n)
+        if state["key"] != (name, total) or done < state["done"]:
+            state["key"], state["done"] = (name, total), 0
+        bar.set_postfix_str(name, refresh=False)
+        bar.update(done - state["done"])
+        state["done"] = done
 
-    def close() -> None:
-        if state.get("bar") is not None:
-            state["bar"].close()
-
-    return cb, close
+    return cb, bar.close
 
 
 def _warn(message: object) -> None:
@@ -171,7 +168,7 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     import html
 
     from .outdir import OutputFolder
-    from .viz.report import ReportConfig, deepest_acts, invert_one, write_index
+    from .viz.report import ReportConfig, deepest_acts, invert_one, planned_channels, write_index
 
     device = _device(args.device)
     enc, lacs, vanilla, source = _load(args)
@@ -186,7 +183,8 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
     enc = enc.to(device)
     out = Path(args.out)
     cfg = ReportConfig(size=args.size, top_k=top_k, chunk_size=args.chunk_size,
-                       precision=args.precision, mass=args.mass)
+                       precision=args.precision, mass=args.mass,
+                       partner_mass=None if args.partner_mass == 1 else args.partner_mass)
     _check_free_space(out, len(images) * (enc.num_stages + top_k + 6) * 3 * args.size ** 2)
     with OutputFolder(out, overwrite=args.overwrite, files=("index.html", "summary.json"),
                       folders=images) as claimed:
@@ -199,12 +197,15 @@ def _run_report(args: argparse.Namespace, images: dict, title: str) -> Path:
             print(f"adjinv: note: the index of {out}/ keeps {len(earlier)} image(s) of earlier "
                   f"runs ({', '.join(s['image'] for s in earlier)})", file=sys.stderr)
         print(f"encoder {enc.name} ({enc.num_stages} stages), LACs: {source}", file=sys.stderr)
-        cb, close = _channel_progress()
         summaries: list[dict] = []
         t0 = time.perf_counter()
         names = list(images)
         k = min(args.partners, len(names) - 1)
         acts = {n: deepest_acts(enc, images[n], args.size) for n in names} if k > 0 else {}
+        plan = {n: planned_channels(enc, images[n], cfg,
+                                    [acts[names[(i + j) % len(names)]] for j in range(1, k + 1)])
+                for i, n in enumerate(names)}
+        cb, close = _run_progress(sum(plan.values()))
         if args.partners and k < args.partners:
             print(f"adjinv: note: {len(names)} image(s) give {k} swapped-seed partner(s) per image "
                   f"(--partners {args.partners}); pass more images for more", file=sys.stderr)
@@ -522,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mass", type=_mass, default=None, help="anytime: synthesise only the "
                        "channels of largest weight up to this simplex mass in (0, 1], e.g. 0.95 "
                        "(default: all)")
+        p.add_argument("--partner-mass", type=_mass, default=0.9,
+                       help="anytime mass of each swapped-seed partner, in (0, 1]; its proven "
+                            "error bound is printed on the page (default 0.9; 1: exact)")
         p.add_argument("--device", default="cpu",
                        help="torch device to run on, e.g. cuda or cuda:1 (default cpu)")
         p.add_argument("--precision", choices=PRECISION_CHOICES, default="float32",

@@ -153,6 +153,12 @@ class StageAdjoint:
         # exists, so masks and sums may update it in place (fresh CPU allocations cost
         # as much as the arithmetic of an elementwise op).
         fresh = g.untyped_storage().data_ptr() != u.untyped_storage().data_ptr()
+        # Under autograd (LAC training), in-place ops on the many views here (channel
+        # splits, crops, permuted products) make autograd copy whole base tensors back
+        # (CopySlices), a large share of a training step's time (profiled on Lite0 at 96 px;
+        # benchmarks/training_step_ab.py times both). Out of place instead.
+        inplace = IN_PLACE_UNDER_AUTOGRAD or not _records(g)
+        fresh = fresh and inplace
         grads: dict[fx.Node, tuple[torch.Tensor, bool]] = {self._output: (g, fresh)}
         pending: dict[fx.Node, torch.Tensor] = {}  # Triton: a sum done inside the next mask
         for node in self._order:
@@ -164,8 +170,9 @@ class StageAdjoint:
                 entry = self._triton_mask(op, *entry, pending.pop(node, None), grads)
                 if entry is None:
                     continue
-            outs = self._transpose(op, entry[0], entry[1], n)
+            outs = self._transpose(op, entry[0], entry[1] and inplace, n)
             for src, (gs, own) in zip(op.args, outs, strict=True):
+                own = own and inplace
                 if src not in grads:
                     grads[src] = (gs, own)
                     continue
@@ -179,7 +186,7 @@ class StageAdjoint:
                 elif own:
                     grads[src] = (gs.add_(acc), True)
                 else:
-                    grads[src] = (acc + gs, True)
+                    grads[src] = (acc + gs, inplace)
         got = grads.get(self._placeholder)
         if got is None:  # the stage ignores its input: its Jacobian is zero
             return u.new_zeros(n, b, *self._in_shape[1:])
@@ -201,6 +208,11 @@ class StageAdjoint:
                 z = F.pad(z, (0, short_x, 0, short_y))
             return [(z[..., ty: ty + h, tx: tx + w], True)]
         if op.kind == "conv":
+            if d["matrix"] is not None and MATMUL_1X1 and g.device.type == "cpu" \
+                    and g.is_contiguous(memory_format=torch.channels_last):
+                nb, c, h, w = g.shape  # channels-last: (nb·h·w, c) rows in memory order
+                y = torch.mm(g.permute(0, 2, 3, 1).reshape(-1, c), d["matrix"])
+                return [(y.view(nb, h, w, -1).permute(0, 3, 1, 2), True)]
             args = (None, d["stride"], d["padding"], d["output_padding"], d["groups"], d["dilation"])
             y = F.conv_transpose2d(g, d["weight"], *args)
             if d["weight_lo"] is not None:
@@ -233,6 +245,9 @@ class StageAdjoint:
         if op.kind == "split":
             return [(part, own) for part in torch.split(g, d["sizes"], dim=1)]
         raise AssertionError(op.kind)
+
+
+IN_PLACE_UNDER_AUTOGRAD = False  # True: the in-place updates also when autograd records
 
 
 def _records(t: torch.Tensor) -> bool:
@@ -520,6 +535,25 @@ def _store_weight(w: torch.Tensor, dtype: torch.dtype,
             lo.contiguous(memory_format=fmt) if lo is not None else None)
 
 
+# A 1×1 stride-1 convolution's transpose on a channels-last CPU cotangent is one matrix
+# product (nb·h·w, C_out) @ (C_out, C_in) over rows already contiguous in memory, which
+# ran faster than oneDNN's transposed convolution on Lite0 (docs/speed.md) and equals it
+# (the same float32 sums; tests/test_fast_paths.py checks 1e-6).
+MATMUL_1X1 = True  # False: always conv_transpose2d (for ablations and the equality test)
+
+
+def _as_matrix(d: dict) -> torch.Tensor | None:
+    """The (C_out, C_in) matrix of a 1×1, stride-1, unpadded, ungrouped float32/float64
+    convolution with nothing to crop or add (else ``None``)."""
+    w = d["weight"]
+    if (w.shape[-2:] != (1, 1) or tuple(d["stride"]) != (1, 1) or tuple(d["padding"]) != (0, 0)
+            or tuple(d["output_padding"]) != (0, 0) or d["groups"] != 1
+            or tuple(d["dilation"]) != (1, 1) or d["crop"] is not None
+            or d["weight_lo"] is not None or w.dtype not in (torch.float32, torch.float64)):
+        return None
+    return w.reshape(w.shape[0], w.shape[1]).contiguous()
+
+
 def _finalize(ops: dict[fx.Node, _Op], fmt: torch.memory_format) -> None:
     """Fold each eval BatchNorm's scale into the convolution feeding only it (exact:
     ``(s ⊙ conv_W)ᵀ g = conv_{W·s}ᵀ g``), pick each convolution's form, and store
@@ -539,6 +573,8 @@ def _finalize(ops: dict[fx.Node, _Op], fmt: torch.memory_format) -> None:
             d = op.data
             d.pop("in_size", None)
             d["weight"], d["weight_lo"] = _store_weight(d["weight"], d.pop("dtype"), d.pop("fmt"))
+            if op.kind == "conv":
+                d["matrix"] = _as_matrix(d)
         elif op.kind == "scale":
             op.data["scale"] = op.data["scale"].to(op.data.pop("dtype"))
         elif op.kind == "mask":

@@ -131,6 +131,19 @@ class Inversion:
         return f"Inversion({', '.join(parts)})"
 
 
+@dataclass
+class AnytimeSynthesis:
+    """One weight set synthesised from its heaviest channels (:mod:`adjinv.core.anytime`):
+    ``x_hat`` (B, 3, H, W) with the omitted channels' ``LAC_pix`` bias added, and per
+    image the ``omitted_mass``, the proven ``error_bound_abs`` on ``‖x̂ − x̂^full‖`` and
+    ``error_bound`` on that relative to ``‖x̂^full‖``."""
+
+    x_hat: torch.Tensor
+    omitted_mass: torch.Tensor
+    error_bound_abs: torch.Tensor
+    error_bound: torch.Tensor
+
+
 def reference_input(x: torch.Tensor) -> torch.Tensor:
     """The fixed reference point of docs/method.md §16, shaped like the normalised batch
     ``x``: zero after normalisation, i.e. the colour at the centre of the encoder's
@@ -412,12 +425,34 @@ class AdjointInverter:
         """Record the omitted mass and the bounds of one anytime synthesis; return ``x_k``
         with the omitted channels' bias added
         ([`add_omitted_bias()`][adjinv.core.anytime.add_omitted_bias])."""
+        done = self._finish(x_k, w, chosen, radius)
+        res.omitted_mass[key] = done.omitted_mass
+        res.error_bound_abs[key], res.error_bound[key] = done.error_bound_abs, done.error_bound
+        return done.x_hat
+
+    def _finish(self, x_k: torch.Tensor, w: torch.Tensor, chosen: torch.Tensor,
+                radius: float) -> AnytimeSynthesis:
         om = omitted_weight(w, chosen)
         if bool((om != 0).any()):
             x_k = add_omitted_bias(x_k, omitted_weight(w, chosen, signed=True), self.lacs.pix)
-        res.omitted_mass[key] = om
-        res.error_bound_abs[key], res.error_bound[key] = error_bounds(x_k, om, radius)
-        return x_k
+        return AnytimeSynthesis(x_k, om, *error_bounds(x_k, om, radius))
+
+    def synthesize_anytime(self, lin: Linearization, stage: int, w: torch.Tensor, *,
+                           mass: float | None = None, max_channels: int | None = None,
+                           source: torch.Tensor | None = None,
+                           progress: Progress | None = None) -> AnytimeSynthesis:
+        """``Σ_c w_{b,c} φ_{stage,c}`` (Eq. 8) from the channels of largest ``|w|`` up to
+        ``mass`` (and at most ``max_channels``), with the proven bound of
+        :mod:`adjinv.core.anytime` (docs/method.md §4; the bound: docs/speed.md, "Anytime
+        inversion"); ``mass=None`` and ``max_channels=None``: every channel, bound 0.
+        ``source`` as in :meth:`synthesize` (e.g. another photo's ``A_L`` for the
+        swapped-seed control)."""
+        check_anytime_args(mass, max_channels)
+        chosen = select_channels(w, mass, max_channels)
+        radius = lac_pix_radius(self.lacs.pix, lin.x.shape[-2] * lin.x.shape[-1], lin.x.dtype)
+        sums, _ = self.synthesize(lin, stage, {"w": torch.where(chosen, w, torch.zeros_like(w))},
+                                  source=source, progress=progress)
+        return self._finish(sums["w"], w, chosen, radius)
 
     def _previewer(self, stage: int, w: torch.Tensor, chosen: torch.Tensor, radius: float,
                    preview: PreviewFn) -> ChunkFn:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..core.anytime import select_channels
 from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
 from ..core.simplex import simplex_measure
@@ -44,6 +45,10 @@ class ReportConfig:
     chunk_size: int | None = None
     precision: str = "float32"
     mass: float | None = None
+    partner_mass: float | None = 0.9
+    """Simplex mass of each swapped-seed partner's anytime synthesis (Eq. 8); its proven
+    error bound (docs/speed.md, "Anytime inversion") goes on the page. ``None``: every
+    channel (exact)."""
 
 
 def _scores(encoder: StagedEncoder, rec: torch.Tensor, img: torch.Tensor) -> dict[str, float]:
@@ -70,6 +75,22 @@ def deepest_acts(encoder: StagedEncoder, image: torch.Tensor, size: int) -> torc
         return encoder.forward_stages(x)[-1]
 
 
+def planned_channels(encoder: StagedEncoder, image: torch.Tensor, cfg: ReportConfig,
+                     partners: list[torch.Tensor] | None = None) -> int:
+    """How many channel pull-backs :func:`invert_one` will run on ``image`` (one forward):
+    the deepest stage's chosen channels, every shallower stage's live ones and each
+    partner's anytime selection — the total of a progress bar over a whole run."""
+    x = encoder.normalize(resize_center_crop(image, cfg.size).to(module_device(encoder)))[None]
+    with torch.no_grad(), encoder.frozen():
+        acts = encoder.forward_stages(x)
+    w = [simplex_measure(a) for a in acts]
+    n = int(select_channels(w[-1], cfg.mass, None).sum())
+    n += sum(int((v != 0).sum()) for v in w[:-1])
+    for a_p in partners or []:
+        n += int(select_channels(simplex_measure(a_p.to(acts[-1])), cfg.partner_mass, None).sum())
+    return n
+
+
 def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None,
                name: str, image: torch.Tensor, out: Path, cfg: ReportConfig,
                progress: Progress | None = None,
@@ -78,7 +99,9 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
 
     ``partners``: deepest activations of other photos ([`deepest_acts()`][deepest_acts]); each is
     pulled back through this image's Jacobians with its own simplex weights (the
-    swapped-seed control), and ``x̂_L − mean(swapped)`` is the feature-specific view
+    swapped-seed control), from its heaviest channels up to ``cfg.partner_mass`` with the
+    proven bound of docs/speed.md ("Anytime inversion") in ``summary["partners_anytime"]``;
+    ``x̂_L − mean(swapped)`` is the feature-specific view
     (docs/evidence.md). Every panel of the comparison row is shown through the same
     mapping (each RGB channel centred, then a robust min-max) with its Pearson r and
     affine-fitted SSIM.
@@ -86,6 +109,14 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
     The files are written into a hidden sibling folder that replaces ``out`` only once
     all of them are complete, so an interrupted run leaves no half-filled folder."""
     t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    clock = [t0]
+
+    def lap(panel: str) -> None:
+        now = time.perf_counter()
+        timing[panel] = timing.get(panel, 0.0) + now - clock[0]
+        clock[0] = now
+
     img = resize_center_crop(image, cfg.size).to(module_device(encoder))
     x = encoder.normalize(img)[None]
     inv = AdjointInverter(encoder, lacs, chunk_size=cfg.chunk_size, precision=cfg.precision)
@@ -106,19 +137,36 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
         if progress is not None:
             progress(name, done, total)
 
-    res = inv.invert(x, top_k=top_k, extra_weights=cd, progress=tick,
+    lap("forward")
+    last = encoder.num_stages - 1
+    # the deepest stage first (x̂_L, x̂^(k) and the top φ share its pass), then the exact
+    # spectrum of the shallower stages, each a pass of its own (BENCHMARKS.md)
+    res = inv.invert(x, stages=[last], top_k=top_k, extra_weights=cd, progress=tick,
                      mass=cfg.mass)
-    control = inv.seed_zero_control(x)[0]
-    raw_vanilla = inv.vanilla_gradient(x)
-    last_stage = encoder.num_stages - 1
-    swapped = []
-    if partners:
-        with torch.no_grad(), encoder.frozen():
-            lin = inv.linearize(x, last_stage)[0]
-            for a_p in partners:
-                a_p = a_p.to(lin.acts[last_stage])
-                sums, _ = inv.synthesize(lin, last_stage, {"s": simplex_measure(a_p)}, source=a_p)
-                swapped.append(sums["s"][0])
+    lap("x̂_L, class-directional, top channels")
+    if last > 0:
+        shallow = inv.invert(x, stages=list(range(last)), progress=tick)
+        for st in range(last):
+            res.x_hat[st], res.weights[st] = shallow.x_hat[st], shallow.weights[st]
+    lap("spectrum (shallower stages)")
+    partner_bounds: list[dict[str, float]] = []
+    with torch.no_grad(), encoder.frozen():
+        # one linearisation for the seed-zero control, the vanilla gradient and the partners
+        lin = inv.linearize(x, last)[0]
+        control = inv.cascade.pull_back(lin, last, torch.zeros_like(lin.acts[last])[None])[0][0]
+        lap("seed-zero control")
+        van_lin = lin if not inv.at_reference else inv.cascade.linearize(x, last)
+        raw_vanilla = inv.cascade.raw_pull_back(van_lin, last, van_lin.acts[last][None])[0]
+        lap("vanilla gradient")
+        swapped = []
+        for a_p in partners or []:
+            a_p = a_p.to(lin.acts[last])
+            part = inv.synthesize_anytime(lin, last, simplex_measure(a_p), mass=cfg.partner_mass,
+                                          source=a_p, progress=tick)
+            swapped.append(part.x_hat[0])
+            partner_bounds.append({"omitted_mass": float(part.omitted_mass[0]),
+                                   "error_bound": float(part.error_bound[0])})
+    lap("swapped-seed partners")
     last = encoder.num_stages - 1
     img = img.to(res.x.device, res.x.dtype)
     probs = res.logits.softmax(1)[0]
@@ -163,6 +211,7 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
             "seed_zero_control": _scores(encoder, control, img),
             "comparison": comparison,
             "partners": len(swapped),
+            "partners_anytime": {"mass": cfg.partner_mass, "per_partner": partner_bounds},
             "anytime": {"mass": cfg.mass, "omitted_mass": float(res.omitted_mass[last][0]),
                         "error_bound": float(res.error_bound[last][0])},
             "stages": stages,
@@ -181,13 +230,26 @@ def invert_one(encoder: StagedEncoder, lacs: LACBank, vanilla: VanillaMap | None
         else:
             summary["vanilla_gradient"] = {"unavailable": "no fitted vanilla map: the LAC checkpoint "
                                                           "has none (train LACs with adjinv train)"}
+        lap("scores and files")
         summary["seconds"] = time.perf_counter() - t0
+        summary["timing"] = timing
         atomic_write_json(out / "summary.json", finite_json(summary))
         publish_dir(out, final)
     except BaseException:  # interrupted or failed: leave no half-filled folder
         shutil.rmtree(out, ignore_errors=True)
         raise
     return summary
+
+
+def _partner_note(summary: dict) -> str:
+    """The anytime bound of the swapped-seed partners, for their captions."""
+    info = summary.get("partners_anytime") or {}
+    per = info.get("per_partner") or []
+    if info.get("mass") is None or not per:
+        return ""
+    worst = max(b["error_bound"] for b in per)
+    return (f" (partner from its heaviest channels up to simplex mass {info['mass']:g}: "
+            f"relative error ≤ {worst:.2g}, proven)")
 
 
 def image_section(summary: dict, prefix: str) -> str:
@@ -208,7 +270,8 @@ def image_section(summary: dict, prefix: str) -> str:
     ch = [figure(p + c["file"], f"channel {c['channel']} (w={c['weight']:.3g})")
           for c in s["top_channels"]]
     comp = s.get("comparison", [])
-    figs_cmp = [figure(p + c["file"], f"{c['label']}: r = {c['pearson']:.3f}, SSIM = {c['ssim_affine']:.3f}")
+    figs_cmp = [figure(p + c["file"], f"{c['label']}: r = {c['pearson']:.3f}, SSIM = {c['ssim_affine']:.3f}"
+                       + (_partner_note(s) if c["key"] in ("swapped", "feature_view") else ""))
                 for c in comp]
     rows = [["x̂_L (ours)", s["reconstruction"]["ssim"], s["reconstruction"]["psnr"]],
             ["control: seed zero", s["seed_zero_control"]["ssim"], s["seed_zero_control"]["psnr"]]]

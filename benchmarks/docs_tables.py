@@ -247,8 +247,8 @@ def _run_log(name: str) -> tuple[dict, list[dict]]:
 
 def training_224() -> str:
     """The 224 px corpus runs (Eq. 9 and Eq. 31) from their committed logs."""
-    lines = ["| objective | steps run | s per step (median) | hours of steps | validation ℓ1 of x̂_L: first check → best (step) → last | stopped |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| objective | steps run | s per step (median) | hours of steps | validation ℓ1 of x̂_L: "
+             "first check → best (step) → last | stopped |", "|---|---|---|---|---|---|"]
     for name in ("paper", "multipath"):
         if not (RESULTS / "training" / "lite0-224" / f"{name}.log.json").is_file():
             continue
@@ -290,8 +290,8 @@ def heldout_224() -> str:
              f"{r['total_stride']} (a photo's own share beside it).", ""]
     for size, per in r["sizes"].items():
         lines += [f"**{size} px**", "",
-                  "| LACs | Pearson r | affine SSIM | ℓ1 (Eq. 9) | lattice energy, stride 2 | lattice energy, stride "
-                  f"{r['total_stride']} |", "|---|---|---|---|---|---|"]
+                  "| LACs | Pearson r | affine SSIM | ℓ1 (Eq. 9) | lattice energy, stride 2 | "
+                  f"lattice energy, stride {r['total_stride']} |", "|---|---|---|---|---|---|"]
         for name in r["variants"]:
             m, ci = per[name]["mean"], per[name]["pearson_ci"]
             lines.append(f"| `{name}` | {m['pearson']:.3f} [{ci[1]:.3f}, {ci[2]:.3f}] | "
@@ -305,8 +305,8 @@ def heldout_224() -> str:
 
 def gradient_variance_224() -> str:
     """The one-pass sampled-x̂ step against the exact step (benchmarks/gradient_variance.py)."""
-    lines = ["| channel fraction (top share) | scheme | s per step | one-draw MSE | squared bias of the mean | cosine |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| channel fraction (top share) | scheme | s per step | one-draw MSE | "
+             "squared bias of the mean | cosine |", "|---|---|---|---|---|---|"]
     for f in ("005", "015"):
         r = _json(f"gradient_variance_128_f{f}_top05.json")
         for scheme, label in (("importance", "exact x̂, sampled gradient"),

@@ -224,7 +224,7 @@ class Inverter(nn.Module):
 
 def _wanted_stages(stages: Sequence[int | str] | str | None, n: int,
                    index: Callable[[int | str], int]) -> list[int]:
-    """The stages :meth:`Inverter.invert` reconstructs: ``None`` the deepest, ``"all"``
+    """The stages `Inverter.invert()` reconstructs: ``None`` the deepest, ``"all"``
     every one, else each entry as an index or name (docs/method.md §4)."""
     if stages is None:
         return [n - 1]

@@ -8,8 +8,8 @@ One place for what a run may do to its ``--out`` folder:
 - **marker**: ``.adjinv-output`` records the entries adjinv wrote there, so that a
   later run replaces only those;
 - **lock**: one run per folder (``filelock``; a second run is refused at once);
-- **atomic publish**: files through :func:`~adjinv.fileio.atomic_write_bytes`, folders
-  staged as ``.NAME.adjinv-partial`` and moved into place by :func:`publish_dir`;
+- **atomic publish**: files through [`atomic_write_bytes()`][adjinv.fileio.atomic_write_bytes], folders
+  staged as ``.NAME.adjinv-partial`` and moved into place by `publish_dir()`;
 - **nothing of the user's touched**: a folder or file adjinv did not write is never
   deleted, renamed or replaced by a folder; with ``--overwrite`` a user *file* with the
   name of one of adjinv's files is replaced (what the flag says); clean-up removes only
@@ -127,7 +127,7 @@ def remove_stale_temporaries(root: str | os.PathLike, owned: Iterable[str] = ())
 # ----------------------------------------------------------------------------- folders
 def staging_dir(final: str | os.PathLike) -> Path:
     """A fresh hidden sibling ``.NAME.adjinv-partial`` of ``final`` to fill before
-    :func:`publish_dir`."""
+    `publish_dir()`."""
     f = Path(final)
     tmp = f.parent / f".{f.name}{PARTIAL_TAG}"
     if tmp.exists():
@@ -138,7 +138,7 @@ def staging_dir(final: str | os.PathLike) -> Path:
 
 def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
     """Move a completed staging folder to ``final``, replacing an older one that adjinv
-    wrote (the caller claimed ``final`` through :meth:`OutputFolder.claim`)."""
+    wrote (the caller claimed ``final`` through `OutputFolder.claim()`)."""
     t, f = Path(tmp), Path(final)
     if f.exists() and (f.is_symlink() or not f.is_dir()):
         raise AdjinvError(f"{str(f)!r} is a file, not a folder adjinv wrote; move it away "
@@ -168,7 +168,7 @@ def _rank() -> int:
 
 def lock_path(path: str | os.PathLike, what: str) -> FileLock:
     """Hold a lock on ``path`` (a lock file), refusing at once when another run holds it
-    (or has just removed that file, see :class:`OutputFile`)."""
+    (or has just removed that file, see `OutputFile`)."""
     lock = FileLock(str(path))
     busy = AdjinvError(f"another adjinv run is writing {what}; wait for it to finish or "
                        "choose another --out")

@@ -3,9 +3,9 @@
 At a fixed image every stage of a ReLU CNN is, to first order, a chain of linear
 maps: convolutions (with eval-mode BatchNorm folded into them), the ReLU/ReLU6
 masks of the image, max-pool routing, sums and channel concatenations. A stage
-is traced once with :mod:`torch.fx`; :func:`build_stage_adjoint` runs its
+is traced once with `torch.fx`; `build_stage_adjoint()` runs its
 forward, records what each op's transpose needs, and returns a
-:class:`StageAdjoint` that applies ``J_fᵀ`` to a whole chunk of cotangents with
+`StageAdjoint` that applies ``J_fᵀ`` to a whole chunk of cotangents with
 plain tensor ops (``conv_transpose2d`` on ``N·B`` maps, channels-last when
 asked). Compared with ``vmap`` over ``torch.func.vjp`` this skips the autograd
 engine, the batching rules' copies and every BatchNorm backward, and lets
@@ -16,10 +16,10 @@ exactly, or a subclass that does not override ``forward`` (a subclass that does,
 as a BatchNorm with a fused activation or a max-pool with its own padding, computes
 something else, so it is traced into or left to autograd). Anything the tracer cannot
 follow, or an op outside the supported set (LayerNorm, GELU, attention,
-training-mode BatchNorm, …), makes :func:`build_stage_adjoint` return ``None``; the
+training-mode BatchNorm, …), makes `build_stage_adjoint()` return ``None``; the
 cascade then uses ``torch.func.vjp`` for that stage, so every encoder still works.
 Equality with the autograd VJP is tested in float64, and the cascade checks every
-explicit stage against it once per linearisation (:class:`~adjinv.core.cascade.AdjointCascade`).
+explicit stage against it once per linearisation ([`AdjointCascade`][adjinv.core.cascade.AdjointCascade]).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class StageAdjoint:
 
     def use_triton(self) -> None:
         """Apply masks and the residual sums after them with the Triton kernel of
-        :mod:`adjinv.core.triton_kernels` (bits packed here), where it applies."""
+        [`adjinv.core.triton_kernels`][adjinv.core.triton_kernels] (bits packed here), where it applies."""
         from .triton_kernels import pack_mask
 
         for op in self._ops.values():
@@ -258,7 +258,7 @@ def _into_compute(u: torch.Tensor, dtype: torch.dtype,
                   fmt: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Cotangents (NB, C, h, w) in the compute dtype and memory format, and, for float16
     (range 6e-8 … 65504), the per-item scale that put every maximum at 1 (the transpose
-    is linear: :func:`_out_of_compute` puts it back)."""
+    is linear: `_out_of_compute()` puts it back)."""
     if dtype != torch.float16:
         return u.to(dtype).contiguous(memory_format=fmt), None
     dims = (1, 2, 3)
@@ -320,8 +320,8 @@ def build_stage_adjoint(body: nn.Module, x: torch.Tensor, *, channels_last: bool
     its Jacobian there, or ``None`` if the stage has an op without one.
 
     ``dtype`` (default: ``x``'s) is the precision the transpose computes in (float16:
-    see :mod:`adjinv.core.precision`); ``channels_last`` stores its maps in that memory
-    format; ``kernels="triton"`` fuses masks with residual sums (:meth:`StageAdjoint.use_triton`)."""
+    see [`adjinv.core.precision`][adjinv.core.precision]); ``channels_last`` stores its maps in that memory
+    format; ``kernels="triton"`` fuses masks with residual sums (`StageAdjoint.use_triton()`)."""
     graph = _trace(body)
     if graph is None:
         return None

@@ -47,7 +47,7 @@ class Linearization:
 
     @property
     def explicit(self) -> list[bool]:
-        """Per stage: the explicit transpose (:mod:`adjinv.core.adjoint`), or ``vmap``
+        """Per stage: the explicit transpose ([`adjinv.core.adjoint`][adjinv.core.adjoint]), or ``vmap``
         over autograd's VJP."""
         return [isinstance(pb, StageAdjoint) for pb in self.pullbacks]
 
@@ -82,14 +82,14 @@ class AdjointCascade:
     with BatchNorm folded in, masks, routing; by default channels-last except for IEEE
     float32 on CUDA, as measured in docs/speed.md) and uses ``vmap`` over ``torch.func.vjp`` for the
     rest; ``engine="autograd"`` uses the latter everywhere. ``precision`` is one of
-    :data:`adjinv.core.precision.PRECISIONS`.
+    [`adjinv.core.precision.PRECISIONS`][adjinv.core.precision.PRECISIONS].
 
     ``verify`` (default on): every explicitly transposed stage is checked, each time it is
     linearised, against ``torch.func.vjp`` on one random cotangent (and its output against
-    the autograd forward); beyond :data:`VERIFY_RTOL` for the compute dtype the stage uses
+    the autograd forward); beyond `VERIFY_RTOL` for the compute dtype the stage uses
     autograd instead, with a warning naming its module types.
     ``kernels="triton"`` runs masks with their residual sums and the LACs as Triton kernels
-    (:mod:`adjinv.core.triton_kernels`; CUDA, default off: not yet measured faster).
+    ([`adjinv.core.triton_kernels`][adjinv.core.triton_kernels]; CUDA, default off: not yet measured faster).
     """
 
     def __init__(self, encoder: StagedEncoder, lacs: LACBank, *, engine: str = "auto",

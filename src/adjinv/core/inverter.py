@@ -133,7 +133,7 @@ class Inversion:
 
 @dataclass
 class AnytimeSynthesis:
-    """One weight set synthesised from its heaviest channels (:mod:`adjinv.core.anytime`):
+    """One weight set synthesised from its heaviest channels ([`adjinv.core.anytime`][adjinv.core.anytime]):
     ``x_hat`` (B, 3, H, W) with the omitted channels' ``LAC_pix`` bias added, and per
     image the ``omitted_mass``, the proven ``error_bound_abs`` on ``‖x̂ − x̂^full‖`` and
     ``error_bound`` on that relative to ``‖x̂^full‖``."""
@@ -443,9 +443,9 @@ class AdjointInverter:
                            progress: Progress | None = None) -> AnytimeSynthesis:
         """``Σ_c w_{b,c} φ_{stage,c}`` (Eq. 8) from the channels of largest ``|w|`` up to
         ``mass`` (and at most ``max_channels``), with the proven bound of
-        :mod:`adjinv.core.anytime` (docs/method.md §4; the bound: docs/speed.md, "Anytime
+        [`adjinv.core.anytime`][adjinv.core.anytime] (docs/method.md §4; the bound: docs/speed.md, "Anytime
         inversion"); ``mass=None`` and ``max_channels=None``: every channel, bound 0.
-        ``source`` as in :meth:`synthesize` (e.g. another photo's ``A_L`` for the
+        ``source`` as in `synthesize()` (e.g. another photo's ``A_L`` for the
         swapped-seed control)."""
         check_anytime_args(mass, max_channels)
         chosen = select_channels(w, mass, max_channels)

@@ -17,13 +17,13 @@ IDENTITY_SOURCE = "identity (untrained)"
 
 
 class LoadedLACs(NamedTuple):
-    """What :func:`load_lacs` found.
+    """What `load_lacs()` found.
 
     Attributes:
         lacs: the LAC bank (γ/β of every corrector).
         vanilla_map: the vanilla-gradient baseline's fitted per-RGB map stored beside the
             LACs, or ``None`` when the checkpoint has none (identity LACs never do).
-        source: the checkpoint path, or :data:`IDENTITY_SOURCE` for the identity fallback.
+        source: the checkpoint path, or `IDENTITY_SOURCE` for the identity fallback.
 
     A named tuple, so it also unpacks as before: ``lacs, vanilla_map, source = load_lacs(enc)``.
     """
@@ -47,13 +47,13 @@ def load_lacs(encoder: StagedEncoder, path: str | os.PathLike | None = None, *,
         encoder: the encoder the LACs must fit (checked against the checkpoint's layout
             and weights hash).
         path: a LAC checkpoint (``.safetensors``), the name of a bundled variant
-            (:func:`~adjinv.lacs.checkpoint.bundled_variants`), or ``None`` for the bundled
+            ([`bundled_variants()`][adjinv.lacs.checkpoint.bundled_variants]), or ``None`` for the bundled
             default.
         allow_other_weights: accept a checkpoint made for other weights of the same
             architecture.
 
     Returns:
-        A :class:`LoadedLACs` (``.lacs``, ``.vanilla_map``, ``.source``), which also
+        A `LoadedLACs` (``.lacs``, ``.vanilla_map``, ``.source``), which also
         unpacks as ``(lacs, vanilla_map, source)``.
     """
     path = resolve_checkpoint(encoder.name, path)
@@ -72,6 +72,6 @@ def load_lacs(encoder: StagedEncoder, path: str | os.PathLike | None = None, *,
 
 def load_inverter(name: str = "efficientnet_lite0", weights: str | os.PathLike | None = None,
                   lac: str | os.PathLike | None = None, **kw: Any) -> AdjointInverter:
-    """One call from a registry name to a ready :class:`AdjointInverter` with trained LACs."""
+    """One call from a registry name to a ready `AdjointInverter` with trained LACs."""
     enc = load_encoder(name, weights)
     return AdjointInverter(enc, load_lacs(enc, lac).lacs, **kw)

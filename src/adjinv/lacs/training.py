@@ -77,7 +77,7 @@ _RESUME_KEYS = ("lr", "size", "batch_size", "seed", "channel_fraction", "min_cro
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of :func:`train_lacs` (stored in checkpoints)."""
+    """Hyper-parameters of `train_lacs()` (stored in checkpoints)."""
 
     steps: int = 150
     lr: float = 0.02
@@ -197,7 +197,7 @@ def _backward(inverter: AdjointInverter, lin: Linearization, stage: int,
               terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
     """Accumulate ``∂/∂(γ,β) Σ_terms ⟨Σ_c W_{b,c} Ψ(E_c ⊙ source), cot⟩`` into the ``.grad``
     of the trainable LAC parameters: each term is ``(source (B,C,h,w), W (B,C), cot
-    (B,3,H,W))``; chunked so memory stays at one chunk (:meth:`AdjointInverter.chunks`,
+    (B,3,H,W))``; chunked so memory stays at one chunk (`AdjointInverter.chunks()`,
     docs/method.md §3). A chunk's gradients are added only once all its terms are
     through, so a chunk retried after out-of-memory is never counted twice."""
     live = torch.zeros(terms[0][1].shape[1], dtype=torch.bool, device=lin.x.device)
@@ -246,12 +246,12 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
     objective into the LAC γ/β (``backward=True``) and return what it measured.
 
     ``x̂_L`` (and ``x̂_swap``, and every ``x̂_l`` for ``"multipath"``) are exact; with
-    ``channel_fraction < 1`` the gradient is importance-sampled (:func:`sample_weights`,
+    ``channel_fraction < 1`` the gradient is importance-sampled (`sample_weights()`,
     the same fraction at every stage) and unbiased. ``total``: the number of images the
     loss averages over (the global batch when ranks split one; default ``B``).
 
     ``xhat="sampled"`` (``"paper"`` objective): one set of sampled weights ŵ
-    (:func:`sample_weights` with ``top``) serves both passes: ``x̂`` is the unbiased
+    (`sample_weights()` with ``top``) serves both passes: ``x̂`` is the unbiased
     estimate ``Σ ŵ_c φ_c`` and the gradient is that of ``ℓ1(Σ ŵ_c φ_c, x)``, so no pass
     covers every live channel. The reported ``l1`` is then that of the estimate
     (docs/method.md §4; its gradient against the exact step: benchmarks/gradient_variance.py)."""
@@ -399,7 +399,7 @@ def _step_dir(checkpoint: str | os.PathLike) -> Path:
 
 
 def kept_checkpoints(checkpoint: str | os.PathLike) -> list[Path]:
-    """The LAC copies that :func:`train_lacs` kept along training (``keep_every``), by step."""
+    """The LAC copies that `train_lacs()` kept along training (``keep_every``), by step."""
     d = _step_dir(checkpoint)
     return sorted(d.glob("step-*.lac.safetensors")) if d.is_dir() else []
 
@@ -466,7 +466,7 @@ def train_lacs(
     Args:
         encoder: the frozen encoder.
         images: training photos; random crops of ``config.size`` px.
-        config: hyper-parameters; see :class:`TrainConfig`.
+        config: hyper-parameters; see `TrainConfig`.
         checkpoint: state file (LACs, Adam moments, step, history, best LACs), written
             atomically every ``config.checkpoint_every`` steps and at the end, with a
             JSON/CSV log and a loss plot beside it; ``config.keep_every`` also keeps

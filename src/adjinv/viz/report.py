@@ -77,7 +77,7 @@ def deepest_acts(encoder: StagedEncoder, image: torch.Tensor, size: int) -> torc
 
 def planned_channels(encoder: StagedEncoder, image: torch.Tensor, cfg: ReportConfig,
                      partners: list[torch.Tensor] | None = None) -> int:
-    """How many channel pull-backs :func:`invert_one` will run on ``image`` (one forward):
+    """How many channel pull-backs `invert_one()` will run on ``image`` (one forward):
     the deepest stage's chosen channels, every shallower stage's live ones and each
     partner's anytime selection — the total of a progress bar over a whole run."""
     x = encoder.normalize(resize_center_crop(image, cfg.size).to(module_device(encoder)))[None]

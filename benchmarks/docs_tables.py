@@ -282,7 +282,8 @@ def heldout_224() -> str:
     """x̂_L of the LAC variants on every held-out photo (benchmarks/heldout_eval.py)."""
     p = RESULTS / "heldout-224" / "eval.json"
     if not p.is_file():
-        return "Not run yet: `python benchmarks/heldout_eval.py` writes `benchmarks/results/heldout-224/eval.json`."
+        return ("Not run yet: `python benchmarks/heldout_eval.py` writes "
+                "`benchmarks/results/heldout-224/eval.json`.")
     r = json.loads(p.read_text())
     lines = [f"EfficientNet-Lite0, {len(r['photos'])} held-out photos (5 embedded, "
              f"{len(r['photos']) - 5} from the corpus), centre crops; mean over photos "

@@ -278,6 +278,27 @@ def training_224() -> str:
     return "\n".join(lines)
 
 
+def validation_224() -> str:
+    """The choice a default is made on: validation ℓ1 of x̂_L at 224 px, earlier LACs beside
+    the runs' best checks (benchmarks/heldout_eval.py --split validation; the runs' logs)."""
+    r = _json("heldout-224/validation-old.json")
+    per = r["sizes"]["224"]
+    lines = [f"Validation ℓ1 of x̂_L (Eq. 9) on the corpus's {len(r['photos'])} colour validation "
+             "photos, 224 px centre crops (the crops the runs validate on):", "",
+             "| LACs | validation ℓ1 | Pearson r |", "|---|---|---|"]
+    for name in r["variants"]:
+        lines.append(f"| `{name}` | {per[name]['mean']['l1']:.4f} | {per[name]['mean']['pearson']:.3f} |")
+    for name in ("paper", "multipath"):
+        if (RESULTS / "training" / "lite0-224" / f"{name}.log.json").is_file():
+            _, log = _run_log(name)
+            val = [x for x in log if "val_l1" in x]
+            if val:
+                best = min(val, key=lambda x: x["val_l1"])
+                lines.append(f"| 224 px run `{name}`, best check (step {best['step']}) | "
+                             f"{best['val_l1']:.4f} | — |")
+    return "\n".join(lines)
+
+
 def heldout_224() -> str:
     """x̂_L of the LAC variants on every held-out photo (benchmarks/heldout_eval.py)."""
     p = RESULTS / "heldout-224" / "eval.json"
@@ -1173,7 +1194,8 @@ def breakdown_summary() -> str:
 
 
 BLOCKS = {"corpus-summary": corpus_summary, "training-224": training_224,
-          "heldout-224": heldout_224, "gradient-variance-224": gradient_variance_224,
+          "heldout-224": heldout_224, "validation-224": validation_224,
+          "gradient-variance-224": gradient_variance_224,
           "cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
           "report-times": report_times, "breakdown-summary": breakdown_summary,
           "leakage-table": leakage_table, "multipath-table": multipath_table,

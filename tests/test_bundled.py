@@ -62,3 +62,26 @@ def test_trained_lacs_lower_the_validation_loss():
     l1 = [float((adjinv.AdjointInverter(enc, bank).invert(x, stages=[last]).x_hat[last] - x).abs().mean())
           for bank in (LACBank.for_encoder(enc), lacs)]
     assert l1[1] < l1[0], l1
+
+
+def test_the_224_px_variant_saw_only_the_corpus_training_photos():
+    """``paper-224``: Eq. 9 at 224 px on the corpus (docs/evidence.md, Result 6): trained on the
+    corpus's colour training photos only, its weights chosen on the validation photos."""
+    import json
+    from pathlib import Path
+
+    path = bundled_checkpoint("efficientnet_lite0", "paper-224")
+    assert path is not None and path.stat().st_size < 64_000
+    meta, tensors = read_checkpoint(path)
+    assert not any(k.startswith(("extra.adam.", "extra.last.", "extra.best.")) for k in tensors)
+    assert meta["variant"] == "paper-224" and meta["training"]["objective"] == "paper"
+    assert meta["training"]["size"] == 224 and meta["complete"]
+    assert meta["step"] == meta["weights_step"] == meta["early_stopping"]["best_step"]
+    manifest = Path(__file__).resolve().parent.parent / "benchmarks" / "corpus" / "manifest.json"
+    rows = json.loads(manifest.read_text())["photos"]
+    trained_on = {n.split(":", 1)[1] for n in meta["training"]["images"]}
+    assert all(n.startswith("corpus:") for n in meta["training"]["images"])
+    assert trained_on == {r["name"] for r in rows if r["split"] == "train" and not r["greyscale"]}
+    assert not trained_on & ({r["name"] for r in rows if r["split"] != "train"} | set(HELDOUT))
+    enc = adjinv.load_encoder("efficientnet_lite0")
+    assert adjinv.load_lacs(enc, "paper-224").vanilla_map is not None

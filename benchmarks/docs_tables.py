@@ -278,6 +278,21 @@ def training_224() -> str:
     return "\n".join(lines)
 
 
+def gamma_pix() -> str:
+    """γ_pix (R, G, B) of every bundled Lite0 LAC variant, read from the checkpoints."""
+    from safetensors import safe_open
+
+    weights = REPO / "src" / "adjinv" / "lacs" / "weights"
+    lines = ["| bundled LACs | γ_pix (R, G, B) | β_pix (R, G, B) |", "|---|---|---|"]
+    for path in sorted(weights.glob("efficientnet_lite0*.lac.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["adjinv"])
+            g, b = f.get_tensor("lac.lacs.pix.gamma"), f.get_tensor("lac.lacs.pix.beta")
+        lines.append(f"| `{meta.get('variant', path.name)}` | " + ", ".join(f"{v:.3f}" for v in g.tolist())
+                     + " | " + ", ".join(f"{v:.3f}" for v in b.tolist()) + " |")
+    return "\n".join(lines)
+
+
 def validation_224() -> str:
     """The choice a default is made on: validation ℓ1 of x̂_L at 224 px, earlier LACs beside
     the runs' best checks (benchmarks/heldout_eval.py --split validation; the runs' logs)."""
@@ -1194,7 +1209,7 @@ def breakdown_summary() -> str:
 
 
 BLOCKS = {"corpus-summary": corpus_summary, "training-224": training_224,
-          "heldout-224": heldout_224, "validation-224": validation_224,
+          "heldout-224": heldout_224, "validation-224": validation_224, "gamma-pix": gamma_pix,
           "gradient-variance-224": gradient_variance_224,
           "cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
           "report-times": report_times, "breakdown-summary": breakdown_summary,

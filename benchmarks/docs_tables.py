@@ -76,9 +76,9 @@ def reconstruction_table(folder: str = "reconstruction", wall: bool = False) -> 
     return "\n".join(lines)
 
 
-def leakage_table() -> str:
+def leakage_table(folder: str = "leakage") -> str:
     """The leakage comparison of the training objectives (benchmarks/leakage.py)."""
-    text = (RESULTS / "leakage" / "leakage.md").read_text()
+    text = (RESULTS / folder / "leakage.md").read_text()
     return "\n".join(text.splitlines()[2:]).strip()
 
 
@@ -1210,6 +1210,7 @@ def breakdown_summary() -> str:
 
 BLOCKS = {"corpus-summary": corpus_summary, "training-224": training_224,
           "heldout-224": heldout_224, "validation-224": validation_224, "gamma-pix": gamma_pix,
+          "leakage-224-table": lambda: leakage_table("leakage-224"),
           "gradient-variance-224": gradient_variance_224,
           "cluster-projection": cluster_projection, "reconstruction-table": reconstruction_table,
           "report-times": report_times, "breakdown-summary": breakdown_summary,

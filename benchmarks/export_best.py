@@ -16,7 +16,7 @@ from adjinv import load_encoder
 from adjinv.core.inverter import AdjointInverter
 from adjinv.errors import AdjinvError
 from adjinv.lacs.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from adjinv.lacs.training import _step_dir, fit_vanilla
+from adjinv.lacs.training import fit_vanilla, kept_checkpoints
 from adjinv.paper.data.corpus import load_corpus_split
 
 
@@ -32,9 +32,10 @@ def main() -> None:
     step = int(es.get("best_step", 0))
     if step <= 0:
         raise SystemExit("the run has no validation check yet: nothing to choose from")
-    kept = _step_dir(args.run) / f"step-{step:05d}.lac.safetensors"
-    if not kept.is_file():
-        raise SystemExit(f"no kept copy of step {step} ({kept}): keep_every must divide validate_every")
+    kept = next((p for p in kept_checkpoints(args.run) if p.name == f"step-{step:05d}.lac.safetensors"),
+                None)
+    if kept is None:
+        raise SystemExit(f"no kept copy of step {step}: keep_every must divide validate_every")
     cfg = meta["training"]
     enc = load_encoder(meta["encoder"]["name"])
     lacs, _ = load_checkpoint(kept, enc)

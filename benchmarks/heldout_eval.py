@@ -17,6 +17,8 @@ encoder's total stride, beside the same share for the photo itself. Writes JSON.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ from adjinv.fileio import atomic_write_json
 from adjinv.images.files import resize_center_crop
 from adjinv.images.photos import split_photos
 from adjinv.lacs.bundled import load_lacs
+from adjinv.lacs.checkpoint import resolve_checkpoint
 from adjinv.metrics.likeness import affine_ssim, bootstrap_ci, pearson_rgb
 from adjinv.paper.data.corpus import load_corpus_split
 
@@ -51,6 +54,28 @@ def _lacs(enc, spec: str) -> LACBank:
     if spec == "identity":
         return LACBank.for_encoder(enc)
     return load_lacs(enc, spec.removeprefix("bundled:"))[0]
+
+
+def _previous(out: Path, res: dict) -> dict[str, dict]:
+    """Per size, the variants an earlier run into ``out`` measured on the same photos with
+    the same spec (a bundled name counts only while its file is unchanged: the spec of a
+    bundled variant includes its sha256), so that adding a variant re-measures only it."""
+    if not out.is_file():
+        return {}
+    prev = json.loads(out.read_text())
+    if prev.get("photos") != res["photos"] or prev.get("encoder") != res["encoder"]:
+        return {}
+    same = {n for n, s in res["variants"].items()
+            if prev.get("variants", {}).get(n) == s and prev.get("hashes", {}).get(n) == res["hashes"][n]}
+    return {size: {n: r for n, r in per.items() if n in same} for size, per in prev["sizes"].items()}
+
+
+def _spec_hash(enc, spec: str) -> str:
+    """sha256 of the checkpoint a spec names ("identity" for identity LACs)."""
+    if spec == "identity":
+        return "identity"
+    path = resolve_checkpoint(enc.name, spec.removeprefix("bundled:"))
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else "identity"
 
 
 def main() -> None:
@@ -77,13 +102,19 @@ def main() -> None:
     variants = dict(v.split("=", 1) for v in args.variants)
     last = enc.num_stages - 1
     res: dict = {"encoder": args.encoder, "split": args.split, "photos": list(photos), "variants": variants,
-                 "total_stride": enc.total_stride, "sizes": {}}
+                 "total_stride": enc.total_stride, "sizes": {},
+                 "hashes": {n: _spec_hash(enc, s) for n, s in variants.items()}}
+    old = _previous(Path(args.out), res)
     for size in (int(s) for s in args.sizes.split(",")):
         x01 = torch.stack([resize_center_crop(p, size) for p in photos.values()])
         x = enc.normalize(x01)
         per: dict[str, dict[str, list[float]]] = {}
         photo_lat = [[lattice_energy(xi, 2), lattice_energy(xi, enc.total_stride)] for xi in x01]
         for name, spec in variants.items():
+            if name in old.get(str(size), {}):  # measured before on the same photos and spec
+                per[name] = old[str(size)][name]
+                logging.info("%d px %s: kept from %s", size, name, args.out)
+                continue
             inv = AdjointInverter(enc, _lacs(enc, spec))
             rows: dict[str, list[float]] = {"pearson": [], "ssim_affine": [], "l1": [],
                                             "lattice_2": [], "lattice_total": []}

@@ -11,7 +11,15 @@ from adjinv.errors import AdjinvError
 from adjinv.metrics.lpips import load_lpips
 from adjinv.metrics.reconstruction import ssim
 from adjinv.paper.baselines.mahendran import MVConfig, mahendran_vedaldi, robust_inversion, total_variation
-from adjinv.paper.baselines.upconv import UpConvConfig, UpConvDecoder, train_upconv, upconv_reconstruct
+from adjinv.paper.baselines.upconv import (
+    UpConvConfig,
+    UpConvDecoder,
+    crop_bank,
+    export_upconv,
+    load_upconv,
+    train_upconv,
+    upconv_reconstruct,
+)
 from conftest import smooth_image, staged_from_sequential, tiny_relu_cnn
 
 
@@ -71,7 +79,7 @@ def test_upconv_resume_is_bit_identical(tiny32, tmp_path):
     full, lf = train_upconv(tiny32, imgs, UpConvConfig(steps=6, **cfg), checkpoint=tmp_path / "a.st")
     train_upconv(tiny32, imgs, UpConvConfig(steps=3, **cfg), checkpoint=tmp_path / "b.st")
     resumed, lr = train_upconv(tiny32, imgs, UpConvConfig(steps=6, **cfg), checkpoint=tmp_path / "b.st")
-    assert lf == lr
+    assert lf == lr and lf.stopped == lr.stopped == "steps"
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
     # a complete checkpoint is loaded, not retrained
@@ -81,6 +89,132 @@ def test_upconv_resume_is_bit_identical(tiny32, tmp_path):
     with pytest.raises(AdjinvError, match="differ"):
         train_upconv(tiny32, imgs, UpConvConfig(steps=6, **{**cfg, "batch_size": 3}),
                      checkpoint=tmp_path / "b.st")
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_at(n: int):
+    def progress(step: int, total: int, loss: float) -> None:
+        if step == n:
+            raise _Crash
+
+    return progress
+
+
+def test_upconv_early_stopping_returns_the_best_decoder(tiny32, tmp_path):
+    # lr 0.05 overshoots: the validation loss is lowest at the first check, then rises
+    imgs, val = smooth_image(32, batch=3, seed=4), smooth_image(32, batch=2, seed=7)
+    cfg = UpConvConfig(steps=40, batch_size=2, lr=0.05, width=16, min_width=8, validate_every=2,
+                       patience=2)
+    dec, hist = train_upconv(tiny32, imgs, cfg, checkpoint=tmp_path / "a.st", val_images=val)
+    vals = [r["val_loss"] for r in hist.validation]
+    assert hist.stopped == "plateau" and len(hist) < cfg.steps
+    assert len(hist) == hist.best_step + cfg.patience * cfg.validate_every
+    assert hist.best_val == min(vals) < vals[-1]
+    assert hist.best_step == hist.validation[vals.index(min(vals))]["step"]
+    # the decoder returned is the best one, not the last: its validation loss is best_val
+    feats = tiny32.forward_stages(tiny32.normalize(val))[-1]
+    with torch.no_grad():
+        got = float(torch.nn.functional.mse_loss(dec(feats, (32, 32)), tiny32.normalize(val)))
+    assert got == pytest.approx(hist.best_val, rel=1e-6)
+    # a finished (plateaued) run is loaded, not trained on, even with a higher step cap
+    again, h2 = train_upconv(tiny32, imgs, UpConvConfig(**{**cfg.__dict__, "steps": 80}),
+                             checkpoint=tmp_path / "a.st", val_images=val)
+    assert list(h2) == list(hist) and h2.stopped == "plateau"
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                 dec.state_dict().values(), strict=True))
+    assert torch.equal(load_upconv(tmp_path / "a.st", tiny32).net[0].weight, dec.net[0].weight)
+
+
+def test_upconv_validation_settings_are_checked(tiny32):
+    imgs = smooth_image(32, batch=2, seed=4)
+    with pytest.raises(AdjinvError, match="patience"):
+        train_upconv(tiny32, imgs, UpConvConfig(steps=1, patience=2))
+    with pytest.raises(AdjinvError, match="val_images"):
+        train_upconv(tiny32, imgs, UpConvConfig(steps=1, validate_every=1))
+    with pytest.raises(AdjinvError, match="val_images"):
+        train_upconv(tiny32, imgs, UpConvConfig(steps=1), val_images=imgs)
+
+
+def test_upconv_resume_with_validation_is_bit_identical(tiny32, tmp_path):
+    """A run killed between its best validation check and its early stop, then resumed,
+    ends exactly like an uninterrupted one: losses, validation record, stopping step,
+    weights, file. (The killed run's last checkpoint holds the best weights and 2 of the
+    3 checks of patience; losing either would change the result.)"""
+    from safetensors.torch import load_file
+
+    from adjinv.lacs.checkpoint import read_tagged
+
+    imgs, val = smooth_image(32, batch=3, seed=4), smooth_image(32, batch=2, seed=7)
+    cfg = UpConvConfig(steps=30, batch_size=2, lr=0.02, width=16, min_width=8, validate_every=2,
+                       patience=3, checkpoint_every=4)
+    full, hf = train_upconv(tiny32, imgs, cfg, checkpoint=tmp_path / "a.st", val_images=val)
+    assert hf.stopped == "plateau" and (hf.best_step, len(hf)) == (8, 14)
+    with pytest.raises(_Crash):
+        train_upconv(tiny32, imgs, cfg, checkpoint=tmp_path / "b.st", val_images=val,
+                     progress=_crash_at(13))
+    meta, _ = read_tagged(tmp_path / "b.st", "adjinv-upconv/1", "x", "x")
+    assert (meta["step"], meta["best_step"], meta["bad"], meta["stopped"]) == (12, 8, 2, "")
+    resumed, hr = train_upconv(tiny32, imgs, cfg, checkpoint=tmp_path / "b.st", val_images=val)
+    assert list(hr) == list(hf) and hr.record() == hf.record()
+    for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
+    ta, tb = load_file(tmp_path / "a.st"), load_file(tmp_path / "b.st")
+    assert ta.keys() == tb.keys() and any(k.startswith("best.") for k in ta)
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    # another validation set or validation cadence cannot resume this run
+    with pytest.raises(AdjinvError, match="validate_every"):
+        train_upconv(tiny32, imgs, UpConvConfig(**{**cfg.__dict__, "validate_every": 3}),
+                     checkpoint=tmp_path / "b.st", val_images=val)
+
+
+def test_load_upconv_refuses_another_encoder(tiny32, tmp_path):
+    imgs = smooth_image(32, batch=2, seed=4)
+    train_upconv(tiny32, imgs, UpConvConfig(steps=2, batch_size=2, width=16, min_width=8),
+                 checkpoint=tmp_path / "a.st")
+    other = staged_from_sequential(tiny_relu_cnn(seed=1))  # same layout, other weights
+    with pytest.raises(AdjinvError, match="another encoder"):
+        load_upconv(tmp_path / "a.st", other)
+    export_upconv(tmp_path / "a.st", tmp_path / "a.export.st")
+    with pytest.raises(AdjinvError, match="another encoder"):
+        load_upconv(tmp_path / "a.export.st", other)
+    assert isinstance(load_upconv(tmp_path / "a.st", tiny32), UpConvDecoder)
+
+
+def test_upconv_export_round_trip(tiny32, tmp_path):
+    from safetensors.torch import load_file
+
+    imgs, val = smooth_image(32, batch=3, seed=4), smooth_image(32, batch=2, seed=7)
+    cfg = UpConvConfig(steps=12, batch_size=2, lr=0.01, width=32, min_width=8, validate_every=2)
+    dec, hist = train_upconv(tiny32, imgs, cfg, checkpoint=tmp_path / "t.st", val_images=val)
+    meta = export_upconv(tmp_path / "t.st", tmp_path / "e.st")
+    assert meta["kind"] == "inference" and meta["weights_step"] == hist.best_step < 12
+    stored = load_file(tmp_path / "e.st")
+    assert all(k.startswith("decoder.") and v.dtype == torch.float16 for k, v in stored.items())
+    assert (tmp_path / "e.st").stat().st_size < (tmp_path / "t.st").stat().st_size / 5
+    loaded = load_upconv(tmp_path / "e.st", tiny32)
+    assert not loaded.training and all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = tiny32.normalize(val)
+    want, got = upconv_reconstruct(tiny32, dec, x), upconv_reconstruct(tiny32, loaded, x)
+    assert not torch.equal(want, got)  # float16 storage rounds the weights ...
+    assert torch.allclose(want, got, rtol=0, atol=2e-3 * float(want.abs().max()))  # ... slightly
+    with pytest.raises(AdjinvError, match="inference-only"):
+        train_upconv(tiny32, imgs, cfg, checkpoint=tmp_path / "e.st", val_images=val)
+
+
+def test_crop_bank_is_seeded_per_photo_and_crop():
+    photos = {"a": smooth_image(48, seed=1)[0], "b": smooth_image(48, seed=2)[0]}
+    bank = crop_bank(photos, 16, 3, 0.5, seed=0)
+    assert bank.shape == (6, 3, 16, 16) and float(bank.min()) >= 0 and float(bank.max()) <= 1
+    assert torch.equal(bank, crop_bank(photos, 16, 3, 0.5, seed=0))
+    assert not torch.equal(bank, crop_bank(photos, 16, 3, 0.5, seed=1))
+    assert len({tuple(c.flatten()[:64].tolist()) for c in bank}) == 6  # six different crops
+    # a photo's crops do not depend on the other photos
+    assert torch.equal(bank[3:], crop_bank({"b": photos["b"]}, 16, 3, 0.5, seed=0))
+    with pytest.raises(AdjinvError):
+        crop_bank(photos, 16, 0, 0.5)
 
 
 def test_upconv_output_size():

@@ -280,3 +280,24 @@ def test_curve_skips_the_kept_step_zero(tmp_path):
         (tmp_path / f"step-{step:05d}.lac.safetensors").write_bytes(b"")
     pts = _curve_checkpoints(ReconstructionConfig(curve=str(tmp_path)), 15, "main")
     assert [s for s, _ in pts] == [0, 15] and pts[0][1] == "identity"
+
+
+def test_pretrained_upconv_is_loaded_not_trained(tiny32, setup, monkeypatch):
+    from adjinv.paper.baselines.upconv import UpConvConfig, export_upconv, load_upconv, train_upconv
+
+    cfg, _, tmp = setup
+    train_upconv(tiny32, smooth_image(32, batch=2, seed=9),
+                 UpConvConfig(steps=2, batch_size=2, width=16, min_width=8), checkpoint=tmp / "u.train.st")
+    export_upconv(tmp / "u.train.st", tmp / "u.st")
+    assert "upconv_weights" not in rec._protocol_config(cfg)  # older protocols still match
+    cfg.upconv_weights = str(tmp / "u.st")
+    assert rec._protocol_config(cfg)["upconv_weights"].endswith("u.st")
+
+    def no_training(*a, **k):
+        raise AssertionError("UpConvNet was trained although a pre-trained file was given")
+
+    monkeypatch.setattr(rec, "train_upconv", no_training)
+    (tmp / "out").mkdir()
+    dec = rec._Runner(cfg, tmp / "out", rec.quiet_log, tiny32).upconv()
+    assert torch.equal(dec.net[0].weight, load_upconv(tmp / "u.st", tiny32).net[0].weight)
+    assert not (tmp / "out" / "upconv.safetensors").exists()

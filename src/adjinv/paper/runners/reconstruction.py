@@ -22,7 +22,8 @@ this photo's Jacobians; the partner of photo ``i`` is photo ``i + 1`` in a fixed
 never itself); Gaussian seeds with ``A_L``'s per-channel ℓ2 norms and this photo's
 weights; x̂_L with the top stage re-initialised; the vanilla gradient with its map fitted
 on the training photos, per-image min-max, or per-image least-squares affine (an upper
-bound); the flat mean colour of the training photos; Mahendran & Vedaldi; UpConvNet;
+bound); the flat mean colour of the training photos; Mahendran & Vedaldi; UpConvNet
+(trained here on crops of the training photos, or a pre-trained file, ``--upconv-weights``);
 Guided Backprop and DeconvNet (shown per-image min-max); Robust inversion (the Mahendran
 & Vedaldi optimisation on an adversarially robust copy of the encoder) only when
 ``--robust PATH`` gives its weights (else "unavailable"); and the feature-specific view
@@ -86,7 +87,7 @@ from ...metrics.reconstruction import psnr, ssim
 from ..analysis.ecr import spearman
 from ..baselines.guided import modified_gradient
 from ..baselines.mahendran import MVConfig, mahendran_vedaldi, robust_inversion
-from ..baselines.upconv import UpConvConfig, train_upconv, upconv_reconstruct
+from ..baselines.upconv import UpConvConfig, load_upconv, train_upconv, upconv_reconstruct
 from .common import (
     Log,
     environment,
@@ -129,7 +130,7 @@ METRICS: tuple[str, ...] = ("pearson", "ssim_affine", "psnr_affine", "ssim", "ps
 HIGHER_BETTER = {"gmsd": False, "l1": False, "lpips": False}
 # optional settings, left out of protocol.json at their defaults (older protocols stay valid)
 OPTIONAL_DEFAULTS: dict[str, Any] = {"robust": None, "lpips_net": "alex", "lpips_backbone": None,
-                                     "lpips_linear": None}
+                                     "lpips_linear": None, "upconv_weights": None}
 # Figure 2's columns (docs/method.md §13), then the control (§14)
 FIGURE2: tuple[tuple[str, str], ...] = (
     ("trained", "Ours (x̂_L)"), ("vanilla_train", "Vanilla"), ("mahendran", "Mahendran & Vedaldi"),
@@ -160,6 +161,9 @@ class ReconstructionConfig:
     mv_steps: int = option(200, "Mahendran & Vedaldi steps")
     upconv_steps: int = option(300, "UpConvNet training steps")
     upconv_crops: int = option(8, "crops per training photo for UpConvNet")
+    upconv_weights: str | None = option(None, "a pre-trained UpConvNet file for this encoder "
+        "(benchmarks/train_upconv.py), loaded instead of training one (upconv_steps and "
+        "upconv_crops are then unused)")
     reencoders: list[str] = option(["efficientnet_lite1", "efficientnet_lite2"], "independent networks of "
         "the re-encoding agreement")
     seed: int = option(0, "crops, random seeds, baselines")
@@ -380,6 +384,9 @@ class _Runner:
         return self._fitted["flat"]
 
     def upconv(self) -> Any:
+        if "upconv" not in self._fitted and self.cfg.upconv_weights:
+            self._fitted["upconv"] = load_upconv(self.cfg.upconv_weights, self.enc)
+            self.log(f"  UpConvNet: pre-trained, {portable_path(self.cfg.upconv_weights)}")
         if "upconv" not in self._fitted:
             cfg = self.cfg
             ucfg = UpConvConfig(steps=cfg.upconv_steps, seed=cfg.seed,
@@ -529,12 +536,13 @@ def _protocol(cfg: ReconstructionConfig, r: _Runner, curve: list[tuple[int, str]
 
 def _protocol_config(cfg: ReconstructionConfig) -> dict:
     """The settings as ``protocol.json`` records them: the optional ones (Robust inversion,
-    LPIPS) only when set, so that a protocol written before they existed still matches."""
+    LPIPS, a pre-trained UpConvNet) only when set, so that a protocol written before they
+    existed still matches."""
     d = asdict(cfg)
     for k, v in OPTIONAL_DEFAULTS.items():
         if d.get(k) == v:
             d.pop(k)
-    for k in ("robust", "lpips_backbone", "lpips_linear"):
+    for k in ("robust", "lpips_backbone", "lpips_linear", "upconv_weights"):
         if d.get(k) is not None:
             d[k] = portable_path(d[k])
     return d

@@ -127,6 +127,18 @@ def test_mv_inverts_a_shallower_stage():
         assert float(mv_objective(enc, zd, phi0, cfg)[1]["data"]) > float(end) + 0.1
 
 
+def test_mv_stops_when_the_energy_is_no_longer_finite():
+    enc = staged_from_sequential(tiny_relu_cnn(seed=0, bias=False))
+    x0 = enc.normalize(smooth_image(32))
+    cfg = MVConfig(steps=500, lr=1.0, tv_scale=100.0)  # TV diffusion step far past stability
+    mahendran_vedaldi(enc, x0, cfg)
+    assert cfg.diverged and not cfg.converged and cfg.steps_run < 500
+    assert cfg.run_info()["diverged"]
+    ok = MVConfig(steps=5)
+    mahendran_vedaldi(enc, x0, ok)
+    assert not ok.diverged
+
+
 @pytest.mark.parametrize("bad", [
     {"optimizer": "lbfgs"}, {"tol": -1e-3}, {"tol": float("nan")}, {"window": 0}, {"window": 2.5},
     {"min_steps": -1}, {"stage": 1.5}, {"stage": True}, {"tv_scale": -1.0},

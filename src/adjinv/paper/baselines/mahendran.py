@@ -48,7 +48,10 @@ Optimisers and stopping (every setting is a field of [`MVConfig`][MVConfig]):
 - [choice] The energy is per image; the rule reads the mean over the batch, so a batch
   stops together: invert one image per call for a per-image rule. After a run the config
   holds ``history`` (the batch-mean energy before each update), ``steps_run`` and
-  ``converged`` ([`MVConfig.run_info()`][MVConfig.run_info]).
+  ``converged``, and ``diverged`` when a non-finite energy ended the run (seen with
+  momentum SGD, lr 0.05, 64 × M&V's TV weight at 64 px: a gradient step on the TV term is
+  an explicit diffusion step, unstable past a weight × learning-rate bound)
+  ([`MVConfig.run_info()`][MVConfig.run_info]).
 
 Robust inversion (Engstrom et al. 2019) is the *same optimisation* on an adversarially
 robust encoder whose weights the user supplies (``load_encoder(name, weights=...)``):
@@ -70,7 +73,7 @@ from ...errors import AdjinvError
 
 OPTIMIZERS = ("sgd", "adam")
 DEFAULT_LR = {"sgd": 0.05, "adam": 0.01}
-_RUN_FIELDS = ("history", "steps_run", "converged")
+_RUN_FIELDS = ("history", "steps_run", "converged", "diverged")
 
 
 def _real(v: object) -> bool:
@@ -108,6 +111,7 @@ class MVConfig:
     history: list[float] = field(default_factory=list, init=False, repr=False)
     steps_run: int = field(default=0, init=False, repr=False)
     converged: bool = field(default=False, init=False, repr=False)
+    diverged: bool = field(default=False, init=False, repr=False)
 
     def validate(self) -> None:
         """Reject impossible settings."""
@@ -179,9 +183,9 @@ class MVConfig:
         return d
 
     def run_info(self) -> dict:
-        """The last run's record: steps run, whether the stopping rule ended it, the last
-        batch-mean energy and the learning rate used."""
-        return {"steps_run": self.steps_run, "converged": self.converged,
+        """The last run's record: steps run, whether the stopping rule ended it, whether a
+        non-finite energy did, the last batch-mean energy and the learning rate used."""
+        return {"steps_run": self.steps_run, "converged": self.converged, "diverged": self.diverged,
                 "energy_final": self.history[-1] if self.history else None,
                 "lr": self.learning_rate()}
 
@@ -236,7 +240,7 @@ def mahendran_vedaldi(encoder: StagedEncoder, x0: torch.Tensor, cfg: MVConfig | 
     cfg = cfg or MVConfig()
     cfg.validate()
     k = cfg.stage_index(encoder)
-    cfg.history, cfg.steps_run, cfg.converged = [], 0, False
+    cfg.history, cfg.steps_run, cfg.converged, cfg.diverged = [], 0, False, False
     lr = cfg.learning_rate()
     with encoder.frozen():
         with torch.no_grad():
@@ -265,6 +269,9 @@ def mahendran_vedaldi(encoder: StagedEncoder, x0: torch.Tensor, cfg: MVConfig | 
             cfg.steps_run = step + 1
             if progress is not None:
                 progress(step + 1, cfg.steps, cfg.history[-1])
+            if not math.isfinite(cfg.history[-1]):
+                cfg.diverged = True  # the image is no longer finite: nothing more to gain
+                break
             if _converged(cfg.history, cfg.window, cfg.tol, cfg.min_steps):
                 cfg.converged = True
                 break

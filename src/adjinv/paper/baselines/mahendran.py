@@ -234,9 +234,9 @@ def mahendran_vedaldi(encoder: StagedEncoder, x0: torch.Tensor, cfg: MVConfig | 
                       progress: Callable[[int, int, float], None] | None = None) -> torch.Tensor:
     """Invert ``A_k(x0)`` (``k = cfg.stage``, the deepest by default) of the normalised batch
     ``x0`` (B, 3, H, W); return the reconstruction in the encoder's normalised space
-    (B, 3, H, W). The energy per step (mean over the batch), the steps run and whether the
-    stopping rule ended the run are kept in ``cfg`` (``history``, ``steps_run``,
-    ``converged``)."""
+    (B, 3, H, W). The energy per step (mean over the batch), the steps run, whether the
+    stopping rule ended the run and whether a non-finite energy did are kept in ``cfg``
+    (``history``, ``steps_run``, ``converged``, ``diverged``)."""
     cfg = cfg or MVConfig()
     cfg.validate()
     k = cfg.stage_index(encoder)

@@ -10,7 +10,14 @@ import torchvision
 from adjinv.errors import AdjinvError
 from adjinv.metrics.lpips import load_lpips
 from adjinv.metrics.reconstruction import ssim
-from adjinv.paper.baselines.mahendran import MVConfig, mahendran_vedaldi, robust_inversion, total_variation
+from adjinv.paper.baselines.mahendran import (
+    MVConfig,
+    _converged,
+    mahendran_vedaldi,
+    mv_objective,
+    robust_inversion,
+    total_variation,
+)
 from adjinv.paper.baselines.upconv import (
     UpConvConfig,
     UpConvDecoder,
@@ -57,6 +64,105 @@ def test_mv_weights_are_configurable(tiny32):
     la, lt = MVConfig().weights(10, 10)
     assert la == pytest.approx(1 / (100 * (80 / 255) ** 6))
     assert lt == pytest.approx(1 / (100 * (80 / 255 / 6.5) ** 2))
+
+
+def test_mv_scales_multiply_the_weights_in_effect():
+    la, lt = MVConfig().weights(10, 10)
+    assert MVConfig(alpha_scale=2.0, tv_scale=16.0).weights(10, 10) == pytest.approx((2 * la, 16 * lt))
+    assert MVConfig(lambda_tv=0.25, tv_scale=4.0).weights(10, 10)[1] == pytest.approx(1.0)
+    cfg = MVConfig(optimizer="adam", tv_scale=4.0, stage=2, tol=1e-3)
+    assert MVConfig(**cfg.to_dict()).to_dict() == cfg.to_dict()
+    assert cfg.to_dict()["lr"] == 0.01 and MVConfig().to_dict()["lr"] == 0.05
+
+
+def test_mv_stopping_rule_by_hand():
+    falling = [1.0 - 0.5 * (1 - 0.8**t) for t in range(40)]  # 1 → 0.5, flat by the end
+    assert _converged(falling, 5, 1e-2)
+    assert not _converged(falling[:20], 5, 1e-2)  # still falling fast
+    assert not _converged(falling, 5, 1e-2, min_steps=41)
+    assert not _converged(falling, 5, 0.0)  # tol 0: never
+    assert not _converged(falling[:9], 5, 1.0)  # fewer than 2·window steps
+    # a plateau at the start (no decrease yet) and a transient above the start never stop
+    assert not _converged([1.0] * 40, 5, 1e-2)
+    assert not _converged([1.0, *([3.0] * 39)], 5, 1e-2)
+    # a rise larger than tol times the gain does not stop either
+    assert not _converged([1.0] * 10 + [0.5] * 5 + [0.7] * 5, 5, 1e-2)
+
+
+def test_mv_stops_before_the_cap_and_records_it():
+    enc = staged_from_sequential(tiny_relu_cnn(seed=0, bias=False))
+    x0 = enc.normalize(smooth_image(32))
+    cfg = MVConfig(steps=2000, optimizer="adam", lr=0.02, tol=1e-2, window=10)
+    mahendran_vedaldi(enc, x0, cfg)
+    assert cfg.converged and 20 <= cfg.steps_run < 2000
+    assert len(cfg.history) == cfg.steps_run and cfg.history[-1] < 0.6 * cfg.history[0]
+    info = cfg.run_info()
+    assert info["steps_run"] == cfg.steps_run and info["converged"] and info["lr"] == 0.02
+    # tol 0 (the default) runs every step and says so
+    full = MVConfig(steps=30, optimizer="adam", lr=0.02, window=10)
+    mahendran_vedaldi(enc, x0, full)
+    assert full.steps_run == 30 and not full.converged and len(full.history) == 30
+
+
+def test_mv_adam_lowers_the_energy():
+    enc = staged_from_sequential(tiny_relu_cnn(seed=0, bias=False))
+    x0 = enc.normalize(smooth_image(32, batch=2))
+    cfg = MVConfig(steps=60, optimizer="adam")
+    rec = mahendran_vedaldi(enc, x0, cfg)
+    assert rec.shape == x0.shape and torch.isfinite(rec).all()
+    assert cfg.history[-1] < 0.5 * cfg.history[0]
+
+
+def test_mv_inverts_a_shallower_stage():
+    enc = staged_from_sequential(tiny_relu_cnn(seed=0, bias=False))
+    x0 = enc.normalize(smooth_image(32))
+    cfg = MVConfig(steps=60, optimizer="adam", stage=1)
+    rec = mahendran_vedaldi(enc, x0, cfg)
+    z0 = torch.zeros_like(x0)
+    z1 = enc.denormalize(rec) - enc.mean.view(1, 3, 1, 1)
+    with torch.no_grad():
+        phi0 = enc.forward_stages(x0)[1]
+        start = mv_objective(enc, z0, phi0, cfg)[1]["data"]
+        end = mv_objective(enc, z1, phi0, cfg)[1]["data"]
+    assert float(start) == pytest.approx(1.0, abs=0.05)  # near-zero image: features ~0
+    assert float(end) < 0.7 * float(start)  # the priors keep it above 0
+    # the objective reads stage 1: the deepest stage's features have another shape
+    assert phi0.shape[1] == 8 and enc.forward_stages(x0)[-1].shape[1] == 16
+    # stage 1 is reconstructed better than by inverting the deepest stage
+    deep = mahendran_vedaldi(enc, x0, MVConfig(steps=60, optimizer="adam"))
+    zd = enc.denormalize(deep) - enc.mean.view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert float(mv_objective(enc, zd, phi0, cfg)[1]["data"]) > float(end) + 0.1
+
+
+def test_mv_stops_when_the_energy_is_no_longer_finite():
+    enc = staged_from_sequential(tiny_relu_cnn(seed=0, bias=False))
+    x0 = enc.normalize(smooth_image(32))
+    cfg = MVConfig(steps=500, lr=1.0, tv_scale=100.0)  # TV diffusion step far past stability
+    mahendran_vedaldi(enc, x0, cfg)
+    assert cfg.diverged and not cfg.converged and cfg.steps_run < 500
+    assert cfg.run_info()["diverged"]
+    ok = MVConfig(steps=5)
+    mahendran_vedaldi(enc, x0, ok)
+    assert not ok.diverged
+
+
+@pytest.mark.parametrize("bad", [
+    {"optimizer": "lbfgs"}, {"tol": -1e-3}, {"tol": float("nan")}, {"window": 0}, {"window": 2.5},
+    {"min_steps": -1}, {"stage": 1.5}, {"stage": True}, {"tv_scale": -1.0},
+    {"alpha_scale": float("inf")}, {"lr": 0.0}, {"steps": 0}, {"lambda_tv": -1.0},
+    {"lr_drop_at": 1.5},
+])
+def test_mv_rejects_bad_settings(tiny32, bad):
+    with pytest.raises(AdjinvError, match="M&V"):
+        mahendran_vedaldi(tiny32, torch.zeros(1, 3, 32, 32), MVConfig(**bad))
+
+
+def test_mv_rejects_a_stage_out_of_range(tiny32):
+    with pytest.raises(AdjinvError, match="stage 4 is out of range"):
+        mahendran_vedaldi(tiny32, torch.zeros(1, 3, 32, 32), MVConfig(stage=4))
+    with pytest.raises(AdjinvError, match="out of range"):
+        mahendran_vedaldi(tiny32, torch.zeros(1, 3, 32, 32), MVConfig(stage=-5))
 
 
 def test_robust_inversion_needs_weights(tiny32):

@@ -1,4 +1,4 @@
-.PHONY: install demo test lint lac lac-lite conformance corpus lac-224
+.PHONY: install demo test lint lac lac-lite conformance corpus lac-224 lac-default
 install:
 	python3 -m pip install -e ".[test]"
 demo:
@@ -7,7 +7,7 @@ test:
 	python3 -m pip install -q -e ".[test]" && python3 -m pytest -q
 lint:
 	ruff check src tests benchmarks
-# Re-creates the bundled LAC checkpoint (see README, "The bundled LACs"): the embedded
+# Re-creates the `paper-colour` variant (see README, "The bundled LACs"): the embedded
 # training split, validation photos for the schedule and the best checkpoint.
 lac:
 	python3 benchmarks/train_embedded.py --objective paper --photos colour --steps 150 \
@@ -15,7 +15,7 @@ lac:
 	  --out lac-train/paper-colour.lac.safetensors
 	python3 -c "from adjinv.lacs.checkpoint import export_checkpoint as e; \
 	  e('lac-train/paper-colour.lac.safetensors', \
-	    'src/adjinv/lacs/weights/efficientnet_lite0.lac.safetensors', variant='paper-colour')"
+	    'src/adjinv/lacs/weights/efficientnet_lite0-paper-colour.lac.safetensors', variant='paper-colour')"
 # The same recipe for EfficientNet-Lite1 and Lite2 (the capacity comparison, O3).
 lac-lite:
 	for v in 1 2; do \
@@ -43,3 +43,7 @@ lac-224:
 	    --steps 4000 --validate-every 80 --patience 5 --keep-every 40 --threads 1 --min-crop 0.5 \
 	    --objective $$obj --out benchmarks/results/training/lite0-224/$$obj.lac.safetensors; \
 	done
+# The default LACs: the Eq. 9 run's best validation check (after `make corpus lac-224`).
+lac-default:
+	python3 benchmarks/export_best.py benchmarks/results/training/lite0-224/paper.lac.safetensors \
+	  src/adjinv/lacs/weights/efficientnet_lite0.lac.safetensors --variant paper-224

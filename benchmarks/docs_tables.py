@@ -95,7 +95,8 @@ def default_table() -> str:
     meta = _bundled_meta()
     objective = meta["training"]["objective"]
     variant = meta.get("variant", objective)
-    r = _json(f"leakage/{variant}.json")
+    folder = "leakage-224" if (RESULTS / "leakage-224" / f"{variant}.json").is_file() else "leakage"
+    r = _json(f"{folder}/{variant}.json")
     v = r["variant"]
     photos = list(v["per_photo"])
     rows = [("trained", "x̂_L, shipped LACs"), ("identity", "x̂_L, identity LACs"),
@@ -106,7 +107,7 @@ def default_table() -> str:
     lines = [f"Shipped LACs: `{variant}` (objective `{objective}`), weights of step {meta.get('step')} "
              f"(chosen on the validation photos). EfficientNet-Lite0 at {r['size']} px, "
              f"{r['crops']} crop(s) per held-out photo; cells: Pearson r / affine SSIM "
-             "(generated from `benchmarks/results/leakage/`).", "",
+             f"(generated from `benchmarks/results/{folder}/`).", "",
              "| | " + " | ".join(photos) + " |", "|---|" + "---|" * len(photos)]
     for m, label in rows:
         lines.append(f"| {label} | " + " | ".join(
@@ -119,19 +120,37 @@ def default_table() -> str:
 
 
 def paper_summary() -> str:
-    """One sentence on the paper-objective LACs' likeness and where it comes from."""
-    v = _json("leakage/paper.json")["variant"]
+    """What the default LACs' x̂_L shows beside its controls, and where its likeness comes
+    from (the default's leakage JSON, with its β ablation; benchmarks/leakage.py)."""
+    meta = _bundled_meta()
+    variant = meta.get("variant", meta["training"]["objective"])
+    folder = "leakage-224" if (RESULTS / "leakage-224" / f"{variant}.json").is_file() else "leakage"
+    r = _json(f"{folder}/{variant}.json")
+    v = r["variant"]
     m = {k: x["pearson"] for k, x in v["mean"].items()}
     feat = max((k for k in m if k.startswith("feature_k")), key=lambda k: int(k[9:]))
-    drop = max(1 - a["trained"]["pearson"] / m["trained"] for a in v["beta_ablation"].values())
-    return (f"- With LACs trained by the paper's objective (Eq. 9, every β trained), x̂_L does "
-            f"resemble the photo (Pearson r = {m['trained']:.2f}), but random Gaussian seeds "
-            f"resemble it as much ({m['random_seed']:.2f}) and another photo's features pulled back "
-            f"through this photo's Jacobians nearly as much ({m['swapped']:.2f}); the "
-            f"feature-specific view x̂_L − mean(swapped) has r = {m[feat]:.2f}. The likeness comes "
-            "from the inner LAC biases pulled back through the photo's own ReLU masks and pooling "
-            f"switches — zeroing a single inner β at evaluation removes up to {100 * drop:.0f} % of "
-            "it — not from the features.")
+    share, ci = v["feature_share_mean"], v["feature_share_ci"]
+    eq = {"paper": "the paper's objective, Eq. 9", "multipath": "the multi-path objective, Eq. 31"}.get(
+        meta["training"]["objective"], f"objective `{meta['training']['objective']}`")
+    text = (f"- The default LACs (`{variant}`: {eq}, trained at {meta['training']['size']} px) give "
+            f"x̂_L a Pearson r of {m['trained']:.2f} with "
+            f"the photo ({r['size']} px, {len(v['per_photo'])} held-out photos). Its controls: "
+            f"random Gaussian seeds with the photo's channel weights {m['random_seed']:.2f}, another "
+            f"photo's features pulled back through this photo's Jacobians {m['swapped']:.2f}, the "
+            f"seed-zero cascade Ψ(0) {m['seed_zero']:.2f}, identity LACs {m['identity']:.2f}; the "
+            f"feature-specific view x̂_L − mean(swapped) {m[feat]:.2f}. Feature share "
+            f"(x̂ − swapped)/(x̂ − identity): {share:.2f} [{ci[1]:.2f}, {ci[2]:.2f}].")
+    if v.get("beta_ablation"):
+        drop = max(1 - a["trained"]["pearson"] / m["trained"] for a in v["beta_ablation"].values())
+        text += (f" Zeroing a single LAC's β at evaluation removes up to {100 * drop:.0f} % of "
+                 "x̂_L's r.")
+    if share == share and share < 0.5:
+        text += (" So most of the likeness comes from the photo's own Jacobians (ReLU masks, "
+                 "pooling switches) and the LAC biases, which every control shares, not from "
+                 "the features.")
+    elif share == share:
+        text += " So at least half of the likeness comes from the photo's own features."
+    return text
 
 
 VARIANT_ORDER = ("paper", "pixbias", "contrastive", "paper-colour", "reference", "multipath")
@@ -197,22 +216,26 @@ def scaling() -> str:
 
 def training_summary(encoder: str = "efficientnet_lite0", prefix: str = "") -> str:
     """The shipped LACs' training run, from its committed log (``prefix``: the log's name
-    prefix for encoders other than the default)."""
+    prefix for encoders other than the default; a corpus run's log lies in ``lite0-224/``)."""
     meta = _bundled_meta(encoder)
     t = meta["training"]
-    variant = prefix + meta.get("variant", t["objective"])
-    log = json.loads((RESULTS / "training" / f"{variant}.log.json").read_text())
+    if all(n.startswith("corpus:") for n in t["images"]):
+        rel = f"training/lite0-224/{t['objective']}.log.json"
+    else:
+        rel = f"training/{prefix}{meta.get('variant', t['objective'])}.log.json"
+    log = json.loads((RESULTS / rel).read_text())
     val = [r for r in log if "val_l1" in r]
     secs = sum(r["seconds"] for r in log)
+    stop = (f"stopped by the patience rule at step {meta['steps_run']}; "
+            if meta.get("training_finished") and "steps_run" in meta else "")
     return (f"`{t['objective']}` objective, {len(log)} steps of batch {t['batch_size']} at "
-            f"{t['size']} px (cosine schedule from lr {t['lr']}, channel fraction "
-            f"{t['channel_fraction']}), {len(t['images'])} training photos; validation ℓ1 "
+            f"{t['size']} px ({t.get('schedule', 'cosine')} schedule from lr {t['lr']}, channel "
+            f"fraction {t['channel_fraction']}), {len(t['images'])} training photos; validation ℓ1 "
             f"{val[0]['val_l1']:.4f} at the first check (step {val[0]['step']}), "
             f"{min(r['val_l1'] for r in val):.4f} at best, {val[-1]['val_l1']:.4f} at the last "
-            f"(step {val[-1]['step']}); shipped weights from step "
-            f"{meta.get('step')}; {secs / 60:.0f} min of wall time for the steps on a shared "
-            f"2-core machine. Log: `benchmarks/results/training/{variant}.log.json` "
-            "(and `.csv`, `.loss.png`).")
+            f"(step {val[-1]['step']}); {stop}shipped weights from step "
+            f"{meta.get('step')}; {secs / 3600:.1f} h of wall time for the steps on a shared "
+            f"2-core machine. Log: `benchmarks/results/{rel}` (and `.csv`, `.loss.png`).")
 
 
 def corpus_summary() -> str:
@@ -314,6 +337,90 @@ def validation_224() -> str:
     return "\n".join(lines)
 
 
+DEFAULT_ROWS = (("paper_224", "default `paper-224` (Eq. 9, 224 px, corpus, plateau)"),
+                ("paper_224_step160", "the same run at step 160 (shipped as `paper-224` before)"),
+                ("first_bundled", "first bundled LACs (40 steps, 96 px)"),
+                ("shipped_step15", "previous default `paper-colour` (step 15, 96 px)"),
+                ("identity", "identity LACs (untrained)"))
+
+
+def default_heldout() -> str:
+    """The default's x̂_L against the earlier LACs on the held-out photos, at 224 and 128 px,
+    on the decision rule's metrics (benchmarks/heldout_eval.py)."""
+    r = _json("heldout-224/eval.json")
+    sizes = list(r["sizes"])
+    lines = [f"x̂_L from the deepest stage, {len(r['photos'])} held-out photos, centre crops; Pearson r "
+             "[95 % bootstrap interval over photos] / ℓ1 of Eq. 9 (lower is better); from "
+             "`benchmarks/results/heldout-224/eval.json`.", "",
+             "| LACs | " + " | ".join(f"{z} px" for z in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for key, label in DEFAULT_ROWS:
+        if key not in r["variants"]:
+            continue
+        cells = []
+        for z in sizes:
+            m, ci = r["sizes"][z][key]["mean"], r["sizes"][z][key]["pearson_ci"]
+            cells.append(f"{m['pearson']:.3f} [{ci[1]:.3f}, {ci[2]:.3f}] / {m['l1']:.4f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def baselines_224() -> str:
+    """UpConvNet trained on the corpus and Mahendran & Vedaldi run to convergence with prior
+    weights chosen on validation photos, both at 224 px (benchmarks/train_upconv.py,
+    benchmarks/mv_sweep.py)."""
+    base = RESULTS / "baselines"
+    lines: list[str] = []
+    up, uh = base / "upconv-lite0-224.log.json", base / "upconv-lite0-224.heldout.json"
+    if up.is_file() and json.loads(up.read_text()).get("status") == "complete":
+        u = json.loads(up.read_text())
+        how = {"plateau": "stopped by its patience rule", "steps": "stopped at its step cap"}[u["stopped"]]
+        lines += [f"**UpConvNet** ({u['parameters'] / 1e6:.1f} M parameters): "
+                  f"{len(u['train_photos'])} colour training photos × {u['crops_per_photo']} random "
+                  f"crops at {u['size']} px, Adam (lr {u['config']['lr']}, batch "
+                  f"{u['config']['batch_size']}); {u['steps']} steps, {how}; best validation loss "
+                  f"{u['best_val_loss']:.4f} at step {u['best_step']} (the weights kept); "
+                  f"{u['seconds_total'] / 3600:.1f} h on a shared machine. Log: "
+                  "`benchmarks/results/baselines/upconv-lite0-224.log.json`.", "",
+                  "| step | training loss (mean since the last check) | validation loss |", "|---|---|---|"]
+        lines += [f"| {r['step']} | {r['train_loss']:.4f} | {r['val_loss']:.4f} |" for r in u["validation"]]
+        if uh.is_file():
+            h = json.loads(uh.read_text())["splits"]
+            lines += ["", "| photos | Pearson r [95 % interval] | ℓ1 |", "|---|---|---|"]
+            for split, label in (("heldout", "held out"), ("validation", "validation")):
+                m = h[split]
+                lines.append(f"| {label} ({len(m['photos'])}) | {m['mean_pearson']:.3f} "
+                             f"[{m['pearson_ci'][1]:.3f}, {m['pearson_ci'][2]:.3f}] | {m['mean_l1']:.4f} |")
+        lines.append("")
+    mv = base / "mv-lite0-224.json"
+    d = json.loads(mv.read_text()) if mv.is_file() else {}
+    if d.get("figure"):  # the sweep's last step: a sweep still running is not reported
+        p = d["protocol"]
+        lines += [f"**Mahendran & Vedaldi** at {p['size']} px: prior weights swept on "
+                  f"{len(p['validation_photos'])} validation photos (TV weight × "
+                  f"{', '.join(f'{t:g}' for t in p['tv_scales'])} of M&V's normalised value; "
+                  f"optimisers {', '.join(p['optimizers'])}), each run until the stopping rule "
+                  f"(window {p['window']}, tol {p['tol']:g}, at least {p['min_steps']} steps) or "
+                  f"{p['steps']} steps. Chosen by mean validation Pearson r: `{d['chosen']}`; "
+                  f"M&V's own weights: `{d['paper']}`. From "
+                  "`benchmarks/results/baselines/mv-lite0-224.json`.", "",
+                  "| setting (validation) | Pearson r | ℓ1 | converged | mean steps |",
+                  "|---|---|---|---|---|"]
+        for k, m in d["validation_summary"].items():
+            l1 = "n/a" if m["mean_l1"] is None else f"{m['mean_l1']:.4f}"
+            lines.append(f"| `{k}` | {m['mean_pearson']:.3f} | {l1} | {m['converged']} of {m['n']} | "
+                         f"{m['mean_steps_run']:.0f} |")
+        lines += ["", f"Held out ({len(p['heldout_photos'])} photos), by the stage inverted:", "",
+                  "| setting | stage | Pearson r | ℓ1 | converged | mean steps |",
+                  "|---|---|---|---|---|---|"]
+        for k, by in d["heldout_summary"].items():
+            for st, m in sorted(by.items(), reverse=True):
+                l1 = "n/a" if m["mean_l1"] is None else f"{m['mean_l1']:.4f}"
+                lines.append(f"| `{k}` | {st.removeprefix('stage')} | {m['mean_pearson']:.3f} | {l1} | "
+                             f"{m['converged']} of {m['n']} | {m['mean_steps_run']:.0f} |")
+    return "\n".join(lines).strip() or ("Not run yet: `benchmarks/train_upconv.py` and "
+                                        "`benchmarks/mv_sweep.py` write `benchmarks/results/baselines/`.")
+
+
 def heldout_224() -> str:
     """x̂_L of the LAC variants on every held-out photo (benchmarks/heldout_eval.py)."""
     p = RESULTS / "heldout-224" / "eval.json"
@@ -323,8 +430,9 @@ def heldout_224() -> str:
     r = json.loads(p.read_text())
     lines = [f"EfficientNet-Lite0, {len(r['photos'])} held-out photos (5 embedded, "
              f"{len(r['photos']) - 5} from the corpus), centre crops; mean over photos "
-             f"(Pearson r with its 95 % bootstrap interval); {r['seconds'] / 60:.0f} min on a "
-             "shared 2-core machine. Stride-lattice energy: share of x̂'s non-constant spectral "
+             f"(Pearson r with its 95 % bootstrap interval); the last run took {r['seconds'] / 60:.0f} min "
+             "on a shared 2-core machine (variants measured before are kept). Stride-lattice "
+             "energy: share of x̂'s non-constant spectral "
              "power at the aliasing frequencies of stride 2 / of the total stride "
              f"{r['total_stride']} (a photo's own share beside it).", ""]
     for size, per in r["sizes"].items():
@@ -1217,7 +1325,8 @@ BLOCKS = {"corpus-summary": corpus_summary, "training-224": training_224,
           "leakage-table": leakage_table, "multipath-table": multipath_table,
           "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"),
           "reconstruction-full-table": lambda: reconstruction_table("reconstruction-full", wall=True),
-          "default-table": default_table,
+          "default-table": default_table, "default-heldout": default_heldout,
+          "baselines-224": baselines_224,
           "training-summary": training_summary,
           "training-summary-lite": lambda: "\n".join(
               f"- `{e}`: " + training_summary(e, f"lite{e[-1]}-")

@@ -5,7 +5,7 @@ with ``weights_step`` and whether the run had finished. The validation photos ch
 step; no held-out photo is read.
 
     python benchmarks/export_best.py benchmarks/results/training/lite0-224/paper.lac.safetensors \\
-        src/adjinv/lacs/weights/efficientnet_lite0-paper-224.lac.safetensors --variant paper-224
+        src/adjinv/lacs/weights/efficientnet_lite0.lac.safetensors --variant paper-224
 """
 
 from __future__ import annotations

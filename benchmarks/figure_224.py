@@ -3,8 +3,8 @@ variants and the seed-zero control of the first variant, each through the report
 mapping (adjinv.core.display.centred_display) with its Pearson r. Writes PNG and JSON.
 
     python benchmarks/figure_224.py \\
-        paper-224=src/adjinv/lacs/weights/efficientnet_lite0-paper-224.lac.safetensors \\
-        step15=benchmarks/lacs-history/efficientnet_lite0-paper-colour-step15-96px.lac.safetensors \\
+        paper-224=src/adjinv/lacs/weights/efficientnet_lite0.lac.safetensors \\
+        paper-colour=benchmarks/lacs-history/efficientnet_lite0-paper-colour-step15-96px.lac.safetensors \\
         --photos china coffee colorfulcups friends --out benchmarks/results/heldout-224/figure
 """
 

@@ -50,6 +50,7 @@ from adjinv.fileio import atomic_write_json
 from adjinv.images.files import random_crop, resize_center_crop
 from adjinv.images.photos import split_photos
 from adjinv.lacs.bundled import load_lacs
+from adjinv.lacs.checkpoint import bundled_checkpoint, read_checkpoint
 from adjinv.paper.runners.common import environment
 
 log = logging.getLogger("paper_claims")
@@ -316,7 +317,8 @@ def fv(args: argparse.Namespace) -> dict:
     enc = load_encoder("efficientnet_lite0")
     names, imgs = _heldout(args.size)
     x = enc.normalize(imgs)
-    banks = {"default (paper-colour: every β trained)": load_lacs(enc).lacs,
+    meta_variant = read_checkpoint(bundled_checkpoint("efficientnet_lite0"))[0].get("variant", "default")
+    banks = {f"default ({meta_variant}: every β trained)": load_lacs(enc).lacs,
              "pixbias (inner β = 0)": load_lacs(enc, "pixbias").lacs,
              "identity (γ = 1, β = 0)": LACBank.for_encoder(enc)}
     stages = [i.name for i in enc.infos]
@@ -442,7 +444,7 @@ def main() -> None:
     ap.add_argument("--fv-channels", type=int, default=16,
                     help="fv: top channels by simplex weight per stage and photo")
     ap.add_argument("--depth-lacs", nargs="*", default=[
-        "paper-colour=src/adjinv/weights/efficientnet_lite0.lac.safetensors",
+        "paper-colour=src/adjinv/lacs/weights/efficientnet_lite0-paper-colour.lac.safetensors",
         "multipath=benchmarks/results/training/multipath.lac.safetensors",
         "paper-colour@60=benchmarks/results/training/paper-colour.steps/step-00060.lac.safetensors",
         "multipath@60=benchmarks/results/training/multipath.steps/step-00060.lac.safetensors"],

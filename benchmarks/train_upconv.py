@@ -78,7 +78,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
     ap.add_argument("--out-dir", default="benchmarks/results/baselines")
     ap.add_argument("--name", default=None, help="file stem (default upconv-<lite0>-<size>)")
+    ap.add_argument("--heldout", action="store_true",
+                    help="no training: score the exported decoder on the held-out photos (the "
+                         "embedded and the corpus's; centre crops at --size) and the validation "
+                         "photos, writing NAME.heldout.json")
     return ap.parse_args(argv)
+
+
+def score_heldout(args: argparse.Namespace, enc, export: Path, path: Path) -> dict:
+    """Pearson r (RGB) and ℓ1 (normalised space) of the decoder's output against each
+    held-out and validation photo, centre crops; the photos chose nothing."""
+    from adjinv.images.photos import split_photos
+    from adjinv.metrics.likeness import bootstrap_ci, pearson_rgb
+    from adjinv.paper.baselines.upconv import load_upconv, upconv_reconstruct
+
+    dec = load_upconv(export, enc)
+    res: dict = {"export": str(export), "size": args.size, "splits": {}}
+    splits = {"heldout": {**split_photos("heldout"), **load_corpus_split(args.corpus, "heldout")},
+              "validation": load_corpus_split(args.corpus, "validation", colour_only=True)}
+    for split, photos in splits.items():
+        per = {}
+        for name, img in photos.items():
+            x = enc.normalize(resize_center_crop(img, args.size)[None])
+            with torch.no_grad():
+                out = upconv_reconstruct(enc, dec, x)
+            per[name] = {"pearson": float(pearson_rgb(out, x)[0]), "l1": float((out - x).abs().mean())}
+        r = [v["pearson"] for v in per.values()]
+        res["splits"][split] = {"photos": per, "mean_pearson": sum(r) / len(r),
+                                "pearson_ci": list(bootstrap_ci(r)),
+                                "mean_l1": sum(v["l1"] for v in per.values()) / len(per)}
+        log.info("UpConvNet on the %s photos: mean r %.3f, mean l1 %.4f", split,
+                 res["splits"][split]["mean_pearson"], res["splits"][split]["mean_l1"])
+    atomic_write_json(path, res)
+    return res
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -92,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
                               out / f"{name}.log.json")
     t_call = time.perf_counter()
     enc = load_encoder(args.encoder, device=parse_device(args.device))
+    if args.heldout:
+        return score_heldout(args, enc, export, out / f"{name}.heldout.json")
     train = load_corpus_split(args.corpus, "train", colour_only=args.photos == "colour")
     val = load_corpus_split(args.corpus, "validation", colour_only=True)
     images = crop_bank(train, args.size, args.crops, args.min_crop, args.seed)

@@ -12,7 +12,7 @@ from adjinv.images.photos import HELDOUT, TRAIN, VALIDATION, is_greyscale, photo
 from adjinv.lacs.checkpoint import bundled_checkpoint, bundled_variants, read_checkpoint
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_bundled_checkpoint_is_small_loads_and_never_saw_the_heldout_photos(name):
     path = bundled_checkpoint(name)
     assert path is not None and path.stat().st_size < 64_000
@@ -37,11 +37,11 @@ def test_bundled_variants_are_named_and_the_pixbias_one_limits_leakage():
     """The ``pixbias`` variant has β only at the pixels: the seed-zero cascade is the
     constant image β_pix, so no likeness can come from biases pulled back through the
     photo's Jacobians."""
-    assert {"paper", "pixbias"} <= set(bundled_variants("efficientnet_lite0"))
+    assert {"paper", "pixbias", "paper-colour"} <= set(bundled_variants("efficientnet_lite0"))
     for v in ("paper", "pixbias"):
         meta, _ = read_checkpoint(bundled_checkpoint("efficientnet_lite0", v))
         assert meta["variant"] == v and meta["training"]["objective"] == v
-    assert read_checkpoint(bundled_checkpoint("efficientnet_lite0"))[0]["variant"] == "paper-colour"
+    assert read_checkpoint(bundled_checkpoint("efficientnet_lite0"))[0]["variant"] == "paper-224"
     enc = adjinv.load_encoder("efficientnet_lite0")
     lacs = adjinv.load_lacs(enc, "pixbias").lacs
     for name, lac in lacs.lacs.items():
@@ -57,26 +57,28 @@ def test_trained_lacs_lower_the_validation_loss():
     identity LACs."""
     enc = adjinv.load_encoder("efficientnet_lite0")
     lacs = adjinv.load_lacs(enc).lacs
-    x = enc.normalize(resize_center_crop(photo(VALIDATION[0]), 96))[None]
+    x = enc.normalize(resize_center_crop(photo(VALIDATION[0]), 128))[None]
     last = enc.num_stages - 1
     l1 = [float((adjinv.AdjointInverter(enc, bank).invert(x, stages=[last]).x_hat[last] - x).abs().mean())
           for bank in (LACBank.for_encoder(enc), lacs)]
     assert l1[1] < l1[0], l1
 
 
-def test_the_224_px_variant_saw_only_the_corpus_training_photos():
-    """``paper-224``: Eq. 9 at 224 px on the corpus (docs/evidence.md, Result 6): trained on the
-    corpus's colour training photos only, its weights chosen on the validation photos."""
+def test_the_default_is_eq9_at_224_px_trained_on_the_corpus_training_photos_only():
+    """The default (``paper-224``): Eq. 9 at 224 px on the corpus (docs/evidence.md, Result 6),
+    trained on the corpus's colour training photos only, the run finished by early stopping
+    and its weights those of the best validation check."""
     import json
     from pathlib import Path
 
-    path = bundled_checkpoint("efficientnet_lite0", "paper-224")
+    path = bundled_checkpoint("efficientnet_lite0")
     assert path is not None and path.stat().st_size < 64_000
     meta, tensors = read_checkpoint(path)
     assert not any(k.startswith(("extra.adam.", "extra.last.", "extra.best.")) for k in tensors)
     assert meta["variant"] == "paper-224" and meta["training"]["objective"] == "paper"
-    assert meta["training"]["size"] == 224 and meta["complete"]
+    assert meta["training"]["size"] == 224 and meta["complete"] and meta["training_finished"]
     assert meta["step"] == meta["weights_step"] == meta["early_stopping"]["best_step"]
+    assert meta["steps_run"] > meta["step"]  # stopped by the patience rule after its best check
     manifest = Path(__file__).resolve().parent.parent / "benchmarks" / "corpus" / "manifest.json"
     rows = json.loads(manifest.read_text())["photos"]
     trained_on = {n.split(":", 1)[1] for n in meta["training"]["images"]}
@@ -84,4 +86,17 @@ def test_the_224_px_variant_saw_only_the_corpus_training_photos():
     assert trained_on == {r["name"] for r in rows if r["split"] == "train" and not r["greyscale"]}
     assert not trained_on & ({r["name"] for r in rows if r["split"] != "train"} | set(HELDOUT))
     enc = adjinv.load_encoder("efficientnet_lite0")
-    assert adjinv.load_lacs(enc, "paper-224").vanilla_map is not None
+    lacs, vanilla, source = adjinv.load_lacs(enc)
+    assert source == str(path) and vanilla is not None
+    assert any((p - q).abs().max() > 1e-2 for p, q in
+               zip(lacs.parameters(), LACBank.for_encoder(enc).parameters(), strict=True))
+
+
+def test_the_early_stopped_96_px_default_ships_as_paper_colour():
+    """The previous default, kept as a named variant: Eq. 9 at 96 px on the embedded training
+    split's colour photos, weights of its best validation check."""
+    meta, _ = read_checkpoint(bundled_checkpoint("efficientnet_lite0", "paper-colour"))
+    assert meta["variant"] == "paper-colour" and meta["step"] == meta["early_stopping"]["best_step"]
+    trained_on = {n.split(":", 1)[-1] for n in meta["training"]["images"]}
+    assert trained_on == {n for n in TRAIN if not is_greyscale(photo(n))}
+    assert not trained_on & (set(HELDOUT) | set(VALIDATION))

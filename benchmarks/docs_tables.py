@@ -421,6 +421,34 @@ def baselines_224() -> str:
                                         "`benchmarks/mv_sweep.py` write `benchmarks/results/baselines/`.")
 
 
+LATTICE_LABELS = {"trained": "x̂_L", "identity": "identity LACs", "seed_zero": "seed-zero Ψ(0)",
+                  "swapped": "another photo's features (swapped)", "random_seed": "random Gaussian seeds",
+                  "photo": "the photo itself"}
+
+
+def lattice_controls() -> str:
+    """Stride-lattice energy of x̂_L and of each control (benchmarks/lattice_controls.py, on
+    the images benchmarks/leakage.py cached at 224 px)."""
+    files = sorted((RESULTS / "leakage-224").glob("lattice-*.json"))
+    if not files:
+        return "Not run yet: `benchmarks/lattice_controls.py` writes `benchmarks/results/leakage-224/`."
+    runs = [json.loads(f.read_text()) for f in files]
+    first = runs[0]
+    methods = list(first["methods"])
+    lines = [f"Share of the non-constant spectral power at the aliasing frequencies of stride 2 / "
+             f"stride 32, mean over the {len(first['photos'])} embedded held-out photos at "
+             f"{first['size']} px (`benchmarks/results/leakage-224/lattice-*.json`):", "",
+             "| image | " + " | ".join(f"`{r['variant']}`" for r in runs) + " |",
+             "|---|" + "---|" * len(runs)]
+    for m in methods:
+        label = LATTICE_LABELS.get(m, f"feature-specific view, x̂ − mean of {m[9:]} swapped"
+                                   if m.startswith("feature_k") else m)
+        lines.append(f"| {label} | " + " | ".join(
+            f"{r['methods'][m]['mean']['stride_2']:.4f} / {r['methods'][m]['mean']['stride_32']:.4f}"
+            for r in runs) + " |")
+    return "\n".join(lines)
+
+
 def heldout_224() -> str:
     """x̂_L of the LAC variants on every held-out photo (benchmarks/heldout_eval.py)."""
     p = RESULTS / "heldout-224" / "eval.json"
@@ -1326,7 +1354,7 @@ BLOCKS = {"corpus-summary": corpus_summary, "training-224": training_224,
           "reconstruction-default-table": lambda: reconstruction_table("reconstruction-default"),
           "reconstruction-full-table": lambda: reconstruction_table("reconstruction-full", wall=True),
           "default-table": default_table, "default-heldout": default_heldout,
-          "baselines-224": baselines_224,
+          "baselines-224": baselines_224, "lattice-controls": lattice_controls,
           "training-summary": training_summary,
           "training-summary-lite": lambda: "\n".join(
               f"- `{e}`: " + training_summary(e, f"lite{e[-1]}-")

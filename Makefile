@@ -1,4 +1,4 @@
-.PHONY: install demo test lint lac lac-lite conformance corpus lac-224 lac-default
+.PHONY: install demo test lint lac lac-lite conformance corpus lac-224 lac-default lac-224-lite
 install:
 	python3 -m pip install -e ".[test]"
 demo:
@@ -47,3 +47,11 @@ lac-224:
 lac-default:
 	python3 benchmarks/export_best.py benchmarks/results/training/lite0-224/paper.lac.safetensors \
 	  src/adjinv/lacs/weights/efficientnet_lite0.lac.safetensors --variant paper-224
+# Lite1 and Lite2 by the 224 px recipe (Eq. 9), resumable like lac-224.
+lac-224-lite:
+	for v in 1 2; do \
+	  python3 benchmarks/train_embedded.py --encoder efficientnet_lite$$v --photos corpus --size 224 \
+	    --batch-size 1 --xhat sampled --channel-fraction 0.15 --top 0.5 --lr 0.01 --schedule constant \
+	    --steps 4000 --validate-every 80 --patience 5 --keep-every 40 --threads 1 --min-crop 0.5 \
+	    --objective paper --out benchmarks/results/training/lite$$v-224/paper.lac.safetensors; \
+	done

@@ -403,12 +403,13 @@ def baselines_224() -> str:
                   f"{p['steps']} steps. Chosen by mean validation Pearson r: `{d['chosen']}`; "
                   f"M&V's own weights: `{d['paper']}`. From "
                   "`benchmarks/results/baselines/mv-lite0-224.json`.", "",
-                  "| setting (validation) | Pearson r | ℓ1 | converged | mean steps |",
-                  "|---|---|---|---|---|"]
+                  "| setting (validation) | Pearson r | ℓ1 | converged | mean steps | final / first energy |",
+                  "|---|---|---|---|---|---|"]
         for k, m in d["validation_summary"].items():
             l1 = "n/a" if m["mean_l1"] is None else f"{m['mean_l1']:.4f}"
+            ratio = [r["energy_final"] / r["energy_first"] for r in d["validation"][k]["photos"].values()]
             lines.append(f"| `{k}` | {m['mean_pearson']:.3f} | {l1} | {m['converged']} of {m['n']} | "
-                         f"{m['mean_steps_run']:.0f} |")
+                         f"{m['mean_steps_run']:.0f} | {min(ratio):.2f}–{max(ratio):.2f} |")
         lines += ["", f"Held out ({len(p['heldout_photos'])} photos), by the stage inverted:", "",
                   "| setting | stage | Pearson r | ℓ1 | converged | mean steps |",
                   "|---|---|---|---|---|---|"]

@@ -337,11 +337,23 @@ def validation_224() -> str:
     return "\n".join(lines)
 
 
-DEFAULT_ROWS = (("paper_224", "default `paper-224` (Eq. 9, 224 px, corpus, plateau)"),
-                ("paper_224_step160", "the same run at step 160 (shipped as `paper-224` before)"),
-                ("first_bundled", "first bundled LACs (40 steps, 96 px)"),
-                ("shipped_step15", "previous default `paper-colour` (step 15, 96 px)"),
+DEFAULT_ROWS = (("paper_224", "default `paper-224`"), ("paper_224_step160", "the same run, earlier check"),
+                ("first_bundled", "first bundled LACs"),
+                ("shipped_step15", "previous default `paper-colour`"),
                 ("identity", "identity LACs (untrained)"))
+
+
+def _variant_label(label: str, spec: str) -> str:
+    """A row label with the step, size and objective read from the checkpoint itself."""
+    if spec == "identity":
+        return label
+    from safetensors import safe_open
+
+    with safe_open(str(REPO / spec), framework="pt") as f:
+        meta = json.loads((f.metadata() or {})["adjinv"])
+    t = meta["training"]
+    obj = f"`{t['objective']}`, " if "objective" in t else ""
+    return f"{label} ({obj}step {meta['step']}, {t['size']} px, {len(t['images'])} photos)"
 
 
 def default_heldout() -> str:
@@ -360,7 +372,7 @@ def default_heldout() -> str:
         for z in sizes:
             m, ci = r["sizes"][z][key]["mean"], r["sizes"][z][key]["pearson_ci"]
             cells.append(f"{m['pearson']:.3f} [{ci[1]:.3f}, {ci[2]:.3f}] / {m['l1']:.4f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_variant_label(label, r['variants'][key])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1354,6 +1354,16 @@ def breakdown_summary() -> str:
                  + "; ".join(f"channel fraction {r['channel_fraction']:g}: {r['before_s']:.1f} s → "
                              f"{r['after_s']:.1f} s ({r['speedup']:.2f}×, gradients equal to "
                              f"{r['gradient_relative_difference']:.0e})" for r in t["rows"]) + ".")
+    t = _json("training_step_ab_224.json")
+    for r in t["rows"]:
+        lines.append(
+            f"- **LAC training step, the 224 px corpus recipe** (Lite0, bundled LACs, {t['size']} px, "
+            f"x̂ {t['xhat']}, channel fraction {r['channel_fraction']:g}, top {t['top']:g}, "
+            f"{t['threads']} thread, interleaved, median of {len(r['times']['after'])}): before "
+            f"issue 27 {r['before_s']:.2f} s; new kernels, two passes {r['kernels_s']:.2f} s; "
+            f"new kernels, one pass {r['after_s']:.2f} s: **{r['speedup']:.2f}×** in all "
+            f"({r['one_pass_speedup']:.2f}× from the one pass), gradients equal to "
+            f"{r['gradient_relative_difference']:.0e}.")
     return "\n".join(lines)
 
 

@@ -347,3 +347,66 @@ def test_resume_may_change_how_often_validation_runs(tiny_enc, tmp_path):
     with pytest.raises(AdjinvError, match="differs in lr"):
         train_lacs(tiny_enc, _imgs(2), cfg, checkpoint=tmp_path / "b.lac.safetensors",
                    resume=True, validation=val)
+
+
+@pytest.mark.parametrize("kw", [{"channel_fraction": 0.4},
+                                {"channel_fraction": 0.3, "xhat": "sampled", "top": 0.5},
+                                {"objective": "multipath", "channel_fraction": 0.5},
+                                {"objective": "multipath", "channel_fraction": 0.5,
+                                 "xhat": "sampled"},
+                                {}])
+def test_one_pass_step_equals_the_two_pass_step(tiny_enc, monkeypatch, kw):
+    """Recording the gradient's pull-backs during the pass that gives x̂ (docs/method.md §4)
+    gives the loss and gradient of the two-pass step (no room for the graphs), with each
+    gradient channel pulled back once instead of twice."""
+    from adjinv.lacs import training
+
+    x = tiny_enc.normalize(smooth_image(32, batch=2, dtype=torch.float64))
+    lacs = random_lacs(tiny_enc, 6)
+    inv = AdjointInverter(tiny_enc, lacs, chunk_size=3)
+    real = inv.cascade.pull_back
+    pulled = {"n": 0}
+
+    def count(lin, stage, cot):
+        pulled["n"] += cot.shape[0]
+        return real(lin, stage, cot)
+
+    monkeypatch.setattr(inv.cascade, "pull_back", count)
+    got = {}
+    for room in (True, False):
+        monkeypatch.setattr(training, "graph_budget", (lambda d: 1 << 40) if room else (lambda d: 0))
+        lacs.zero_grad(set_to_none=True)
+        pulled["n"] = 0
+        with tiny_enc.frozen():
+            st = lac_step(inv, x, gen=torch.Generator().manual_seed(3), **kw)
+        got[room] = (st, _grads(lacs), pulled["n"])
+    (one, g_one, n_one), (two, g_two, n_two) = got[True], got[False]
+    assert float(g_two.abs().max()) > 0
+    torch.testing.assert_close(g_one, g_two, rtol=1e-5, atol=1e-7)  # float32 LACs
+    assert one.l1 == pytest.approx(two.l1, rel=1e-6)
+    assert one.objective == pytest.approx(two.objective, rel=1e-6)
+    assert n_one < n_two
+
+
+def test_one_pass_falls_back_when_recording_runs_out_of_memory(tiny_enc, monkeypatch):
+    x = tiny_enc.normalize(smooth_image(32, batch=1, dtype=torch.float64))
+    lacs = random_lacs(tiny_enc, 7)
+    inv = AdjointInverter(tiny_enc, lacs, chunk_size=2)
+    with tiny_enc.frozen():
+        lac_step(inv, x, channel_fraction=0.5, gen=torch.Generator().manual_seed(0))
+        ref = _grads(lacs)
+        lacs.zero_grad(set_to_none=True)
+        real = inv.cascade.pull_back
+        calls = {"n": 0}
+
+        def tight(lin, stage, cot):
+            if torch.is_grad_enabled():
+                calls["n"] += 1
+                if calls["n"] == 2:
+                    raise torch.cuda.OutOfMemoryError("simulated")
+            return real(lin, stage, cot)
+
+        monkeypatch.setattr(inv.cascade, "pull_back", tight)
+        lac_step(inv, x, channel_fraction=0.5, gen=torch.Generator().manual_seed(0))
+    assert calls["n"] > 2  # the two-pass path ran after the simulated failure
+    torch.testing.assert_close(_grads(lacs), ref, rtol=1e-5, atol=1e-7)

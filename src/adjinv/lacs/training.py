@@ -22,11 +22,15 @@ Only γ/β are trained. Three objectives:
   every γ and β trained (docs/method.md §4). Each stage's term is the ``"paper"`` term of
   that stage, with its own cascade passes.
 
-A step computes ``x̂_L`` exactly (no-grad pass over every live channel), then
-back-propagates the fixed cotangent ``∂loss/∂x̂`` chunk by chunk. With
-``channel_fraction < 1`` that second pass runs on channels *sampled in proportion to
-their simplex weight* (with replacement) and reweighted by their counts, so the
-gradient is an unbiased estimate of the exact one (``x̂`` itself stays exact).
+A step computes ``x̂_L`` exactly (one pass over every live channel), then
+back-propagates the fixed cotangent ``∂loss/∂x̂``. With ``channel_fraction < 1`` the
+gradient covers channels *sampled in proportion to their simplex weight* (with
+replacement) and reweighted by their counts, so it is an unbiased estimate of the
+exact one (``x̂`` itself stays exact). Where the recorded pull-backs of the gradient's
+channels fit in memory (`graph_budget()`), they are recorded during the one pass that
+gives ``x̂`` and back-propagated once ``∂loss/∂x̂`` is known (`_one_pass()`); otherwise
+they are pulled back a second time, chunk by chunk (`_backward()`). Both give the same
+gradient up to float rounding.
 
 ``train_lacs`` adds a validation set (loss logged, never trained on), a cosine
 learning-rate schedule, early stopping on the validation objective with the best
@@ -51,6 +55,7 @@ import torch
 from ..core.cascade import Linearization, channel_seeds
 from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
+from ..core.memory import available_bytes
 from ..core.simplex import simplex_measure
 from ..core.validate import check_input
 from ..distributed import all_reduce_sum, rank_world
@@ -225,6 +230,61 @@ def _backward(inverter: AdjointInverter, lin: Linearization, stage: int,
                     p.grad = torch.empty_like(p).copy_(g) if p.grad is None else p.grad.add_(g)
 
 
+def graph_budget(device: torch.device) -> int:
+    """Bytes the recorded pull-backs of one step may hold for `_one_pass()`: a quarter of
+    the memory free on ``device``."""
+    return available_bytes(device) // 4
+
+
+def _one_pass(inverter: AdjointInverter, lin: Linearization, stage: int, src: torch.Tensor,
+              w: torch.Tensor, w_grad: torch.Tensor, x: torch.Tensor, norm: int,
+              budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``x̂ = Σ_c w_c φ_c`` and ``ℓ1(x̂, x)`` per image from a single cascade pass, with the
+    gradient of ``⟨Σ_c ŵ_c φ_c, ∂loss/∂x̂⟩`` (``ŵ = w_grad``) accumulated into the LAC
+    parameters' ``.grad``: the channels of ``ŵ`` are pulled back with their autograd
+    graph kept, the others without, and one backward runs once ``∂loss/∂x̂`` is known.
+    The same numbers as a no-grad synthesis followed by `_backward()`, with one pass fewer
+    over the gradient's channels (docs/method.md §4). ``None`` (nothing done) when the
+    kept graphs would not fit ``budget`` bytes (default `graph_budget()`)."""
+    grad_on = (w_grad != 0).any(0)
+    idx_grad = grad_on.nonzero().flatten()
+    idx_rest = ((w != 0).any(0) & ~grad_on).nonzero().flatten()
+    need = idx_grad.numel() * inverter.cascade.per_item_bytes(lin, stage) * 5 // 4
+    if need > (graph_budget(lin.x.device) if budget is None else budget):
+        return None
+    params = [p for p in inverter.lacs.parameters() if p.requires_grad]
+    x_hat = torch.zeros_like(x)
+    recorded: torch.Tensor | int = 0
+    try:
+        for ch in idx_grad.split(max(1, inverter._chunk(lin, stage))):
+            phi = inverter.cascade.pull_back(lin, stage, channel_seeds(src, ch))
+            x_hat = x_hat + torch.einsum("bn,nbchw->bchw", w[:, ch].to(phi.dtype), phi.detach())
+            recorded = recorded + torch.einsum("bn,nbchw->bchw", w_grad[:, ch].to(phi.dtype),
+                                               phi)
+    except torch.cuda.OutOfMemoryError:  # nothing accumulated yet: the caller's two passes
+        log.info("the recorded pull-backs did not fit; pulling the gradient's channels "
+                 "back a second time instead")
+        del recorded, x_hat
+        if lin.x.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None
+    with torch.no_grad():
+        def pull(ch: torch.Tensor) -> torch.Tensor:
+            return inverter.cascade.pull_back(lin, stage, channel_seeds(src, ch))
+
+        for ch, phi in inverter.chunks(lin, stage, idx_rest, pull):
+            x_hat = x_hat + torch.einsum("bn,nbchw->bchw", w[:, ch].to(phi.dtype), phi)
+        l1 = (x_hat - x).abs().flatten(1).mean(1)
+        cot = torch.sign(x_hat - x) / norm
+    if isinstance(recorded, torch.Tensor) and recorded.requires_grad and params:
+        with inverter.cascade.precision_context():
+            gs = torch.autograd.grad((recorded * cot).sum(), params, allow_unused=True)
+        for p, g in zip(params, gs, strict=True):
+            if g is not None:
+                p.grad = torch.empty_like(p).copy_(g) if p.grad is None else p.grad.add_(g)
+    return x_hat, l1
+
+
 @dataclass
 class StepStats:
     """What one step measured: the ℓ1 of x̂_L and, for the contrastive objective, of x̂_swap;
@@ -276,6 +336,12 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
                                sampled, top)
     if sampled:
         w = sample_weights(w, channel_fraction, gen, top)
+    if backward and not contrast:
+        w_grad = w if sampled else sample_weights(w, channel_fraction, gen, top)
+        done = _one_pass(inverter, lin, last, a, w, w_grad, x, norm)
+        if done is not None:
+            l1 = done[1]
+            return StepStats(l1=float(l1.mean()), n=b, objective=float(l1.mean()))
     with torch.no_grad():
         sets = {"x_hat": w}
         x_hat = inverter.synthesize(lin, last, sets, source=a if ref else None)[0]["x_hat"]
@@ -299,8 +365,10 @@ def lac_step(inverter: AdjointInverter, x: torch.Tensor, *, channel_fraction: fl
         else:
             stats.objective = stats.l1
     if backward:
-        if not sampled:
+        if contrast and not sampled:
             terms = [(s, sample_weights(wt, channel_fraction, gen, top), c) for s, wt, c in terms]
+        elif not contrast:  # _one_pass() found no room: the same weights, a second pass
+            terms = [(a, w_grad, cot)]
         _backward(inverter, lin, last, terms)
     return stats
 
@@ -312,21 +380,23 @@ def _multipath_step(inverter: AdjointInverter, lin: Linearization, acts: list[to
     """Eq. 31 (docs/method.md §4): the ``"paper"`` term of every source stage, deepest
     first, each with its own exact ``x̂_l`` (``sampled``: its unbiased estimate from the
     same sampled weights as its gradient) and its own (sampled) backward pass."""
-    passes: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     per: list[float] = []
-    with torch.no_grad():
-        for s in range(len(acts) - 1, -1, -1):
-            a_s = acts[s].detach()
-            w_s = simplex_measure(a_s).detach()
-            if sampled:
-                w_s = sample_weights(w_s, channel_fraction, gen, top)
-            x_s = inverter.synthesize(lin, s, {"x_hat": w_s})[0]["x_hat"]
-            passes.append((s, a_s, w_s, torch.sign(x_s - x) / norm))
-            per.append(float((x_s - x).abs().flatten(1).mean(1).mean()))
-    if backward:
-        for s, a_s, w_s, cot in passes:
+    for s in range(len(acts) - 1, -1, -1):
+        a_s = acts[s].detach()
+        w_s = simplex_measure(a_s).detach()
+        if sampled:
+            w_s = sample_weights(w_s, channel_fraction, gen, top)
+        if backward:  # the gradient's weights, drawn in the same order as before _one_pass
             ws = w_s if sampled else sample_weights(w_s, channel_fraction, gen, top)
-            _backward(inverter, lin, s, [(a_s, ws, cot)])
+            done = _one_pass(inverter, lin, s, a_s, w_s, ws, x, norm)
+            if done is not None:
+                per.append(float(done[1].mean()))
+                continue
+        with torch.no_grad():
+            x_s = inverter.synthesize(lin, s, {"x_hat": w_s})[0]["x_hat"]
+            per.append(float((x_s - x).abs().flatten(1).mean(1).mean()))
+        if backward:
+            _backward(inverter, lin, s, [(a_s, ws, torch.sign(x_s - x) / norm)])
     stage_l1 = per[::-1]
     return StepStats(l1=stage_l1[-1], objective=sum(stage_l1), n=x.shape[0], stage_l1=stage_l1)
 

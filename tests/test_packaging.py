@@ -73,3 +73,18 @@ def test_every_optional_package_has_an_extra_in_pyproject():
     for module, (dist, extra) in _optional.PACKAGES.items():
         assert f'"{dist}' in text, (module, dist)
         assert f"\n{extra} = [" in text, extra
+
+
+def test_the_cli_starts_without_torchvision_and_names_classes_as_torchvision_does():
+    """``import adjinv.cli`` leaves torchvision (and its torch._dynamo import, ~1.5 s) unloaded;
+    the class names it ships are torchvision's list, in order."""
+    import torchvision
+
+    from adjinv.encoders import imagenet_categories
+
+    tv = list(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    assert imagenet_categories() == tv
+    code = "import sys, adjinv.cli; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "False"

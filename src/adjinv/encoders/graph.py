@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
-from torchvision.models.feature_extraction import NodePathTracer
 
 from ..errors import AdjinvError
 
@@ -51,6 +50,8 @@ def _timm_tracer_args() -> dict:
 
 def trace(model: nn.Module) -> tuple[fx.Graph, dict[fx.Node, str]]:
     """The model's graph (eval-mode branches) and each node's qualified name."""
+    from torchvision.models.feature_extraction import NodePathTracer  # 1.5 s: only when tracing
+
     tracer = NodePathTracer(**_timm_tracer_args())
     try:
         graph = tracer.trace(model)

@@ -6,10 +6,9 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torchvision
 from torch import nn
 
 from .._optional import require
@@ -18,10 +17,22 @@ from .efficientnet_lite import EfficientNetLite
 from .staged import LinearHead, StagedEncoder
 from .weights import fix_legacy_densenet_keys, load_into, read_state_dict
 
+if TYPE_CHECKING:
+    import torchvision
+
+# torchvision is imported where a torchvision model is built, not here: importing it costs
+# about 1.5 s (it loads torch._dynamo), a third of `adjinv invert`'s start-up on 2 cores.
+_CATEGORIES = Path(__file__).with_name("imagenet_categories.txt")
+
 
 def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet class names (shipped inside torchvision, no download)."""
-    return list(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    """The 1000 ImageNet class names, in index order (the list torchvision's weights carry,
+    kept in ``imagenet_categories.txt`` beside this module; a test checks they agree)."""
+    names = _CATEGORIES.read_text(encoding="utf-8").splitlines()
+    if len(names) != 1000:
+        raise AdjinvError(f"{_CATEGORIES} holds {len(names)} class names, not 1000: "
+                          "reinstall adjinv")
+    return names
 
 
 # ---------------------------------------------------------------- adapters
@@ -111,24 +122,33 @@ def _lite(variant: int) -> dict:
             "stage": stage_efficientnet_lite}
 
 
-def _tv(builder: Callable[[], nn.Module], weights_enum: Any,
-        stager: Callable[[nn.Module, str], StagedEncoder], fix: Callable | None = None) -> dict:
-    return {"build": builder, "url": weights_enum.url, "stage": stager, "fix": fix}
+def _tv(model: str, weights: str, stager: Callable[[Any, str], StagedEncoder],
+        fix: Callable | None = None) -> dict:
+    """A torchvision architecture by its builder's and weights enum's names (looked up,
+    and torchvision imported, only when used)."""
+    def build() -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, model)()
+
+    def url() -> str:
+        import torchvision
+
+        enum, member = weights.split(".")
+        return str(getattr(getattr(torchvision.models, enum), member).url)
+
+    return {"build": build, "url": url, "stage": stager, "fix": fix}
 
 
 _REGISTRY: dict[str, dict] = {
     "efficientnet_lite0": _lite(0),
     "efficientnet_lite1": _lite(1),
     "efficientnet_lite2": _lite(2),
-    "resnet18": _tv(lambda: torchvision.models.resnet18(),
-                    torchvision.models.ResNet18_Weights.IMAGENET1K_V1, stage_resnet),
-    "resnet50": _tv(lambda: torchvision.models.resnet50(),
-                    torchvision.models.ResNet50_Weights.IMAGENET1K_V2, stage_resnet),
-    "densenet121": _tv(lambda: torchvision.models.densenet121(),
-                       torchvision.models.DenseNet121_Weights.IMAGENET1K_V1, stage_densenet,
+    "resnet18": _tv("resnet18", "ResNet18_Weights.IMAGENET1K_V1", stage_resnet),
+    "resnet50": _tv("resnet50", "ResNet50_Weights.IMAGENET1K_V2", stage_resnet),
+    "densenet121": _tv("densenet121", "DenseNet121_Weights.IMAGENET1K_V1", stage_densenet,
                        fix_legacy_densenet_keys),
-    "convnext_base": _tv(lambda: torchvision.models.convnext_base(),
-                         torchvision.models.ConvNeXt_Base_Weights.IMAGENET1K_V1, stage_convnext),
+    "convnext_base": _tv("convnext_base", "ConvNeXt_Base_Weights.IMAGENET1K_V1", stage_convnext),
 }
 
 
@@ -167,13 +187,14 @@ def load_encoder(
         source = str(weights)
     elif "default_weights" in spec:
         source = spec["default_weights"]()
-    elif _hub_cache_file(spec["url"]).is_file():
-        source = str(_hub_cache_file(spec["url"]))
+    elif _hub_cache_file(spec["url"]()).is_file():
+        source = str(_hub_cache_file(spec["url"]()))
     if source is None:
         if not random_init:
             raise AdjinvError(
                 f"no weights for {name}: pass weights=PATH (--weights) to a local state dict, or "
-                f"put {os.path.basename(spec['url'])} into {_hub_cache_file(spec['url']).parent}; "
+                f"put {os.path.basename(spec['url']())} into "
+                f"{_hub_cache_file(spec['url']()).parent}; "
                 "random_init=True (--random-init) gives an untrained encoder"
             )
         warnings.warn(f"{name}: randomly initialised weights (no pretrained file given)",

@@ -272,5 +272,12 @@ def test_resolve_checkpoint_names_the_choices(tmp_path):
     assert resolve_checkpoint("efficientnet_lite0", str(f)) == f
     for v in bundled_variants("efficientnet_lite0"):
         assert resolve_checkpoint("efficientnet_lite0", v) == bundled_checkpoint("efficientnet_lite0", v)
-    with pytest.raises(AdjinvError, match="does not exist"):
+    # the default by the variant name it records (what the CLI's --lac help names)
+    from adjinv.lacs.checkpoint import default_variant, read_checkpoint
+
+    own = default_variant("efficientnet_lite0")
+    assert own and own in bundled_variants("efficientnet_lite0")
+    assert own == read_checkpoint(bundled_checkpoint("efficientnet_lite0"))[0]["variant"]
+    assert resolve_checkpoint("efficientnet_lite0", own) == bundled_checkpoint("efficientnet_lite0")
+    with pytest.raises(AdjinvError, match=f"does not exist.*{own}"):
         resolve_checkpoint("efficientnet_lite0", "nope")

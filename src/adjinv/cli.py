@@ -508,8 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overwrite", action="store_true",
                        help="write into an existing non-empty folder that adjinv did not create")
         _model_args(p)
-        p.add_argument("--lac", help="LAC checkpoint, or a bundled variant by name (paper, pixbias, "
-                                     "paper-224; default: the bundled default for the encoder)")
+        p.add_argument("--lac", help="LAC checkpoint, or a bundled variant by name (for "
+                                     "efficientnet_lite0: paper-224 = the default, paper-colour, "
+                                     "paper, pixbias; a wrong name lists them; default: the "
+                                     "bundled default for the encoder)")
         p.add_argument("--allow-other-weights", action="store_true",
                        help="accept a LAC checkpoint trained on other weights of this architecture")
         p.add_argument("--size", type=_SIZE, default=224,

@@ -209,14 +209,31 @@ def bundled_checkpoint(name: str, variant: str | None = None) -> Path | None:
     default one, or the named ``variant`` (docs/evidence.md lists what each is)."""
     stem = name if variant is None else f"{name}-{variant}"
     p = Path(__file__).parent / "weights" / f"{stem}.lac.safetensors"
-    return p if p.is_file() else None
+    if p.is_file():
+        return p
+    if variant is not None and variant == default_variant(name):  # the default, by its name
+        return bundled_checkpoint(name)
+    return None
+
+
+def default_variant(name: str) -> str | None:
+    """The variant name recorded in the bundled default checkpoint of encoder ``name``
+    (``paper-224`` for EfficientNet-Lite0), if it records one."""
+    p = bundled_checkpoint(name)
+    if p is None:
+        return None
+    v = read_checkpoint(p)[0].get("variant")
+    return str(v) if v else None
 
 
 def bundled_variants(name: str) -> list[str]:
-    """The names of the extra LAC checkpoints bundled for encoder ``name``."""
+    """The names of the LAC checkpoints bundled for encoder ``name``: the extra ones and
+    the default's own variant name (each accepted by ``--lac`` / ``lacs=``)."""
     root = Path(__file__).parent / "weights"
-    return sorted(p.name[len(name) + 1: -len(".lac.safetensors")]
-                  for p in root.glob(f"{name}-*.lac.safetensors"))
+    extra = {p.name[len(name) + 1: -len(".lac.safetensors")]
+             for p in root.glob(f"{name}-*.lac.safetensors")}
+    own = default_variant(name)
+    return sorted(extra | ({own} if own else set()))
 
 
 def resolve_checkpoint(name: str, lac: str | os.PathLike | None) -> Path | None:

@@ -1297,18 +1297,26 @@ def _paper_elements():
 
 
 def report_times() -> str:
-    """`adjinv invert` / `adjinv demo` seconds from benchmarks/results/breakdown/after.json."""
-    r = _json("breakdown/after.json")
-    ps = r["panels"]
-    partners = "swapped-seed partners"
-    one = sorted(p["seconds"] - p["panels_s"].get(partners, 0.0) for p in ps)
-    demo = sum(p["seconds"] for p in ps)
-    return (f"Measured (`benchmarks/results/breakdown/after.json`, commit {r['commit']}, "
-            f"{r['size']} px, {r['threads']} thread on a shared 2-core AMD EPYC, load average "
-            f"{r['load_average_start'][0]:.1f}): `adjinv invert photo.jpg` "
-            f"{one[len(one) // 2]:.0f} s per photo (median of {len(one)}; range "
-            f"{one[0]:.0f}–{one[-1]:.0f} s); the demo's {len(ps)} photos with their partners "
-            f"{demo:.0f} s. On two idle cores expect less; BENCHMARKS.md has the breakdown.")
+    """`adjinv invert` / `adjinv demo` wall seconds from benchmarks/results/cli_times.json."""
+    r = _json("cli_times.json")
+    inv = [x["wall_s"] for x in r["invert"]]
+    main = "x̂_L, class-directional, top channels"
+    deep = [x["panels"][main] for x in r["invert"]]
+    shallow = [x["panels"]["spectrum (shallower stages)"] for x in r["invert"]]
+    note = f"; {r['note']}" if r.get("note") else ""
+    demo = ""
+    if r.get("demo"):
+        d = r["demo"]
+        demo = (f"; `adjinv demo` (the {len(d['panels'])} embedded held-out photos, 2 partners "
+                f"each) **{d['wall_s']:.0f} s**")
+    return (f"Measured (`benchmarks/results/cli_times.json`, commit {r['commit']}, "
+            f"{r['cpus']} CPU cores (AMD EPYC, AVX2), {r['torch_threads']} torch threads"
+            f"{note}): `adjinv invert photo.jpg` with its defaults (one photo, 224 px) "
+            f"**{min(inv):.0f}–{max(inv):.0f} s** wall over {len(inv)} runs, of which x̂_L with "
+            f"the class-directional maps and top channels {min(deep):.1f}–{max(deep):.1f} s "
+            f"and the shallower stages {min(shallow):.1f}–{max(shallow):.1f} s{demo}. "
+            "BENCHMARKS.md and docs/speed.md have the breakdown and why this is the "
+            "exact method's cost on this CPU.")
 
 
 def breakdown_summary() -> str:
@@ -1361,8 +1369,10 @@ def breakdown_summary() -> str:
             f"x̂ {t['xhat']}, channel fraction {r['channel_fraction']:g}, top {t['top']:g}, "
             f"{t['threads']} thread, interleaved, median of {len(r['times']['after'])}): before "
             f"issue 27 {r['before_s']:.2f} s; new kernels, two passes {r['kernels_s']:.2f} s; "
-            f"new kernels, one pass {r['after_s']:.2f} s: **{r['speedup']:.2f}×** in all "
-            f"({r['one_pass_speedup']:.2f}× from the one pass), gradients equal to "
+            f"one pass {r['one_pass_s']:.2f} s; one pass with each transpose back-propagated "
+            f"through its stage's Jacobian {r['after_s']:.2f} s: **{r['speedup']:.2f}×** in all "
+            f"({r['one_pass_speedup']:.2f}× from the one pass, "
+            f"{r['explicit_backward_speedup']:.2f}× from the Jacobians), gradients equal to "
             f"{r['gradient_relative_difference']:.0e}.")
     return "\n".join(lines)
 

@@ -6,8 +6,10 @@ float32 rounding).
 records, and two passes over the gradient's channels (no-grad for x̂, then recorded);
 "kernels": 1×1 transposes as matrix products and out-of-place updates under autograd
 (``adjinv.core.adjoint.MATMUL_1X1`` / ``IN_PLACE_UNDER_AUTOGRAD``), still two passes;
-"after": the same kernels, and the gradient's channels recorded during the one pass that
-gives x̂ (``adjinv.lacs.training._one_pass``).
+"one_pass": the same kernels, and the gradient's channels recorded during the one pass that
+gives x̂ (``adjinv.lacs.training._one_pass``); "after": also each stage transpose
+back-propagated through the stage's Jacobian instead of its recorded ops
+(``adjinv.core.cascade.EXPLICIT_BACKWARD``, ``StageAdjoint.jacobian``).
 
     python benchmarks/training_step_ab.py --threads 1 --out benchmarks/results/training_step_ab.json
     # the corpus recipe (make lac-default): 224 px, sampled x̂, 15 % of the channels, top half
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 from adjinv import load_encoder
-from adjinv.core import adjoint
+from adjinv.core import adjoint, cascade
 from adjinv.core.inverter import AdjointInverter
 from adjinv.fileio import atomic_write_json
 from adjinv.images import resize_center_crop, sample_images
@@ -35,9 +37,14 @@ from adjinv.lacs import training
 from adjinv.lacs.bundled import load_lacs
 from adjinv.lacs.training import lac_step
 
-CONFIGS = {"before": {"MATMUL_1X1": False, "IN_PLACE_UNDER_AUTOGRAD": True, "one_pass": False},
-           "kernels": {"MATMUL_1X1": True, "IN_PLACE_UNDER_AUTOGRAD": False, "one_pass": False},
-           "after": {"MATMUL_1X1": True, "IN_PLACE_UNDER_AUTOGRAD": False, "one_pass": True}}
+CONFIGS = {"before": {"MATMUL_1X1": False, "IN_PLACE_UNDER_AUTOGRAD": True, "one_pass": False,
+                      "explicit_backward": False},
+           "kernels": {"MATMUL_1X1": True, "IN_PLACE_UNDER_AUTOGRAD": False, "one_pass": False,
+                       "explicit_backward": False},
+           "one_pass": {"MATMUL_1X1": True, "IN_PLACE_UNDER_AUTOGRAD": False, "one_pass": True,
+                        "explicit_backward": False},
+           "after": {"MATMUL_1X1": True, "IN_PLACE_UNDER_AUTOGRAD": False, "one_pass": True,
+                     "explicit_backward": True}}
 KERNEL_FLAGS = ("MATMUL_1X1", "IN_PLACE_UNDER_AUTOGRAD")
 
 
@@ -72,6 +79,7 @@ def main() -> None:
                         for k in KERNEL_FLAGS:
                             setattr(adjoint, k, cfg[k])
                         training.graph_budget = budget if cfg["one_pass"] else (lambda d: 0)
+                        cascade.EXPLICIT_BACKWARD = cfg["explicit_backward"]
                         for p in inv.lacs.parameters():
                             p.grad = None
                         t = time.perf_counter()
@@ -82,9 +90,10 @@ def main() -> None:
             med = {k: statistics.median(v) for k, v in times.items()}
             diff = float((grads["after"] - grads["before"]).norm() / grads["before"].norm())
             row = {"channel_fraction": frac, "before_s": med["before"],
-                   "kernels_s": med["kernels"], "after_s": med["after"],
-                   "speedup": med["before"] / med["after"],
-                   "one_pass_speedup": med["kernels"] / med["after"],
+                   "kernels_s": med["kernels"], "one_pass_s": med["one_pass"],
+                   "after_s": med["after"], "speedup": med["before"] / med["after"],
+                   "one_pass_speedup": med["kernels"] / med["one_pass"],
+                   "explicit_backward_speedup": med["one_pass"] / med["after"],
                    "gradient_relative_difference": diff, "times": times}
             res["rows"].append(row)
             print(json.dumps(row), flush=True)
@@ -92,6 +101,7 @@ def main() -> None:
         for k, v in saved.items():
             setattr(adjoint, k, v)
         training.graph_budget = budget
+        cascade.EXPLICIT_BACKWARD = True
     res["load_average_end"] = os.getloadavg()
     if args.out:
         atomic_write_json(Path(args.out), res)

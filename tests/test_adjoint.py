@@ -448,3 +448,73 @@ def test_self_check_passes_silently_on_correct_stages(tiny_enc):
         lin = AdjointInverter(tiny_enc).cascade.linearize(x)
     assert all(lin.explicit) and all(e is not None and e < 1e-12 for e in lin.check_errors)
     assert AdjointInverter(tiny_enc, verify=False).cascade.verify is False
+
+
+def _jvp_compare(enc, size: int, batch: int = 2) -> int:
+    """Every explicit stage's `jacobian()` against torch.func.jvp of the stage, in float64,
+    and the adjoint identity <J v, u> = <v, Jᵀ u>; returns how many stages were checked."""
+    enc = enc.double()
+    x = torch.randn(batch, 3, size, size + 3, dtype=torch.float64)
+    checked = 0
+    with enc.frozen(), torch.no_grad():
+        cas = AdjointCascade(enc, LACBank.for_encoder(enc).double())
+        lin = cas.linearize(x)
+        for k, pb in enumerate(lin.pullbacks):
+            if not getattr(pb, "has_jacobian", False):
+                continue
+            a_in = x if k == 0 else lin.acts[k - 1]
+            v = torch.randn(3, *a_in.shape, dtype=torch.float64)
+            keep = v.clone()
+            got = pb.jacobian(v)
+            assert torch.equal(v, keep), "jacobian() modified its input"
+            want = torch.stack([torch.func.jvp(enc.stages[k], (a_in,), (v[i],))[1] for i in range(3)])
+            assert rel(got, want) < 1e-12, k
+            u = torch.randn(3, *lin.acts[k].shape, dtype=torch.float64)
+            lhs, rhs = (got * u).sum(), (v * pb(u)).sum()
+            assert abs(float(lhs - rhs)) < 1e-10 * float(lhs.abs() + rhs.abs()), k
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("name,size", [("efficientnet_lite0", 45), ("resnet18", 37)])
+def test_stage_jacobians_match_forward_mode_autograd(name, size):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = load_encoder(name, random_init=name != "efficientnet_lite0")
+    assert _jvp_compare(enc, size) == enc.num_stages
+
+
+@pytest.mark.parametrize("size", [15, 16])
+def test_mixed_ops_jacobian_matches_jvp(size):
+    """Max-pool switches, concatenation, residual sums, an unfused BatchNorm, TF-"SAME"
+    padding and a clone: the forward linearisation against torch.func.jvp."""
+    torch.manual_seed(1)
+    body = Mixed().double().eval()
+    x = torch.randn(2, 4, size, size + 1, dtype=torch.float64)
+    y, adj = build_stage_adjoint(body, x)
+    v = torch.randn(3, *x.shape, dtype=torch.float64)
+    want = torch.stack([torch.func.jvp(body, (x,), (v[i],))[1] for i in range(3)])
+    assert adj.has_jacobian
+    assert rel(adj.jacobian(v), want) < 1e-12
+    assert compare(staged_from_sequential(inplace_bn_cnn()), 33) == [True] * 4
+    assert _jvp_compare(staged_from_sequential(inplace_bn_cnn()), 33) == 4
+
+
+def test_recorded_transposes_back_propagate_through_their_jacobians(tiny_enc, monkeypatch):
+    """LAC training's gradients with each transpose back-propagated through
+    `StageAdjoint.jacobian()` equal those with the transpose's own ops recorded."""
+    from adjinv.core import cascade
+
+    enc = load_encoder("efficientnet_lite0")
+    lacs = random_lacs(enc).float()
+    x = enc.normalize(torch.rand(1, 3, 48, 48))
+    inv = AdjointInverter(enc, lacs)
+    got = {}
+    for flag in (False, True):
+        monkeypatch.setattr(cascade, "EXPLICIT_BACKWARD", flag)
+        lacs.zero_grad(set_to_none=True)
+        with enc.frozen():
+            lac_step(inv, x, channel_fraction=0.3, gen=torch.Generator().manual_seed(0))
+        got[flag] = torch.cat([p.grad.flatten() for p in lacs.parameters()])
+    assert float(got[False].abs().max()) > 0
+    assert rel(got[True], got[False]) < 1e-5  # float32

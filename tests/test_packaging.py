@@ -76,7 +76,8 @@ def test_every_optional_package_has_an_extra_in_pyproject():
 
 
 def test_the_cli_starts_without_torchvision_and_names_classes_as_torchvision_does():
-    """``import adjinv.cli`` leaves torchvision (and its torch._dynamo import, ~1.5 s) unloaded;
+    """``import adjinv.cli`` and an inversion leave torchvision and torch._dynamo (~1.5 s to
+    import) unloaded;
     the class names it ships are torchvision's list, in order."""
     import torchvision
 
@@ -88,3 +89,10 @@ def test_the_cli_starts_without_torchvision_and_names_classes_as_torchvision_doe
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.strip() == "False"
+    # nor does an inversion (its self-check of each explicit stage) load torch._dynamo
+    code = ("import sys, torch, adjinv; inv = adjinv.load_inverter(); "
+            "inv.invert(torch.randn(1, 3, 32, 32), stages=[-1]); "
+            "print('torch._dynamo' in sys.modules, 'torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert out.stdout.split()[-2:] == ["False", "False"]

@@ -193,6 +193,94 @@ class StageAdjoint:
         gx = _out_of_compute(got[0], scale, out_dtype, self._fmt)
         return gx.reshape(n, b, *gx.shape[1:])
 
+    @property
+    def has_jacobian(self) -> bool:
+        """Whether `jacobian()` applies: float32/float64 compute, every convolution kept."""
+        return self.dtype in (torch.float32, torch.float64) and all(
+            op.data.get("fwd") is not None for op in self._ops.values()
+            if op.kind in ("conv", "polyphase"))
+
+    def jacobian(self, v: torch.Tensor) -> torch.Tensor:
+        """``v ↦ J_f v`` on tangents (N, B, C_in, H, W) → (N, B, C_out, h, w): the stage's
+        linearisation at its input, run forward through the same recorded ops (each
+        convolution forward without its bias, each mask, pooling switch, sum and
+        concatenation as recorded). It is the adjoint of ``__call__`` — what autograd needs
+        to back-propagate through a transpose while LAC training records it
+        (docs/method.md §4) — at the cost of one forward pass and without recording
+        the transpose's own ops."""
+        if not self.has_jacobian:
+            raise AssertionError("jacobian() needs float32/float64 explicit convolutions")
+        n, b = v.shape[:2]
+        x = v.reshape(n * b, *v.shape[2:]).to(self.dtype).contiguous(memory_format=self._fmt)
+        order = list(reversed(self._order))  # graph order
+        uses: dict[fx.Node, int] = {self._output: 1}
+        for node in order:
+            for a in self._ops[node].args:
+                uses[a] = uses.get(a, 0) + 1
+        vals: dict[fx.Node, torch.Tensor] = {self._placeholder: x}
+        for node in order:
+            op = self._ops[node]
+            ins, last = [], []
+            for a in op.args:
+                ins.append(vals[a])
+                uses[a] -= 1
+                last.append(uses[a] == 0 and a is not self._placeholder)
+                if uses[a] == 0:
+                    del vals[a]
+            # an op may update its input in place where no one else reads that map
+            own = [o and sum(t is ins[i] for t in ins) == 1 for i, o in enumerate(last)]
+            vals[node] = self._forward(op, ins, own, n)
+        out = vals.get(self._output)
+        if out is None:  # the stage's output does not depend on its input
+            raise AssertionError("stage output not reached from its input")
+        return out.to(v.dtype).reshape(n, b, *out.shape[1:])
+
+    @staticmethod
+    def _forward(op: _Op, ins: list[torch.Tensor], own: list[bool], n: int) -> torch.Tensor:
+        """One recorded op's linearisation, forward (the adjoint of `_transpose()`); ``own[i]``:
+        ``ins[i]`` may be updated in place."""
+        d = op.data
+        if op.kind in ("conv", "polyphase"):
+            f = d["fwd"]
+            v = ins[0]
+            if f["pad"] is not None:
+                v = F.pad(v, f["pad"])
+            mat = d.get("matrix")
+            if mat is not None and MATMUL_1X1 and v.device.type == "cpu" \
+                    and v.is_contiguous(memory_format=torch.channels_last):
+                nb, c, h, w = v.shape
+                y = torch.mm(v.permute(0, 2, 3, 1).reshape(-1, c), mat.t())
+                return y.view(nb, h, w, -1).permute(0, 3, 1, 2)
+            return F.conv2d(v, f["weight"], None, f["stride"], f["padding"], f["dilation"],
+                            f["groups"])
+        if op.kind == "scale":
+            return ins[0].mul_(d["scale"]) if own[0] else ins[0] * d["scale"]
+        if op.kind == "mask":
+            v, m = ins[0], d["mask"]
+            out = _and_bits(v, d["bits"], d["channels_last"], own[0], n)
+            if out is not None:
+                return out
+            if m.shape[0] != 1:
+                v5 = v.view(n, m.shape[0], *v.shape[1:])
+                return (v5.mul_(m) if own[0] else v5 * m).view(v.shape)
+            return v.mul_(m) if own[0] else v * m
+        if op.kind == "maxpool":
+            idx, (c, _, _) = d["indices"], d["shape"]
+            v = ins[0]
+            nb = v.shape[0]
+            flat_idx = idx.flatten(2).expand(n, *idx.shape[:2], -1).reshape(nb, c, -1)
+            return v.reshape(nb, c, -1).gather(2, flat_idx).view(nb, c, *idx.shape[-2:])
+        if op.kind == "fanout":
+            if len(ins) == 1:  # an identity: never hand on a map someone else still reads
+                return ins[0] if own[0] else ins[0].clone()
+            out, fresh = ins[0], own[0]
+            for t in ins[1:]:
+                out, fresh = (out.add_(t), True) if fresh else (out + t, True)
+            return out
+        if op.kind == "split":
+            return torch.cat(ins, 1)
+        raise AssertionError(op.kind)
+
     @staticmethod
     def _transpose(op: _Op, g: torch.Tensor, own: bool, n: int) -> list[tuple[torch.Tensor, bool]]:
         """The transposed op on ``g`` → one (gradient, owned) pair per input of the node."""
@@ -415,7 +503,8 @@ def _module_op(node: fx.Node, m: nn.Module, args: tuple, ops: dict[fx.Node, _Op]
         ops[node] = _Op("conv", (src,), {
             "weight": m.weight.detach(), "stride": m.stride, "padding": (ph, pw),
             "output_padding": (op_h, op_w), "groups": m.groups, "dilation": m.dilation,
-            "crop": crop, "dtype": dtype, "fmt": fmt, "in_size": (h, w)})
+            "crop": crop, "dtype": dtype, "fmt": fmt, "in_size": (h, w),
+            "fwd_pad": tuple(pad) if crop is not None and pad is not None else None})
         return y
     if kind is nn.BatchNorm2d and isinstance(m, nn.BatchNorm2d):
         if m.training or m.running_var is None or m.running_mean is None:
@@ -512,7 +601,8 @@ def _to_polyphase(op: _Op) -> None:
         shift, size = (ph, pw), (hin, win)
     op.kind = "polyphase"
     op.data = {"weight": kern.reshape(cin * s * s, cout, j, j), "stride": s, "pad": j - 1,
-               "shift": shift, "size": size, "dtype": d["dtype"], "fmt": d["fmt"]}
+               "shift": shift, "size": size, "dtype": d["dtype"], "fmt": d["fmt"],
+               "fwd": d.get("fwd")}
 
 
 # float16 weights carry 11 bits; as two terms W_hi + W_lo (two convolutions, the small
@@ -568,6 +658,13 @@ def _finalize(ops: dict[fx.Node, _Op], fmt: torch.memory_format) -> None:
             op.kind, op.data = "fanout", {}
     for op in ops.values():
         if op.kind == "conv":
+            d = op.data
+            pad = d.pop("fwd_pad", None)
+            # the convolution itself, for `StageAdjoint.jacobian()` (float32/float64 only)
+            d["fwd"] = None if d["dtype"] not in (torch.float32, torch.float64) else {
+                "weight": d["weight"].to(d["dtype"]).contiguous(memory_format=d["fmt"]),
+                "stride": d["stride"], "padding": d["padding"], "dilation": d["dilation"],
+                "groups": d["groups"], "pad": pad}
             if _prefer_polyphase(op.data):
                 _to_polyphase(op)
             d = op.data

@@ -57,6 +57,38 @@ class Linearization:
         return len(self.acts) - 1
 
 
+# While LAC training records a pull-back, back-propagate through each explicit stage
+# transpose with its own Jacobian (`StageAdjoint.jacobian()`, one forward pass) instead of
+# recording the transpose's ops for autograd (False: record them; for A/B and tests).
+EXPLICIT_BACKWARD = True
+
+
+class _RecordedTranspose(torch.autograd.Function):
+    """``u ↦ J_fᵀ u`` for autograd: computed without recording its ops; its backward
+    is ``g ↦ J_f g`` (the transpose is linear, so that is its exact derivative)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, u: torch.Tensor,
+                pb: StageAdjoint) -> torch.Tensor:
+        ctx.pb = pb  # type: ignore[attr-defined]
+        out = pb(u)
+        return out.clone() if out.untyped_storage().data_ptr() == u.untyped_storage().data_ptr() \
+            else out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx,
+                 g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return ctx.pb.jacobian(g), None  # type: ignore[attr-defined]
+
+
+def _apply(pb: PullBack, u: torch.Tensor) -> torch.Tensor:
+    """One stage's pull-back; through `_RecordedTranspose` while autograd records."""
+    if EXPLICIT_BACKWARD and isinstance(pb, StageAdjoint) and torch.is_grad_enabled() \
+            and u.requires_grad and pb.has_jacobian:
+        return cast(torch.Tensor, _RecordedTranspose.apply(u, pb))
+    return pb(u)
+
+
 def _vjp(stage: nn.Module, a: torch.Tensor
          ) -> tuple[torch.Tensor, Callable[[torch.Tensor], tuple[torch.Tensor]]]:
     """``torch.func.vjp`` of one stage (no auxiliary output): ``(f(a), u ↦ (J_fᵀ u,))``."""
@@ -156,11 +188,16 @@ class AdjointCascade:
         """The explicit stage ``built`` if it matches autograd on one random cotangent,
         else stage ``k``'s autograd pull-back (with a warning); and the relative error."""
         y, pb = built
-        y_ref, fn = _vjp(st, a)
-        gen = torch.Generator(device=y_ref.device).manual_seed(k)
-        u = torch.randn(y_ref.shape, generator=gen, device=y_ref.device, dtype=y_ref.dtype)
+        # plain autograd, not torch.func: its first call imports torch._dynamo (about 1.5 s
+        # of every `adjinv invert` on 2 cores); the same VJP
+        with torch.enable_grad():
+            a_in = a.detach().requires_grad_(True)
+            y_ref = st(a_in)
+            gen = torch.Generator(device=y_ref.device).manual_seed(k)
+            u = torch.randn(y_ref.shape, generator=gen, device=y_ref.device, dtype=y_ref.dtype)
+            want = torch.autograd.grad(y_ref, a_in, u)[0]
+        y_ref = y_ref.detach()
         got = pb(u.unsqueeze(0))[0]
-        want = fn(u)[0]
         err = max(_rel_err(got, want), _rel_err(y, y_ref))
         tol = VERIFY_RTOL.get(dtype, 1e-4)
         if err <= tol:
@@ -171,6 +208,7 @@ class AdjointCascade:
                f"uses autograd; module types in the stage: {types}")
         log.warning(msg)
         warnings.warn(msg, stacklevel=3)
+        y_ref, fn = _vjp(st, a)
         return (y_ref, _vmapped(fn)), err
 
     def pull_back(self, lin: Linearization, stage: int, cot: torch.Tensor) -> torch.Tensor:
@@ -178,7 +216,7 @@ class AdjointCascade:
         u = cot
         with self.precision_context():
             for k in range(stage, -1, -1):
-                u = lin.pullbacks[k](u)
+                u = _apply(lin.pullbacks[k], u)
                 if k == 0:
                     u = self._lac(self.lacs.pix, u)
                 elif self.encoder.infos[k].decimates:

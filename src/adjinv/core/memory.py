@@ -28,6 +28,21 @@ def available_bytes(device: torch.device) -> int:
     return 4 << 30
 
 
+def total_bytes(device: torch.device) -> int:
+    """All the memory of ``device`` (a machine constant, unlike the free memory): CUDA total
+    memory, else Linux ``MemTotal``."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+
+
 def default_budget(device: torch.device) -> int:
     """Bytes one chunk may use: half the free CUDA memory; on CPU the speed budget
     (or a quarter of the available RAM, if less)."""

@@ -27,10 +27,10 @@ back-propagates the fixed cotangent ``∂loss/∂x̂``. With ``channel_fraction 
 gradient covers channels *sampled in proportion to their simplex weight* (with
 replacement) and reweighted by their counts, so it is an unbiased estimate of the
 exact one (``x̂`` itself stays exact). Where the recorded pull-backs of the gradient's
-channels fit in memory (`graph_budget()`), they are recorded during the one pass that
-gives ``x̂`` and back-propagated once ``∂loss/∂x̂`` is known (`_one_pass()`); otherwise
-they are pulled back a second time, chunk by chunk (`_backward()`). Both give the same
-gradient up to float rounding.
+channels fit in a quarter of the device's memory (`graph_budget()`), they are recorded
+during the one pass that gives ``x̂`` and back-propagated once ``∂loss/∂x̂`` is known
+(`_one_pass()`); otherwise they are pulled back a second time, chunk by chunk
+(`_backward()`). Both give the same gradient up to float rounding.
 
 ``train_lacs`` adds a validation set (loss logged, never trained on), a cosine
 learning-rate schedule, early stopping on the validation objective with the best
@@ -55,7 +55,7 @@ import torch
 from ..core.cascade import Linearization, channel_seeds
 from ..core.inverter import AdjointInverter
 from ..core.lac import LACBank
-from ..core.memory import available_bytes
+from ..core.memory import total_bytes
 from ..core.simplex import simplex_measure
 from ..core.validate import check_input
 from ..distributed import all_reduce_sum, rank_world
@@ -232,8 +232,10 @@ def _backward(inverter: AdjointInverter, lin: Linearization, stage: int,
 
 def graph_budget(device: torch.device) -> int:
     """Bytes the recorded pull-backs of one step may hold for `_one_pass()`: a quarter of
-    the memory free on ``device``."""
-    return available_bytes(device) // 4
+    ``device``'s memory. Its total, not what is free now, so that a run and its resumption
+    choose the same path (a resumed run stays bit-identical); a CUDA out-of-memory error
+    still falls back to the two passes."""
+    return total_bytes(device) // 4
 
 
 def _one_pass(inverter: AdjointInverter, lin: Linearization, stage: int, src: torch.Tensor,

@@ -39,10 +39,11 @@ def _run(cmd: list[str]) -> dict:
 
 
 def _timings(out: Path) -> dict[str, dict[str, float]]:
+    """Per photo: the report's seconds per panel, and its live channels at the deepest stage."""
     got = {}
     for f in sorted(out.glob("*/summary.json")):
         d = json.loads(f.read_text())
-        got[f.parent.name] = d.get("timing", {})
+        got[f.parent.name] = {**d.get("timing", {}), "live_channels": d["live_channels_deepest"]}
     return got
 
 

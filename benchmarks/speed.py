@@ -545,7 +545,48 @@ def write_markdown(path: Path, result_files: Sequence[Path]) -> Path:
             parts += [f"_{env['note']}_", ""]
         parts += [tables(res["rows"])]
     parts += breakdown_section(Path(path).parent / "benchmarks" / "results" / "breakdown")
+    parts += commands_section(Path(path).parent / "benchmarks" / "results")
     return atomic_write_text(path, "\n".join(parts))
+
+
+def commands_section(folder: Path) -> list[str]:
+    """What a user waits for (``cli_times.json``) and a LAC training step of the 224 px
+    recipe before and after each change (``training_step_ab_224.json``)."""
+    import json
+
+    cli, ab = folder / "cli_times.json", folder / "training_step_ab_224.json"
+    if not (cli.is_file() and ab.is_file()):
+        return []
+    c, t = json.loads(cli.read_text()), json.loads(ab.read_text())
+    out = ["", "## What a user waits for, and a LAC training step: "
+           "benchmarks/results/{cli_times,training_step_ab_224}.json", "",
+           f"`python benchmarks/cli_times.py` (commit {c['commit']}, {c['cpus']} cores, "
+           f"{c['torch_threads']} torch threads; {c.get('note') or 'no note'}): wall seconds of "
+           "each command in a fresh process, and the seconds its report recorded per panel.", "",
+           "| command | wall (s) | CPU (s) | x̂_L, class-directional, top channels (s) | "
+           "shallower stages (s) | partners (s) |", "|---|---|---|---|---|---|"]
+    deep, shallow, part = ("x̂_L, class-directional, top channels", "spectrum (shallower stages)",
+                           "swapped-seed partners")
+    for i, r in enumerate(c["invert"]):
+        p = r["panels"]
+        out.append(f"| `adjinv invert photo.jpg` (run {i + 1}) | {r['wall_s']:.1f} | "
+                   f"{r['cpu_s']:.1f} | {p[deep]:.1f} | {p[shallow]:.1f} | {p[part]:.1f} |")
+    if c.get("demo"):
+        d = c["demo"]
+        tot = {k: sum(p[k] for p in d["panels"].values()) for k in (deep, shallow, part)}
+        out.append(f"| `adjinv demo` ({len(d['panels'])} photos, summed) | {d['wall_s']:.1f} | "
+                   f"{d['cpu_s']:.1f} | {tot[deep]:.1f} | {tot[shallow]:.1f} | {tot[part]:.1f} |")
+    out += ["", f"`python benchmarks/training_step_ab.py --size {t['size']} --xhat {t['xhat']} "
+            f"--top {t['top']:g} ...` (EfficientNet-Lite0, bundled LACs, {t['threads']} thread, "
+            "the four forms interleaved in one process; load average "
+            f"{t['load_average_start'][0]:.1f} at the start): seconds per step, median.", "",
+            "| channel fraction | before issue 27 | new 1×1 kernels | + one pass | "
+            "+ Jacobian backward | speed-up | gradients vs before |", "|---|---|---|---|---|---|---|"]
+    for r in t["rows"]:
+        out.append(f"| {r['channel_fraction']:g} | {r['before_s']:.2f} | {r['kernels_s']:.2f} | "
+                   f"{r['one_pass_s']:.2f} | {r['after_s']:.2f} | {r['speedup']:.2f}× | "
+                   f"{r['gradient_relative_difference']:.0e} |")
+    return out + [""]
 
 
 def breakdown_section(folder: Path) -> list[str]:

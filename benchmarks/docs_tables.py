@@ -219,8 +219,8 @@ def training_summary(encoder: str = "efficientnet_lite0", prefix: str = "") -> s
     prefix for encoders other than the default; a corpus run's log lies in ``lite0-224/``)."""
     meta = _bundled_meta(encoder)
     t = meta["training"]
-    if all(n.startswith("corpus:") for n in t["images"]):
-        rel = f"training/lite0-224/{t['objective']}.log.json"
+    if all(n.startswith("corpus:") for n in t["images"]):  # lite0-224/, lite1-224/, …
+        rel = f"training/lite{encoder.rsplit('lite', 1)[-1]}-224/{t['objective']}.log.json"
     else:
         rel = f"training/{prefix}{meta.get('variant', t['objective'])}.log.json"
     log = json.loads((RESULTS / rel).read_text())
@@ -373,6 +373,25 @@ def default_heldout() -> str:
             m, ci = r["sizes"][z][key]["mean"], r["sizes"][z][key]["pearson_ci"]
             cells.append(f"{m['pearson']:.3f} [{ci[1]:.3f}, {ci[2]:.3f}] / {m['l1']:.4f}")
         lines.append(f"| {_variant_label(label, r['variants'][key])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def lite_heldout() -> str:
+    """Lite1 / Lite2: the 224 px corpus-recipe LACs against the 96 px ones they replace, on
+    the held-out photos (benchmarks/heldout_eval.py → heldout-224/eval-lite{1,2}.json)."""
+    lines = []
+    for v in (1, 2):
+        r = _json(f"heldout-224/eval-lite{v}.json")
+        z = list(r["sizes"])[0]
+        cells = []
+        for key, label in (("paper_224", "224 px corpus recipe, the bundled default"),
+                           ("paper_colour", "96 px step 15, now `paper-colour`")):
+            m, ci = r["sizes"][z][key]["mean"], r["sizes"][z][key]["pearson_ci"]
+            cells.append(f"{label}: r {m['pearson']:.3f} [{ci[1]:.3f}, {ci[2]:.3f}], "
+                         f"ℓ1 {m['l1']:.4f}")
+        lines.append(f"- `efficientnet_lite{v}`, x̂_L on the {len(r['photos'])} held-out photos "
+                     f"at {z} px (`benchmarks/results/heldout-224/eval-lite{v}.json`): "
+                     + "; ".join(cells) + ".")
     return "\n".join(lines)
 
 
@@ -1432,7 +1451,7 @@ BLOCKS = {"corpus-summary": corpus_summary, "training-224": training_224,
           "reconstruction-full-table": lambda: reconstruction_table("reconstruction-full", wall=True),
           "default-table": default_table, "default-heldout": default_heldout,
           "baselines-224": baselines_224, "lattice-controls": lattice_controls,
-          "speed-goals": speed_goals,
+          "speed-goals": speed_goals, "lite-heldout": lite_heldout,
           "training-summary": training_summary,
           "training-summary-lite": lambda: "\n".join(
               f"- `{e}`: " + training_summary(e, f"lite{e[-1]}-")

@@ -247,7 +247,13 @@ def _one_pass(inverter: AdjointInverter, lin: Linearization, stage: int, src: to
     graph kept, the others without, and one backward runs once ``∂loss/∂x̂`` is known.
     The same numbers as a no-grad synthesis followed by `_backward()`, with one pass fewer
     over the gradient's channels (docs/method.md §4). ``None`` (nothing done) when the
-    kept graphs would not fit ``budget`` bytes (default `graph_budget()`)."""
+    kept graphs would not fit ``budget`` bytes (default `graph_budget()`), or when the
+    batch's images have such different live channels that `AdjointInverter.synthesize()`
+    would pull them back image by image."""
+    live = w != 0
+    if w.shape[0] > 1 and int(live.any(0).sum()) * w.shape[0] > \
+            inverter.SPLIT_RATIO * int(live.sum()):
+        return None  # images whose live channels differ: x̂ image by image, as synthesize() does
     grad_on = (w_grad != 0).any(0)
     idx_grad = grad_on.nonzero().flatten()
     idx_rest = ((w != 0).any(0) & ~grad_on).nonzero().flatten()

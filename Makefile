@@ -1,4 +1,4 @@
-.PHONY: install demo test lint lac lac-lite conformance corpus lac-224 lac-default lac-224-lite
+.PHONY: install demo test lint lac lac-lite conformance corpus lac-224 lac-default lac-224-lite lac-default-lite
 install:
 	python3 -m pip install -e ".[test]"
 demo:
@@ -16,7 +16,7 @@ lac:
 	python3 -c "from adjinv.lacs.checkpoint import export_checkpoint as e; \
 	  e('lac-train/paper-colour.lac.safetensors', \
 	    'src/adjinv/lacs/weights/efficientnet_lite0-paper-colour.lac.safetensors', variant='paper-colour')"
-# The same recipe for EfficientNet-Lite1 and Lite2 (the capacity comparison, O3).
+# The same 96 px recipe for EfficientNet-Lite1 and Lite2 (their `paper-colour` variants).
 lac-lite:
 	for v in 1 2; do \
 	  python3 benchmarks/train_embedded.py --encoder efficientnet_lite$$v --objective paper \
@@ -24,7 +24,7 @@ lac-lite:
 	    --out lac-train/lite$$v-paper-colour.lac.safetensors && \
 	  python3 -c "from adjinv.lacs.checkpoint import export_checkpoint as e; \
 	    e('lac-train/lite'$$v'-paper-colour.lac.safetensors', \
-	      'src/adjinv/lacs/weights/efficientnet_lite'$$v'.lac.safetensors', variant='paper-colour')"; \
+	      'src/adjinv/lacs/weights/efficientnet_lite'$$v'-paper-colour.lac.safetensors', variant='paper-colour')"; \
 	done
 # Every torchvision classification builder and the timm families (long); then the results
 # file and docs/compatibility.md from a fresh run.
@@ -54,4 +54,10 @@ lac-224-lite:
 	    --batch-size 1 --xhat sampled --channel-fraction 0.15 --top 0.5 --lr 0.01 --schedule constant \
 	    --steps 4000 --validate-every 80 --patience 5 --keep-every 40 --threads 1 --min-crop 0.5 \
 	    --objective paper --out benchmarks/results/training/lite$$v-224/paper.lac.safetensors; \
+	done
+# Their defaults: each run's best validation check (after `make corpus lac-224-lite`).
+lac-default-lite:
+	for v in 1 2; do \
+	  python3 benchmarks/export_best.py benchmarks/results/training/lite$$v-224/paper.lac.safetensors \
+	    src/adjinv/lacs/weights/efficientnet_lite$$v.lac.safetensors --variant paper-224; \
 	done

@@ -381,6 +381,8 @@ def lite_heldout() -> str:
     the held-out photos (benchmarks/heldout_eval.py → heldout-224/eval-lite{1,2}.json)."""
     lines = []
     for v in (1, 2):
+        if not (RESULTS / f"heldout-224/eval-lite{v}.json").is_file():
+            continue  # not measured yet: no line
         r = _json(f"heldout-224/eval-lite{v}.json")
         z = list(r["sizes"])[0]
         cells = []

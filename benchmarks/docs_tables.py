@@ -424,7 +424,15 @@ def baselines_224() -> str:
                 lines.append(f"| {label} ({len(m['photos'])}) | {m['mean_pearson']:.3f} "
                              f"[{m['pearson_ci'][1]:.3f}, {m['pearson_ci'][2]:.3f}] | {m['mean_l1']:.4f} |")
         lines.append("")
-    mv = base / "mv-lite0-224.json"
+    for name in ("mv-lite0-224.json", "mv-lite0-224-cap2000.json"):
+        lines += _mv_section(base / name)
+    return "\n".join(lines).strip() or ("Not run yet: `benchmarks/train_upconv.py` and "
+                                        "`benchmarks/mv_sweep.py` write `benchmarks/results/baselines/`.")
+
+
+def _mv_section(mv: Path) -> list[str]:
+    """One Mahendran & Vedaldi sweep (benchmarks/mv_sweep.py), once it has finished."""
+    lines: list[str] = []
     d = json.loads(mv.read_text()) if mv.is_file() else {}
     if d.get("figure"):  # the sweep's last step: a sweep still running is not reported
         p = d["protocol"]
@@ -435,7 +443,7 @@ def baselines_224() -> str:
                   f"(window {p['window']}, tol {p['tol']:g}, at least {p['min_steps']} steps) or "
                   f"{p['steps']} steps. Chosen by mean validation Pearson r: `{d['chosen']}`; "
                   f"M&V's own weights: `{d['paper']}`. From "
-                  "`benchmarks/results/baselines/mv-lite0-224.json`.", "",
+                  f"`benchmarks/results/baselines/{mv.name}`.", "",
                   "| setting (validation) | Pearson r | ℓ1 | converged | mean steps | final / first energy |",
                   "|---|---|---|---|---|---|"]
         for k, m in d["validation_summary"].items():
@@ -451,8 +459,8 @@ def baselines_224() -> str:
                 l1 = "n/a" if m["mean_l1"] is None else f"{m['mean_l1']:.4f}"
                 lines.append(f"| `{k}` | {st.removeprefix('stage')} | {m['mean_pearson']:.3f} | {l1} | "
                              f"{m['converged']} of {m['n']} | {m['mean_steps_run']:.0f} |")
-    return "\n".join(lines).strip() or ("Not run yet: `benchmarks/train_upconv.py` and "
-                                        "`benchmarks/mv_sweep.py` write `benchmarks/results/baselines/`.")
+        lines.append("")
+    return lines
 
 
 LATTICE_LABELS = {"trained": "x̂_L", "identity": "identity LACs", "seed_zero": "seed-zero Ψ(0)",

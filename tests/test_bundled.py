@@ -11,15 +11,14 @@ from adjinv.images.files import resize_center_crop
 from adjinv.images.photos import HELDOUT, TRAIN, VALIDATION, is_greyscale, photo
 from adjinv.lacs.checkpoint import bundled_checkpoint, bundled_variants, read_checkpoint
 
-AT_224 = ["efficientnet_lite0", "efficientnet_lite1"]  # defaults trained by the corpus recipe
-AT_96 = ["efficientnet_lite2"]  # default still the 96 px LACs (its 224 px run is going on)
+# every default trained by the corpus recipe; the 96 px LACs are the paper-colour variants
+AT_224 = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
 
 @pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_the_96_px_lite_lacs_are_small_load_and_never_saw_the_heldout_photos(name):
-    """Lite1 / Lite2's LACs by the 96 px recipe: the ``paper-colour`` variant once the
-    corpus recipe's LACs are the default, else the default itself."""
-    path = bundled_checkpoint(name, "paper-colour") if name in AT_224 else bundled_checkpoint(name)
+    """Lite1 / Lite2's LACs by the 96 px recipe, their ``paper-colour`` variant."""
+    path = bundled_checkpoint(name, "paper-colour")
     assert path is not None and path.stat().st_size < 64_000
     meta, tensors = read_checkpoint(path)
     assert not any(k.startswith(("extra.adam.", "extra.last.", "extra.best.")) for k in tensors)
@@ -32,7 +31,7 @@ def test_the_96_px_lite_lacs_are_small_load_and_never_saw_the_heldout_photos(nam
     assert meta["step"] == meta["early_stopping"]["best_step"]
     assert meta["variant"] == "paper-colour"
     enc = adjinv.load_encoder(name)
-    lacs, vanilla, source = adjinv.load_lacs(enc, "paper-colour" if name in AT_224 else None)
+    lacs, vanilla, source = adjinv.load_lacs(enc, "paper-colour")
     assert source == str(path) and vanilla is not None
     assert any((p - q).abs().max() > 1e-2 for p, q in
                zip(lacs.parameters(), LACBank.for_encoder(enc).parameters(), strict=True))

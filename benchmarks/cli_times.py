@@ -28,6 +28,22 @@ from adjinv.fileio import atomic_write_json
 from adjinv.images.photos import photo as embedded_photo
 
 
+def _cpu() -> dict:
+    """The CPU's model name and its vector extensions that matter here (Linux /proc/cpuinfo)."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() == "model name":
+                model = val.strip()
+            elif key.strip() == "flags":
+                flags = set(val.split())
+    except OSError:
+        pass
+    return {"model": model, "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+            "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags}
+
+
 def _run(cmd: list[str]) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
@@ -56,7 +72,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     exe = [sys.executable, "-m", "adjinv"]
-    res: dict = {"cpus": os.cpu_count(), "torch": torch.__version__,
+    res: dict = {"cpus": os.cpu_count(), "cpu": _cpu(), "torch": torch.__version__,
                  "torch_threads": torch.get_num_threads(),
                  "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"],
                                           capture_output=True, text=True).stdout.strip(),

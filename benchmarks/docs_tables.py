@@ -381,8 +381,6 @@ def lite_heldout() -> str:
     the held-out photos (benchmarks/heldout_eval.py → heldout-224/eval-lite{1,2}.json)."""
     lines = []
     for v in (1, 2):
-        if not (RESULTS / f"heldout-224/eval-lite{v}.json").is_file():
-            continue  # not measured yet: no line
         r = _json(f"heldout-224/eval-lite{v}.json")
         z = list(r["sizes"])[0]
         cells = []
@@ -1339,13 +1337,21 @@ def report_times() -> str:
         demo = (f"; `adjinv demo` (the {len(d['panels'])} embedded held-out photos, 2 partners "
                 f"each) **{d['wall_s']:.0f} s**")
     return (f"Measured (`benchmarks/results/cli_times.json`, commit {r['commit']}, "
-            f"{r['cpus']} CPU cores (AMD EPYC, AVX2), {r['torch_threads']} torch threads"
+            f"{r['cpus']} CPU cores ({_cpu_words(r['cpu'])}), {r['torch_threads']} torch threads"
             f"{note}): `adjinv invert photo.jpg` with its defaults (one photo, 224 px) "
             f"**{min(inv):.0f}–{max(inv):.0f} s** wall over {len(inv)} runs, of which x̂_L with "
             f"the class-directional maps and top channels {min(deep):.1f}–{max(deep):.1f} s "
             f"and the shallower stages {min(shallow):.1f}–{max(shallow):.1f} s{demo}. "
             "BENCHMARKS.md and docs/speed.md have the breakdown and why this is the "
             "exact method's cost on this CPU.")
+
+
+def _cpu_words(cpu: dict) -> str:
+    """The CPU as cli_times.py recorded it: model and vector extensions."""
+    ext = ("AVX-512" if cpu["avx512f"] else "AVX2 only, no AVX-512" if cpu["avx2"]
+           else "no AVX2")
+    bf16 = "bf16 units" if cpu["avx512_bf16"] or cpu["amx_bf16"] else "no bf16 units"
+    return f"{cpu['model']}; {ext}, {bf16}"
 
 
 def speed_goals() -> str:
@@ -1373,9 +1379,9 @@ def speed_goals() -> str:
         f"channels takes {min(r2['panels'][deep] for r2 in inv):.1f}–"
         f"{max(r2['panels'][deep] for r2 in inv):.1f} s: {live} live channels of the deepest "
         f"stage, one exact pull-back each, {min(ms):.1f}–{max(ms):.1f} ms a channel on the two "
-        "cores (including the first linearisation and its self-check), near the convolution "
-        "rate this CPU sustains (AVX2 only: no AVX-512 or bf16 units, so bfloat16 runs "
-        "emulated; the yardstick below). The exact float32 x̂_L stays the default (the issue "
+        "cores (including the first linearisation and its self-check), on a CPU with "
+        f"{_cpu_words(c['cpu']).split('; ', 1)[1]} (bfloat16 without units runs emulated: "
+        "the yardstick below). The exact float32 x̂_L stays the default (the issue "
         f"keeps it unless a faster path equals it to 1e-6), so the goal would need the "
         f"per-channel pull-back itself to be {need:.1f}× as fast on this CPU (the rest of the "
         f"command, start-up included, took {rest:.1f} s of the fastest run).")

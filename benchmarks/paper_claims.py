@@ -50,7 +50,7 @@ from adjinv.fileio import atomic_write_json
 from adjinv.images.files import random_crop, resize_center_crop
 from adjinv.images.photos import split_photos
 from adjinv.lacs.bundled import load_lacs
-from adjinv.lacs.checkpoint import bundled_checkpoint, read_checkpoint
+from adjinv.lacs.checkpoint import default_variant
 from adjinv.paper.runners.common import environment
 
 log = logging.getLogger("paper_claims")
@@ -317,8 +317,8 @@ def fv(args: argparse.Namespace) -> dict:
     enc = load_encoder("efficientnet_lite0")
     names, imgs = _heldout(args.size)
     x = enc.normalize(imgs)
-    meta_variant = read_checkpoint(bundled_checkpoint("efficientnet_lite0"))[0].get("variant", "default")
-    banks = {f"default ({meta_variant}: every β trained)": load_lacs(enc).lacs,
+    banks = {f"default ({default_variant('efficientnet_lite0') or 'default'}: every β trained)":
+             load_lacs(enc).lacs,
              "pixbias (inner β = 0)": load_lacs(enc, "pixbias").lacs,
              "identity (γ = 1, β = 0)": LACBank.for_encoder(enc)}
     stages = [i.name for i in enc.infos]

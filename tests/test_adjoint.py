@@ -518,3 +518,33 @@ def test_recorded_transposes_back_propagate_through_their_jacobians(tiny_enc, mo
         got[flag] = torch.cat([p.grad.flatten() for p in lacs.parameters()])
     assert float(got[False].abs().max()) > 0
     assert rel(got[True], got[False]) < 1e-5  # float32
+
+
+def test_a_wrong_stage_jacobian_falls_back_to_autograd_with_a_warning(monkeypatch):
+    """If a stage's `jacobian()` failed its adjoint check, LAC training would get wrong
+    gradients silently; it falls back to recording the transpose's ops instead."""
+    from adjinv.core import adjoint, cascade
+
+    enc = load_encoder("efficientnet_lite0")
+    lacs = random_lacs(enc).float()
+    x = enc.normalize(torch.rand(1, 3, 48, 48))
+    inv = AdjointInverter(enc, lacs)
+
+    def grads() -> torch.Tensor:
+        lacs.zero_grad(set_to_none=True)
+        with enc.frozen():
+            lac_step(inv, x, channel_fraction=0.3, gen=torch.Generator().manual_seed(0))
+        return torch.cat([p.grad.flatten() for p in lacs.parameters()])
+
+    monkeypatch.setattr(cascade, "EXPLICIT_BACKWARD", False)
+    ref = grads()
+    monkeypatch.setattr(cascade, "EXPLICIT_BACKWARD", True)
+    real = adjoint.StageAdjoint._forward
+
+    def wrong(op, ins, own, n):  # every mask forgotten: not the stage's Jacobian
+        return ins[0] if op.kind == "mask" else real(op, ins, own, n)
+
+    monkeypatch.setattr(adjoint.StageAdjoint, "_forward", staticmethod(wrong))
+    with pytest.warns(UserWarning, match="fails its adjoint check"):
+        got = grads()
+    assert rel(got, ref) < 1e-5

@@ -115,6 +115,7 @@ class StageAdjoint:
         self.dtype = dtype
         self.widest = widest  # elements of the largest map of one image inside the stage
         self._triton = False
+        self.jacobian_error: float | None = None  # set by `check_jacobian()`
 
     def use_triton(self) -> None:
         """Apply masks and the residual sums after them with the Triton kernel of
@@ -199,6 +200,24 @@ class StageAdjoint:
         return self.dtype in (torch.float32, torch.float64) and all(
             op.data.get("fwd") is not None for op in self._ops.values()
             if op.kind in ("conv", "polyphase"))
+
+    def check_jacobian(self, like: torch.Tensor) -> float:
+        """The relative error of the adjoint identity ``⟨J v, u⟩ = ⟨v, Jᵀ u⟩`` on one
+        seeded random pair (on ``like``'s device), normalised by ``‖J v‖·‖u‖``: about the
+        rounding of the dtype when `jacobian()` is the adjoint of ``__call__`` (which the
+        cascade checks against autograd), O(1) when it is not. Computed once, then cached in
+        ``jacobian_error``."""
+        if self.jacobian_error is None:
+            with torch.no_grad():
+                gen = torch.Generator(device=like.device).manual_seed(0)
+                v = torch.randn((1, *self._in_shape), generator=gen, device=like.device,
+                                dtype=self.dtype)
+                jv = self.jacobian(v)
+                u = torch.randn(jv.shape, generator=gen, device=like.device, dtype=self.dtype)
+                lhs, rhs = (jv * u).sum(), (v * self(u)).sum()
+                scale = float(jv.norm() * u.norm())
+                self.jacobian_error = float((lhs - rhs).abs()) / scale if scale > 0 else 0.0
+        return self.jacobian_error
 
     def jacobian(self, v: torch.Tensor) -> torch.Tensor:
         """``v ↦ J_f v`` on tangents (N, B, C_in, H, W) → (N, B, C_out, h, w): the stage's

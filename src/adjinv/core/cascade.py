@@ -82,10 +82,22 @@ class _RecordedTranspose(torch.autograd.Function):
 
 
 def _apply(pb: PullBack, u: torch.Tensor) -> torch.Tensor:
-    """One stage's pull-back; through `_RecordedTranspose` while autograd records."""
+    """One stage's pull-back; through `_RecordedTranspose` while autograd records, once the
+    stage's Jacobian has passed its adjoint check (else autograd records the transpose's
+    ops, with a warning: never a silently wrong gradient)."""
     if EXPLICIT_BACKWARD and isinstance(pb, StageAdjoint) and torch.is_grad_enabled() \
             and u.requires_grad and pb.has_jacobian:
-        return cast(torch.Tensor, _RecordedTranspose.apply(u, pb))
+        checked = pb.jacobian_error is not None
+        with fp32_mode("float32"):  # a check of the algebra, not of TF32's rounding
+            err = pb.check_jacobian(u)
+        tol = VERIFY_RTOL.get(pb.dtype, 1e-4)
+        if err <= tol:
+            return cast(torch.Tensor, _RecordedTranspose.apply(u, pb))
+        if not checked:
+            msg = (f"a stage's explicit Jacobian fails its adjoint check ({err:.2e}, tolerance "
+                   f"{tol:.0e}); LAC gradients through that stage use autograd instead")
+            log.warning(msg)
+            warnings.warn(msg, stacklevel=4)
     return pb(u)
 
 

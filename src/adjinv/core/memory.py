@@ -13,19 +13,24 @@ CPU_SPEED_BUDGET = 64 << 20
 CUDA_MAX_CHUNK = 512
 
 
+def _meminfo(key: str, fallback: int) -> int:
+    """Bytes of the Linux ``/proc/meminfo`` field ``key`` (``fallback`` where it is absent)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(f"{key}:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return fallback
+
+
 def available_bytes(device: torch.device) -> int:
     """Free memory on ``device``: CUDA free memory, else Linux ``MemAvailable``."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
+    return _meminfo("MemAvailable", 4 << 30)
 
 
 def total_bytes(device: torch.device) -> int:
@@ -33,14 +38,7 @@ def total_bytes(device: torch.device) -> int:
     memory, else Linux ``MemTotal``."""
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 8 << 30
+    return _meminfo("MemTotal", 8 << 30)
 
 
 def default_budget(device: torch.device) -> int:

@@ -187,14 +187,14 @@ def load_encoder(
         source = str(weights)
     elif "default_weights" in spec:
         source = spec["default_weights"]()
-    elif _hub_cache_file(spec["url"]()).is_file():
-        source = str(_hub_cache_file(spec["url"]()))
+    else:
+        cached = _hub_cache_file(spec["url"]())
+        source = str(cached) if cached.is_file() else None
     if source is None:
         if not random_init:
             raise AdjinvError(
                 f"no weights for {name}: pass weights=PATH (--weights) to a local state dict, or "
-                f"put {os.path.basename(spec['url']())} into "
-                f"{_hub_cache_file(spec['url']()).parent}; "
+                f"put {cached.name} into {cached.parent}; "
                 "random_init=True (--random-init) gives an untrained encoder"
             )
         warnings.warn(f"{name}: randomly initialised weights (no pretrained file given)",

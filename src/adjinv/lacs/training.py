@@ -225,9 +225,14 @@ def _backward(inverter: AdjointInverter, lin: Linearization, stage: int,
 
     for _, per_term in inverter.chunks(lin, stage, idx, grads):
         for gs in per_term:  # in the order .backward() would have accumulated them
-            for p, g in zip(params, gs, strict=True):
-                if g is not None:
-                    p.grad = torch.empty_like(p).copy_(g) if p.grad is None else p.grad.add_(g)
+            _accumulate(params, gs)
+
+
+def _accumulate(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
+    """Add ``grads`` into the ``.grad`` of ``params`` (as ``.backward()`` would)."""
+    for p, g in zip(params, grads, strict=True):
+        if g is not None:
+            p.grad = torch.empty_like(p).copy_(g) if p.grad is None else p.grad.add_(g)
 
 
 def graph_budget(device: torch.device) -> int:
@@ -256,16 +261,19 @@ def _one_pass(inverter: AdjointInverter, lin: Linearization, stage: int, src: to
         return None  # images whose live channels differ: x̂ image by image, as synthesize() does
     grad_on = (w_grad != 0).any(0)
     idx_grad = grad_on.nonzero().flatten()
-    idx_rest = ((w != 0).any(0) & ~grad_on).nonzero().flatten()
+    idx_rest = (live.any(0) & ~grad_on).nonzero().flatten()
     need = idx_grad.numel() * inverter.cascade.per_item_bytes(lin, stage) * 5 // 4
     if need > (graph_budget(lin.x.device) if budget is None else budget):
         return None
     params = [p for p in inverter.lacs.parameters() if p.requires_grad]
+
+    def pull(ch: torch.Tensor) -> torch.Tensor:
+        return inverter.cascade.pull_back(lin, stage, channel_seeds(src, ch))
+
     x_hat = torch.zeros_like(x)
     recorded: torch.Tensor | int = 0
     try:
-        for ch in idx_grad.split(max(1, inverter._chunk(lin, stage))):
-            phi = inverter.cascade.pull_back(lin, stage, channel_seeds(src, ch))
+        for ch, phi in inverter.chunks(lin, stage, idx_grad, pull):
             x_hat = x_hat + torch.einsum("bn,nbchw->bchw", w[:, ch].to(phi.dtype), phi.detach())
             recorded = recorded + torch.einsum("bn,nbchw->bchw", w_grad[:, ch].to(phi.dtype),
                                                phi)
@@ -273,23 +281,17 @@ def _one_pass(inverter: AdjointInverter, lin: Linearization, stage: int, src: to
         log.info("the recorded pull-backs did not fit; pulling the gradient's channels "
                  "back a second time instead")
         del recorded, x_hat
-        if lin.x.device.type == "cuda":
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()
         return None
     with torch.no_grad():
-        def pull(ch: torch.Tensor) -> torch.Tensor:
-            return inverter.cascade.pull_back(lin, stage, channel_seeds(src, ch))
-
         for ch, phi in inverter.chunks(lin, stage, idx_rest, pull):
             x_hat = x_hat + torch.einsum("bn,nbchw->bchw", w[:, ch].to(phi.dtype), phi)
         l1 = (x_hat - x).abs().flatten(1).mean(1)
         cot = torch.sign(x_hat - x) / norm
     if isinstance(recorded, torch.Tensor) and recorded.requires_grad and params:
         with inverter.cascade.precision_context():
-            gs = torch.autograd.grad((recorded * cot).sum(), params, allow_unused=True)
-        for p, g in zip(params, gs, strict=True):
-            if g is not None:
-                p.grad = torch.empty_like(p).copy_(g) if p.grad is None else p.grad.add_(g)
+            _accumulate(params, torch.autograd.grad((recorded * cot).sum(), params,
+                                                    allow_unused=True))
     return x_hat, l1
 
 

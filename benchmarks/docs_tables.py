@@ -1392,9 +1392,9 @@ def speed_goals() -> str:
         f"and autograd's backward through the transposes' recorded ops; one pass "
         f"fewer bought {r['one_pass_speedup']:.2f}× and the Jacobian backward "
         f"{r['explicit_backward_speedup']:.2f}×. Reaching 3× would take another "
-        f"{3 / r['speedup']:.2f}× on top; the two passes are the gradient's arithmetic, so that "
-        "needs less of it than the two passes, i.e. fewer channels per step, which changes the "
-        "estimator's variance (the goal asks it unchanged).")
+        f"{3 / r['speedup']:.2f}× on top; since the two passes are the gradient's arithmetic, "
+        "that needs fewer channels per step, which changes the estimator's variance (the goal "
+        "asks it unchanged).")
     return "\n".join(lines)
 
 
